@@ -1,0 +1,20 @@
+PYTHON ?= python3
+PYTEST = $(PYTHON) -m pytest
+
+.PHONY: install test test-slow lint bench
+
+install:  ## install the package, its pinned dependencies and the dev tools
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the default test run (under 10 minutes on 2 cores)
+	$(PYTEST) -m "not slow" -q
+
+test-slow:  ## long tests: real-data training, multi-process runs
+	$(PYTEST) -m slow -q
+
+lint:  ## ruff and mypy over the library and the CLI
+	$(PYTHON) -m ruff check kfac_repro cli.py tests
+	$(PYTHON) -m mypy
+
+bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an SGD step)
+	kfac-repro bench step --model cifar10 --batch-size 512
