@@ -1,0 +1,31 @@
+"""`kfac-repro bench`: benchmarks that print measured figures (never pass/fail)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: step time of K-FAC against SGD."""
+
+
+@bench.command("step")
+@click.option("--model", "model_name", type=click.Choice(["cifar10"]), default="cifar10", show_default=True,
+              help="cifar10: the paper's CIFAR-10 net (3 conv 5×5, 32-32-64, softmax) on 32×32×3 inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="timed steps per variant (the median is reported)")
+def step(model_name: str, batch_size: int, repeats: int) -> None:
+    """Median step time of SGD, K-FAC (stats every step, no inversion), the statistics' share, one inversion."""
+    from kfac_repro.benchmarks.step_time import measure_step_times
+    from kfac_repro.models.cifar10_net import cifar10_net
+
+    click.echo(f"model: {model_name} net, batch {batch_size}, random inputs; median of {repeats} steps")
+    timings = measure_step_times(
+        cifar10_net, (32, 32, 3), 10, batch_size, repeats=repeats,
+        progress=lambda what: click.echo(f"  timing {what} ...", err=True),
+    )
+    click.echo(f"{'':58}{'seconds':>10}{'× SGD':>9}")
+    for timing in timings:
+        click.echo(f"{timing.what:58}{timing.seconds:10.4f}{timing.ratio:9.2f}")

@@ -1,0 +1,139 @@
+"""Kronecker-factor statistics of one mini-batch, from captured layer inputs and pre-activation derivatives.
+
+Conventions: a Keras kernel maps inputs to outputs as s = a W (+ b), W of shape [d_in, d_out]; the homogeneous
+coordinate appends 1 to a (and the bias row to W), so the block of vec(DW) is approximated by A ⊗ G with
+A = E[a aᵀ] of shape [d_in+1, d_in+1] and G = E[ds dsᵀ] of shape [d_out, d_out] (paper Eq. 2). `ds` is the
+derivative of each example's own loss (sampled targets), so sums over examples are divided by the batch size B.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The spatial hyper-parameters of a 2-D convolution (channels_last)."""
+
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str  # "valid" or "same"
+    dilation: tuple[int, int]
+
+    def output_size(self, size: int, axis: int) -> int:
+        """Number of output locations along one spatial axis, as TF computes it."""
+        k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation[axis]
+        if self.padding == "same":
+            return math.ceil(size / s)
+        return (size - d * (k - 1) - 1) // s + 1
+
+    def pad_before(self, size: int, axis: int) -> int:
+        """Zero rows/columns TF adds before the input for 'same' padding (the smaller half)."""
+        if self.padding != "same":
+            return 0
+        k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation[axis]
+        total = max((self.output_size(size, axis) - 1) * s + d * (k - 1) + 1 - size, 0)
+        return total // 2
+
+
+def append_homogeneous(a: tf.Tensor) -> tf.Tensor:
+    """[N, d] -> [N, d+1] with a last column of ones (the bias's input)."""
+    return tf.concat([a, tf.ones_like(a[:, :1])], axis=1)
+
+
+def covariance(rows: tf.Tensor, denominator: tf.Tensor | float) -> tf.Tensor:
+    """rowsᵀ rows / denominator, for rows of shape [N, d]."""
+    return tf.matmul(rows, rows, transpose_a=True) / tf.cast(denominator, rows.dtype)
+
+
+def dense_factors(
+    a: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, use_bias: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A = mean over rows of ā āᵀ; G = (1/B) Σ_rows ds dsᵀ, summed over the cotangent samples in `ds`.
+
+    a: [..., d_in]; each ds: [..., d_out]. Leading axes beyond the batch (a Dense applied to a sequence) count as
+    locations sharing the weights (paper App. C), so they are lumped like the locations of a convolution.
+    """
+    rows = tf.reshape(a, [-1, a.shape[-1]])
+    if use_bias:
+        rows = append_homogeneous(rows)
+    input_factor = covariance(rows, tf.shape(rows)[0])
+    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
+    return input_factor, output_factor
+
+
+def conv_patches(x: tf.Tensor, geometry: ConvGeometry) -> tf.Tensor:
+    """im2col: [B, H, W, C] -> [B, H_out, W_out, k_h·k_w·C], patch entries ordered (k_h, k_w, C) like the kernel."""
+    return tf.image.extract_patches(
+        x,
+        sizes=[1, *geometry.kernel_size, 1],
+        strides=[1, *geometry.strides, 1],
+        rates=[1, *geometry.dilation, 1],
+        padding=geometry.padding.upper(),
+    )
+
+
+def conv_kfc_factors(
+    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """KFC (paper Eq. 15): F ≈ |T|·E_{x,t}[a aᵀ] ⊗ E_{x,t}[ds dsᵀ], the |T| folded into G.
+
+    A = E over examples and locations of the homogeneous patch ā_t ā_tᵀ; G = (1/B) Σ_{b,t} ds_t ds_tᵀ.
+    x: [N, H, W, C_in] layer inputs (N = B, or a multiple for a layer called several times);
+    each ds: [N, H_out, W_out, C_out].
+    """
+    patches = conv_patches(x, geometry)
+    rows = tf.reshape(patches, [-1, patches.shape[-1]])
+    if use_bias:
+        rows = append_homogeneous(rows)
+    input_factor = covariance(rows, tf.shape(rows)[0])
+    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
+    return input_factor, output_factor
+
+
+def conv_cheap_factors(
+    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Appendix A (Eq. 16–19): F ≈ |T|²·E_x[Ā Āᵀ] ⊗ E_x[D̄ D̄ᵀ], the |T|² folded into G.
+
+    Ā = location-averaged patch (homogeneous coordinate 1), D̄ = location-summed derivative:
+    A = E_b[Ā_b Ā_bᵀ], G = E_b[(Σ_t ds_bt)(Σ_t ds_bt)ᵀ].
+    """
+    mean_patch = location_mean_patches(x, geometry)
+    if use_bias:
+        mean_patch = append_homogeneous(mean_patch)
+    input_factor = covariance(mean_patch, tf.shape(mean_patch)[0])
+    output_factor = tf.add_n([covariance(tf.reduce_sum(d, axis=[1, 2]), batch_size) for d in ds])
+    return input_factor, output_factor
+
+
+def location_mean_patches(x: tf.Tensor, geometry: ConvGeometry) -> tf.Tensor:
+    """Per-example mean over output locations of the im2col patch, [B, k_h·k_w·C], without materialising patches.
+
+    The patch entry (i, j, c) at location (t_h, t_w) reads x[s_h t_h + d_h i − p_h, s_w t_w + d_w j − p_w, c] (zero
+    outside), so its sum over locations is Σ_{h,w} M_h[i,h] M_w[j,w] x[h,w,c] with 0/1 selector matrices M.
+    """
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        raise ValueError("conv K-FAC statistics need static spatial input dimensions")
+    select_h = _location_selector(height, 0, geometry)
+    select_w = _location_selector(width, 1, geometry)
+    sums = tf.einsum("ih,jw,bhwc->bijc", tf.cast(select_h, x.dtype), tf.cast(select_w, x.dtype), x)
+    locations = geometry.output_size(height, 0) * geometry.output_size(width, 1)
+    return tf.reshape(sums, [tf.shape(x)[0], -1]) / float(locations)
+
+
+def _location_selector(size: int, axis: int, geometry: ConvGeometry) -> tf.Tensor:
+    """M[i, h] = 1 if input index h is read by kernel tap i at some output location (float32 [k, size])."""
+    k, s, d = geometry.kernel_size[axis], geometry.strides[axis], geometry.dilation[axis]
+    out, pad = geometry.output_size(size, axis), geometry.pad_before(size, axis)
+    matrix = [[0.0] * size for _ in range(k)]
+    for tap in range(k):
+        for location in range(out):
+            index = s * location + d * tap - pad
+            if 0 <= index < size:
+                matrix[tap][index] = 1.0
+    return tf.constant(matrix, dtype=tf.float32)

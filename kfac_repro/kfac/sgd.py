@@ -1,0 +1,41 @@
+"""SGD with momentum (the paper's baseline), behind the same `train_step` interface as K-FAC."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kfac_repro.kfac.base import ModelOptimizer, as_floats, scheduled
+from kfac_repro.kfac.config import SGDConfig
+
+
+class SGD(ModelOptimizer):
+    """θ ← θ − v, v ← μ v + η_k (∇L + wd θ); η_k decays as SGDConfig.lr_schedule()."""
+
+    def __init__(self, model: keras.Model, config: SGDConfig | None = None):
+        self.config = config or SGDConfig()
+        super().__init__(
+            model,
+            likelihood=self.config.likelihood,
+            from_logits=self.config.from_logits,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+            polyak_decay=self.config.polyak_decay,
+        )
+        self._step = tf.function(self._compiled_step, reduce_retracing=True)
+
+    def _compiled_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss, outputs = self.loss_and_outputs(x, y, training=True)
+        grads = self.regularised(self.gradients(tape, loss))
+        learning_rate = scheduled(self.config.lr_schedule(), self.iterations)
+        self.apply_update(grads, learning_rate)
+        return {
+            "loss": loss,
+            "error": self.error_rate(outputs, y),
+            "step_size": learning_rate,
+            "learning_rate": learning_rate,
+        }
+
+    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
+        return as_floats(self._step(x, y))

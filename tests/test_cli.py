@@ -1,0 +1,33 @@
+"""The CLI's entry point: --help and --version answer at once, without importing TensorFlow."""
+
+import subprocess
+import sys
+
+PROBE = (
+    "import sys; from click.testing import CliRunner; import cli; "
+    "r = CliRunner().invoke(cli.main, {args!r}); print(r.output); "
+    "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'; sys.exit(r.exit_code)"
+)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE.format(args=list(args))], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_help_lists_commands_without_importing_tensorflow() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert "bench" in result.stdout and "Usage" in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert "kfac-repro, version 0.1.0" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("no-such-command")
+    assert result.returncode == 2
+    assert "No such command" in result.stdout
