@@ -13,7 +13,7 @@ import click
 
 # name -> (module, attribute, one-line help shown by `kfac-repro --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
-    "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: step time of K-FAC against SGD."),
+    "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: step time against SGD, inversion time."),
 }
 
 

@@ -1,10 +1,14 @@
-"""What K-FAC and SGD share: one training-step interface over a Keras model, momentum, weight decay, Polyak
-averaging, the loss of the model's likelihood, and compiled steps."""
+"""What K-FAC and SGD share: one training-step interface over a Keras model on any tf.distribute strategy,
+momentum, weight decay, Polyak averaging, and the loss of the model's likelihood.
+
+A step runs `replica_step` on every replica (`strategy.run`); gradients are all-reduced, every replica computes
+the same new state, and `commit` assigns it once per variable through a cross-replica merge.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import keras
@@ -13,6 +17,7 @@ import tensorflow as tf
 from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.config import Schedule
 from kfac_repro.kfac.polyak import PolyakAverage
+from kfac_repro.kfac.replicas import all_reduce_mean, assign_all, reduce_metrics
 
 
 def scheduled(schedule: Schedule, step: tf.Tensor) -> tf.Tensor:
@@ -24,7 +29,11 @@ def scheduled(schedule: Schedule, step: tf.Tensor) -> tf.Tensor:
 
 
 class ModelOptimizer(abc.ABC):
-    """Trains `model` one mini-batch at a time: `train_step(x, y)` returns the step's metrics as floats."""
+    """Trains `model` one mini-batch at a time: `train_step(x, y)` returns the step's metrics as floats.
+
+    Build it inside `strategy.scope()` to train data-parallel; x and y are then per-replica values (from a
+    distributed dataset or `experimental_distribute_values_from_function`), each replica holding its share.
+    """
 
     def __init__(
         self,
@@ -39,12 +48,13 @@ class ModelOptimizer(abc.ABC):
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input first")
         self.model = model
+        self.strategy = tf.distribute.get_strategy()  # the one whose scope the optimizer is built in
         self.likelihood = likelihood
         self.from_logits = from_logits
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.params = list(model.trainable_variables)
-        self.velocity = [tf.Variable(tf.zeros_like(p), trainable=False, name=f"velocity_{i}")
+        self.velocity = [tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False, name=f"velocity_{i}")
                          for i, p in enumerate(self.params)]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.polyak = PolyakAverage(self.params, polyak_decay) if polyak_decay is not None else None
@@ -53,34 +63,50 @@ class ModelOptimizer(abc.ABC):
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
         """One update on the batch (x, y); returns loss, error, step_size, learning_rate, and method extras."""
 
+    def distributed(self, replica_step: Callable) -> Callable:
+        """A compiled function running `replica_step(x, y)` on every replica and reducing its metrics."""
+
+        def step(x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+            return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=(x, y)))
+
+        return tf.function(step, reduce_retracing=True)
+
     def loss_and_outputs(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        """Mean negative log-likelihood of the batch (plus the model's own regularisation losses), outputs."""
+        """Mean negative log-likelihood of the (local) batch plus the model's own losses, and the outputs."""
         outputs = self.model(x, training=training)
         loss = tf.reduce_mean(likelihoods.negative_log_likelihood(self.likelihood, outputs, y, self.from_logits))
         if self.model.losses:
             loss += tf.add_n(self.model.losses)
         return loss, outputs
 
-    def gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> list[tf.Tensor]:
-        """∇L for every trainable variable (zeros for a variable the loss does not reach)."""
+    def global_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> list[tf.Tensor]:
+        """∇L + wd·θ averaged over replicas (zeros for a variable the loss does not reach)."""
         grads = tape.gradient(loss, self.params)
-        return [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
-                for g, p in zip(grads, self.params, strict=True)]
+        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
+                 for g, p in zip(grads, self.params, strict=True)]
+        grads = all_reduce_mean(grads)
+        if self.weight_decay:
+            grads = [g + self.weight_decay * p for g, p in zip(grads, self.params, strict=True)]
+        return grads
 
-    def regularised(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        """∇L + wd·θ (the L2 term the paper folds into the damping for K-FAC)."""
-        if self.weight_decay == 0:
-            return grads
-        return [g + self.weight_decay * p for g, p in zip(grads, self.params, strict=True)]
-
-    def apply_update(self, direction: list[tf.Tensor], step_size: tf.Tensor) -> None:
-        """v ← μ v + η·direction; θ ← θ − v; then the Polyak average and the iteration count."""
+    def update_assignments(self, direction: list[tf.Tensor], step_size: tf.Tensor) -> list[tuple]:
+        """(variable, new value) pairs of v ← μ v + η·direction, θ ← θ − v, the Polyak average, the step count."""
+        pairs: list[tuple] = []
+        new_params = []
         for variable, velocity, d in zip(self.params, self.velocity, direction, strict=True):
-            velocity.assign(self.momentum * velocity + step_size * d)
-            variable.assign_sub(velocity)
+            new_velocity = self.momentum * velocity + step_size * d
+            new_param = variable - new_velocity
+            new_params.append(new_param)
+            pairs += [(velocity, new_velocity), (variable, new_param)]
         if self.polyak is not None:
-            self.polyak.update()
-        self.iterations.assign_add(1)
+            pairs += self.polyak.assignments(new_params)
+        pairs.append((self.iterations, self.iterations + 1))
+        return pairs
+
+    @staticmethod
+    def commit(pairs: list[tuple]) -> None:
+        """Assign every (variable, value) pair on all replicas."""
+        assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
     def error_rate(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return likelihoods.error_rate(self.likelihood, outputs, y)

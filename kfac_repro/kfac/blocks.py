@@ -23,6 +23,7 @@ class FisherBlock(abc.ABC):
     """The curvature block of a set of variables (those of one layer)."""
 
     kind: str = "block"
+    taps_preactivation: bool = False  # True: statistics need the layer's pre-activation, else its output
 
     def __init__(self, layer: keras.layers.Layer, variables: Sequence[tf.Variable]):
         self.layer = layer

@@ -45,16 +45,21 @@ class KFACConfig:
     stats_every: int = 1
     stats_batch_size: int | None = None  # None: stats from the training pass; m: a separate pass on x[:m]
     inverse_every: int = 20
+    inversion: Literal["sync", "async"] = "sync"
+    async_lag: int | None = None
     conv_factors: Literal["cheap", "kfc"] = "cheap"
     eigh_dtype: Literal["float32", "float64"] = "float64"
     fisher_targets: Literal["sample", "exact"] = "sample"
     likelihood: Literal["categorical", "gaussian"] = "categorical"
     from_logits: bool = True
     exact_block_max: int = 1024
+    doubly_factored: tuple[str, ...] = ()
+    doubly_factored_min_inputs: int | None = None
     polyak_decay: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "doubly_factored", tuple(self.doubly_factored))
         _check(self.damping > 0, "damping", "a number > 0", self.damping)
         _check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
         _check(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
@@ -67,6 +72,8 @@ class KFACConfig:
         _check(self.stats_batch_size is None or self.stats_batch_size >= 1, "stats_batch_size",
                "an integer >= 1 or None", self.stats_batch_size)
         _check(self.inverse_every >= 1, "inverse_every", "an integer >= 1", self.inverse_every)
+        _check(self.inversion in ("sync", "async"), "inversion", "'sync' or 'async'", self.inversion)
+        _check(self.async_lag is None or self.async_lag >= 1, "async_lag", "an integer >= 1 or None", self.async_lag)
         _check(self.conv_factors in ("cheap", "kfc"), "conv_factors", "'cheap' or 'kfc'", self.conv_factors)
         _check(self.eigh_dtype in ("float32", "float64"), "eigh_dtype", "'float32' or 'float64'", self.eigh_dtype)
         _check(self.fisher_targets in ("sample", "exact"), "fisher_targets", "'sample' or 'exact'",
@@ -74,6 +81,8 @@ class KFACConfig:
         _check(self.likelihood in ("categorical", "gaussian"), "likelihood", "'categorical' or 'gaussian'",
                self.likelihood)
         _check(self.exact_block_max >= 0, "exact_block_max", "an integer >= 0", self.exact_block_max)
+        _check(self.doubly_factored_min_inputs is None or self.doubly_factored_min_inputs >= 1,
+               "doubly_factored_min_inputs", "an integer >= 1 or None", self.doubly_factored_min_inputs)
         _check_polyak(self.polyak_decay)
 
     def kl_schedule(self) -> Schedule:

@@ -22,6 +22,8 @@ ConvFactors = Literal["cheap", "kfc"]
 class KroneckerBlock(FisherBlock):
     """A ⊗ G block of a Dense or Conv2D layer (kernel and bias together)."""
 
+    taps_preactivation = True
+
     def __init__(self, layer: keras.layers.Layer, conv_factors: ConvFactors = "cheap"):
         kernel = layer.kernel
         bias = getattr(layer, "bias", None)

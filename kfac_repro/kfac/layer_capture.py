@@ -3,11 +3,13 @@
 While a `LayerTaps` context is active, each tapped layer's instance `call` is wrapped so that every call records
 its input and a "point" tensor whose derivative the statistics need: the pre-activation s = a W + b for Dense and
 Conv2D layers (caught by wrapping the layer's activation), the layer output for every other layer. The model's own
-code is not changed, and the wrappers are removed on exit.
+code is not changed, and the wrappers are removed on exit. Records are kept per thread, because MirroredStrategy
+traces each replica's step in a thread of its own.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +33,19 @@ class LayerTaps:
     def __init__(self, preactivation_layers: Sequence[keras.layers.Layer], output_layers: Sequence[keras.layers.Layer]):
         self._preactivation = list(preactivation_layers)
         self._output = list(output_layers)
-        self.calls: dict[str, list[LayerCall]] = {}
+        self._local = threading.local()
         self._active = False
 
+    @property
+    def calls(self) -> dict[str, list[LayerCall]]:
+        """This thread's recorded calls, by layer name."""
+        if not hasattr(self._local, "calls"):
+            self.clear()
+        return self._local.calls
+
     def clear(self) -> None:
-        """Forget the recorded calls (do this at the start of every traced step)."""
-        self.calls = {layer.name: [] for layer in self._preactivation + self._output}
+        """Forget this thread's recorded calls (do this at the start of every traced step)."""
+        self._local.calls = {layer.name: [] for layer in self._preactivation + self._output}
 
     def __enter__(self) -> LayerTaps:
         if self._active:

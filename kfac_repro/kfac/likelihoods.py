@@ -11,6 +11,8 @@ from typing import Literal
 
 import tensorflow as tf
 
+from kfac_repro.kfac.replicas import global_example_offset
+
 Likelihood = Literal["categorical", "gaussian"]
 FisherTargets = Literal["sample", "exact"]
 _EPSILON = 1e-7
@@ -44,37 +46,49 @@ def fisher_cotangents(
     outputs: tf.Tensor,
     from_logits: bool,
     mode: FisherTargets,
-    generator: tf.random.Generator,
+    seed: tf.Tensor,
 ) -> list[tf.Tensor]:
     """Cotangents w.r.t. the model output, each [B, ...], for the Fisher statistics.
 
     sample: one target y_b ~ p(·|x_b) per example; v = −∇_z log p(y|z) (for logits: softmax(z) − onehot(y)).
+    The randomness is stateless, keyed by `seed` and the example's index in the global batch, so it does not
+    depend on how the batch is split across replicas.
     exact: one cotangent per class k, v_k = √p_k (p − e_k) for logits (Σ_k v_k v_kᵀ = diag p − p pᵀ), or
     −e_k/√p_k for probabilities; for a Gaussian, v_k = e_k (Σ v_k v_kᵀ = I).
     """
     outputs = tf.stop_gradient(outputs)
+    batch = tf.shape(outputs)[0]
     if likelihood == "gaussian":
+        flat = tf.reshape(outputs, [batch, -1])
+        dims = flat.shape[1]
         if mode == "sample":
-            return [generator.normal(tf.shape(outputs), dtype=outputs.dtype)]
-        flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
-        return [tf.reshape(tf.one_hot(tf.fill([tf.shape(flat)[0]], k), flat.shape[1], dtype=outputs.dtype),
-                           tf.shape(outputs)) for k in range(flat.shape[1])]
+            return [tf.reshape(_global_noise(seed, batch, dims, normal=True), tf.shape(outputs))]
+        return [tf.reshape(tf.one_hot(tf.fill([batch], k), dims, dtype=outputs.dtype), tf.shape(outputs))
+                for k in range(dims)]
     probabilities = tf.nn.softmax(outputs) if from_logits else outputs
     classes = outputs.shape[-1]
     if mode == "sample":
-        log_p = outputs if from_logits else tf.math.log(tf.maximum(outputs, _EPSILON))
-        seed = generator.make_seeds(1)[:, 0]
-        sampled = tf.random.stateless_categorical(log_p, 1, seed=seed)[:, 0]
+        uniform = _global_noise(seed, batch, 1, normal=False)
+        cumulative = tf.cumsum(probabilities, axis=1)
+        sampled = tf.minimum(tf.reduce_sum(tf.cast(cumulative < uniform, tf.int32), axis=1), classes - 1)
         onehot = tf.one_hot(sampled, classes, dtype=outputs.dtype)
         if from_logits:
             return [probabilities - onehot]
         return [-onehot / tf.maximum(probabilities, _EPSILON)]
     cotangents = []
     for k in range(classes):
-        onehot = tf.one_hot(tf.fill([tf.shape(outputs)[0]], k), classes, dtype=outputs.dtype)
+        onehot = tf.one_hot(tf.fill([batch], k), classes, dtype=outputs.dtype)
         weight = tf.sqrt(probabilities[:, k : k + 1])
         if from_logits:
             cotangents.append(weight * (probabilities - onehot))
         else:
             cotangents.append(-onehot / tf.maximum(weight, _EPSILON))
     return cotangents
+
+
+def _global_noise(seed: tf.Tensor, local_batch: tf.Tensor, width: int, normal: bool) -> tf.Tensor:
+    """This replica's rows of a [global batch, width] stateless random draw (uniform or standard normal)."""
+    offset, global_batch = global_example_offset(local_batch)
+    draw = tf.random.stateless_normal if normal else tf.random.stateless_uniform
+    rows = draw(tf.stack([global_batch, width]), seed=seed)
+    return rows[offset : offset + local_batch]

@@ -18,10 +18,10 @@ class PolyakAverage:
             tf.Variable(tf.identity(v.value), trainable=False, name=f"polyak_{i}") for i, v in enumerate(self.variables)
         ]
 
-    def update(self) -> None:
-        """One averaging step (call inside the training step, after the weights changed)."""
-        for average, variable in zip(self.averages, self.variables, strict=True):
-            average.assign(self.decay * average + (1.0 - self.decay) * variable)
+    def assignments(self, new_weights: list[tf.Tensor]) -> list[tuple[tf.Variable, tf.Tensor]]:
+        """(average, new average) pairs for the weights after this step's update."""
+        return [(average, self.decay * average + (1.0 - self.decay) * weight)
+                for average, weight in zip(self.averages, new_weights, strict=True)]
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:

@@ -1,6 +1,8 @@
 """Assigning a Fisher block to every trainable layer of an unmodified Keras model (paper App. C).
 
-Dense and Conv2D → Kronecker block (kernel and bias together); BatchNormalization → exact (or diagonal) block
+Dense and Conv2D → Kronecker block (kernel and bias together), or the doubly-factored block for the layers named
+in `doubly_factored` and for those over a spatial map with at least `doubly_factored_min_inputs` inputs;
+BatchNormalization → exact (or diagonal) block
 over γ and β; any other layer with trainable weights → generic per-example block; variables owned by no layer
 (weights added on the model itself) → no block: their gradient passes through unpreconditioned.
 """
@@ -10,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks import FisherBlock
 from kfac_repro.kfac.config import KFACConfig
+from kfac_repro.kfac.doubly_factored import DoublyFactoredBlock, spatial_input_shape
 from kfac_repro.kfac.kronecker_blocks import KroneckerBlock
 from kfac_repro.kfac.vector_blocks import GenericBlock, ScaleShiftBlock
 
@@ -49,15 +53,34 @@ def build_blocks(model: keras.Model, config: KFACConfig) -> list[FisherBlock]:
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input before K-FAC")
     blocks: list[FisherBlock] = []
-    for layer in leaf_layers(model):
+    layers = list(leaf_layers(model))
+    unknown = set(config.doubly_factored) - {layer.name for layer in layers}
+    if unknown:
+        raise ValueError(f"doubly_factored: no trainable layer named {sorted(unknown)} in model {model.name!r}")
+    for layer in layers:
         _check_supported(layer)
-        if _has_kronecker_structure(layer):
+        if _has_kronecker_structure(layer) and _wants_doubly_factored(layer, config):
+            spatial = spatial_input_shape(layer)
+            if spatial is None:
+                raise ValueError(f"layer {layer.name!r}: the doubly-factored block needs a Dense layer fed by "
+                                 "Flatten of an [H, W, C] map, or a Conv2D with a 1×1 output")
+            blocks.append(DoublyFactoredBlock(layer, spatial))
+        elif _has_kronecker_structure(layer):
             blocks.append(KroneckerBlock(layer, config.conv_factors))
         elif isinstance(layer, keras.layers.BatchNormalization):
             blocks.append(ScaleShiftBlock(layer, config.exact_block_max))
         else:
             blocks.append(GenericBlock(layer, config.exact_block_max))
     return blocks
+
+
+def _wants_doubly_factored(layer: keras.layers.Layer, config: KFACConfig) -> bool:
+    if layer.name in config.doubly_factored:
+        return True
+    threshold = config.doubly_factored_min_inputs
+    if threshold is None or int(np.prod(layer.kernel.shape[:-1])) < threshold:
+        return False
+    return spatial_input_shape(layer) is not None
 
 
 def _has_kronecker_structure(layer: keras.layers.Layer) -> bool:
@@ -79,10 +102,10 @@ def summary(model: keras.Model, blocks: list[FisherBlock]) -> str:
     rows = [("layer", "class", "block", "factors", "params")]
     for block in blocks:
         shapes = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in block.factor_shapes.items())
-        params = sum(int(v.shape.num_elements() or 0) for v in block.variables)
+        params = sum(int(np.prod(v.shape)) for v in block.variables)
         rows.append((block.name, type(block.layer).__name__, block.kind, shapes, str(params)))
     for variable in uncovered_variables(model, blocks):
-        rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(variable.shape.num_elements())))
+        rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape)))))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.base import ModelOptimizer, as_floats, scheduled
 from kfac_repro.kfac.config import SGDConfig
+from kfac_repro.kfac.replicas import all_reduce_mean
 
 
 class SGD(ModelOptimizer):
@@ -22,20 +23,16 @@ class SGD(ModelOptimizer):
             weight_decay=self.config.weight_decay,
             polyak_decay=self.config.polyak_decay,
         )
-        self._step = tf.function(self._compiled_step, reduce_retracing=True)
+        self._step = self.distributed(self._replica_step)
 
-    def _compiled_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _replica_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             loss, outputs = self.loss_and_outputs(x, y, training=True)
-        grads = self.regularised(self.gradients(tape, loss))
+        grads = self.global_gradients(tape, loss)
         learning_rate = scheduled(self.config.lr_schedule(), self.iterations)
-        self.apply_update(grads, learning_rate)
-        return {
-            "loss": loss,
-            "error": self.error_rate(outputs, y),
-            "step_size": learning_rate,
-            "learning_rate": learning_rate,
-        }
+        self.commit(self.update_assignments(grads, learning_rate))
+        loss, error = all_reduce_mean([loss, self.error_rate(outputs, y)])
+        return {"loss": loss, "error": error, "step_size": learning_rate, "learning_rate": learning_rate}
 
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
         return as_floats(self._step(x, y))

@@ -1,0 +1,1 @@
+"""Data-parallel training on tf.distribute: cluster configuration, strategies, local worker launching."""

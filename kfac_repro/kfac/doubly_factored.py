@@ -1,0 +1,110 @@
+"""Doubly-factored Kronecker blocks (paper §4, Eq. 4–12) for a layer whose input is a T × C spatial map per
+example: a Dense layer over a flattened [H, W, C] map (AlexNet's fc6) or a Conv2D whose output is 1 × 1.
+
+Per example, the input map A_b (T × C) is replaced by its best rank-1 approximation K_b Ψ_bᵀ (top singular
+triple, K = √σ u, Ψ = √σ v), and F ≈ E[K Kᵀ] ⊗ E[Ψ Ψᵀ] ⊗ E[ds dsᵀ] (Eq. 8) over vec of the [T, C, d_out] kernel.
+Damping: π_i λ^(1/3) I per factor with the geometric-mean π of Eq. 12. The bias has its own exact block
+E[ds dsᵀ] + λ I (its per-example gradient is ds), which shares G's eigenvectors.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.damping import geometric_mean_pis
+from kfac_repro.kfac.fisher_factors import covariance
+from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.layer_capture import LayerCall
+
+
+def spatial_input_shape(layer: keras.layers.Layer) -> tuple[int, int] | None:
+    """(T, C) of the map a layer reads: a Conv2D with 1 × 1 output, or a Dense fed by Flatten of [H, W, C]."""
+    if isinstance(layer, keras.layers.Conv2D):
+        height, width, channels = layer.input.shape[1:]
+        if height is None or width is None:
+            return None
+        out_h, out_w = layer.output.shape[1:3]
+        return (layer.kernel_size[0] * layer.kernel_size[1], channels) if (out_h, out_w) == (1, 1) else None
+    if not isinstance(layer, keras.layers.Dense):
+        return None
+    try:
+        source = layer.input._keras_history.operation
+    except (AttributeError, ValueError):  # a subclassed model's layer has no graph to follow
+        return None
+    if not isinstance(source, keras.layers.Flatten):
+        return None
+    shape = source.input.shape
+    if len(shape) != 4 or None in shape[1:]:
+        return None
+    return shape[1] * shape[2], shape[3]
+
+
+def rank_one_factors(maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """maps [N, T, C] → (K [N, T], Ψ [N, C]) with K Ψᵀ the best rank-1 approximation of each map (Eq. 5)."""
+    singular_values, left, right = tf.linalg.svd(maps, full_matrices=False)
+    root = tf.sqrt(singular_values[:, :1])
+    return root * left[:, :, 0], root * right[:, :, 0]
+
+
+class DoublyFactoredBlock(FisherBlock):
+    """E[KKᵀ] ⊗ E[ΨΨᵀ] ⊗ G over the kernel viewed as [T, C, d_out]; the bias in its own exact block."""
+
+    kind = "doubly-factored"
+    taps_preactivation = True
+
+    def __init__(self, layer: keras.layers.Layer, spatial: tuple[int, int]):
+        kernel = layer.kernel
+        bias = getattr(layer, "bias", None)
+        super().__init__(layer, [kernel] if bias is None else [kernel, bias])
+        self.use_bias = bias is not None
+        self.kernel_shape = tuple(kernel.shape)
+        self.locations, self.channels = spatial
+        self.output_dim = int(self.kernel_shape[-1])
+        if self.locations * self.channels * self.output_dim != int(np.prod(self.kernel_shape)):
+            raise ValueError(f"layer {layer.name!r}: kernel {self.kernel_shape} is not [{spatial}, d_out]")
+        self._add_factor("K", self.locations)
+        self._add_factor("Psi", self.channels)
+        self._add_factor("G", self.output_dim)
+        self.inverse["bias_values"] = tf.Variable(tf.ones([self.output_dim]), trainable=False,
+                                                  name=f"{self.name}_bias_e")
+
+    def batch_statistics(
+        self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        inputs = tf.concat([call.inputs for call in calls], axis=0)
+        maps = tf.reshape(inputs, [-1, self.locations, self.channels])
+        k, psi = rank_one_factors(maps)
+        rows = tf.shape(maps)[0]
+        derivatives = [tf.reshape(tf.concat(points, axis=0), [-1, self.output_dim]) for points in cotangent_points]
+        return {
+            "K": covariance(k, rows),
+            "Psi": covariance(psi, rows),
+            "G": tf.add_n([covariance(d, batch_size) for d in derivatives]),
+        }
+
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+        names = ("K", "Psi", "G")
+        pis = geometric_mean_pis([factors[n] for n in names])
+        root = damping ** (1.0 / 3.0)
+        inverse = {n: damped_eigen(factors[n], pi * root, dtype) for n, pi in zip(names, pis, strict=True)}
+        bias = damped_eigen(factors["G"], damping, dtype)
+        inverse["bias"] = DampedEigen(vectors=np.empty((0, 0), np.float32), values=bias.values)
+        return inverse
+
+    def install_inverse(self, inverse: dict[str, DampedEigen]) -> None:
+        self.inverse["bias_values"].assign(inverse["bias"].values)
+        super().install_inverse({n: e for n, e in inverse.items() if n != "bias"})
+
+    def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        (q_k, e_k), (q_psi, e_psi), (q_g, e_g) = self.eigen("K"), self.eigen("Psi"), self.eigen("G")
+        tensor = tf.reshape(grads[0], [self.locations, self.channels, self.output_dim])
+        rotated = tf.einsum("tco,ti,cj,ok->ijk", tensor, q_k, q_psi, q_g)
+        rotated /= e_k[:, None, None] * e_psi[None, :, None] * e_g[None, None, :]
+        solved = tf.reshape(tf.einsum("ijk,ti,cj,ok->tco", rotated, q_k, q_psi, q_g), self.kernel_shape)
+        if not self.use_bias:
+            return [solved]
+        bias = tf.linalg.matvec(q_g, tf.linalg.matvec(q_g, grads[1], transpose_a=True) / self.inverse["bias_values"])
+        return [solved, bias]
