@@ -59,6 +59,17 @@ class ModelOptimizer(abc.ABC):
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.polyak = PolyakAverage(self.params, polyak_decay) if polyak_decay is not None else None
 
+    def checkpoint_state(self) -> dict[str, object]:
+        """Everything besides the model's weights that a resumed run needs, as tf.train.Checkpoint children."""
+        state: dict[str, object] = {"velocity": self.velocity, "iterations": self.iterations}
+        if self.polyak is not None:
+            state["polyak"] = self.polyak.averages
+        return state
+
+    @abc.abstractmethod
+    def restored(self) -> None:
+        """Re-derive host-side counters after the checkpointed variables were restored."""
+
     @abc.abstractmethod
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
         """One update on the batch (x, y); returns loss, error, step_size, learning_rate, and method extras."""

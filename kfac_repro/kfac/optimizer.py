@@ -48,6 +48,7 @@ class KFAC(ModelOptimizer):
         index = {id(p): i for i, p in enumerate(self.params)}
         self._block_params = [[index[id(v)] for v in block.variables] for block in self.blocks]
         self.stats_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="stats_updates")
+        self.inverse_source = tf.Variable(-1, dtype=tf.int64, trainable=False, name="inverse_source")
         self.inverse_iteration = -1
         self._host_iteration = 0
         self.refresh: SyncRefresh | AsyncRefresh = (
@@ -104,6 +105,20 @@ class KFAC(ModelOptimizer):
         """Stop background inversion."""
         self.refresh.close()
 
+    def checkpoint_state(self) -> dict[str, object]:
+        state = super().checkpoint_state()
+        state["stats_updates"] = self.stats_updates
+        state["inverse_source"] = self.inverse_source
+        for i, block in enumerate(self.blocks):  # by position: auto-generated layer names differ between models
+            state[f"block_{i}"] = {**block.factors, **block.inverse}
+        return state
+
+    def restored(self) -> None:
+        """A resumed run continues at the checkpointed step with the checkpointed inverses (an asynchronous
+        inversion that was in flight is started afresh from the restored factors)."""
+        self._host_iteration = int(self.iterations.numpy())
+        self.inverse_iteration = int(self.inverse_source.numpy())
+
     # ---- inverses (host side) ---------------------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
         return self.factors()
@@ -116,6 +131,7 @@ class KFAC(ModelOptimizer):
         for block in self.blocks:
             block.install_inverse(inverses[block.name])
         self.inverse_iteration = snapshot_iteration
+        self.inverse_source.assign(snapshot_iteration)
 
     def _agree_on_lag(self, lag: int) -> int:
         """Every replica takes replica 0's lag (an all-reduced sum with zeros elsewhere)."""

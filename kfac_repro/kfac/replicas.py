@@ -18,7 +18,7 @@ def all_reduce_mean(values: list[tf.Tensor]) -> list[tf.Tensor]:
     return list(context.all_reduce(MEAN, values))
 
 
-def _backing(variable: tf.Variable) -> tf.Variable:
+def backing_variable(variable: tf.Variable) -> tf.Variable:
     """The tf.Variable behind a Keras variable (a MirroredVariable under a strategy)."""
     if isinstance(variable, tf.Variable):
         return variable
@@ -27,7 +27,7 @@ def _backing(variable: tf.Variable) -> tf.Variable:
 
 def assign_all(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor]) -> None:
     """Assign identical per-replica `values` to `variables` on every replica, from the replica context."""
-    targets = [_backing(v) for v in variables]
+    targets = [backing_variable(v) for v in variables]
 
     def assign(strategy: tf.distribute.Strategy, new_values: Sequence[tf.Tensor]) -> None:
         for target, value in zip(targets, new_values, strict=True):

@@ -34,5 +34,8 @@ class SGD(ModelOptimizer):
         loss, error = all_reduce_mean([loss, self.error_rate(outputs, y)])
         return {"loss": loss, "error": error, "step_size": learning_rate, "learning_rate": learning_rate}
 
+    def restored(self) -> None:
+        """SGD keeps no host-side state: everything is in its variables."""
+
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
         return as_floats(self._step(x, y))

@@ -1,0 +1,1 @@
+"""Running experiments: the training loop, its metrics CSV, checkpoints and run directories."""

@@ -1,0 +1,109 @@
+"""The training loop shared by every method: steps, periodic logging and validation, TensorBoard, checkpoints,
+and resumption that neither loses nor repeats a logged step.
+
+Row semantics: `step` is the number of updates done; train_loss/train_error average the (augmented) training
+batches since the previous row; `seconds` is training wall-clock (validation excluded), carried across resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from kfac_repro.kfac.base import ModelOptimizer
+from kfac_repro.kfac.replicas import backing_variable
+from kfac_repro.runner.metrics_log import MetricsLog
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How long to train and how often to log, validate and checkpoint (all in steps)."""
+
+    steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    global_batch: int
+
+
+Row = dict[str, float | None]
+Progress = Callable[[int, Row], None]
+
+
+def train(
+    optimizer: ModelOptimizer,
+    batches: Iterator,
+    evaluate: Callable[[], tuple[float, float]],
+    settings: LoopSettings,
+    run_dir: Path,
+    resume: bool,
+    extra_state: dict[str, object] | None = None,
+    progress: Progress = lambda step, row: None,
+) -> Row:
+    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
+    checkpoint = tf.train.Checkpoint(
+        weights=[backing_variable(v) for v in optimizer.model.weights], optimizer=optimizer.checkpoint_state(),
+        elapsed=elapsed, **(extra_state or {}),
+    )
+    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=2)
+    start = 0
+    if resume and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        optimizer.restored()
+        start = int(optimizer.iterations.numpy())
+    log = MetricsLog(run_dir / "metrics.csv", resume_step=start if resume else None)
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+    window: list[dict[str, float]] = []
+    row: Row = {}
+    clock = time.perf_counter()
+    try:
+        for step in range(start + 1, settings.steps + 1):
+            x, y = next(batches)
+            window.append(optimizer.train_step(x, y))
+            if step % settings.log_every == 0 or step == settings.steps:
+                elapsed.assign_add(time.perf_counter() - clock)
+                row = _row(step, settings.global_batch, float(elapsed.numpy()), window)
+                window = []
+                if step % settings.eval_every == 0 or step == settings.steps:
+                    row["val_loss"], row["val_error"] = evaluate()
+                log.append(row)
+                _summarise(writer, step, row)
+                progress(step, row)
+                clock = time.perf_counter()
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                elapsed.assign_add(time.perf_counter() - clock)
+                log.sync()
+                manager.save(checkpoint_number=step)
+                clock = time.perf_counter()
+    finally:
+        log.close()
+        writer.close()
+    return row
+
+
+def _row(step: int, global_batch: int, seconds: float, window: list[dict[str, float]]) -> Row:
+    last = window[-1]
+    return {
+        "step": step,
+        "examples": step * global_batch,
+        "seconds": seconds,
+        "train_loss": sum(m["loss"] for m in window) / len(window),
+        "train_error": sum(m["error"] for m in window) / len(window),
+        "step_size": last["step_size"],
+        "learning_rate": last["learning_rate"],
+        "kl_clip": last.get("kl_clip"),
+        "inverse_staleness": last.get("inverse_staleness"),
+    }
+
+
+def _summarise(writer: tf.summary.SummaryWriter, step: int, row: Row) -> None:
+    with writer.as_default(step=step):
+        for name, value in row.items():
+            if name != "step" and value is not None:
+                tf.summary.scalar(name, value)

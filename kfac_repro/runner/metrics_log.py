@@ -1,0 +1,71 @@
+"""metrics.csv: one row per logged step, written so that a killed and resumed run has every step exactly once.
+
+Rows are appended and flushed one at a time; on resume, rows after the restored checkpoint's step are dropped
+(they will be logged again) by rewriting the file through a temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+COLUMNS = (
+    "step", "examples", "seconds", "train_loss", "train_error", "val_loss", "val_error",
+    "step_size", "learning_rate", "kl_clip", "inverse_staleness",
+)
+
+
+class MetricsLog:
+    """Appends rows with the COLUMNS above (missing values are written empty)."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is None or not path.exists():
+            self._write_rows([])
+        else:
+            self._write_rows([row for row in read_rows(path) if int(row["step"]) <= resume_step])
+        self._handle = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+
+    def _write_rows(self, rows: list[dict[str, str]]) -> None:
+        temporary = self.path.with_suffix(".csv.tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+    def append(self, row: Mapping[str, float | int | None]) -> None:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"metrics row has unknown columns {sorted(unknown)}")
+        self._writer.writerow({c: _format(row.get(c)) for c in COLUMNS})
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """Force the rows so far to disk (done before every checkpoint)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics.csv; a last line cut short by a crash is dropped."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if None not in row.values() and row.get("step", "").isdigit()]
+
+
+def _format(value: float | int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"

@@ -1,0 +1,66 @@
+"""The training loop: rows at the logging interval, validation, checkpoints, and exact resumption."""
+
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+from kfac_repro.runner.loop import LoopSettings, train
+from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
+
+
+def setup(method: str) -> tuple[object, object, object]:
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    optimizer = KFAC(model, KFACConfig(inverse_every=3, damping=0.1)) if method == "kfac" else SGD(
+        model, SGDConfig(learning_rate=0.1))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=64).astype(np.int32)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64, seed=1).repeat().batch(8))
+
+    def evaluate() -> tuple[float, float]:
+        logits = model(x)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return float(loss), float(tf.reduce_mean(tf.cast(tf.argmax(logits, 1) != y, tf.float32)))
+
+    return optimizer, iterator, evaluate
+
+
+def run(method: str, run_dir: Path, steps: int, resume: bool) -> dict:
+    optimizer, iterator, evaluate = setup(method)
+    settings = LoopSettings(steps=steps, log_every=2, eval_every=4, checkpoint_every=3, global_batch=8)
+    return train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator})
+
+
+@pytest.mark.parametrize("method", ["sgd", "kfac"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, method: str) -> None:
+    whole = run(method, tmp_path / "whole", 12, resume=False)
+    run(method, tmp_path / "split", 7, resume=False)  # stops after step 7; last checkpoint at 7 (the final step)
+    resumed = run(method, tmp_path / "split", 12, resume=True)
+    rows = read_rows(tmp_path / "split" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 7, 8, 10, 12]
+    whole_rows = read_rows(tmp_path / "whole" / "metrics.csv")
+    assert [int(r["step"]) for r in whole_rows] == [2, 4, 6, 8, 10, 12]
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+    assert rows[-1]["examples"] == "96" and rows[1]["val_loss"] != "" and rows[0]["val_loss"] == ""
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path)
+    for step in (2, 4, 6, 8):
+        log.append({"step": step, "train_loss": 1.0 / step})
+    log.close()
+    with path.open("a") as handle:
+        handle.write("10,80,1.5,0.1")  # a row cut short by a kill
+    MetricsLog(path, resume_step=6).close()
+    assert [r["step"] for r in read_rows(path)] == ["2", "4", "6"]
+    with path.open() as handle:
+        assert next(csv.reader(handle)) == list(COLUMNS)
