@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import keras
 import numpy as np
@@ -33,7 +34,8 @@ def _random_psd(dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def time_inversions(
-    height: int = 6, width: int = 6, channels: int = 256, outputs: int = 4096, dtype: str = "float32",
+    height: int = 6, width: int = 6, channels: int = 256, outputs: int = 4096,
+    dtype: Literal["float32", "float64"] = "float32",
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[InversionTiming]:
     """One `compute_inverse` of the fc6 block, doubly-factored and plain Kronecker, on random PSD factors."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import click
 
 
@@ -22,13 +24,15 @@ def step(model_name: str, batch_size: int, repeats: int) -> None:
     from kfac_repro.models.cifar10_net import cifar10_net
 
     click.echo(f"model: {model_name} net, batch {batch_size}, random inputs; median of {repeats} steps")
-    timings = measure_step_times(
+    timings, volumes = measure_step_times(
         cifar10_net, (32, 32, 3), 10, batch_size, repeats=repeats,
         progress=lambda what: click.echo(f"  timing {what} ...", err=True),
     )
     click.echo(f"{'':58}{'seconds':>10}{'× SGD':>9}")
     for timing in timings:
         click.echo(f"{timing.what:58}{timing.seconds:10.4f}{timing.ratio:9.2f}")
+    click.echo(f"all-reduced per replica: gradients {volumes['gradients_per_step'] / 1e6:.2f} MB every step, "
+               f"factors {volumes['factors_per_refresh'] / 1e6:.2f} MB every statistics step")
 
 
 @bench.command("inversion")
@@ -36,7 +40,7 @@ def step(model_name: str, batch_size: int, repeats: int) -> None:
               help="H W C of the map the fully-connected layer reads (AlexNet fc6: 6 6 256)")
 @click.option("--outputs", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: str) -> None:
+def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["float32", "float64"]) -> None:
     """One inversion of a fully-connected layer over a map: doubly-factored against plain Kronecker factors."""
     from kfac_repro.benchmarks.inversion import time_inversions
 

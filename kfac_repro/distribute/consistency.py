@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
@@ -38,7 +39,7 @@ def train(
     local = global_batch // replicas
     with strategy.scope():
         model = _model()
-        inversion = "sync" if async_lag is None else "async"
+        inversion: Literal["sync", "async"] = "sync" if async_lag is None else "async"
         trainer = (KFAC(model, KFACConfig(damping=0.1, inverse_every=2, inversion=inversion, async_lag=async_lag))
                    if optimizer == "kfac" else SGD(model, SGDConfig(learning_rate=0.05)))
     rng = np.random.default_rng(1)

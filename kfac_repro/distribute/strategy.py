@@ -1,5 +1,8 @@
 """Choosing the tf.distribute strategy: MultiWorkerMirroredStrategy when a cluster is configured, else
-MirroredStrategy over the local GPUs (or `local_replicas` logical CPU devices), else the default strategy."""
+MirroredStrategy over the local GPUs (or `local_replicas` logical CPU devices), else the default strategy.
+
+Collectives time out after $KFAC_REPRO_COLLECTIVE_TIMEOUT seconds (default 600), so that a worker whose host
+vanished without closing its connections cannot leave the others waiting forever."""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def make_strategy(local_replicas: int = 1) -> tf.distribute.Strategy:
     """The strategy for this process (see the module docstring)."""
     if cluster_from_environment() is not None:
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=float(os.environ.get("KFAC_REPRO_COLLECTIVE_TIMEOUT", "600")),
         )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if len(tf.config.list_physical_devices("GPU")) > 1:

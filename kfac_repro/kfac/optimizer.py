@@ -65,6 +65,12 @@ class KFAC(ModelOptimizer):
         """Each layer, its block type and factor shapes."""
         return summary(self.model, self.blocks)
 
+    def communication_bytes(self) -> dict[str, int]:
+        """Bytes each replica all-reduces: gradients every step, factors every statistics step (float32)."""
+        gradients = sum(int(np.prod(p.shape)) for p in self.params)
+        factors = sum(int(np.prod(var.shape)) for block in self.blocks for var in block.factors.values())
+        return {"gradients_per_step": 4 * gradients, "factors_per_refresh": 4 * factors}
+
     def factors(self) -> dict[str, dict[str, np.ndarray]]:
         """The current (moving-average) factor matrices of every block, by layer name."""
         return {b.name: {name: var.numpy() for name, var in b.factors.items()} for b in self.blocks}
