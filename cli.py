@@ -14,6 +14,7 @@ import click
 # name -> (module, attribute, one-line help shown by `kfac-repro --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: step time against SGD, inversion time."),
+    "data": ("kfac_repro.commands.data", "data", "Data sets: list, verify, download, benchmark the input pipeline."),
 }
 
 

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import keras
 
+from kfac_repro.models.chunked_bn import ChunkedBatchNormalization
+
 
 def cifar10_net(
     input_shape: tuple[int, int, int] = (32, 32, 3),
     num_classes: int = 10,
     filters: tuple[int, int, int] = (32, 32, 64),
     batch_norm: bool = False,
+    bn_chunk_size: int | None = None,
 ) -> keras.Model:
-    """Keras functional model; logits of shape [batch, num_classes]."""
+    """Keras functional model; logits of shape [batch, num_classes]. BN statistics per `bn_chunk_size` examples."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for index, width in enumerate(filters, start=1):
         x = keras.layers.Conv2D(width, 5, padding="same", name=f"conv{index}")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+            x = ChunkedBatchNormalization(chunk_size=bn_chunk_size, name=f"bn{index}")(x)
         x = keras.layers.ReLU(name=f"relu{index}")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)

@@ -1,0 +1,81 @@
+"""Pieces shared by the model families: channel scaling, conv(+BN)+ReLU units, the stem choice.
+
+Everything is made of built-in Keras layers (Conv2D, Dense, pooling, ReLU) plus `ChunkedBatchNormalization`, a
+BatchNormalization subclass, so that K-FAC finds and registers the layers without model changes. Tensors are
+channels_last: [batch, height, width, channels].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+
+from kfac_repro.models.chunked_bn import ChunkedBatchNormalization
+
+Stem = Literal["paper", "reduced"]
+STEMS: tuple[str, ...] = ("paper", "reduced")
+# Inputs at least this large get the paper's ImageNet stem by default; smaller ones (CIFAR-size) the reduced stem.
+PAPER_STEM_MIN_SIZE = 112
+
+
+def scaled(channels: int, width_multiplier: float) -> int:
+    """`channels` × `width_multiplier`, rounded, at least 1."""
+    return max(1, round(channels * width_multiplier))
+
+
+def resolve_stem(stem: str | None, input_shape: tuple[int, int, int]) -> str:
+    """`stem`, or by default "paper" for inputs of at least 112×112 and "reduced" below."""
+    if stem is None:
+        return "paper" if min(input_shape[:2]) >= PAPER_STEM_MIN_SIZE else "reduced"
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS} or None, got {stem!r}")
+    return stem
+
+
+def batch_norm_layer(name: str, chunk_size: int | None) -> ChunkedBatchNormalization:
+    """BN over chunks of `chunk_size` examples (None: the whole batch); see `chunked_bn`."""
+    return ChunkedBatchNormalization(chunk_size=chunk_size, name=name)
+
+
+def conv_unit(
+    x: keras.KerasTensor,
+    filters: int,
+    kernel_size: int,
+    *,
+    name: str,
+    strides: int = 1,
+    batch_norm: bool = False,
+    bn_chunk_size: int | None = None,
+    relu: bool = True,
+    kernel_initializer: str = "he_normal",
+) -> keras.KerasTensor:
+    """Conv2D ("same" padding) → [BN] → [ReLU]. With BN the conv has no bias (BN's β replaces it)."""
+    x = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=not batch_norm,
+        kernel_initializer=kernel_initializer, name=name,
+    )(x)
+    if batch_norm:
+        x = batch_norm_layer(f"{name}_bn", bn_chunk_size)(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def dense_unit(
+    x: keras.KerasTensor, units: int, *, name: str, batch_norm: bool = False, bn_chunk_size: int | None = None,
+    dropout: float = 0.0,
+) -> keras.KerasTensor:
+    """Dense → [BN] → ReLU → [Dropout]: a hidden fully-connected layer."""
+    x = keras.layers.Dense(units, use_bias=not batch_norm, kernel_initializer="he_normal", name=name)(x)
+    if batch_norm:
+        x = batch_norm_layer(f"{name}_bn", bn_chunk_size)(x)
+    x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def logits_layer(x: keras.KerasTensor, num_classes: int, name: str = "logits") -> keras.KerasTensor:
+    """The output Dense layer: logits, no softmax."""
+    return keras.layers.Dense(num_classes, name=name)(x)
