@@ -7,13 +7,22 @@ and `validate` answer at once without importing TensorFlow.
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import PackageNotFoundError, version
 
 import click
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's info lines drown the progress output
+
 # name -> (module, attribute, one-line help shown by `kfac-repro --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: step time against SGD, inversion time."),
+    "list": ("kfac_repro.commands.specs", "list_specs",
+             "Experiments, arms, profiles, and whether their data is present."),
+    "show": ("kfac_repro.commands.specs", "show", "Show a resolved experiment spec."),
+    "validate": ("kfac_repro.commands.specs", "validate", "Validate experiment spec files."),
+    "run": ("kfac_repro.commands.run", "run", "Train the arms of an experiment."),
+    "worker": ("kfac_repro.commands.run", "worker", "One worker process of a multi-worker run (TF_CONFIG)."),
     "data": ("kfac_repro.commands.data", "data", "Data sets: list, verify, download, benchmark the input pipeline."),
 }
 

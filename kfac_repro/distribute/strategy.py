@@ -13,9 +13,15 @@ import tensorflow as tf
 from kfac_repro.distribute.cluster import ClusterSpec, parse_tf_config
 
 
-def split_cpu(replicas: int) -> None:
-    """Expose `replicas` logical CPU devices (must run before TensorFlow initialises its devices)."""
+def reserve_cpu_replicas(replicas: int) -> None:
+    """Expose at least `replicas` logical CPU devices, for MirroredStrategy without GPUs. Call it before anything
+    initialises TensorFlow's devices, with the largest count a process will need."""
+    if replicas <= 1 or tf.config.list_physical_devices("GPU"):
+        return
     cpu = tf.config.list_physical_devices("CPU")[0]
+    existing = tf.config.get_logical_device_configuration(cpu)
+    if existing and len(existing) >= replicas:
+        return
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
 
 
@@ -36,7 +42,7 @@ def make_strategy(local_replicas: int = 1) -> tf.distribute.Strategy:
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     if local_replicas > 1:
-        split_cpu(local_replicas)  # before anything lists logical devices, which would freeze the configuration
+        reserve_cpu_replicas(local_replicas)  # before anything lists logical devices (that freezes them)
         cpus = tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in cpus[:local_replicas]])
     return tf.distribute.get_strategy()

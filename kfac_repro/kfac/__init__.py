@@ -1,10 +1,25 @@
 """The K-FAC core: Fisher blocks, statistics, damping, inverses and the K-FAC and SGD update rules.
 
-Public API: `KFAC`, `KFACConfig`, `SGD`, `SGDConfig` (see README, "Library API").
+Public API: `KFAC`, `KFACConfig`, `SGD`, `SGDConfig` (see README, "Library API"). The optimizers are imported on
+first use, so that `kfac_repro.kfac.config` (plain dataclasses) can be read without loading TensorFlow.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kfac_repro.kfac.config import KFACConfig, SGDConfig
-from kfac_repro.kfac.optimizer import KFAC
-from kfac_repro.kfac.sgd import SGD
+
+if TYPE_CHECKING:
+    from kfac_repro.kfac.optimizer import KFAC
+    from kfac_repro.kfac.sgd import SGD
 
 __all__ = ["KFAC", "SGD", "KFACConfig", "SGDConfig"]
+_LAZY = {"KFAC": "kfac_repro.kfac.optimizer", "SGD": "kfac_repro.kfac.sgd"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kfac_repro.kfac' has no attribute {name!r}")

@@ -1,0 +1,176 @@
+"""`kfac-repro run` (train the arms of an experiment) and `kfac-repro worker` (one process of a multi-process
+run, started by `run --workers N` on this machine or by the user on each host of a cluster).
+
+Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kfac_repro.specs import SpecError, load_spec
+
+_RUN_OPTIONS = [
+    click.option("--profile", default="paper", show_default=True, help="paper, cpu or smoke (or a spec's own)"),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                 help="override a resolved field, e.g. --set training.steps=50 (repeatable)"),
+    click.option("--seed", type=int, default=None, help="overrides training.seed of every arm"),
+    click.option("--resume", is_flag=True, help="continue the newest (or --run-id) run of each arm"),
+]
+
+
+def _with_options(function: Any) -> Any:
+    for option in reversed(_RUN_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None) -> Any:
+    try:
+        return load_spec(name, profile=profile, overrides=(*overrides, *([f"training.seed={seed}"] if seed is not None
+                                                                           else [])))
+    except SpecError as error:
+        raise click.UsageError(str(error)) from error
+
+
+def _select(spec: Any, arms: tuple[str, ...]) -> list[str]:
+    unknown = [a for a in arms if a not in spec.arms]
+    if unknown:
+        raise click.UsageError(f"{spec.name}: no arm named {', '.join(unknown)}; arms: {', '.join(spec.arms)}")
+    return list(arms) or list(spec.arms)
+
+
+def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool) -> Path:
+    base = out / spec.name / spec.profile / arm
+    if run_id:
+        return base / run_id
+    if resume:
+        existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
+        if not existing:
+            raise click.UsageError(f"--resume: no earlier run of arm {arm!r} under {base}")
+        return existing[-1]
+    return base / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def _check_data(spec: Any, arms: list[str]) -> None:
+    from kfac_repro.data.registry import dataset_available, describe
+
+    for arm in arms:
+        data = spec.arms[arm].to_dict()["data"]
+        if not dataset_available(data["name"], data.get("data_dir")):
+            click.echo(f"error: {spec.name} --profile {spec.profile}, arm {arm}: data set {data['name']!r} is not "
+                       f"available.\n  {describe(data['name'], data.get('data_dir'))}", err=True)
+            click.echo("  Put it in the data directory ($KFAC_REPRO_DATA, see `kfac-repro data list`; "
+                       "`kfac-repro data download cifar10` where there is internet), or run the reduced "
+                       f"reproduction on real offline data: kfac-repro run {spec.name} --profile cpu", err=True)
+            sys.exit(1)
+
+
+@click.command("run")
+@click.argument("name")
+@click.option("--arm", "arms", multiple=True, help="run only this arm (repeatable; default: all)")
+@_with_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="results root: runs go to OUT/<spec>/<profile>/<arm>/<run-id>/")
+@click.option("--run-id", default=None, help="run directory name (default: the UTC start time)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy); must equal the arm's "
+                   "distribution.workers when > 1")
+def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
+        resume: bool, out: Path, run_id: str | None, workers: int) -> None:
+    """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
+    spec = _load(name, profile, overrides, seed)
+    selected = _select(spec, arms)
+    _check_data(spec, selected)
+    if workers == 1:
+        from kfac_repro.distribute.strategy import reserve_cpu_replicas
+
+        reserve_cpu_replicas(max(spec.arms[a].distribution["workers"] for a in selected))
+    failed = []
+    for arm in selected:
+        run_dir = _run_dir(out, spec, arm, run_id, resume)
+        click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
+        try:
+            if workers > 1:
+                _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
+            else:
+                _train_here(spec, arm, run_dir, resume)
+        except Exception as error:
+            click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
+            failed.append(arm)
+    if failed:
+        sys.exit(1)
+
+
+@click.command("worker")
+@click.argument("name")
+@click.option("--arm", required=True, help="the arm this job trains")
+@_with_options
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True,
+              help="the run directory (the same on every worker; worker 0 writes it)")
+@click.option("--cluster", "cluster_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help='JSON {"workers": ["host:port", ...]} instead of TF_CONFIG (with --index)')
+@click.option("--index", type=click.IntRange(min=0), default=None, help="this host's index in --cluster")
+def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: int | None, resume: bool,
+           run_dir: Path, cluster_file: Path | None, index: int | None) -> None:
+    """One worker process of a multi-worker run (TF_CONFIG or --cluster/--index say which)."""
+    from kfac_repro.distribute.cluster import ClusterConfigError, load_cluster_file, parse_tf_config
+
+    try:
+        if cluster_file is not None:
+            if index is None:
+                raise click.UsageError("--cluster needs --index (this host's position in the workers list)")
+            os.environ["TF_CONFIG"] = load_cluster_file(cluster_file, index).tf_config()
+        elif "TF_CONFIG" not in os.environ:
+            raise click.UsageError("no cluster: set TF_CONFIG or give --cluster FILE --index I")
+        parse_tf_config(os.environ["TF_CONFIG"])
+    except ClusterConfigError as error:
+        raise click.UsageError(str(error)) from error
+    spec = _load(name, profile, overrides, seed)
+    _select(spec, (arm,))
+    try:
+        _train_here(spec, arm, run_dir, resume)
+    except Exception as error:
+        click.echo(f"error: worker failed: {type(error).__name__}: {error}", err=True)
+        sys.exit(1)
+
+
+def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool) -> None:
+    from kfac_repro.distribute.cluster import parse_tf_config
+    from kfac_repro.runner.experiment import RunIdentity, run_arm
+
+    config = spec.arms[arm]
+    arm_dict = config.to_dict()
+    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, arm_dict.get("label") or arm, run_dir)
+    steps = int(arm_dict["training"]["steps"])
+    chief = "TF_CONFIG" not in os.environ or parse_tf_config(os.environ["TF_CONFIG"]).is_chief
+    with click.progressbar(length=steps, label=f"{arm}", show_pos=True, file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(step: int, row: dict) -> None:
+            bar.update(step - done[0])
+            done[0] = step
+            if chief:
+                val = "" if row.get("val_loss") is None else f" val_loss {row['val_loss']:.4f}"
+                click.echo(f"\n  step {step}: train_loss {row['train_loss']:.4f}{val}", err=True)
+
+        final = run_arm(arm_dict, identity, resume, progress)
+    click.echo(f"   done: step {final.get('step')}, train_loss {final.get('train_loss'):.4f}, "
+               f"val_error {final.get('val_error')}")
+
+
+def _launch(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: int | None, resume: bool,
+            run_dir: Path, workers: int) -> None:
+    from kfac_repro.distribute.launcher import run_local_workers
+
+    command = [sys.executable, "-m", "cli", "worker", name, "--arm", arm, "--profile", profile,
+               "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)],
+               *(["--seed", str(seed)] if seed is not None else []), *(["--resume"] if resume else [])]
+    seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True))
+    click.echo(f"   {workers} workers finished in {seconds:.1f} s")

@@ -1,0 +1,87 @@
+"""`kfac-repro run`: smoke runs, exit codes, missing data, and a run killed with SIGKILL then resumed."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RUN = [sys.executable, "-m", "cli", "run"]
+
+
+def kfac_repro(*args: str, data_dir: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"KFAC_REPRO_DATA": str(data_dir)} if data_dir else {})}
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_smoke_run_writes_every_arm(tmp_path: Path) -> None:
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for arm in ("async-gpu1", "async-gpu4", "sync-gpu1", "sync-gpu4", "sgd-bn"):
+        (run_dir,) = (tmp_path / "cifar10-async" / "smoke" / arm).iterdir()
+        assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2", "4"]
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["status"] == "complete" and record["data"] == "synthetic" and record["arm"] == arm
+        assert (run_dir / "resolved.yaml").exists() and (run_dir / "environment.json").exists()
+        assert any((run_dir / "tensorboard").iterdir()) and any((run_dir / "checkpoints").iterdir())
+
+
+def test_paper_profile_without_its_data_says_where_it_looked(tmp_path: Path) -> None:
+    result = kfac_repro("run", "cifar10-async", "--out", str(tmp_path / "results"), data_dir=tmp_path / "empty")
+    assert result.returncode == 1
+    assert "cifar10" in result.stderr and str(tmp_path / "empty") in result.stderr
+    assert "kfac-repro data download cifar10" in result.stderr and "--profile cpu" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["cifar10-async", "--profile", "smoke", "--arm", "nope"], "no arm named nope"),
+    (["cifar10-async", "--profile", "smoke", "--set", "training.steps=0"], "training.steps: expected an integer >= 1"),
+    (["no-such-experiment"], "unknown experiment"),
+    (["cifar10-async", "--profile", "huge"], "no profile 'huge'"),
+])
+def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    result = kfac_repro("run", *args, "--out", str(tmp_path / "results"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_path: Path) -> None:
+    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu1", "--set", "training.steps=120",
+              "--set", "training.log_every=1", "--set", "training.eval_every=10", "--set",
+              "training.checkpoint_every=7"]
+    reference = kfac_repro("run", *common, "--out", str(tmp_path / "whole"), "--run-id", "r")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    metrics = out / "cifar10-async" / "smoke" / "sync-gpu1" / "r" / "metrics.csv"
+    process = subprocess.Popen([*RUN, *common, "--out", str(out), "--run-id", "r"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 40):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(rows(metrics))
+    assert 30 < killed_at < 120, "the run must be killed mid-way"
+
+    resumed = kfac_repro("run", *common, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    steps = [int(r["step"]) for r in rows(metrics)]
+    assert steps == list(range(1, 121)), "every logged step exactly once"
+    final, expected = rows(metrics)[-1], rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu1" / "r" /
+                                             "metrics.csv")[-1]
+    for column in ("train_loss", "val_loss", "val_error", "step_size"):
+        assert float(final[column]) == pytest.approx(float(expected[column]), rel=1e-5), column
