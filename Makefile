@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install test test-slow lint bench
+.PHONY: install test test-slow lint bench reproduce-cpu figures report
 
 install:  ## install the package, its pinned dependencies and the dev tools
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -18,3 +18,13 @@ lint:  ## ruff and mypy over the library and the CLI
 
 bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an SGD step)
 	kfac-repro bench step --model cifar10 --batch-size 512
+
+reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)
+	for spec in $$(ls experiments/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//'); do \
+		kfac-repro run $$spec --profile cpu || exit 1; done
+
+figures:  ## Figures 2-8 from the CSVs under results/ into plots/ (PNG and PDF); no training
+	kfac-repro plot all
+
+report:  ## the reproduction report, docs/reproduction-report.md
+	kfac-repro report

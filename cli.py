@@ -23,6 +23,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("kfac_repro.commands.specs", "validate", "Validate experiment spec files."),
     "run": ("kfac_repro.commands.run", "run", "Train the arms of an experiment."),
     "worker": ("kfac_repro.commands.run", "worker", "One worker process of a multi-worker run (TF_CONFIG)."),
+    "grid": ("kfac_repro.commands.grid", "grid", "Grid-search an arm's settings and rank them."),
+    "plot": ("kfac_repro.commands.plotting", "plot", "Regenerate the paper's figures from results/."),
+    "report": ("kfac_repro.commands.plotting", "report", "Write the Markdown reproduction report."),
     "data": ("kfac_repro.commands.data", "data", "Data sets: list, verify, download, benchmark the input pipeline."),
 }
 

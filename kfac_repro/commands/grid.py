@@ -1,0 +1,85 @@
+"""`kfac-repro grid`: run every combination of a grid for one arm (in parallel processes if asked) and write
+the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<arm>/leaderboard.csv, best.json)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kfac_repro.specs import SpecError, load_spec
+
+
+@click.command("grid")
+@click.argument("name")
+@click.option("--arm", required=True, help="the arm whose settings are searched")
+@click.option("--profile", default="paper", show_default=True)
+@click.option("--param", "params", multiple=True, metavar="SECTION.FIELD=V1,V2,...",
+              help="grid axis (repeatable); default: the spec's own grid")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="fixed override for every run")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="combinations trained at once, each in its own process")
+@click.option("--target-error", type=click.FloatRange(0, 1), default=None,
+              help="validation error whose time-to-reach is reported (default: median of the best errors)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: tuple[str, ...], parallel: int,
+         target_error: float | None, out: Path) -> None:
+    """Grid-search the settings of arm ARM of experiment NAME and rank the combinations."""
+    from kfac_repro.runner.grid import combination_id, combinations, leaderboard, parse_param, write_leaderboard
+
+    try:
+        axes = dict(parse_param(p) for p in params)
+        spec = load_spec(name, profile, overrides)
+        if arm not in spec.arms:
+            raise click.UsageError(f"{name}: no arm named {arm}; arms: {', '.join(spec.arms)}")
+        axes = axes or {k: list(v) for k, v in spec.grid.items()}
+        if not axes:
+            raise click.UsageError(f"{name} has no grid section: give --param SECTION.FIELD=V1,V2")
+        combos = combinations(axes)
+        for combo in combos:  # validate every combination before training any
+            load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())])
+    except (SpecError, ValueError) as error:
+        raise click.UsageError(str(error)) from error
+    root = out / spec.name / profile / f"grid-{arm}"
+    click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
+    pending = [(combo, root / combination_id(combo)) for combo in combos]
+    running: list[tuple[subprocess.Popen[bytes], str]] = []
+    failures = 0
+    while pending or running:
+        while pending and len(running) < parallel:
+            combo, combo_dir = pending.pop(0)
+            command = [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile,
+                       "--out", str(combo_dir), "--run-id", "run",
+                       *[a for o in overrides for a in ("--set", o)],
+                       *[a for k, v in combo.items() for a in ("--set", f"{k}={v}")]]
+            log = (combo_dir.parent / f"{combo_dir.name}.log")
+            combo_dir.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("wb") as handle:
+                running.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT),
+                                combination_id(combo)))
+            click.echo(f"  started {combination_id(combo)}")
+        time.sleep(0.5)
+        for process, label in list(running):
+            if process.poll() is not None:
+                running.remove((process, label))
+                failures += process.returncode != 0
+                click.echo(f"  finished {label} (exit {process.returncode})")
+    entries = [(combo, root / combination_id(combo) / spec.name / profile / arm / "run") for combo in combos]
+    rows = leaderboard(entries, target_error)
+    write_leaderboard(root / "leaderboard.csv", rows, list(axes))
+    best: dict[str, Any] = rows[0]
+    (root / "best.json").write_text(json.dumps({
+        "spec": spec.name, "profile": profile, "arm": arm, "params": {k: best[k] for k in axes},
+        "best_val_error": best["best_val_error"], "run_dir": best["run_dir"]}, indent=2) + "\n")
+    for row in rows:
+        settings = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in axes)
+        click.echo(f"  #{row['rank']} {settings}: best val error {row['best_val_error']:.4f}, "
+                   f"final val loss {row['final_val_loss']:.4f}{'  ← best' if row['best'] else ''}")
+    click.echo(f"leaderboard: {root / 'leaderboard.csv'}")
+    if failures:
+        sys.exit(1)

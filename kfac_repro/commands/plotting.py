@@ -1,0 +1,50 @@
+"""`kfac-repro plot` (Figures 2–8 from results/) and `kfac-repro report` (the reproduction report)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kfac_repro.plotting.figures import FIGURES
+from kfac_repro.plotting.results import available_profiles, newest_complete_runs
+
+
+@click.command("plot")
+@click.argument("figure", type=click.Choice([*map(str, FIGURES), "all"]))
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
+@click.option("--profile", default=None, help="which profile's runs (default: paper, else cpu, else smoke)")
+def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
+    """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
+    from kfac_repro.plotting.figures import render
+
+    made = 0
+    for number in FIGURES if figure == "all" else [int(figure)]:
+        spec = FIGURES[number].spec
+        profiles = [profile] if profile else available_profiles(results, spec)
+        runs = newest_complete_runs(results, spec, profiles[0]) if profiles else {}
+        if not runs:
+            where = results / spec / (profile or "<profile>")
+            click.echo(f"fig {number}: no complete runs under {where} "
+                       f"(run `kfac-repro run {spec} --profile {profile or 'cpu'}`)", err=True)
+            continue
+        paths = render(FIGURES[number], runs, profiles[0], out)
+        made += 1
+        click.echo(f"fig {number}: {', '.join(str(p) for p in paths)} ({len(runs)} arms, profile {profiles[0]})")
+    if made == 0:
+        sys.exit(1)
+
+
+@click.command("report")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("docs/reproduction-report.md"),
+              show_default=True)
+def report(results: Path, out: Path) -> None:
+    """Write the Markdown reproduction report: each headline claim, measured figures and a verdict."""
+    from kfac_repro.plotting.report import report_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_text(results))
+    click.echo(f"wrote {out}")

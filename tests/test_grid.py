@@ -1,0 +1,74 @@
+"""Grid search: combinations, leaderboard ranking and time-to-target, and the command on the smoke profile."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfac_repro.runner.grid import combination_id, combinations, leaderboard, parse_param
+from kfac_repro.runner.metrics_log import MetricsLog
+
+
+def fake_run(run_dir: Path, errors: list[float], status: str = "complete") -> Path:
+    run_dir.mkdir(parents=True)
+    log = MetricsLog(run_dir / "metrics.csv")
+    for i, error in enumerate(errors, start=1):
+        log.append({"step": 10 * i, "seconds": 5.0 * i, "train_loss": error * 2, "val_loss": error * 3,
+                    "val_error": error})
+    log.close()
+    (run_dir / "run.json").write_text(json.dumps({"status": status}))
+    return run_dir
+
+
+def test_combinations_and_parameter_parsing() -> None:
+    grid = {"optimizer.learning_rate": [0.1, 0.3], "model.bn_chunk_size": [32, 128, 256]}
+    combos = combinations(grid)
+    assert len(combos) == 6 and combos[0] == {"optimizer.learning_rate": 0.1, "model.bn_chunk_size": 32}
+    assert combination_id(combos[-1]) == "learning_rate=0.3,bn_chunk_size=256"
+    assert parse_param("optimizer.learning_rate=0.1,0.3, 1") == ("optimizer.learning_rate", [0.1, 0.3, 1])
+    with pytest.raises(ValueError, match=r"expected SECTION\.FIELD=V1,V2"):
+        parse_param("learning_rate=0.1")
+
+
+def test_leaderboard_ranks_by_best_error_then_time_to_target(tmp_path: Path) -> None:
+    slow = fake_run(tmp_path / "slow", [0.5, 0.4, 0.2])
+    fast = fake_run(tmp_path / "fast", [0.4, 0.2, 0.2])
+    bad = fake_run(tmp_path / "bad", [0.9, 0.8, 0.7])
+    failed = fake_run(tmp_path / "failed", [], status="failed")
+    rows = leaderboard([({"lr": 1}, slow), ({"lr": 2}, fast), ({"lr": 3}, bad), ({"lr": 4}, failed)],
+                       target_error=0.3)
+    assert [r["lr"] for r in rows] == [2, 1, 3, 4]
+    assert rows[0]["best"] and not any(r["best"] for r in rows[1:])
+    assert rows[0]["seconds_to_target"] == 10.0 and rows[1]["seconds_to_target"] == 15.0
+    assert math.isnan(rows[2]["seconds_to_target"]) and rows[3]["status"] == "failed"
+    default_target = leaderboard([({"lr": 1}, slow), ({"lr": 2}, fast), ({"lr": 3}, bad)], None)
+    assert default_target[0]["target_error"] == 0.2  # median of the best errors 0.2, 0.2, 0.7
+
+
+def test_grid_command_on_the_smoke_profile(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+         "--param", "optimizer.learning_rate=0.01,0.1", "--parallel", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "cifar10-async" / "smoke" / "grid-sgd-bn"
+    with (root / "leaderboard.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["optimizer.learning_rate"] for r in rows) == ["0.01", "0.1"]
+    assert [r["best"] for r in rows] == ["True", "False"] and all(r["status"] == "complete" for r in rows)
+    best = json.loads((root / "best.json").read_text())
+    assert best["params"]["optimizer.learning_rate"] == float(rows[0]["optimizer.learning_rate"])
+
+
+def test_grid_rejects_a_bad_combination_before_training(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+         "--param", "optimizer.learning_rate=0.1,-1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "optimizer.learning_rate" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,82 @@
+"""Figures and report from small synthetic result trees: run selection, axes, files written, claims whose answer
+is known, and no TensorFlow import."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from kfac_repro.plotting import claims
+from kfac_repro.plotting.results import newest_complete_runs, series
+from kfac_repro.runner.metrics_log import MetricsLog
+
+
+def write_run(results: Path, spec: str, profile: str, arm: str, run_id: str, seconds_per_step: float,
+              errors: list[float], status: str = "complete", batch: int = 100) -> Path:
+    run_dir = results / spec / profile / arm / run_id
+    run_dir.mkdir(parents=True)
+    log = MetricsLog(run_dir / "metrics.csv")
+    for i, error in enumerate(errors, start=1):
+        step = 10 * i
+        log.append({"step": step, "examples": step * batch, "seconds": 1.0 + seconds_per_step * (step - 10),
+                    "train_loss": 2 * error, "train_error": error, "val_loss": 3 * error if i % 2 == 0 else None,
+                    "val_error": error if i % 2 == 0 else None})
+    log.close()
+    (run_dir / "run.json").write_text(json.dumps({"status": status, "label": f"{arm} label", "data": "fashion_mnist",
+                                                  "method": "kfac", "steps": 10 * len(errors)}))
+    (run_dir / "environment.json").write_text(json.dumps({"device": "CPU (test)"}))
+    return run_dir
+
+
+def test_newest_complete_run_per_arm_is_chosen_and_grid_runs_are_not_arms(tmp_path: Path) -> None:
+    old = write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260101T000000", 1.0, [0.5, 0.4])
+    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260102T000000", 1.0, [0.5], status="failed")
+    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260103T000000", 1.0, [0.5], status="running")
+    write_run(tmp_path, "cifar10-async", "cpu", "grid-sgd-bn", "lr=0.1", 1.0, [0.5, 0.4])
+    runs = newest_complete_runs(tmp_path, "cifar10-async", "cpu")
+    assert list(runs) == ["sync-gpu1"] and runs["sync-gpu1"].directory == old
+    xs, ys = series(runs["sync-gpu1"], "step", "error", "val")
+    assert list(xs) == [20] and list(ys) == [0.4]  # validation only where it was logged
+    xs, ys = series(runs["sync-gpu1"], "examples", "loss", "train")
+    assert list(xs) == [1000, 2000] and list(ys) == [1.0, 0.8]
+
+
+def test_plot_writes_figures_with_data_and_reports_missing_ones(tmp_path: Path) -> None:
+    write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r1", 1.0, [0.5, 0.4, 0.3, 0.2])
+    write_run(tmp_path, "alexnet-bs2048", "cpu", "sgd", "r1", 0.5, [0.6, 0.5, 0.45, 0.4])
+    out = tmp_path / "plots"
+    result = CliRunner().invoke(cli.main, ["plot", "all", "--results", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "fig4-cpu.png").stat().st_size > 10_000 and (out / "fig4-cpu.pdf").exists()
+    assert "fig 2: no complete runs under" in result.output and "kfac-repro run cifar10-async" in result.output
+    nothing = CliRunner().invoke(cli.main, ["plot", "3", "--results", str(tmp_path), "--out", str(out)])
+    assert nothing.exit_code == 1
+
+
+def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
+    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "r", 0.3, [0.5, 0.4, 0.3, 0.2])
+    write_run(tmp_path, "cifar10-async", "cpu", "async-gpu1", "r", 0.15, [0.5, 0.4, 0.3, 0.2])
+    write_run(tmp_path, "googlenet-bs256", "cpu", "kfac", "r", 1.0, [0.5, 0.3, 0.3, 0.2])  # error 0.2 at 31 s
+    write_run(tmp_path, "googlenet-bs256", "cpu", "sgd-bn-rbz128", "r", 0.5, [0.6, 0.5, 0.5, 0.45, 0.3, 0.2, 0.2, 0.2])
+    async_claims = claims.async_speedup(newest_complete_runs(tmp_path, "cifar10-async", "cpu"))
+    assert async_claims[0].verdict == claims.REPRODUCED and "2.00×" in async_claims[0].measured
+    assert async_claims[1].verdict == claims.NO_DATA
+    runs = newest_complete_runs(tmp_path, "googlenet-bs256", "cpu")
+    claim = claims.time_to_target(3, runs, "kfac", "sgd-bn-rbz128", 2.0, "test")
+    # target 0.2: K-FAC first at step 40 (31 s), SGD+BN at step 60 (26 s) → 0.84×
+    assert "0.84×" in claim.measured and claim.verdict == claims.NOT_REPRODUCED
+    assert claims.ratio_verdict(1.2, 2.0) == claims.PARTLY and claims.ratio_verdict(1.6, 2.0) == claims.REPRODUCED
+
+
+@pytest.mark.parametrize("args", [["plot", "all", "--results", "NONE"], ["report", "--results", "NONE"]])
+def test_plot_and_report_do_not_import_tensorflow(tmp_path: Path, args: list[str]) -> None:
+    args = [a.replace("NONE", str(tmp_path)) for a in args] + (["--out", str(tmp_path / "r.md")]
+                                                                if args[0] == "report" else [])
+    probe = (f"import sys; from click.testing import CliRunner; import cli; r = CliRunner().invoke(cli.main, "
+             f"{args!r}); assert 'tensorflow' not in sys.modules; print(r.exit_code)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
