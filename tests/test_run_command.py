@@ -85,3 +85,19 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_pa
                                              "metrics.csv")[-1]
     for column in ("train_loss", "val_loss", "val_error", "step_size"):
         assert float(final[column]) == pytest.approx(float(expected[column]), rel=1e-5), column
+
+
+def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) -> None:
+    """Four in-process replicas: a distributed iterator cannot be checkpointed, so a resume skips what was used."""
+    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
+              "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
+    whole = kfac_repro("run", *common, "--set", "training.steps=12", "--out", str(tmp_path / "whole"))
+    first = kfac_repro("run", *common, "--set", "training.steps=6", "--out", str(tmp_path / "split"))
+    second = kfac_repro("run", *common, "--set", "training.steps=12", "--resume", "--out", str(tmp_path / "split"))
+    for result in (whole, first, second):
+        assert result.returncode == 0, result.stderr[-2000:]
+    split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    assert [int(r["step"]) for r in split] == list(range(1, 13))
+    for got, want in zip(split, expected, strict=True):
+        assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]

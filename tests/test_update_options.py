@@ -93,3 +93,19 @@ def test_sgd_momentum_update_and_learning_rate_decay() -> None:
         velocity = [0.5 * v + metrics["learning_rate"] * g for v, g in zip(velocity, grads, strict=True)]
         for variable, b, v in zip(model.trainable_variables, before, velocity, strict=True):
             np.testing.assert_allclose(variable.numpy(), b - v, rtol=1e-5, atol=1e-7)
+
+
+def test_statistics_from_a_separate_pass_on_the_first_examples() -> None:
+    """stats_batch_size m: the step's factors are those of x[:m] (a separate pass), not of the whole batch."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 2, 8), tf.int32)
+    subset = KFAC(tiny(), KFACConfig(stats_batch_size=3, fisher_targets="exact", inverse_every=100))
+    reference = KFAC(tiny(), KFACConfig(fisher_targets="exact"))
+    subset.accumulate_statistics(x[:3])
+    subset.refresh_inverses()
+    subset.train_step(x, y)  # factors: EMA(k=2) of x[:3] twice at the same weights = the x[:3] factors
+    reference.accumulate_statistics(x[:3])
+    for got, want in zip(subset.factors().values(), reference.factors().values(), strict=True):
+        for name in got:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7)

@@ -88,9 +88,18 @@ def run_arm(
     data_args: dict[str, Any] = {"data_dir": data_section.get("data_dir"), "image_size": size,
                  "num_classes": classes if data_section["name"] == "synthetic" else None}
     global_batch = int(training["batch_size"])
-    train_data = strategy.distribute_datasets_from_function(lambda context: make_dataset(
-        data_section["name"], "train", global_batch, input_context=context, seed=seed,
-        augment=data_section.get("augment"), **data_args))
+    chief = cluster is None or cluster.is_chief
+    run_dir = identity.run_dir if chief else identity.run_dir / f".worker-{cluster.index if cluster else 0}"
+    # A single-replica run checkpoints its tf.data iterator; a distributed iterator is not checkpointable, so a
+    # resumed multi-replica run skips the batches it had consumed (the seeded order is deterministic).
+    skip = _checkpointed_step(run_dir) if resume and strategy.num_replicas_in_sync > 1 else 0
+
+    def train_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = make_dataset(data_section["name"], "train", global_batch, input_context=context, seed=seed,
+                               augment=data_section.get("augment"), **data_args)
+        return dataset.skip(skip * context.num_replicas_in_sync // context.num_input_pipelines)
+
+    train_data = strategy.distribute_datasets_from_function(train_pipeline)
     val_data = make_dataset(data_section["name"], "val", global_batch, repeat=False, **data_args)
     method, config = optimizer_config(arm["optimizer"], seed)
     knobs = {k: v for k, v in model_section.items() if k not in ("name", "input_size", "num_classes")}
@@ -98,8 +107,6 @@ def run_arm(
         model = build_model(model_section["name"], input_shape=(size, size, channels), num_classes=classes, **knobs)
         optimizer = KFAC(model, config) if method == "kfac" else SGD(model, config)  # type: ignore[arg-type]
 
-    chief = cluster is None or cluster.is_chief
-    run_dir = identity.run_dir if chief else identity.run_dir / f".worker-{cluster.index if cluster else 0}"
     run_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         (run_dir / "resolved.yaml").write_text(yaml.safe_dump(_plain(arm), sort_keys=False))
@@ -119,7 +126,8 @@ def run_arm(
                             checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch)
     iterator = iter(train_data)
     try:
-        final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator},
+        extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
+        final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
                       progress=progress)
     except BaseException:
         _write_status(run_dir, record, "failed", chief)
@@ -131,6 +139,14 @@ def run_arm(
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return final
+
+
+def _checkpointed_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint in run_dir (0 if none): checkpoints are numbered by step."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def _evaluator(optimizer: Any, dataset: Any, batches: int) -> Callable[[], tuple[float, float]]:
