@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Protocol
 
 import keras
 import tensorflow as tf
@@ -28,6 +29,21 @@ def scheduled(schedule: Schedule, step: tf.Tensor) -> tf.Tensor:
     return schedule.initial * tf.pow(tf.constant(schedule.rate, tf.float32), exponent)
 
 
+class UpdateSettings(Protocol):
+    """What both KFACConfig and SGDConfig say about the loss and the momentum update."""
+
+    @property
+    def likelihood(self) -> likelihoods.Likelihood: ...
+    @property
+    def from_logits(self) -> bool: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def polyak_decay(self) -> float | None: ...
+
+
 class ModelOptimizer(abc.ABC):
     """Trains `model` one mini-batch at a time: `train_step(x, y)` returns the step's metrics as floats.
 
@@ -35,24 +51,16 @@ class ModelOptimizer(abc.ABC):
     distributed dataset or `experimental_distribute_values_from_function`), each replica holding its share.
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        *,
-        likelihood: likelihoods.Likelihood,
-        from_logits: bool,
-        momentum: float,
-        weight_decay: float,
-        polyak_decay: float | None,
-    ):
+    def __init__(self, model: keras.Model, config: UpdateSettings):
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input first")
         self.model = model
         self.strategy = tf.distribute.get_strategy()  # the one whose scope the optimizer is built in
-        self.likelihood = likelihood
-        self.from_logits = from_logits
-        self.momentum = momentum
-        self.weight_decay = weight_decay
+        self.likelihood = config.likelihood
+        self.from_logits = config.from_logits
+        self.momentum = config.momentum
+        self.weight_decay = config.weight_decay
+        polyak_decay = config.polyak_decay
         self.params = list(model.trainable_variables)
         self.velocity = [tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False, name=f"velocity_{i}")
                          for i, p in enumerate(self.params)]

@@ -34,14 +34,7 @@ class KFAC(ModelOptimizer):
 
     def __init__(self, model: keras.Model, config: KFACConfig | None = None):
         self.config = config or KFACConfig()
-        super().__init__(
-            model,
-            likelihood=self.config.likelihood,
-            from_logits=self.config.from_logits,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
-            polyak_decay=self.config.polyak_decay,
-        )
+        super().__init__(model, self.config)
         self.blocks: list[FisherBlock] = build_blocks(model, self.config)
         self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
                               [b.layer for b in self.blocks if not b.taps_preactivation])

@@ -15,14 +15,7 @@ class SGD(ModelOptimizer):
 
     def __init__(self, model: keras.Model, config: SGDConfig | None = None):
         self.config = config or SGDConfig()
-        super().__init__(
-            model,
-            likelihood=self.config.likelihood,
-            from_logits=self.config.from_logits,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
-            polyak_decay=self.config.polyak_decay,
-        )
+        super().__init__(model, self.config)
         self._step = self.distributed(self._replica_step)
 
     def _replica_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
