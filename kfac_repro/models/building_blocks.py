@@ -7,7 +7,7 @@ channels_last: [batch, height, width, channels].
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 
@@ -59,6 +59,14 @@ def conv_unit(
         x = batch_norm_layer(f"{name}_bn", bn_chunk_size)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def imagenet_stem(x: keras.KerasTensor, filters: int, paper_stem: bool, **bn: Any) -> keras.KerasTensor:
+    """GoogLeNet/ResNet conv1: 7×7/2 conv then 3×3/2 max pooling (paper stem), or a 3×3/1 conv (reduced stem)."""
+    x = conv_unit(x, filters, 7 if paper_stem else 3, strides=2 if paper_stem else 1, name="conv1", **bn)
+    if paper_stem:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     return x
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from kfac_repro.models.building_blocks import conv_unit, dense_unit, logits_layer, resolve_stem, scaled
+from kfac_repro.models.building_blocks import conv_unit, dense_unit, imagenet_stem, logits_layer, resolve_stem, scaled
 
 # name: (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection)
 INCEPTION_WIDTHS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -51,10 +51,7 @@ def googlenet(
     paper_stem = resolve_stem(stem, input_shape) == "paper"
     bn: dict[str, Any] = {"batch_norm": batch_norm, "bn_chunk_size": bn_chunk_size}
     inputs = keras.Input(shape=input_shape, name="image")
-    x = conv_unit(inputs, scaled(64, width_multiplier), 7 if paper_stem else 3, strides=2 if paper_stem else 1,
-                  name="conv1", **bn)
-    if paper_stem:
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+    x = imagenet_stem(inputs, scaled(64, width_multiplier), paper_stem, **bn)
     x = conv_unit(x, scaled(64, width_multiplier), 1, name="conv2", **bn)
     x = conv_unit(x, scaled(192, width_multiplier), 3, name="conv3", **bn)
     if paper_stem:

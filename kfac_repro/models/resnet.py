@@ -18,7 +18,14 @@ from typing import Any
 
 import keras
 
-from kfac_repro.models.building_blocks import batch_norm_layer, conv_unit, logits_layer, resolve_stem, scaled
+from kfac_repro.models.building_blocks import (
+    batch_norm_layer,
+    conv_unit,
+    imagenet_stem,
+    logits_layer,
+    resolve_stem,
+    scaled,
+)
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -40,10 +47,7 @@ def resnet(
     paper_stem = resolve_stem(stem, input_shape) == "paper"
     bn: dict[str, Any] = {"batch_norm": batch_norm, "bn_chunk_size": bn_chunk_size}
     inputs = keras.Input(shape=input_shape, name="image")
-    x = conv_unit(inputs, scaled(64, width_multiplier), 7 if paper_stem else 3, strides=2 if paper_stem else 1,
-                  name="conv1", **bn)
-    if paper_stem:
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+    x = imagenet_stem(inputs, scaled(64, width_multiplier), paper_stem, **bn)
     for stage, (width, blocks) in enumerate(zip(STAGE_WIDTHS, BLOCKS[depth], strict=True), start=2):
         for block in range(1, blocks + 1):
             strides = 2 if block == 1 and stage > 2 else 1
