@@ -34,15 +34,13 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
 
     try:
         axes = dict(parse_param(p) for p in params)
-        spec = load_spec(name, profile, overrides)
-        if arm not in spec.arms:
-            raise click.UsageError(f"{name}: no arm named {arm}; arms: {', '.join(spec.arms)}")
+        spec = load_spec(name, profile, overrides, arms=(arm,))
         axes = axes or {k: list(v) for k, v in spec.grid.items()}
         if not axes:
             raise click.UsageError(f"{name} has no grid section: give --param SECTION.FIELD=V1,V2")
         combos = combinations(axes)
         for combo in combos:  # validate every combination before training any
-            load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())])
+            load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())], arms=(arm,))
     except (SpecError, ValueError) as error:
         raise click.UsageError(str(error)) from error
     root = out / spec.name / profile / f"grid-{arm}"

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +32,10 @@ def _with_options(function: Any) -> Any:
     return function
 
 
-def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None) -> Any:
+def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None, arms: tuple[str, ...] = ()) -> Any:
+    seeded = (*overrides, *([f"training.seed={seed}"] if seed is not None else []))
     try:
-        return load_spec(name, profile=profile, overrides=(*overrides, *([f"training.seed={seed}"] if seed is not None
-                                                                           else [])))
+        return load_spec(name, profile=profile, overrides=seeded, arms=arms)
     except SpecError as error:
         raise click.UsageError(str(error)) from error
 
@@ -85,26 +86,32 @@ def _check_data(spec: Any, arms: list[str]) -> None:
 def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
         resume: bool, out: Path, run_id: str | None, workers: int) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
-    spec = _load(name, profile, overrides, seed)
+    spec = _load(name, profile, overrides, seed, arms)
     selected = _select(spec, arms)
     _check_data(spec, selected)
-    if workers == 1:
-        from kfac_repro.distribute.strategy import reserve_cpu_replicas
+    if len(selected) > 1:  # every arm in a fresh process: no TensorFlow state carries over between arms
+        failed = [arm for arm in selected if subprocess.run(
+            [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
+             *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
+             *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
+             "--workers", str(workers)]).returncode != 0]
+        if failed:
+            click.echo(f"error: failed arms: {', '.join(failed)}", err=True)
+            sys.exit(1)
+        return
+    arm = selected[0]
+    run_dir = _run_dir(out, spec, arm, run_id, resume)
+    click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
+    try:
+        if workers > 1:
+            _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
+        else:
+            from kfac_repro.distribute.strategy import reserve_cpu_replicas
 
-        reserve_cpu_replicas(max(spec.arms[a].distribution["workers"] for a in selected))
-    failed = []
-    for arm in selected:
-        run_dir = _run_dir(out, spec, arm, run_id, resume)
-        click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
-        try:
-            if workers > 1:
-                _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
-            else:
-                _train_here(spec, arm, run_dir, resume)
-        except Exception as error:
-            click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
-            failed.append(arm)
-    if failed:
+            reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
+            _train_here(spec, arm, run_dir, resume)
+    except Exception as error:
+        click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
 
 
@@ -132,8 +139,7 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
         parse_tf_config(os.environ["TF_CONFIG"])
     except ClusterConfigError as error:
         raise click.UsageError(str(error)) from error
-    spec = _load(name, profile, overrides, seed)
-    _select(spec, (arm,))
+    spec = _load(name, profile, overrides, seed, (arm,))
     try:
         _train_here(spec, arm, run_dir, resume)
     except Exception as error:

@@ -38,15 +38,10 @@ def list_specs() -> None:
 def show(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """The resolved spec NAME (or file) as YAML."""
     try:
-        spec = load_spec(name, profile, overrides)
+        spec = load_spec(name, profile, overrides, arms)
     except SpecError as error:
         raise click.UsageError(str(error)) from error
     document = spec.to_dict()
-    unknown = [a for a in arms if a not in document["arms"]]
-    if unknown:
-        raise click.UsageError(f"{name}: no arm named {', '.join(unknown)}; arms: {', '.join(document['arms'])}")
-    if arms:
-        document["arms"] = {a: document["arms"][a] for a in arms}
     click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
 
 

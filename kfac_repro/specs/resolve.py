@@ -57,11 +57,14 @@ class ResolvedSpec:
                 "arms": {name: arm.to_dict() for name, arm in self.arms.items()}}
 
 
-def load_spec(name_or_path: str, profile: str = DEFAULT_PROFILE, overrides: Sequence[str] = ()) -> ResolvedSpec:
-    """Resolve a spec (by experiment name or file path) for `profile`, with `section.field=value` overrides."""
+def load_spec(
+    name_or_path: str, profile: str = DEFAULT_PROFILE, overrides: Sequence[str] = (), arms: Sequence[str] = ()
+) -> ResolvedSpec:
+    """Resolve a spec (by experiment name or file path) for `profile`, with `section.field=value` overrides
+    applied to the selected `arms` (default: every arm; only the selected arms are resolved)."""
     path = spec_path(name_or_path)
     document = load_document(path)
-    return resolve(document, path, profile, overrides)
+    return resolve(document, path, profile, overrides, arms)
 
 
 def load_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -84,11 +87,16 @@ def load_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-def resolve(document: dict[str, Any], path: Path, profile: str, overrides: Sequence[str]) -> ResolvedSpec:
+def resolve(
+    document: dict[str, Any], path: Path, profile: str, overrides: Sequence[str], selected: Sequence[str] = ()
+) -> ResolvedSpec:
     source = str(path)
     for key in ("name", "arms"):
         if key not in document:
             raise SpecError(source, key, "required field missing")
+    unknown = [a for a in selected if a not in document["arms"]]
+    if unknown:
+        raise SpecError(source, "arms", f"no arm named {', '.join(unknown)}; arms: {', '.join(document['arms'])}")
     profiles = dict(document.get("profiles") or {})
     profiles.setdefault(DEFAULT_PROFILE, {})
     if profile not in profiles:
@@ -100,6 +108,8 @@ def resolve(document: dict[str, Any], path: Path, profile: str, overrides: Seque
     arms = {}
     used: set[tuple[str, str]] = set()
     for arm_name, arm in document["arms"].items():
+        if selected and arm_name not in selected:
+            continue
         layers = [document.get("defaults") or {}, chosen.get("defaults") or {}, arm or {},
                   (chosen.get("arms") or {}).get(arm_name) or {}]
         combined: dict[str, Any] = {}
