@@ -66,6 +66,10 @@ def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path
                         xs = xs / 60.0
                     axis.plot(xs, ys, color=colour, linestyle="--" if split == "train" else "-",
                               label=f"{run.label} ({'train' if split == 'train' else 'val'})")
+            if y == "loss":  # early validation spikes (e.g. BN moving averages not yet settled) would flatten the rest
+                axis.set_ylim(0, 1.5 * max(float(r.metrics["train_loss"].max()) for r in runs.values()))
+            else:
+                axis.set_ylim(0, 1)
             axis.set_xlabel(X_LABELS[x] + (" (minutes)" if x == "seconds" else ""))
             axis.set_ylabel(Y_LABELS[y])
             axis.grid(alpha=0.3)
