@@ -6,8 +6,12 @@ from pathlib import Path
 
 
 class SpecError(ValueError):
-    """A spec (or a --set override) is invalid. str(error) is 'FILE: FIELD: MESSAGE'."""
+    """A spec (or a --set override) is invalid.
 
-    def __init__(self, source: Path | str, field: str, message: str):
-        self.source, self.field, self.message = str(source), field, message
-        super().__init__(f"{self.source}: {field}: {message}" if field else f"{self.source}: {message}")
+    `path` is the spec file (or "--set" for an override), `field` the dotted field path ("" for the whole file),
+    `message` what was expected and what was found; str(error) is 'PATH: FIELD: MESSAGE'.
+    """
+
+    def __init__(self, path: Path | str, field: str, message: str):
+        self.path, self.field, self.message = str(path), field, message
+        super().__init__(f"{self.path}: {field}: {message}" if field else f"{self.path}: {message}")

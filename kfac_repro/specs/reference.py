@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from kfac_repro.specs import schema
+from kfac_repro.specs.fields import Field
 
 HEADER = """# Experiment spec format
 
@@ -26,36 +26,52 @@ profiles:                        # paper (default), cpu, smoke, or your own
 grid: {section.field: [v1, v2, ...]}   # optional: what `kfac-repro grid` searches
 ```
 
-An arm resolves as defaults ← profile defaults ← arm ← profile arm overrides ← `--set section.field=value`.
-Mappings merge key by key; lists and scalars replace; an optimizer section naming another optimizer replaces the
-inherited one whole; `null` unsets an optimizer field. Unknown keys are errors. Every arm is checked in every
-profile by `kfac-repro validate`.
+An arm resolves as defaults ← profile defaults ← arm ← profile arm overrides ← `--set section.field=value`
+(`kfac-repro show NAME --profile P` prints the result). Mappings merge key by key; lists and scalars replace; an
+optimizer section naming another optimizer replaces the inherited one whole; `null` resets a field to its default
+(to switch from an inherited `steps` to `epochs`, say). The resolved arm is complete: every field below with its
+value, intervals in steps (an `…epochs` field is converted with the data set's training size and the batch size:
+CIFAR-10 50,000, ImageNet 1,281,167, Fashion-MNIST 60,000, synthetic 4,096 examples).
+
+Validation runs before any work (`kfac-repro validate` checks every arm in every profile) and names the file, the
+field, what was expected and what was found. Unknown keys are errors, with a "did you mean" suggestion; so are
+duplicate keys, an `extends` cycle or a missing base. Cross-field rules: `training.batch_size` a multiple of
+`distribution.workers`, `eval_every` a multiple of `log_every`, `bn_chunk_size` only with `batch_norm`, `stem`,
+`dropout`, `aux_heads` only for the models that have them.
 """
 
 
-def _default(value: object) -> str:
-    if value is schema.REQUIRED:
+def _default(spec: Field) -> str:
+    if spec.required:
         return "required"
-    return "null" if value is None else f"`{value}`"
+    value = spec.default
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{list(value)}`" if isinstance(value, tuple) else f"`{value}`"
+
+
+def _table(fields: dict[str, Field]) -> list[str]:
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, spec in fields.items():
+        meaning = spec.doc + (f"; converted to `{spec.epochs_of}` (steps) on resolution" if spec.epochs_of else "")
+        rows.append(f"| `{name}` | {spec.expected()} | {_default(spec)} | {meaning} |")
+    return [*rows, ""]
 
 
 def reference_text() -> str:
+    """The Markdown reference of the spec format, generated from the schema tables."""
     lines = [HEADER]
     for section, fields in schema.SECTIONS.items():
-        lines += [f"## `{section}`", "", "| field | type | default | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{name}` | {f.expected()} | {_default(f.default)} | {f.doc} |" for name, f in fields.items()]
-        lines.append("")
-    for name, config_type in schema.OPTIMIZER_TYPES.items():
-        lines += [f"## `optimizer` with `name: {name}`", "",
-                  f"The fields of `{config_type.__name__}` (see the README's Library API), validated by it; "
-                  "`seed` comes from `training.seed`.", "", "| field | default |", "|---|---|"]
-        config_fields = [f for f in dataclasses.fields(config_type) if f.name != "seed"]
-        lines += [f"| `{f.name}` | {_default(f.default)} |" for f in config_fields]
-        lines += [f"| `{alias}` | null — in epochs instead of steps (converted with the data set's size) |"
-                  for alias in schema.EPOCH_ALIASES[name]]
-        lines.append("")
+        lines += [f"## `{section}`", "", *_table(fields)]
+    lines += ["## `optimizer`", "", f"`name` ({schema.OPTIMIZER_NAME.expected()}, required) selects the fields "
+              "below; `training.seed` seeds the optimizer too.", ""]
+    for name, fields in schema.OPTIMIZERS.items():
+        lines += [f"### `optimizer` with `name: {name}`", "", *_table(fields)]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def reference_path() -> Path:
+    """docs/spec-format.md in the repository."""
     return Path(__file__).resolve().parents[2] / "docs" / "spec-format.md"

@@ -1,70 +1,20 @@
-"""The spec schema: one declarative table of every field (type, range, choices, default, meaning) that drives
-validation and the generated reference docs/spec-format.md. Optimizer fields are those of the library's own
-KFACConfig / SGDConfig, validated by constructing them, plus the epoch-based intervals below."""
+"""The spec schema: one declarative table per section of an arm (type, range, choices, default and meaning of
+every field). It drives validation (`validation.py`) and the generated reference docs/spec-format.md
+(`reference.py`). The optimizer tables mirror the library's KFACConfig / SGDConfig field for field (a test
+checks names and defaults), plus the epoch-based intervals that resolution converts to steps."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
-
+from kfac_repro.data import synthetic
 from kfac_repro.data.registry import DATASET_NAMES
-from kfac_repro.kfac.config import KFACConfig, SGDConfig
-from kfac_repro.models.registry import MODEL_NAMES, family_knobs
-from kfac_repro.specs.errors import SpecError
+from kfac_repro.models.registry import MODEL_NAMES
+from kfac_repro.specs.fields import Field
 
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Field:
-    """One field: its type, constraints and documentation."""
-
-    kind: type
-    doc: str
-    default: Any = REQUIRED
-    choices: tuple[Any, ...] | None = None
-    minimum: float | None = None  # inclusive
-    above: float | None = None  # exclusive
-    below: float | None = None  # exclusive
-    nullable: bool = False
-
-    def expected(self) -> str:
-        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                list: "a list of strings"}[self.kind]
-        if self.choices:
-            text = "one of " + ", ".join(map(str, self.choices))
-        bounds = [f">= {self.minimum:g}" if self.minimum is not None else "",
-                  f"> {self.above:g}" if self.above is not None else "",
-                  f"< {self.below:g}" if self.below is not None else ""]
-        text += "".join(f" {b}" for b in bounds if b).replace("  ", " ")
-        return text + (" or null" if self.nullable else "")
-
-    def check(self, value: Any, source: str, path: str) -> None:
-        if value is None:
-            if not self.nullable:
-                raise SpecError(source, path, f"expected {self.expected()}, found null")
-            return
-        ok = _is_kind(value, self.kind) and (self.choices is None or value in self.choices)
-        if ok and self.kind in (int, float):
-            ok = ((self.minimum is None or value >= self.minimum) and (self.above is None or value > self.above)
-                  and (self.below is None or value < self.below) and math.isfinite(value))
-        if not ok:
-            raise SpecError(source, path, f"expected {self.expected()}, found {value!r}")
-
-
-def _is_kind(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is list:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, kind)
-
+TOP_KEYS = ("name", "description", "figure", "extends", "defaults", "arms", "profiles", "grid")
+PROFILE_KEYS = ("description", "defaults", "arms")
+DEFAULT_PROFILE = "paper"
+# Training-set sizes for converting epochs to steps (a spec's epochs mean the real data set's epochs).
+NUM_TRAIN = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion_mnist": 60_000, "synthetic": synthetic.SIZES["train"]}
 
 SECTIONS: dict[str, dict[str, Field]] = {
     "model": {
@@ -73,13 +23,14 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "num_classes": Field(int, "classes of the output layer (must match the data set)", minimum=2),
         "width_multiplier": Field(float, "channel width factor (reduced scale: e.g. 0.25)", 1.0, above=0),
         "batch_norm": Field(bool, "batch normalisation after each conv layer", False),
-        "bn_chunk_size": Field(int, "BN statistics per chunk of this many examples (the paper's rbz)", None,
-                               minimum=1, nullable=True),
+        "bn_chunk_size": Field(int, "BN statistics per chunk of this many examples (the paper's rbz; 32 is "
+                               "standard multi-GPU BN; null: the whole batch)", None, minimum=1, nullable=True),
         "stem": Field(str, "alexnet/googlenet/resnet: 'paper' or 'reduced' stem (null: by input size)", None,
                       choices=("paper", "reduced"), nullable=True),
-        "dropout": Field(float, "alexnet/googlenet: dropout rate before the classifier", None, minimum=0, below=1,
-                         nullable=True),
-        "aux_heads": Field(bool, "googlenet: auxiliary classifier heads", None, nullable=True),
+        "dropout": Field(float, "alexnet/googlenet: dropout rate before the classifier (null: the model's own)",
+                         None, minimum=0, below=1, nullable=True),
+        "aux_heads": Field(bool, "googlenet: auxiliary classifier heads (null: the model's own)", None,
+                           nullable=True),
     },
     "data": {
         "name": Field(str, "the data set", choices=DATASET_NAMES),
@@ -87,8 +38,10 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "augment": Field(bool, "random resize-and-crop (null: on for ImageNet training only)", None, nullable=True),
     },
     "training": {
-        "batch_size": Field(int, "global mini-batch size (split over the workers)", minimum=1),
-        "steps": Field(int, "parameter updates", minimum=1),
+        "batch_size": Field(int, "global mini-batch size (split over the gradient workers)", minimum=1),
+        "steps": Field(int, "parameter updates; or give `epochs` instead", minimum=1),
+        "epochs": Field(float, "passes over the training set instead of `steps`", None, above=0, nullable=True,
+                        epochs_of="steps"),
         "log_every": Field(int, "steps between metrics rows", 10, minimum=1),
         "eval_every": Field(int, "steps between validation passes (a multiple of log_every)", 50, minimum=1),
         "eval_batches": Field(int, "validation batches per pass", 10, minimum=1),
@@ -100,104 +53,78 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "workers": Field(int, "gradient workers (replicas); the batch is split across them", 1, minimum=1),
     },
 }
-EPOCH_ALIASES = {"kfac": {"decay_every_epochs": "decay_every"}, "sgd": {"lr_decay_every_epochs": "lr_decay_every"}}
-OPTIMIZER_TYPES: dict[str, type] = {"kfac": KFACConfig, "sgd": SGDConfig}
-ARM_KEYS = ("label", *SECTIONS, "optimizer")
-NUM_TRAIN = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion_mnist": 60_000, "synthetic": 4096}
+
+_LIKELIHOOD = Field(str, "the output distribution of the model", "categorical", choices=("categorical", "gaussian"))
+_FROM_LOGITS = Field(bool, "the model outputs logits (not probabilities)", True)
+_MOMENTUM = Field(float, "momentum μ (the paper: 0.9 for every method)", 0.9, minimum=0, below=1)
+_WEIGHT_DECAY = Field(float, "L2 coefficient (K-FAC: also folded into the damping)", 0.0, minimum=0)
+_POLYAK = Field(float, "decay of the exponential Polyak average of the weights used for evaluation "
+                "(null: raw weights)", None, minimum=0, below=1, nullable=True)
+
+OPTIMIZERS: dict[str, dict[str, Field]] = {
+    "kfac": {
+        "damping": Field(float, "λ: factored Tikhonov damping", 1e-3, above=0),
+        "weight_decay": _WEIGHT_DECAY,
+        "momentum": _MOMENTUM,
+        "kl_clip": Field(float, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) (Eq. 14)",
+                         0.01, above=0),
+        "max_step_size": Field(float, "η_max: the largest step size", 1.0, above=0),
+        "decay_rate": Field(float, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", 0.96,
+                            above=0, maximum=1),
+        "decay_every": Field(int, "steps between decays (null: no decay)", None, minimum=1, nullable=True),
+        "decay_every_epochs": Field(float, "`decay_every` in epochs (the paper: 0.5 on ImageNet)", None, above=0,
+                                    nullable=True, epochs_of="decay_every"),
+        "decay_target": Field(str, "kl: decay c (the paper); lr: decay η_max with c fixed (Fig. 8's decayLR)",
+                              "kl", choices=("kl", "lr")),
+        "stats_decay": Field(float, "largest decay of the factors' moving averages, min(1 − 1/k, ·)", 0.95,
+                             minimum=0, below=1),
+        "stats_every": Field(int, "steps between statistics updates", 1, minimum=1),
+        "stats_batch_size": Field(int, "statistics from a separate pass on this many examples, standing in for the "
+                                  "dedicated stats worker (null: from the training pass)", None, minimum=1,
+                                  nullable=True),
+        "inverse_every": Field(int, "steps between inverse refreshes (sync inversion)", 20, minimum=1),
+        "inversion": Field(str, "sync: refresh every `inverse_every` steps; async: background eigendecompositions, "
+                           "used stale", "sync", choices=("sync", "async")),
+        "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: measured)",
+                           None, minimum=1, nullable=True),
+        "conv_factors": Field(str, "conv blocks: cheap (App. A) or kfc", "cheap", choices=("cheap", "kfc")),
+        "eigh_dtype": Field(str, "precision of the eigendecompositions", "float64", choices=("float32", "float64")),
+        "fisher_targets": Field(str, "sample: targets drawn from the model (true Fisher); exact: expectation over "
+                                "classes", "sample", choices=("sample", "exact")),
+        "likelihood": _LIKELIHOOD,
+        "from_logits": _FROM_LOGITS,
+        "exact_block_max": Field(int, "largest vector block kept exact (larger: diagonal)", 1024, minimum=0),
+        "doubly_factored": Field(list, "layers given doubly-factored blocks (paper §4; AlexNet: [fc6])", ()),
+        "doubly_factored_min_inputs": Field(int, "also doubly-factor every eligible layer with at least this many "
+                                            "inputs (null: only the named ones)", None, minimum=1, nullable=True),
+        "polyak_decay": _POLYAK,
+    },
+    "sgd": {
+        "learning_rate": Field(float, "initial learning rate", 0.1, above=0),
+        "momentum": _MOMENTUM,
+        "weight_decay": _WEIGHT_DECAY,
+        "lr_decay_rate": Field(float, "the learning rate is multiplied by this every `lr_decay_every` steps", 1.0,
+                               above=0, maximum=1),
+        "lr_decay_every": Field(int, "steps between decays (null: constant)", None, minimum=1, nullable=True),
+        "lr_decay_every_epochs": Field(float, "`lr_decay_every` in epochs (the paper: 0.5 with BN, 2 without)",
+                                       None, above=0, nullable=True, epochs_of="lr_decay_every"),
+        "likelihood": _LIKELIHOOD,
+        "from_logits": _FROM_LOGITS,
+        "polyak_decay": _POLYAK,
+    },
+}
+OPTIMIZER_NAME = Field(str, "the optimizer; its fields are listed below", choices=tuple(OPTIMIZERS))
+ARM_SECTIONS = (*SECTIONS, "optimizer")
+ARM_KEYS = ("label", *ARM_SECTIONS)
 
 
-def optimizer_fields(name: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(OPTIMIZER_TYPES[name])} - {"seed"} | {"name"} | set(EPOCH_ALIASES[name])
-
-
-def unknown_key_error(source: str, path: str, key: str, known: set[str] | tuple[str, ...]) -> SpecError:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return SpecError(source, f"{path}.{key}" if path else str(key),
-                     f"unknown key{hint}; expected one of {', '.join(sorted(known))}")
-
-
-def check_mapping(value: Any, source: str, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(source, path, f"expected a mapping, found {type(value).__name__} {value!r}")
-    return value
-
-
-def check_partial_section(section: str, value: Any, source: str, path: str) -> None:
-    """Types, ranges and unknown keys of a (possibly partial) section where it is written."""
-    mapping = check_mapping(value, source, path)
-    if section == "optimizer":
-        name = mapping.get("name")
-        if name is not None and name not in OPTIMIZER_TYPES:
-            raise SpecError(source, f"{path}.name", f"expected one of kfac, sgd, found {name!r}")
-        known = optimizer_fields(name) if name else optimizer_fields("kfac") | optimizer_fields("sgd")
-        for key in mapping:
-            if key not in known:
-                raise unknown_key_error(source, path, key, known)
-        return
-    fields = SECTIONS[section]
-    for key, item in mapping.items():
-        if key not in fields:
-            raise unknown_key_error(source, path, key, tuple(fields))
-        fields[key].check(item, source, f"{path}.{key}")
-
-
-def check_arm(arm: dict[str, Any], source: str, path: str) -> dict[str, Any]:
-    """Complete an arm with defaults and check every field and cross-field rule; the optimizer by constructing
-    its config. Returns the arm with defaults filled in."""
-    complete: dict[str, Any] = {"label": arm.get("label")}
-    for section, fields in SECTIONS.items():
-        given = dict(check_mapping(arm.get(section, {}), source, f"{path}.{section}"))
-        check_partial_section(section, given, source, f"{path}.{section}")
-        for key, spec_field in fields.items():
-            if key not in given:
-                if spec_field.default is REQUIRED:
-                    raise SpecError(source, f"{path}.{section}.{key}", f"required field missing ({spec_field.doc})")
-                given[key] = spec_field.default
-        complete[section] = {k: v for k, v in given.items() if v is not None or fields[k].default is not None}
-    complete["optimizer"] = _check_optimizer(dict(arm.get("optimizer", {})), complete, source, f"{path}.optimizer")
-    _cross_checks(complete, source, path)
-    return complete
-
-
-def _check_optimizer(section: dict[str, Any], arm: dict[str, Any], source: str, path: str) -> dict[str, Any]:
-    check_partial_section("optimizer", section, source, path)
-    section = {k: v for k, v in section.items() if v is not None}  # null: unset (the library default applies)
-    name = section.get("name")
-    if name is None:
-        raise SpecError(source, f"{path}.name", "required field missing (kfac or sgd)")
-    for alias, target in EPOCH_ALIASES[name].items():
-        if alias in section:
-            if target in section:
-                raise SpecError(source, f"{path}.{alias}", f"give either {alias} or {target}, not both")
-            epochs = section.pop(alias)
-            Field(float, "", above=0).check(epochs, source, f"{path}.{alias}")
-            steps_per_epoch = NUM_TRAIN[arm["data"]["name"]] / arm["training"]["batch_size"]
-            section[target] = max(1, round(epochs * steps_per_epoch))
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items() if k != "name"}
-    try:
-        OPTIMIZER_TYPES[name](**values)
-    except ValueError as error:
-        field_name, _, message = str(error).partition(": ")
-        raise SpecError(source, f"{path}.{field_name}", message) from error
-    except TypeError as error:
-        raise SpecError(source, path, str(error)) from error
-    return section
-
-
-def _cross_checks(arm: dict[str, Any], source: str, path: str) -> None:
-    model, training = arm["model"], arm["training"]
-    if training["eval_every"] % training["log_every"]:
-        raise SpecError(source, f"{path}.training.eval_every",
-                        f"expected a multiple of log_every ({training['log_every']}), found {training['eval_every']}")
-    workers = arm["distribution"]["workers"]
-    if training["batch_size"] % workers:
-        raise SpecError(source, f"{path}.training.batch_size",
-                        f"expected a multiple of distribution.workers ({workers}), found {training['batch_size']}")
-    if model.get("bn_chunk_size") is not None and not model["batch_norm"]:
-        raise SpecError(source, f"{path}.model.bn_chunk_size", "needs model.batch_norm: true")
-    accepted = family_knobs(model["name"])
-    for knob in ("stem", "dropout", "aux_heads"):
-        if model.get(knob) is not None and knob not in accepted:
-            raise SpecError(source, f"{path}.model.{knob}", f"not a setting of {model['name']} "
-                            f"(its own settings: {', '.join(accepted) or 'none'})")
+def section_fields(section: str, optimizer: str | None = None) -> dict[str, Field]:
+    """The fields of a section; for `optimizer`, those of the named optimizer (every optimizer's when None)."""
+    if section != "optimizer":
+        return SECTIONS[section]
+    if optimizer is not None:
+        return {"name": OPTIMIZER_NAME, **OPTIMIZERS[optimizer]}
+    merged = {"name": OPTIMIZER_NAME}
+    for fields in OPTIMIZERS.values():
+        merged.update(fields)
+    return merged

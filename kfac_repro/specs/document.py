@@ -1,0 +1,74 @@
+"""A spec document: its YAML read strictly, its structure checked where it is written, and its `extends` chain
+(a base spec, path relative to the file) merged in underneath it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kfac_repro.specs import schema
+from kfac_repro.specs.errors import SpecError
+from kfac_repro.specs.merging import merge
+from kfac_repro.specs.overrides import parse_assignment
+from kfac_repro.specs.validation import check_arm_layer, check_mapping, check_string, unknown_key_error
+from kfac_repro.specs.yaml_source import read_yaml
+
+
+def load_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The document of the spec at `path` with its bases merged in (base first); every file's own content is
+    checked. `chain` holds the files that extend this one (to report a cycle)."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " → ".join(str(p) for p in (*chain, resolved))
+        raise SpecError(path, "extends", f"cycle: {cycle}")
+    document = read_yaml(path)
+    check_document(document, path)
+    base_name = document.pop("extends", None)
+    if base_name is None:
+        return document
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise SpecError(path, "extends", f"base spec {base_name!r} not found (looked for {base_path})")
+    return merge(load_document(base_path, (*chain, resolved)), document)
+
+
+def check_document(document: Mapping[str, Any], path: Path) -> None:
+    """Unknown keys, types and ranges of one file, where they are written (a base spec may be partial;
+    completeness is checked for each resolved arm)."""
+    for key in document:
+        if key not in schema.TOP_KEYS:
+            raise unknown_key_error(path, "", key, schema.TOP_KEYS)
+    for key in ("name", "description", "figure", "extends"):
+        if key in document:
+            check_string(document[key], path, key)
+    check_arm_layer(document.get("defaults"), path, "defaults", allow_label=False)
+    arms = document.get("arms")
+    if arms is not None:
+        if not isinstance(arms, Mapping) or not arms:
+            raise SpecError(path, "arms", f"expected a non-empty mapping of arm names to settings, found {arms!r}")
+        for name, arm in arms.items():
+            check_arm_layer(arm, path, f"arms.{name}", allow_label=True)
+    profiles = check_mapping(document.get("profiles") or {}, path, "profiles")
+    for name, profile in profiles.items():
+        _check_profile(profile, arms, path, f"profiles.{name}")
+    grid = check_mapping(document.get("grid") or {}, path, "grid")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(path, f"grid.{key}", f"expected a non-empty list of values, found {values!r}")
+        for value in values:
+            parse_assignment(str(key), value, path, "grid")
+
+
+def _check_profile(value: Any, arms: Mapping[str, Any] | None, path: Path, field: str) -> None:
+    profile = check_mapping(value or {}, path, field)
+    for key in profile:
+        if key not in schema.PROFILE_KEYS:
+            raise unknown_key_error(path, field, key, schema.PROFILE_KEYS)
+    if "description" in profile:
+        check_string(profile["description"], path, f"{field}.description")
+    check_arm_layer(profile.get("defaults"), path, f"{field}.defaults", allow_label=False)
+    for arm_name, arm in check_mapping(profile.get("arms") or {}, path, f"{field}.arms").items():
+        if arms is not None and arm_name not in arms:
+            raise SpecError(path, f"{field}.arms.{arm_name}", f"no arm named {arm_name!r}; arms: {', '.join(arms)}")
+        check_arm_layer(arm, path, f"{field}.arms.{arm_name}", allow_label=True)
