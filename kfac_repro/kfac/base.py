@@ -88,7 +88,7 @@ class ModelOptimizer(abc.ABC):
         def step(x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
             return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=(x, y)))
 
-        return tf.function(step, reduce_retracing=True)
+        return tf.function(step, reduce_retracing=True, autograph=False)
 
     def loss_and_outputs(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean negative log-likelihood of the (local) batch plus the model's own losses, and the outputs."""

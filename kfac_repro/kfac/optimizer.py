@@ -50,7 +50,7 @@ class KFAC(ModelOptimizer):
         )
         self._steps = {s: self.distributed(functools.partial(self._replica_step, with_stats=s)) for s in (True, False)}
         self._stats_only = tf.function(
-            lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True
+            lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True, autograph=False
         )
 
     # ---- public API -------------------------------------------------------------------------------------------
