@@ -64,6 +64,20 @@ def test_grid_command_on_the_smoke_profile(tmp_path: Path) -> None:
     best = json.loads((root / "best.json").read_text())
     assert best["params"]["optimizer.learning_rate"] == float(rows[0]["optimizer.learning_rate"])
 
+    # Run again after an interruption: the finished combination is kept, the interrupted one resumed.
+    interrupted = root / "learning_rate=0.1" / "cifar10-async" / "smoke" / "sgd-bn" / "run"
+    record = json.loads((interrupted / "run.json").read_text())
+    (interrupted / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    steps_before = (interrupted / "metrics.csv").read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+         "--param", "optimizer.learning_rate=0.01,0.1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "kept learning_rate=0.01" in again.stdout and "resumed learning_rate=0.1" in again.stdout
+    assert json.loads((interrupted / "run.json").read_text())["status"] == "complete"
+    assert (interrupted / "metrics.csv").read_text() == steps_before  # no row lost or duplicated
+
 
 def test_grid_rejects_a_bad_combination_before_training(tmp_path: Path) -> None:
     result = subprocess.run(

@@ -1,5 +1,7 @@
 """`kfac-repro grid`: run every combination of a grid for one arm (in parallel processes if asked) and write
-the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<arm>/leaderboard.csv, best.json)."""
+the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<arm>/leaderboard.csv, best.json).
+
+A grid run again keeps its finished combinations and resumes the interrupted ones from their checkpoints."""
 
 from __future__ import annotations
 
@@ -45,22 +47,28 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
         raise click.UsageError(str(error)) from error
     root = out / spec.name / profile / f"grid-{arm}"
     click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
-    pending = [(combo, root / combination_id(combo)) for combo in combos]
+    pending = []
+    for combo in combos:
+        status = _status(root / combination_id(combo) / spec.name / profile / arm / "run")
+        if status == "complete":
+            click.echo(f"  kept {combination_id(combo)} (finished earlier)")
+        else:
+            pending.append((combo, root / combination_id(combo), status is not None))
     running: list[tuple[subprocess.Popen[bytes], str]] = []
     failures = 0
     while pending or running:
         while pending and len(running) < parallel:
-            combo, combo_dir = pending.pop(0)
+            combo, combo_dir, resume = pending.pop(0)
             command = [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile,
-                       "--out", str(combo_dir), "--run-id", "run",
+                       "--out", str(combo_dir), "--run-id", "run", *(["--resume"] if resume else []),
                        *[a for o in overrides for a in ("--set", o)],
                        *[a for k, v in combo.items() for a in ("--set", f"{k}={v}")]]
             log = (combo_dir.parent / f"{combo_dir.name}.log")
             combo_dir.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("wb") as handle:
+            with log.open("ab" if resume else "wb") as handle:
                 running.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT),
                                 combination_id(combo)))
-            click.echo(f"  started {combination_id(combo)}")
+            click.echo(f"  {'resumed' if resume else 'started'} {combination_id(combo)}")
         time.sleep(0.5)
         for process, label in list(running):
             if process.poll() is not None:
@@ -81,3 +89,9 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     click.echo(f"leaderboard: {root / 'leaderboard.csv'}")
     if failures:
         sys.exit(1)
+
+
+def _status(run_dir: Path) -> str | None:
+    """The status recorded in a combination's run.json ('complete', 'running', 'failed'), None if never started."""
+    record = run_dir / "run.json"
+    return str(json.loads(record.read_text())["status"]) if record.exists() else None

@@ -167,7 +167,7 @@ def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool) -> None:
                 click.echo(f"\n  step {step}: train_loss {row['train_loss']:.4f}{val}", err=True)
 
         final = run_arm(arm_dict, identity, resume, progress)
-    click.echo(f"   done: step {final.get('step')}, train_loss {final.get('train_loss'):.4f}, "
+    click.echo(f"   done: step {final.get('step', 0):g}, train_loss {final.get('train_loss'):.4f}, "
                f"val_error {final.get('val_error')}")
 
 

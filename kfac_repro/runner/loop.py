@@ -60,7 +60,7 @@ def train(
     log = MetricsLog(run_dir / "metrics.csv", resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     window: list[dict[str, float]] = []
-    row: Row = {}
+    row: Row = dict(log.last)  # a run resumed at its last step returns its final row
     clock = time.perf_counter()
     try:
         for step in range(start + 1, settings.steps + 1):

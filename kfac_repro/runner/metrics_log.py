@@ -19,14 +19,15 @@ COLUMNS = (
 
 
 class MetricsLog:
-    """Appends rows with the COLUMNS above (missing values are written empty)."""
+    """Appends rows with the COLUMNS above (missing values are written empty); `last` is the last row kept on
+    resume (numbers, None where empty), {} for a new log."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
-        if resume_step is None or not path.exists():
-            self._write_rows([])
-        else:
-            self._write_rows([row for row in read_rows(path) if int(row["step"]) <= resume_step])
+        kept = [] if resume_step is None or not path.exists() else [
+            row for row in read_rows(path) if int(row["step"]) <= resume_step]
+        self._write_rows(kept)
+        self.last: dict[str, float | None] = {c: float(v) if v else None for c, v in kept[-1].items()} if kept else {}
         self._handle = path.open("a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
 
