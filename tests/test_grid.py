@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kfac_repro.runner.grid import combination_id, combinations, leaderboard, parse_param
 from kfac_repro.runner.metrics_log import MetricsLog
@@ -77,6 +78,25 @@ def test_grid_command_on_the_smoke_profile(tmp_path: Path) -> None:
     assert "kept learning_rate=0.01" in again.stdout and "resumed learning_rate=0.1" in again.stdout
     assert json.loads((interrupted / "run.json").read_text())["status"] == "complete"
     assert (interrupted / "metrics.csv").read_text() == steps_before  # no row lost or duplicated
+
+    # A figure's baseline arm run with the grid's best settings.
+    tuned = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke", "--tuned",
+         "--set", "training.steps=2", "--out", str(tmp_path), "--run-id", "tuned"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "tuned"
+    resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())
+    assert resolved["optimizer"]["learning_rate"] == best["params"]["optimizer.learning_rate"]
+    assert "grid best: learning_rate" in json.loads((run_dir / "run.json").read_text())["label"]
+
+
+def test_tuned_run_without_a_grid_is_bad_usage(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke", "--tuned",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "grid-sgd-bn" in result.stderr and "best.json" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_grid_rejects_a_bad_combination_before_training(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,23 +84,35 @@ def _check_data(spec: Any, arms: list[str]) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy); must equal the arm's "
                    "distribution.workers when > 1")
+@click.option("--tuned", is_flag=True,
+              help="apply the best settings found by `kfac-repro grid NAME --arm ARM` (OUT/<spec>/<profile>/"
+                   "grid-<arm>/best.json) before any --set")
 def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
-        resume: bool, out: Path, run_id: str | None, workers: int) -> None:
+        resume: bool, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
     spec = _load(name, profile, overrides, seed, arms)
     selected = _select(spec, arms)
     _check_data(spec, selected)
     if len(selected) > 1:  # every arm in a fresh process: no TensorFlow state carries over between arms
+        if tuned:
+            for arm in selected:
+                _grid_best(out, spec, arm)  # every arm's grid result exists before any training
         failed = [arm for arm in selected if subprocess.run(
             [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
              *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
              *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
-             "--workers", str(workers)]).returncode != 0]
+             *(["--tuned"] if tuned else []), "--workers", str(workers)]).returncode != 0]
         if failed:
             click.echo(f"error: failed arms: {', '.join(failed)}", err=True)
             sys.exit(1)
         return
     arm = selected[0]
+    label_suffix = ""
+    if tuned:
+        best = _grid_best(out, spec, arm)
+        overrides = (*(f"{key}={value}" for key, value in best.items()), *overrides)
+        spec = _load(name, profile, overrides, seed, arms)
+        label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
     run_dir = _run_dir(out, spec, arm, run_id, resume)
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
     try:
@@ -109,7 +122,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
             from kfac_repro.distribute.strategy import reserve_cpu_replicas
 
             reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
-            _train_here(spec, arm, run_dir, resume)
+            _train_here(spec, arm, run_dir, resume, label_suffix)
     except Exception as error:
         click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
@@ -147,13 +160,24 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
         sys.exit(1)
 
 
-def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool) -> None:
+def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
+    """The best combination ({section.field: value}) of the arm's grid search under `out`."""
+    path = out / spec.name / spec.profile / f"grid-{arm}" / "best.json"
+    try:
+        return dict(json.loads(path.read_text())["params"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise click.UsageError(f"--tuned: no grid result for arm {arm!r} ({path}: {error}); run `kfac-repro grid "
+                               f"{spec.name} --arm {arm} --profile {spec.profile} --out {out}` first") from error
+
+
+def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str = "") -> None:
     from kfac_repro.distribute.cluster import parse_tf_config
     from kfac_repro.runner.experiment import RunIdentity, run_arm
 
     config = spec.arms[arm]
     arm_dict = config.to_dict()
-    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, arm_dict.get("label") or arm, run_dir)
+    label = (arm_dict.get("label") or arm) + label_suffix
+    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, label, run_dir)
     steps = int(arm_dict["training"]["steps"])
     chief = "TF_CONFIG" not in os.environ or parse_tf_config(os.environ["TF_CONFIG"]).is_chief
     with click.progressbar(length=steps, label=f"{arm}", show_pos=True, file=sys.stderr) as bar:
