@@ -22,6 +22,8 @@ bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an 
 reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)
 	for spec in $$(ls experiments/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//'); do \
 		kfac-repro run $$spec --profile cpu || exit 1; done
+	kfac-repro grid cifar10-async --arm sgd-bn --profile cpu --parallel 2
+	kfac-repro run cifar10-async --arm sgd-bn --profile cpu --tuned
 
 figures:  ## Figures 2-8 from the CSVs under results/ into plots/ (PNG and PDF); no training
 	kfac-repro plot all

@@ -65,6 +65,8 @@ def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
     async_claims = claims.async_speedup(newest_complete_runs(tmp_path, "cifar10-async", "cpu"))
     assert async_claims[0].verdict == claims.REPRODUCED and "2.00×" in async_claims[0].measured
     assert async_claims[1].verdict == claims.NO_DATA
+    figure2 = claims.CLAIMS[2](newest_complete_runs(tmp_path, "cifar10-async", "cpu"))
+    assert len(figure2) == 3 and figure2[2].verdict == claims.NO_DATA and "sgd-bn" in figure2[2].measured
     runs = newest_complete_runs(tmp_path, "googlenet-bs256", "cpu")
     claim = claims.time_to_target(3, runs, "kfac", "sgd-bn-rbz128", 2.0, "test")
     # target 0.2: K-FAC first at step 40 (31 s), SGD+BN at step 60 (26 s) → 0.84×
