@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import cli
 from kfac_repro.plotting import claims
+from kfac_repro.plotting.figures import FIGURES, draw
 from kfac_repro.plotting.results import newest_complete_runs, series
 from kfac_repro.runner.metrics_log import MetricsLog
 
@@ -55,6 +56,31 @@ def test_plot_writes_figures_with_data_and_reports_missing_ones(tmp_path: Path) 
     assert "fig 2: no complete runs under" in result.output and "kfac-repro run cifar10-async" in result.output
     nothing = CliRunner().invoke(cli.main, ["plot", "3", "--results", str(tmp_path), "--out", str(out)])
     assert nothing.exit_code == 1
+
+
+@pytest.mark.parametrize("number", sorted(FIGURES))
+def test_every_figure_draws_each_run_on_its_axes(tmp_path: Path, number: int) -> None:
+    figure = FIGURES[number]
+    write_run(tmp_path, figure.spec, "cpu", "arm-a", "r1", 2.0, [0.5, 0.4, 0.3, 0.2])
+    write_run(tmp_path, figure.spec, "cpu", "arm-b", "r1", 1.0, [0.6, 0.5, 0.45, 0.4], batch=400)
+    write_run(tmp_path, "other-spec", "cpu", "arm-c", "r1", 1.0, [0.9, 0.9])  # another figure's run
+    runs = newest_complete_runs(tmp_path, figure.spec, "cpu")
+    drawn = draw(figure, runs, "cpu")
+    panels = drawn.axes
+    assert len(panels) == 2 * len(figure.x_axes)
+    assert "Fashion-MNIST" in drawn.get_suptitle() and "profile cpu" in drawn.get_suptitle()
+    for index, panel in enumerate(panels):
+        x, y = figure.x_axes[index % len(figure.x_axes)], ("loss", "error")[index // len(figure.x_axes)]
+        assert panel.get_xlabel().startswith({"step": "updates", "seconds": "wall-clock", "examples": "examples"}[x])
+        lines = {line.get_label(): line for line in panel.get_lines()}
+        assert set(lines) == {f"{arm} label ({split})" for arm in ("arm-a", "arm-b") for split in figure.splits}
+        for arm in ("arm-a", "arm-b"):
+            for split in figure.splits:
+                line = lines[f"{arm} label ({split})"]
+                xs, ys = series(runs[arm], x, y, split)
+                assert list(line.get_xdata()) == list(xs / 60.0 if x == "seconds" else xs)
+                assert list(line.get_ydata()) == list(ys)
+                assert line.get_linestyle() == ("--" if split == "train" else "-")
 
 
 def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:

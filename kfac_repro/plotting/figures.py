@@ -45,8 +45,9 @@ def scale_of(runs: dict[str, Run], profile: str) -> str:
     return f"profile {profile}, data {', '.join(data)}, {', '.join(devices)}"
 
 
-def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path) -> list[Path]:
-    """Draw the figure's panels (rows: cross-entropy, error; columns: its x axes); write PNG and PDF."""
+def draw(figure: FigureSpec, runs: dict[str, Run], profile: str) -> Any:
+    """The matplotlib Figure of the paper's panels: rows cross-entropy and error, one column per x axis; a line
+    per run and split (training dashed, validation solid), x in minutes for wall-clock."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +77,14 @@ def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Fig. {figure.number} (paper): {figure.title}\n{scale_of(runs, profile)}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path) -> list[Path]:
+    """Draw the figure and write it as plots/fig<N>-<profile>.png and .pdf."""
+    import matplotlib.pyplot as plt
+
+    fig = draw(figure, runs, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"fig{figure.number}-{profile}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
