@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
-from kfac_repro.runner.loop import LoopSettings, train
+from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
 
 
@@ -64,3 +64,13 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path: Path) -> None:
     assert [r["step"] for r in read_rows(path)] == ["2", "4", "6"]
     with path.open() as handle:
         assert next(csv.reader(handle)) == list(COLUMNS)
+
+
+def test_a_diverged_run_stops_with_a_clear_error_after_logging_its_row(tmp_path: Path) -> None:
+    optimizer, _, evaluate = setup("sgd")
+    x = np.full((8, 6), np.nan, dtype=np.float32)
+    batches = iter(tf.data.Dataset.from_tensors((x, np.zeros(8, np.int32))).repeat())
+    settings = LoopSettings(steps=10, log_every=2, eval_every=4, checkpoint_every=5, global_batch=8)
+    with pytest.raises(TrainingDiverged, match="training loss is nan at step 2: the run diverged"):
+        train(optimizer, batches, evaluate, settings, tmp_path, resume=False)
+    assert [r["step"] for r in read_rows(tmp_path / "metrics.csv")] == ["2"]

@@ -20,9 +20,18 @@ class DampedEigen:
 
 
 def damped_eigen(factor: np.ndarray, shift: float, dtype: str = "float64") -> DampedEigen:
-    """Eigendecomposition of the symmetric factor in `dtype`, eigenvalues clipped at 0 then shifted by `shift`."""
+    """Eigendecomposition of the symmetric factor in `dtype` (retried in float64 if LAPACK does not converge),
+    eigenvalues clipped at 0 then shifted by `shift`. FloatingPointError if the factor is not finite."""
     matrix = np.asarray(factor, dtype=dtype)
+    if not np.all(np.isfinite(matrix)):
+        raise FloatingPointError(f"a {matrix.shape[0]}×{matrix.shape[1]} Kronecker factor has NaN or infinite "
+                                 "entries: the statistics diverged (try a larger damping or a smaller kl_clip)")
     matrix = 0.5 * (matrix + matrix.T)
-    values, vectors = np.linalg.eigh(matrix)
+    try:
+        values, vectors = np.linalg.eigh(matrix)
+    except np.linalg.LinAlgError:
+        if matrix.dtype == np.float64:
+            raise
+        values, vectors = np.linalg.eigh(matrix.astype(np.float64))
     values = np.maximum(values, 0.0) + shift
     return DampedEigen(vectors=vectors.astype(np.float32), values=values.astype(np.float32))

@@ -3,10 +3,12 @@ and resumption that neither loses nor repeats a logged step.
 
 Row semantics: `step` is the number of updates done; train_loss/train_error average the (augmented) training
 batches since the previous row; `seconds` is training wall-clock (validation excluded), carried across resumes.
+A non-finite training loss stops the run (TrainingDiverged) after its row is logged, not hours later.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ class LoopSettings:
 
 Row = dict[str, float | None]
 Progress = Callable[[int, Row], None]
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite."""
 
 
 def train(
@@ -75,6 +81,10 @@ def train(
                 log.append(row)
                 _summarise(writer, step, row)
                 progress(step, row)
+                if not math.isfinite(row["train_loss"] or 0.0):
+                    raise TrainingDiverged(
+                        f"training loss is {row['train_loss']} at step {step}: the run diverged (K-FAC: try a larger "
+                        "damping or a smaller kl_clip; SGD: a smaller learning_rate)")
                 clock = time.perf_counter()
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
