@@ -105,6 +105,21 @@ def test_bn_model_round_trips_through_its_config() -> None:
     assert clone.get_layer("bn1").chunk_size == 16
 
 
+def test_bn_momentum_sets_the_decay_of_every_moving_average() -> None:
+    model = build_model("googlenet", input_shape=(32, 32, 3), num_classes=10, width_multiplier=0.125,
+                        batch_norm=True, bn_momentum=0.5)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 50 and {layer.momentum for layer in norms} == {0.5}
+    small = build_model("cifar10_net", input_shape=(8, 8, 1), num_classes=3, batch_norm=True, bn_momentum=0.5)
+    x = np.random.default_rng(0).normal(2.0, 1.0, size=(16, 8, 8, 1)).astype(np.float32)
+    bn1 = small.get_layer("bn1")
+    bn_input = keras.Model(small.input, bn1.input)(x).numpy()
+    small(x, training=True)
+    np.testing.assert_allclose(bn1.moving_mean.numpy(), 0.5 * bn_input.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        build_model("cifar10_net", input_shape=(8, 8, 1), num_classes=3, batch_norm=True, bn_momentum=1.0)
+
+
 def test_registry_rejects_bad_names_and_knobs() -> None:
     with pytest.raises(ValueError, match="'vgg16'"):
         build_model("vgg16", input_shape=(32, 32, 3), num_classes=10)

@@ -49,12 +49,14 @@ def build_model(
     width_multiplier: float = 1.0,
     batch_norm: bool = False,
     bn_chunk_size: int | None = None,
+    bn_momentum: float = 0.99,
     **knobs: Any,
 ) -> keras.Model:
     """A fresh, built Keras model `name` mapping images [B, H, W, C] to logits [B, num_classes].
 
     bn_chunk_size: BN statistics over chunks of that many examples (the paper's rbz; None = whole batch); only with
-    batch_norm=True. Raises ValueError naming a bad model name, knob or value.
+    batch_norm=True. bn_momentum: decay of every BN layer's moving mean and variance (used for evaluation).
+    Raises ValueError naming a bad model name, knob or value.
     """
     _check_name(name)
     module_name, function_name, fixed, accepted = _FAMILIES[name]
@@ -73,7 +75,19 @@ def build_model(
     else:
         common["width_multiplier"] = width_multiplier
     model: keras.Model = builder(**fixed, **common, **knobs)
+    if not 0 < bn_momentum < 1:
+        raise ValueError(f"model {name!r}: bn_momentum must be in (0, 1), got {bn_momentum!r}")
+    import keras
+
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
     return model
+
+
+def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    nested = getattr(layer, "layers", [])
+    return [layer, *(inner for child in nested for inner in _all_layers(child))]
 
 
 def _check_name(name: str) -> None:

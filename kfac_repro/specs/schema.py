@@ -25,6 +25,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "batch_norm": Field(bool, "batch normalisation after each conv layer", False),
         "bn_chunk_size": Field(int, "BN statistics per chunk of this many examples (the paper's rbz; 32 is "
                                "standard multi-GPU BN; null: the whole batch)", None, minimum=1, nullable=True),
+        "bn_momentum": Field(float, "decay of the BN moving averages used for evaluation (Keras's 0.99; the paper "
+                             "does not say)", 0.99, above=0, below=1),
         "stem": Field(str, "alexnet/googlenet/resnet: 'paper' or 'reduced' stem (null: by input size)", None,
                       choices=("paper", "reduced"), nullable=True),
         "dropout": Field(float, "alexnet/googlenet: dropout rate before the classifier (null: the model's own)",
