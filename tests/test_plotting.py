@@ -97,6 +97,10 @@ def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
     claim = claims.time_to_target(3, runs, "kfac", "sgd-bn-rbz128", 2.0, "test")
     # target 0.2: K-FAC first at step 40 (31 s), SGD+BN at step 60 (26 s) → 0.84×
     assert "0.84×" in claim.measured and claim.verdict == claims.NOT_REPRODUCED
+    assert claims.bn_generalisation(runs).verdict == claims.NO_DATA
+    write_run(tmp_path, "googlenet-bs256", "cpu", "kfac-bn", "r", 1.0, [0.5, 0.3, 0.3, 0.1])
+    with_bn = claims.bn_generalisation(newest_complete_runs(tmp_path, "googlenet-bs256", "cpu"))
+    assert with_bn.verdict == claims.REPRODUCED and "K-FAC 0.200, K-FAC+BN 0.100" in with_bn.measured
     assert claims.ratio_verdict(1.2, 2.0) == claims.PARTLY and claims.ratio_verdict(1.6, 2.0) == claims.REPRODUCED
 
 
