@@ -97,6 +97,7 @@ def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
     claim = claims.time_to_target(3, runs, "kfac", "sgd-bn-rbz128", 2.0, "test")
     # target 0.2: K-FAC first at step 40 (31 s), SGD+BN at step 60 (26 s) → 0.84×
     assert "0.84×" in claim.measured and claim.verdict == claims.NOT_REPRODUCED
+    assert "(in updates: 60 vs 40)" in claim.measured
     assert claims.bn_generalisation(runs).verdict == claims.NO_DATA
     write_run(tmp_path, "googlenet-bs256", "cpu", "kfac-bn", "r", 1.0, [0.5, 0.3, 0.3, 0.1])
     with_bn = claims.bn_generalisation(newest_complete_runs(tmp_path, "googlenet-bs256", "cpu"))

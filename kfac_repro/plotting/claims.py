@@ -47,10 +47,11 @@ def final(run: Run, column: str) -> float:
     return float(values.iloc[-1]) if len(values) else math.nan
 
 
-def time_to_error(run: Run, target: float) -> float:
+def time_to_error(run: Run, target: float, column: str = "seconds") -> float:
+    """`column` (seconds, or step for updates) at the first validation row at or below the target error."""
     rows = run.metrics.dropna(subset=["val_error"])
     reached = rows[rows["val_error"] <= target + 1e-12]
-    return float(reached["seconds"].iloc[0]) if len(reached) else math.nan
+    return float(reached[column].iloc[0]) if len(reached) else math.nan
 
 
 def ratio_verdict(ratio: float, claimed: float) -> str:
@@ -88,8 +89,9 @@ def time_to_target(figure: int, runs: dict[str, Run], fast: str, slow: str, clai
     target = max(best_val_error(runs[fast]), best_val_error(runs[slow]))
     t_fast, t_slow = time_to_error(runs[fast], target), time_to_error(runs[slow], target)
     ratio = t_slow / t_fast if t_fast > 0 else math.nan
+    u_fast, u_slow = time_to_error(runs[fast], target, "step"), time_to_error(runs[slow], target, "step")
     measured = (f"target val error {target:.3f}: {runs[slow].label} {t_slow:.0f} s, {runs[fast].label} "
-                f"{t_fast:.0f} s → {ratio:.2f}×")
+                f"{t_fast:.0f} s → {ratio:.2f}× (in updates: {u_slow:.0f} vs {u_fast:.0f})")
     return Claim(figure, claim, measured, ratio_verdict(ratio, claimed))
 
 
