@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -102,6 +103,16 @@ def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
     write_run(tmp_path, "googlenet-bs256", "cpu", "kfac-bn", "r", 1.0, [0.5, 0.3, 0.3, 0.1])
     with_bn = claims.bn_generalisation(newest_complete_runs(tmp_path, "googlenet-bs256", "cpu"))
     assert with_bn.verdict == claims.REPRODUCED and "K-FAC 0.200, K-FAC+BN 0.100" in with_bn.measured
+    kl = write_run(tmp_path, "googlenet-kl-decay", "cpu", "decay-kl", "r", 1.0, [0.5, 0.3, 0.3, 0.2])
+    lr = write_run(tmp_path, "googlenet-kl-decay", "cpu", "decay-lr", "r", 1.0, [0.5, 0.4, 0.4, 0.3])
+    for run_dir, step_size in ((kl, 0.05), (lr, 0.05)):
+        metrics = pd.read_csv(run_dir / "metrics.csv").assign(step_size=step_size, learning_rate=1.0)
+        metrics.to_csv(run_dir / "metrics.csv", index=False)
+    decay = claims.kl_decay(newest_complete_runs(tmp_path, "googlenet-kl-decay", "cpu"))
+    assert decay.verdict == claims.INCONCLUSIVE and "never bound" in decay.measured  # cap 1.0, steps 0.05
+    pd.read_csv(lr / "metrics.csv").assign(learning_rate=0.05).to_csv(lr / "metrics.csv", index=False)
+    decay = claims.kl_decay(newest_complete_runs(tmp_path, "googlenet-kl-decay", "cpu"))
+    assert decay.verdict == claims.REPRODUCED and "decayKL 0.6000, decayLR 0.9000" in decay.measured
     assert claims.ratio_verdict(1.2, 2.0) == claims.PARTLY and claims.ratio_verdict(1.6, 2.0) == claims.REPRODUCED
 
 

@@ -18,7 +18,8 @@ CPU, where "workers" are replicas sharing the same two cores, so wall-clock clai
 show there; they check the algorithm, not the paper's hardware speed-ups. Rules (in `kfac_repro/plotting/claims.py`):
 per-iteration time is the slope of training seconds over updates; time to target is the training time to the
 worst of the compared arms' best validation errors; a speed-up claim is *reproduced* at ≥ 75% of the claimed
-factor, *partly* when only its direction holds, else *not reproduced*. Why the verdicts come out as they do at
+factor, *partly* when only its direction holds, else *not reproduced*; *inconclusive* where the runs cannot
+test the claim. Why the verdicts come out as they do at
 this scale is discussed by hand in [reproduction-discussion.md](reproduction-discussion.md).
 """
 
