@@ -19,8 +19,8 @@ show there; they check the algorithm, not the paper's hardware speed-ups. Rules 
 per-iteration time is the slope of training seconds over updates; time to target is the training time to the
 worst of the compared arms' best validation errors; a speed-up claim is *reproduced* at ≥ 75% of the claimed
 factor, *partly* when only its direction holds, else *not reproduced*; *inconclusive* where the runs cannot
-test the claim. Why the verdicts come out as they do at
-this scale is discussed by hand in [reproduction-discussion.md](reproduction-discussion.md).
+test the claim. Why the verdicts come out as they do at this scale is discussed by hand in
+[reproduction-discussion.md](reproduction-discussion.md).
 """
 
 
