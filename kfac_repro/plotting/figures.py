@@ -87,7 +87,7 @@ def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path
     fig = draw(figure, runs, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"fig{figure.number}-{profile}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
+    for path in paths:  # no creation date in the PDF: regenerating unchanged results leaves the files unchanged
+        fig.savefig(path, dpi=110, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
