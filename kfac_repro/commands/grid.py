@@ -32,7 +32,14 @@ from kfac_repro.specs import SpecError, load_spec
 def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: tuple[str, ...], parallel: int,
          target_error: float | None, out: Path) -> None:
     """Grid-search the settings of arm ARM of experiment NAME and rank the combinations."""
-    from kfac_repro.runner.grid import combination_id, combinations, leaderboard, parse_param, write_leaderboard
+    from kfac_repro.runner.grid import (
+        combination_id,
+        combinations,
+        leaderboard,
+        parse_param,
+        run_status,
+        write_leaderboard,
+    )
 
     try:
         axes = dict(parse_param(p) for p in params)
@@ -49,7 +56,7 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
     pending = []
     for combo in combos:
-        status = _status(root / combination_id(combo) / spec.name / profile / arm / "run")
+        status = run_status(root / combination_id(combo) / spec.name / profile / arm / "run")
         if status == "complete":
             click.echo(f"  kept {combination_id(combo)} (finished earlier)")
         else:
@@ -89,9 +96,3 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     click.echo(f"leaderboard: {root / 'leaderboard.csv'}")
     if failures:
         sys.exit(1)
-
-
-def _status(run_dir: Path) -> str | None:
-    """The status recorded in a combination's run.json ('complete', 'running', 'failed'), None if never started."""
-    record = run_dir / "run.json"
-    return str(json.loads(record.read_text())["status"]) if record.exists() else None

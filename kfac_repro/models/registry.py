@@ -65,6 +65,8 @@ def build_model(
         raise ValueError(f"model {name!r}: unknown knob(s) {unknown}; accepted: "
                          f"{', '.join(accepted) if accepted else 'none beyond the common ones'}")
     _check_common(name, input_shape, num_classes, width_multiplier, batch_norm, bn_chunk_size)
+    if not 0 < bn_momentum < 1:
+        raise ValueError(f"model {name!r}: bn_momentum must be in (0, 1), got {bn_momentum!r}")
     builder = getattr(importlib.import_module(module_name), function_name)
     common: dict[str, Any] = {"input_shape": tuple(input_shape), "num_classes": num_classes,
                               "batch_norm": batch_norm, "bn_chunk_size": bn_chunk_size}
@@ -75,8 +77,6 @@ def build_model(
     else:
         common["width_multiplier"] = width_multiplier
     model: keras.Model = builder(**fixed, **common, **knobs)
-    if not 0 < bn_momentum < 1:
-        raise ValueError(f"model {name!r}: bn_momentum must be in (0, 1), got {bn_momentum!r}")
     import keras
 
     for layer in _all_layers(model):

@@ -41,10 +41,16 @@ def parse_param(text: str) -> tuple[str, list[Any]]:
     return key.strip(), [parse_scalar(v.strip()) for v in values.split(",")]
 
 
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's run.json ('complete', 'running', 'failed'), None if the run never started."""
+    record = run_dir / "run.json"
+    return str(json.loads(record.read_text())["status"]) if record.exists() else None
+
+
 def summarise(run_dir: Path) -> dict[str, Any]:
     """Final and best losses and errors of one finished run (its metrics.csv and run.json)."""
     rows = read_rows(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
-    status = json.loads((run_dir / "run.json").read_text())["status"] if (run_dir / "run.json").exists() else "missing"
+    status = run_status(run_dir) or "missing"
     evaluated = [r for r in rows if r["val_error"]]
     return {
         "status": status,
