@@ -41,13 +41,6 @@ def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None,
         raise click.UsageError(str(error)) from error
 
 
-def _select(spec: Any, arms: tuple[str, ...]) -> list[str]:
-    unknown = [a for a in arms if a not in spec.arms]
-    if unknown:
-        raise click.UsageError(f"{spec.name}: no arm named {', '.join(unknown)}; arms: {', '.join(spec.arms)}")
-    return list(arms) or list(spec.arms)
-
-
 def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool) -> Path:
     base = out / spec.name / spec.profile / arm
     if run_id:
@@ -91,7 +84,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         resume: bool, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
     spec = _load(name, profile, overrides, seed, arms)
-    selected = _select(spec, arms)
+    selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
     _check_data(spec, selected)
     if len(selected) > 1:  # every arm in a fresh process: no TensorFlow state carries over between arms
         if tuned:

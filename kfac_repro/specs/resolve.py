@@ -6,8 +6,8 @@ merged deeply (merging.py) and then completed and checked against the schema (va
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -53,14 +53,6 @@ class ResolvedSpec:
     source: Path
     arms: dict[str, ArmConfig]
     grid: Mapping[str, list[Any]] = field(default_factory=dict)
-
-    def select_arms(self, names: Iterable[str]) -> ResolvedSpec:
-        """The same spec with only the named arms (in the spec's order); SpecError naming an unknown arm."""
-        wanted = list(names)
-        unknown = [n for n in wanted if n not in self.arms]
-        if unknown:
-            raise SpecError(self.source, "arms", f"no arm named {', '.join(unknown)}; arms: {', '.join(self.arms)}")
-        return replace(self, arms={n: arm for n, arm in self.arms.items() if n in wanted})
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "figure": self.figure, "description": self.description, "profile": self.profile,
