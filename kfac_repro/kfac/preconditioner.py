@@ -1,0 +1,162 @@
+"""The K-FAC preconditioner of Ba, Grosse & Martens (2017), apart from any update rule.
+
+It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
+pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
+block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), eigendecompose the
+damped factors (`invert`, numpy, may run in a background thread) and `install` them, precondition
+v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). Update rules
+(`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfac_repro.kfac import likelihoods
+from kfac_repro.kfac.base import scheduled
+from kfac_repro.kfac.blocks import FisherBlock
+from kfac_repro.kfac.config import KFACConfig
+from kfac_repro.kfac.inverse_refresh import Inverses, Snapshot
+from kfac_repro.kfac.layer_capture import LayerTaps
+from kfac_repro.kfac.registration import build_blocks, summary
+from kfac_repro.kfac.replicas import all_reduce_mean
+
+_TINY = 1e-12
+
+# gradient(target, sources, cotangent) -> d target / d sources, with `cotangent` as the target's output gradient
+Gradient = Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], Sequence[tf.Tensor]]
+
+
+class Preconditioner:
+    """Fisher blocks of `model`'s trainable layers; `params` lists the variables `precondition` aligns with."""
+
+    def __init__(self, model: keras.Model, config: KFACConfig, likelihood: likelihoods.Likelihood | None = None,
+                 from_logits: bool | None = None):
+        self.model = model
+        self.config = config
+        self.likelihood = config.likelihood if likelihood is None else likelihood
+        self.from_logits = config.from_logits if from_logits is None else from_logits
+        self.params = list(model.trainable_variables)
+        self.blocks: list[FisherBlock] = build_blocks(model, config)
+        self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
+                              [b.layer for b in self.blocks if not b.taps_preactivation])
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self._block_params = [[index[id(v)] for v in block.variables] for block in self.blocks]
+        self.stats_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="stats_updates")
+        self.cotangent_scale = 1.0  # Fisher cotangents are multiplied by this (a loss at another scale than −log p)
+
+    def summary(self) -> str:
+        """Each layer, its block type and factor shapes."""
+        return summary(self.model, self.blocks)
+
+    def communication_bytes(self) -> dict[str, int]:
+        """Bytes each replica all-reduces: gradients every step, factors every statistics step (float32)."""
+        gradients = sum(int(np.prod(p.shape)) for p in self.params)
+        factors = sum(int(np.prod(var.shape)) for block in self.blocks for var in block.factors.values())
+        return {"gradients_per_step": 4 * gradients, "factors_per_refresh": 4 * factors}
+
+    def factors(self) -> dict[str, dict[str, np.ndarray]]:
+        """The current (moving-average) factor matrices of every block, by layer name."""
+        return {b.name: {name: var.numpy() for name, var in b.factors.items()} for b in self.blocks}
+
+    def variables(self) -> list[tf.Variable]:
+        """Its state: the statistics count, then every block's factors and installed inverse."""
+        return [self.stats_updates, *(v for b in self.blocks for v in (*b.factors.values(), *b.inverse.values()))]
+
+    def checkpoint_state(self) -> dict[str, object]:
+        """The statistics count, every factor and installed inverse, as tf.train.Checkpoint children."""
+        state: dict[str, object] = {"stats_updates": self.stats_updates}
+        for i, block in enumerate(self.blocks):  # by position: auto-generated layer names differ between models
+            state[f"block_{i}"] = {**block.factors, **block.inverse}
+        return state
+
+    # ---- preconditioning and step size (traced) ---------------------------------------------------------------
+    def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        """(F̂ + damping)⁻¹ g block by block, for gradients aligned with `params`."""
+        result = [tf.convert_to_tensor(g) for g in grads]
+        for block, indices in zip(self.blocks, self._block_params, strict=True):
+            for i, solved in zip(indices, block.precondition([result[i] for i in indices]), strict=True):
+                result[i] = solved
+        return result
+
+    def step_size(self, direction: list[tf.Tensor], grads: list[tf.Tensor], iterations: tf.Tensor,
+                  max_step: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """η = min(η_max, √(c / vᵀg)) (Eq. 14) with c and η_max at step `iterations` (η_max = `max_step` when
+        given); also returns its parts."""
+        v_dot_g = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(direction, grads, strict=True)])
+        kl_clip = scheduled(self.config.kl_schedule(), iterations)
+        if max_step is None:
+            max_step = scheduled(self.config.max_step_schedule(), iterations)
+        step_size = tf.minimum(max_step, tf.sqrt(kl_clip / tf.maximum(v_dot_g, _TINY)))
+        return {"step_size": step_size, "learning_rate": max_step, "kl_clip": kl_clip, "v_dot_g": v_dot_g}
+
+    # ---- statistics (traced, per replica) ---------------------------------------------------------------------
+    def statistics_pass(self, x: tf.Tensor) -> list[tf.Tensor]:
+        """A separate forward pass for statistics only; BN moving averages are left as they were."""
+        saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
+        self.taps.clear()
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self.model(x, training=True)
+        batch_factors = self.batch_factors(outputs, tape_gradient(tape))
+        for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
+            variable.assign(value)
+        return batch_factors
+
+    def batch_factors(self, outputs: tf.Tensor, gradient: Gradient) -> list[tf.Tensor]:
+        """This step's factors of every block (in factor order), averaged over replicas, from the calls the taps
+        recorded while computing `outputs`; `gradient` back-propagates a Fisher cotangent to the tapped points."""
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), self.stats_updates])
+        cotangents = likelihoods.fisher_cotangents(
+            self.likelihood, outputs, self.from_logits, self.config.fisher_targets, seed
+        )
+        if self.cotangent_scale != 1.0:
+            cotangents = [self.cotangent_scale * v for v in cotangents]
+        calls = [self.taps.calls[b.name] for b in self.blocks]
+        for block, block_calls in zip(self.blocks, calls, strict=True):
+            if not block_calls:
+                raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
+        points = [call.point for block_calls in calls for call in block_calls]
+        derivatives = [gradient(outputs, points, v) for v in cotangents]
+        batch = tf.shape(outputs)[0]
+        values, offset = [], 0
+        for block, block_calls in zip(self.blocks, calls, strict=True):
+            n = len(block_calls)
+            per_cotangent = [list(derivs[offset : offset + n]) for derivs in derivatives]
+            offset += n
+            statistics = block.batch_statistics(block_calls, per_cotangent, batch)
+            values += [statistics[name] for name in block.factors]
+        return all_reduce_mean(values)
+
+    def factor_assignments(self, batch_factors: list[tf.Tensor]) -> list[tuple]:
+        """(factor, EMA) pairs with decay min(1 − 1/k, stats_decay), k counting statistics updates."""
+        count = tf.cast(self.stats_updates + 1, tf.float32)
+        decay = tf.minimum(1.0 - 1.0 / count, self.config.stats_decay)
+        factors = [var for block in self.blocks for var in block.factors.values()]
+        pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
+        return [*pairs, (self.stats_updates, self.stats_updates + 1)]
+
+    # ---- inverses (host side) ---------------------------------------------------------------------------------
+    def invert(self, snapshot: Snapshot, damping: float | None = None) -> Inverses:
+        """Damped eigendecompositions of a factor snapshot (numpy); damping defaults to λ + weight decay."""
+        if damping is None:
+            damping = self.config.damping + self.config.weight_decay
+        return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.eigh_dtype) for b in self.blocks}
+
+    def install(self, inverses: Inverses) -> None:
+        """Make `inverses` the ones `precondition` uses."""
+        for block in self.blocks:
+            block.install_inverse(inverses[block.name])
+
+
+def tape_gradient(tape: tf.GradientTape) -> Gradient:
+    """`Preconditioner.batch_factors`'s `gradient` from a persistent tape that recorded the forward pass."""
+
+    def gradient(target: tf.Tensor, sources: list[tf.Tensor], cotangent: tf.Tensor) -> Sequence[tf.Tensor]:
+        return tape.gradient(target, sources, output_gradients=cotangent)
+
+    return gradient
+
