@@ -1,10 +1,11 @@
-"""Damped eigendecompositions of Kronecker factors against explicit numpy algebra, and their failure modes."""
+"""Cholesky inverses of damped Kronecker factors against eigendecomposition inverses and explicit numpy algebra,
+and their failure modes."""
 
 import numpy as np
 import pytest
 
 from kfac_repro.kfac import inverses
-from kfac_repro.kfac.inverses import damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 
 
 def random_factor(size: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -12,36 +13,55 @@ def random_factor(size: int, rank: int, seed: int = 0) -> np.ndarray:
     return rows.T @ rows / rank  # PSD, singular when rank < size
 
 
+def eigen_inverse(factor: np.ndarray, shift: float) -> np.ndarray:
+    """Q diag(1 / (max(e, 0) + shift)) Qᵀ in float64: the eigenbasis path's inverse."""
+    values, vectors = np.linalg.eigh(factor.astype(np.float64))
+    return vectors @ np.diag(1.0 / (np.maximum(values, 0.0) + shift)) @ vectors.T
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_damped_inverse_equals_the_explicit_inverse(dtype: str) -> None:
-    factor = random_factor(6, 3)
-    eigen = damped_eigen(factor, shift=0.1, dtype=dtype)
-    applied = eigen.vectors @ np.diag(1 / eigen.values) @ eigen.vectors.T
-    np.testing.assert_allclose(applied, np.linalg.inv(factor + 0.1 * np.eye(6)), rtol=2e-3, atol=2e-3)
+@pytest.mark.parametrize(("size", "rank", "shift"), [(6, 3, 0.1), (40, 10, 1e-2), (200, 300, 1e-3)])
+def test_cholesky_inverse_equals_the_eigendecomposition_inverse(dtype: str, size: int, rank: int,
+                                                                 shift: float) -> None:
+    factor = random_factor(size, rank)
+    got = damped_inverse(factor, shift=shift, dtype=dtype)
+    expected = eigen_inverse(factor, shift)
+    assert got.dtype == np.float32
+    tolerance = 1e-5 if dtype == "float64" else 2e-3
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+    np.testing.assert_allclose(got, np.linalg.inv(factor + shift * np.eye(size)), rtol=tolerance,
+                               atol=tolerance * np.abs(expected).max())
 
 
-def test_negative_eigenvalues_from_round_off_are_clipped_before_the_shift() -> None:
-    factor = np.diag([2.0, 0.0, -1e-6])
-    assert sorted(damped_eigen(factor, shift=0.5).values.tolist()) == pytest.approx([0.5, 0.5, 2.5])
-
-
-def test_a_float32_decomposition_that_fails_is_retried_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_eigh = np.linalg.eigh
-
-    def eigh_failing_in_float32(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if matrix.dtype == np.float32:
-            raise np.linalg.LinAlgError("Eigenvalues did not converge")
-        return real_eigh(matrix)
-
-    monkeypatch.setattr(inverses.np.linalg, "eigh", eigh_failing_in_float32)
+def test_an_asymmetric_round_off_is_symmetrised_before_inverting() -> None:
     factor = random_factor(5, 5)
-    eigen = damped_eigen(factor, shift=0.01, dtype="float32")
-    np.testing.assert_allclose(eigen.vectors @ np.diag(eigen.values) @ eigen.vectors.T, factor + 0.01 * np.eye(5),
-                               rtol=1e-4, atol=1e-5)
+    skewed = factor + np.triu(np.full((5, 5), 1e-3), 1)
+    np.testing.assert_allclose(damped_inverse(skewed, 0.1, "float64"),
+                               np.linalg.inv(0.5 * (skewed + skewed.T) + 0.1 * np.eye(5)), rtol=1e-6)
+
+
+def test_a_float32_factorisation_that_fails_is_retried_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = inverses._cholesky_inverse
+    dtypes = []
+
+    def failing_in_float32(matrix: np.ndarray) -> np.ndarray | None:
+        dtypes.append(matrix.dtype)
+        return None if matrix.dtype == np.float32 else real(matrix)
+
+    monkeypatch.setattr(inverses, "_cholesky_inverse", failing_in_float32)
+    factor = random_factor(5, 5)
+    got = damped_inverse(factor, shift=0.01, dtype="float32")
+    assert dtypes == [np.float32, np.float64]
+    np.testing.assert_allclose(got, eigen_inverse(factor, 0.01), rtol=1e-5, atol=1e-5)
+
+
+def test_an_indefinite_damped_factor_fails_in_float32_then_float64_and_is_an_error() -> None:
+    with pytest.raises(FloatingPointError, match="damped 3×3 factor is not positive definite"):
+        damped_inverse(np.diag([2.0, 0.0, -1.0]), shift=0.5)
 
 
 def test_a_non_finite_factor_is_an_error_naming_its_shape() -> None:
     factor = random_factor(4, 4)
     factor[1, 2] = np.nan
     with pytest.raises(FloatingPointError, match="4×4 Kronecker factor has NaN or infinite entries"):
-        damped_eigen(factor, shift=0.1)
+        damped_inverse(factor, shift=0.1)

@@ -1,4 +1,5 @@
-"""Preconditioning against explicit solves with numpy Kronecker products of the damped factors."""
+"""Preconditioning (explicit damped inverses, two products per Kronecker block) against explicit solves with numpy
+Kronecker products of the damped factors and against the eigenbasis path."""
 
 import keras
 import numpy as np
@@ -30,10 +31,10 @@ def small_model() -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
-@pytest.mark.parametrize("eigh_dtype", ["float64", "float32"])
-def test_kronecker_preconditioning_equals_explicit_kron_solve(eigh_dtype: str) -> None:
+@pytest.mark.parametrize("inverse_dtype", ["float64", "float32"])
+def test_kronecker_preconditioning_equals_explicit_kron_solve(inverse_dtype: str) -> None:
     model = small_model()
-    optimizer = KFAC(model, KFACConfig(damping=DAMPING, eigh_dtype=eigh_dtype))
+    optimizer = KFAC(model, KFACConfig(damping=DAMPING, inverse_dtype=inverse_dtype))
     rng = np.random.default_rng(0)
     for block in optimizer.blocks:
         for factor in block.factors.values():
@@ -42,7 +43,7 @@ def test_kronecker_preconditioning_equals_explicit_kron_solve(eigh_dtype: str) -
     grads = [rng.normal(size=v.shape).astype(np.float32) for v in optimizer.params]
     solved = {v.path: s.numpy() for v, s in zip(optimizer.params, optimizer.precondition(grads), strict=True)}
     by_path = {v.path: g for v, g in zip(optimizer.params, grads, strict=True)}
-    tolerance = 2e-4 if eigh_dtype == "float64" else 2e-3
+    tolerance = 2e-4 if inverse_dtype == "float64" else 2e-3
 
     for name, use_bias in (("conv", True), ("nobias", False), ("out", True)):
         layer = model.get_layer(name)
@@ -65,6 +66,38 @@ def test_kronecker_preconditioning_equals_explicit_kron_solve(eigh_dtype: str) -
     expected_bn = np.linalg.solve(fisher + DAMPING * np.eye(len(fisher)), flat)
     np.testing.assert_allclose(np.concatenate([solved[bn.gamma.path], solved[bn.beta.path]]), expected_bn,
                                rtol=tolerance, atol=tolerance * np.abs(expected_bn).max())
+
+
+def eigenbasis_solve(matrix: np.ndarray, a: np.ndarray, g: np.ndarray, shift_a: float, shift_g: float) -> np.ndarray:
+    """The eigenbasis path: Q_A [(Q_Aᵀ M Q_G) / ((e_A + δ_A)(e_G + δ_G)ᵀ)] Q_Gᵀ, four products, in float64."""
+    e_a, q_a = np.linalg.eigh(a)
+    e_g, q_g = np.linalg.eigh(g)
+    rotated = q_a.T @ matrix @ q_g / np.outer(np.maximum(e_a, 0) + shift_a, np.maximum(e_g, 0) + shift_g)
+    return q_a @ rotated @ q_g.T
+
+
+@pytest.mark.parametrize(("d_in", "d_out", "use_bias"), [(7, 5, True), (30, 12, False), (120, 40, True)])
+def test_kronecker_preconditioning_equals_the_eigenbasis_path(d_in: int, d_out: int, use_bias: bool) -> None:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((d_in,)), keras.layers.Dense(d_out, use_bias=use_bias, name="dense")])
+    optimizer = KFAC(model, KFACConfig(damping=1e-3))
+    block = optimizer.blocks[0]
+    rng = np.random.default_rng(d_in)
+    # an ill-conditioned A (eigenvalues spread over three decades), as EMA'd statistics are
+    rows = rng.normal(size=(d_in + use_bias, d_in + use_bias)) * np.logspace(-1.5, 0, d_in + use_bias)
+    a = rows @ rows.T / (d_in + use_bias)
+    g = random_spd(rng, d_out)
+    block.factors["A"].assign(a.astype(np.float32))
+    block.factors["G"].assign(g.astype(np.float32))
+    optimizer.refresh_inverses()
+    grads = [rng.normal(size=v.shape).astype(np.float32) for v in optimizer.params]
+    solved = [s.numpy() for s in optimizer.precondition(grads)]
+    a, g = optimizer.factors()["dense"]["A"].astype(np.float64), optimizer.factors()["dense"]["G"].astype(np.float64)
+    pi = trace_pi(a, g)
+    matrix = np.vstack([grads[0], grads[1][None]]) if use_bias else grads[0]
+    expected = eigenbasis_solve(matrix.astype(np.float64), a, g, pi * np.sqrt(1e-3), np.sqrt(1e-3) / pi)
+    got = np.vstack([solved[0], solved[1][None]]) if use_bias else solved[0]
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
 
 
 def test_diagonal_fallback_divides_by_damped_diagonal() -> None:

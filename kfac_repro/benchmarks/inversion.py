@@ -1,5 +1,5 @@
 """Inversion-time benchmark for a fully-connected layer over a spatial map (AlexNet fc6: 6×6×256 → 4096):
-one eigendecomposition of every damped factor, plain Kronecker (A of size T·C+1) against doubly-factored."""
+one inversion (Cholesky) of every damped factor, plain Kronecker (A of size T·C+1) against doubly-factored."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def time_inversions(
     timings = []
     for doubly in (True, False):
         model = fc_over_map(height, width, channels, outputs)
-        optimizer = KFAC(model, KFACConfig(doubly_factored=("fc6",) if doubly else (), eigh_dtype=dtype))
+        optimizer = KFAC(model, KFACConfig(doubly_factored=("fc6",) if doubly else (), inverse_dtype=dtype))
         block = optimizer.blocks[0]
         factors = {name: _random_psd(shape[0], rng) for name, shape in block.factor_shapes.items()}
         progress(block.kind)

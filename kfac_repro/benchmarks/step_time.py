@@ -77,5 +77,5 @@ def measure_step_times(
         timings.append(Timing(what, seconds, seconds / sgd_seconds))
     progress("inversion")
     inversion = median_seconds(optimizer.refresh_inverses, max(3, repeats // 3), 1)
-    timings.append(Timing("one full inversion (all blocks, numpy eigh)", inversion, inversion / sgd_seconds))
+    timings.append(Timing("one full inversion (all blocks, Cholesky)", inversion, inversion / sgd_seconds))
     return timings, optimizer.communication_bytes()

@@ -45,7 +45,7 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
     from kfac_repro.benchmarks.inversion import time_inversions
 
     height, width, channels = map_shape
-    click.echo(f"layer: Dense over a {height}×{width}×{channels} map → {outputs}; numpy eigh in {dtype}")
+    click.echo(f"layer: Dense over a {height}×{width}×{channels} map → {outputs}; Cholesky in {dtype}")
     timings = time_inversions(height, width, channels, outputs, dtype,
                               progress=lambda what: click.echo(f"  inverting {what} ...", err=True))
     for timing in timings:

@@ -1,8 +1,9 @@
 """Fisher blocks: the curvature of one layer's parameters, with its statistics, inverse and preconditioner.
 
 Every block follows one life cycle: `batch_statistics` (in the TF step, from captured tensors) → EMA into its
-factor variables → `compute_inverse` (numpy, from a snapshot of the factors; may run in a background thread)
-→ `install_inverse` (assign to TF variables) → `precondition` (in the TF step).
+factor variables → `compute_inverse` (numpy, from a snapshot of the factors; may run in a background thread;
+returns arrays keyed like `inverse`) → `install_inverse` (assign to the block's TF variables) → `precondition`
+(in the TF step, from the installed inverse).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.inverses import DampedEigen
-
 Arrays = dict[str, np.ndarray]
 
 
@@ -23,6 +22,7 @@ class FisherBlock(abc.ABC):
     """The curvature block of a set of variables (those of one layer)."""
 
     kind: str = "block"
+    inverse_path: str = "cholesky"  # how compute_inverse inverts (shown by summary())
     taps_preactivation: bool = False  # True: statistics need the layer's pre-activation, else its output
 
     def __init__(self, layer: keras.layers.Layer, variables: Sequence[tf.Variable]):
@@ -33,9 +33,12 @@ class FisherBlock(abc.ABC):
         self.inverse: dict[str, tf.Variable] = {}
 
     def _add_factor(self, name: str, dim: int) -> None:
+        """A [dim, dim] factor `name` and its damped inverse, installed as `inverse[name]` (identity until then)."""
         self.factors[name] = tf.Variable(tf.zeros([dim, dim]), trainable=False, name=f"{self.name}_{name}")
-        self.inverse[f"{name}_vectors"] = tf.Variable(tf.eye(dim), trainable=False, name=f"{self.name}_{name}_Q")
-        self.inverse[f"{name}_values"] = tf.Variable(tf.ones([dim]), trainable=False, name=f"{self.name}_{name}_e")
+        self._add_inverse(name, tf.eye(dim))
+
+    def _add_inverse(self, name: str, initial: tf.Tensor) -> None:
+        self.inverse[name] = tf.Variable(initial, trainable=False, name=f"{self.name}_{name}_inverse")
 
     @property
     def factor_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -47,25 +50,19 @@ class FisherBlock(abc.ABC):
         call c for Fisher cotangent k."""
 
     @abc.abstractmethod
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
-        """Damped eigendecompositions of the given factor snapshot (pure numpy)."""
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+        """The damped inverses of a factor snapshot, keyed like `inverse` (pure numpy; `dtype` of the
+        factorisation, float32 results)."""
 
     @abc.abstractmethod
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         """(F̂ + damping)⁻¹ applied to the gradients of `variables`, using the installed inverse."""
 
-    def install_inverse(self, inverse: dict[str, DampedEigen]) -> None:
-        for name, eig in inverse.items():
-            self.inverse[f"{name}_vectors"].assign(eig.vectors)
-            self.inverse[f"{name}_values"].assign(eig.values)
-
-    def eigen(self, name: str) -> tuple[tf.Variable, tf.Variable]:
-        return self.inverse[f"{name}_vectors"], self.inverse[f"{name}_values"]
+    def install_inverse(self, inverse: Arrays) -> None:
+        for name, value in inverse.items():
+            self.inverse[name].assign(value)
 
 
-def rotate_solve(matrix: tf.Tensor, left: tuple[tf.Variable, tf.Variable], right: tuple) -> tf.Tensor:
-    """L⁻¹ M R⁻¹ for L = Q_L diag(e_L) Q_Lᵀ, R likewise: Q_L [(Q_Lᵀ M Q_R) / (e_L e_Rᵀ)] Q_Rᵀ."""
-    (q_left, e_left), (q_right, e_right) = left, right
-    rotated = tf.matmul(tf.matmul(q_left, matrix, transpose_a=True), q_right)
-    rotated = rotated / (e_left[:, None] * e_right[None, :])
-    return tf.matmul(tf.matmul(q_left, rotated), q_right, transpose_b=True)
+def kronecker_solve(matrix: tf.Tensor, left_inverse: tf.Tensor, right_inverse: tf.Tensor) -> tf.Tensor:
+    """(L ⊗ R)⁻¹ vec(M) as L⁻¹ M R⁻¹ for symmetric L, R: two matrix products."""
+    return tf.matmul(tf.matmul(left_inverse, matrix), right_inverse)

@@ -48,7 +48,7 @@ class KFACConfig:
     inversion: Literal["sync", "async"] = "sync"
     async_lag: int | None = None
     conv_factors: Literal["cheap", "kfc"] = "cheap"
-    eigh_dtype: Literal["float32", "float64"] = "float64"
+    inverse_dtype: Literal["float32", "float64"] = "float32"  # Cholesky precision; float64 retried on failure
     fisher_targets: Literal["sample", "exact"] = "sample"
     likelihood: Literal["categorical", "gaussian"] = "categorical"
     from_logits: bool = True
@@ -75,7 +75,8 @@ class KFACConfig:
         _check(self.inversion in ("sync", "async"), "inversion", "'sync' or 'async'", self.inversion)
         _check(self.async_lag is None or self.async_lag >= 1, "async_lag", "an integer >= 1 or None", self.async_lag)
         _check(self.conv_factors in ("cheap", "kfc"), "conv_factors", "'cheap' or 'kfc'", self.conv_factors)
-        _check(self.eigh_dtype in ("float32", "float64"), "eigh_dtype", "'float32' or 'float64'", self.eigh_dtype)
+        _check(self.inverse_dtype in ("float32", "float64"), "inverse_dtype", "'float32' or 'float64'",
+               self.inverse_dtype)
         _check(self.fisher_targets in ("sample", "exact"), "fisher_targets", "'sample' or 'exact'",
                self.fisher_targets)
         _check(self.likelihood in ("categorical", "gaussian"), "likelihood", "'categorical' or 'gaussian'",

@@ -3,8 +3,9 @@ example: a Dense layer over a flattened [H, W, C] map (AlexNet's fc6) or a Conv2
 
 Per example, the input map A_b (T × C) is replaced by its best rank-1 approximation K_b Ψ_bᵀ (top singular
 triple, K = √σ u, Ψ = √σ v), and F ≈ E[K Kᵀ] ⊗ E[Ψ Ψᵀ] ⊗ E[ds dsᵀ] (Eq. 8) over vec of the [T, C, d_out] kernel.
-Damping: π_i λ^(1/3) I per factor with the geometric-mean π of Eq. 12. The bias has its own exact block
-E[ds dsᵀ] + λ I (its per-example gradient is ds), which shares G's eigenvectors.
+Damping: π_i λ^(1/3) I per factor with the geometric-mean π of Eq. 12, each damped factor inverted explicitly
+(the preconditioner is three mode products). The bias has its own exact block E[ds dsᵀ] + λ I (its per-example
+gradient is ds), inverted explicitly too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tensorflow as tf
 from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.damping import geometric_mean_pis
 from kfac_repro.kfac.fisher_factors import covariance
-from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -68,8 +69,8 @@ class DoublyFactoredBlock(FisherBlock):
         self._add_factor("K", self.locations)
         self._add_factor("Psi", self.channels)
         self._add_factor("G", self.output_dim)
-        self.inverse["bias_values"] = tf.Variable(tf.ones([self.output_dim]), trainable=False,
-                                                  name=f"{self.name}_bias_e")
+        if self.use_bias:
+            self._add_inverse("bias", tf.eye(self.output_dim))
 
     def batch_statistics(
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
@@ -85,26 +86,21 @@ class DoublyFactoredBlock(FisherBlock):
             "G": tf.add_n([covariance(d, batch_size) for d in derivatives]),
         }
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         names = ("K", "Psi", "G")
         pis = geometric_mean_pis([factors[n] for n in names])
         root = damping ** (1.0 / 3.0)
-        inverse = {n: damped_eigen(factors[n], pi * root, dtype) for n, pi in zip(names, pis, strict=True)}
-        bias = damped_eigen(factors["G"], damping, dtype)
-        inverse["bias"] = DampedEigen(vectors=np.empty((0, 0), np.float32), values=bias.values)
+        inverse = {n: damped_inverse(factors[n], pi * root, dtype) for n, pi in zip(names, pis, strict=True)}
+        if self.use_bias:
+            inverse["bias"] = damped_inverse(factors["G"], damping, dtype)
         return inverse
 
-    def install_inverse(self, inverse: dict[str, DampedEigen]) -> None:
-        self.inverse["bias_values"].assign(inverse["bias"].values)
-        super().install_inverse({n: e for n, e in inverse.items() if n != "bias"})
-
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        (q_k, e_k), (q_psi, e_psi), (q_g, e_g) = self.eigen("K"), self.eigen("Psi"), self.eigen("G")
-        tensor = tf.reshape(grads[0], [self.locations, self.channels, self.output_dim])
-        rotated = tf.einsum("tco,ti,cj,ok->ijk", tensor, q_k, q_psi, q_g)
-        rotated /= e_k[:, None, None] * e_psi[None, :, None] * e_g[None, None, :]
-        solved = tf.reshape(tf.einsum("ijk,ti,cj,ok->tco", rotated, q_k, q_psi, q_g), self.kernel_shape)
+        """(K̃⁻¹ ⊗ Ψ̃⁻¹ ⊗ G̃⁻¹) vec(∇W) as three mode products of the [T, C, d_out] kernel gradient."""
+        t, c, o = self.locations, self.channels, self.output_dim
+        tensor = tf.matmul(self.inverse["K"], tf.reshape(grads[0], [t, c * o]))
+        tensor = tf.einsum("jc,tco->tjo", self.inverse["Psi"], tf.reshape(tensor, [t, c, o]))
+        solved = tf.reshape(tf.matmul(tf.reshape(tensor, [t * c, o]), self.inverse["G"]), self.kernel_shape)
         if not self.use_bias:
             return [solved]
-        bias = tf.linalg.matvec(q_g, tf.linalg.matvec(q_g, grads[1], transpose_a=True) / self.inverse["bias_values"])
-        return [solved, bias]
+        return [solved, tf.linalg.matvec(self.inverse["bias"], grads[1])]

@@ -1,6 +1,6 @@
 """When new inverses are installed: synchronously every T steps, or asynchronously (paper §3.1).
 
-Asynchronous: at step s a snapshot of every factor is taken and eigendecomposed in a background thread (numpy's
+Asynchronous: at step s a snapshot of every factor is taken and inverted in a background thread (numpy's
 LAPACK releases the GIL, so it overlaps the TF steps); the result is installed at exactly step s + lag, waiting
 for it only if it is late, and the next snapshot is taken then. Installing at a fixed step is the deterministic
 hand-over: every replica and every worker switches preconditioners at the same step. All blocks are refreshed

@@ -1,5 +1,6 @@
 """Kronecker-factored blocks for Dense and Conv2D layers: F̂ = A ⊗ G over vec of the [d_in(+1), d_out] kernel
-(bias as the last row via the homogeneous coordinate), preconditioned as (A + π√λ I)⁻¹ ∇W (G + √λ/π I)⁻¹ (Eq. 3).
+(bias as the last row via the homogeneous coordinate), preconditioned as (A + π√λ I)⁻¹ ∇W (G + √λ/π I)⁻¹ (Eq. 3)
+with the two damped inverses formed explicitly at each refresh.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, rotate_solve
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, kronecker_solve
 from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 ConvFactors = Literal["cheap", "kfc"]
@@ -62,15 +63,15 @@ class KroneckerBlock(FisherBlock):
             a, g = ff.conv_cheap_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias)
         return {"A": a, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A": damped_eigen(factors["A"], shift_a, dtype), "G": damped_eigen(factors["G"], shift_g, dtype)}
+        return {"A": damped_inverse(factors["A"], shift_a, dtype), "G": damped_inverse(factors["G"], shift_g, dtype)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrix = tf.reshape(grads[0], [-1, self.output_dim])
         if self.use_bias:
             matrix = tf.concat([matrix, grads[1][None, :]], axis=0)
-        solved = rotate_solve(matrix, self.eigen("A"), self.eigen("G"))
+        solved = kronecker_solve(matrix, self.inverse["A"], self.inverse["G"])
         if not self.use_bias:
             return [tf.reshape(solved, self.kernel_shape)]
         return [tf.reshape(solved[:-1], self.kernel_shape), solved[-1]]

@@ -47,7 +47,7 @@ class KFAC(ModelOptimizer):
 
     # ---- public API -------------------------------------------------------------------------------------------
     def summary(self) -> str:
-        """Each layer, its block type and factor shapes."""
+        """Each layer, its block type, factor shapes and inverse path."""
         return self.preconditioner.summary()
 
     def communication_bytes(self) -> dict[str, int]:
@@ -68,7 +68,7 @@ class KFAC(ModelOptimizer):
             self._stats_only(x)
 
     def refresh_inverses(self) -> None:
-        """Eigendecompose the damped factors now (synchronously) and install them."""
+        """Invert the damped factors now (synchronously) and install the inverses."""
         self._install(self._invert(self._snapshot()), self._host_iteration)
 
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:

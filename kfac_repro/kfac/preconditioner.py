@@ -2,8 +2,8 @@
 
 It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
-block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), eigendecompose the
-damped factors (`invert`, numpy, may run in a background thread) and `install` them, precondition
+block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), invert the
+damped factors (`invert`, numpy Cholesky, may run in a background thread) and `install` the inverses, precondition
 v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). Update rules
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
@@ -50,7 +50,7 @@ class Preconditioner:
         self.cotangent_scale = 1.0  # Fisher cotangents are multiplied by this (a loss at another scale than −log p)
 
     def summary(self) -> str:
-        """Each layer, its block type and factor shapes."""
+        """Each layer, its block type, factor shapes and inverse path."""
         return summary(self.model, self.blocks)
 
     def communication_bytes(self) -> dict[str, int]:
@@ -141,10 +141,10 @@ class Preconditioner:
 
     # ---- inverses (host side) ---------------------------------------------------------------------------------
     def invert(self, snapshot: Snapshot, damping: float | None = None) -> Inverses:
-        """Damped eigendecompositions of a factor snapshot (numpy); damping defaults to λ + weight decay."""
+        """Damped inverses of a factor snapshot (numpy, Cholesky); damping defaults to λ + weight decay."""
         if damping is None:
             damping = self.config.damping + self.config.weight_decay
-        return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.eigh_dtype) for b in self.blocks}
+        return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.inverse_dtype) for b in self.blocks}
 
     def install(self, inverses: Inverses) -> None:
         """Make `inverses` the ones `precondition` uses."""

@@ -98,15 +98,15 @@ def uncovered_variables(model: keras.Model, blocks: list[FisherBlock]) -> list[t
 
 
 def summary(model: keras.Model, blocks: list[FisherBlock]) -> str:
-    """A table: layer, layer class, block type, factor shapes, parameter count."""
-    rows = [("layer", "class", "block", "factors", "params")]
+    """A table: layer, layer class, block type, factor shapes, parameter count, inverse path."""
+    rows = [("layer", "class", "block", "factors", "params", "inverse")]
     for block in blocks:
         shapes = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in block.factor_shapes.items())
         params = sum(int(np.prod(v.shape)) for v in block.variables)
-        rows.append((block.name, type(block.layer).__name__, block.kind, shapes, str(params)))
+        rows.append((block.name, type(block.layer).__name__, block.kind, shapes, str(params), block.inverse_path))
     for variable in uncovered_variables(model, blocks):
-        rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape)))))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape))), "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Blocks over a layer's parameters as one flat vector θ (n entries): F = E[g_b g_bᵀ] from per-example gradients
-g_b of the sampled-target loss, kept exact (n × n, for small vectors) or diagonal; inverse (F + λI)⁻¹.
+g_b of the sampled-target loss, kept exact (n × n, for small vectors) or diagonal; inverse (F + λI)⁻¹, formed
+explicitly (Cholesky) or elementwise.
 
 ScaleShiftBlock: BatchNormalization γ and β (paper §6.2.1), g_b = [Σ_loc dy_b ⊙ x̂_b, Σ_loc dy_b], with the
 normalised input x̂ = (y − β)/γ recovered from the layer's output y (batch statistics held fixed, as the paper's
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks import Arrays, FisherBlock
-from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -32,8 +33,9 @@ class VectorBlock(FisherBlock):
         if self.exact:
             self._add_factor("F", self.size)
         else:
+            self.inverse_path = "elementwise"
             self.factors["F"] = tf.Variable(tf.zeros([self.size]), trainable=False, name=f"{self.name}_Fdiag")
-            self.inverse["F_values"] = tf.Variable(tf.ones([self.size]), trainable=False, name=f"{self.name}_Fe")
+            self._add_inverse("F", tf.ones([self.size]))
 
     @abc.abstractmethod
     def per_example_gradients(self, calls: list[LayerCall], points: list[tf.Tensor]) -> tf.Tensor:
@@ -50,25 +52,14 @@ class VectorBlock(FisherBlock):
         assert total is not None
         return {"F": total / tf.cast(batch_size, total.dtype)}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         if self.exact:
-            return {"F": damped_eigen(factors["F"], damping, dtype)}
-        values = (np.maximum(factors["F"], 0.0) + damping).astype(np.float32)
-        return {"F": DampedEigen(vectors=np.empty((0, 0), np.float32), values=values)}
-
-    def install_inverse(self, inverse: dict[str, DampedEigen]) -> None:
-        if self.exact:
-            super().install_inverse(inverse)
-        else:
-            self.inverse["F_values"].assign(inverse["F"].values)
+            return {"F": damped_inverse(factors["F"], damping, dtype)}
+        return {"F": (1.0 / (np.maximum(factors["F"], 0.0) + damping)).astype(np.float32)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
-        if self.exact:
-            vectors, values = self.eigen("F")
-            solved = tf.linalg.matvec(vectors, tf.linalg.matvec(vectors, flat, transpose_a=True) / values)
-        else:
-            solved = flat / self.inverse["F_values"]
+        solved = tf.linalg.matvec(self.inverse["F"], flat) if self.exact else flat * self.inverse["F"]
         pieces = tf.split(solved, self.sizes)
         return [tf.reshape(p, v.shape) for p, v in zip(pieces, self.variables, strict=True)]
 

@@ -85,12 +85,13 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
                                   "dedicated stats worker (null: from the training pass)", None, minimum=1,
                                   nullable=True),
         "inverse_every": Field(int, "steps between inverse refreshes (sync inversion)", 20, minimum=1),
-        "inversion": Field(str, "sync: refresh every `inverse_every` steps; async: background eigendecompositions, "
+        "inversion": Field(str, "sync: refresh every `inverse_every` steps; async: background inversions, "
                            "used stale", "sync", choices=("sync", "async")),
         "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: measured)",
                            None, minimum=1, nullable=True),
         "conv_factors": Field(str, "conv blocks: cheap (App. A) or kfc", "cheap", choices=("cheap", "kfc")),
-        "eigh_dtype": Field(str, "precision of the eigendecompositions", "float64", choices=("float32", "float64")),
+        "inverse_dtype": Field(str, "precision of the damped factors' Cholesky inverses (float32 retried in float64 "
+                               "on failure)", "float32", choices=("float32", "float64")),
         "fisher_targets": Field(str, "sample: targets drawn from the model (true Fisher); exact: expectation over "
                                 "classes", "sample", choices=("sample", "exact")),
         "likelihood": _LIKELIHOOD,
