@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from kfac_repro.kfac.kfc_offsets import kfc_input_factor, offsets_cheaper
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -81,17 +83,26 @@ def conv_kfc_factors(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """KFC (paper Eq. 15): F ≈ |T|·E_{x,t}[a aᵀ] ⊗ E_{x,t}[ds dsᵀ], the |T| folded into G.
 
-    A = E over examples and locations of the homogeneous patch ā_t ā_tᵀ; G = (1/B) Σ_{b,t} ds_t ds_tᵀ.
+    A = E over examples and locations of the homogeneous patch ā_t ā_tᵀ (from offset-difference sums, or im2col
+    where that costs less: `offsets_cheaper`); G = (1/B) Σ_{b,t} ds_t ds_tᵀ.
     x: [N, H, W, C_in] layer inputs (N = B, or a multiple for a layer called several times);
     each ds: [N, H_out, W_out, C_out].
     """
+    if offsets_cheaper(tuple(x.shape[1:]), geometry):
+        input_factor = kfc_input_factor(x, geometry, use_bias)
+    else:
+        input_factor = im2col_input_factor(x, geometry, use_bias)
+    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
+    return input_factor, output_factor
+
+
+def im2col_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf.Tensor:
+    """KFC's A by im2col: the mean over examples and locations of ā ā for the materialised homogeneous patches."""
     patches = conv_patches(x, geometry)
     rows = tf.reshape(patches, [-1, patches.shape[-1]])
     if use_bias:
         rows = append_homogeneous(rows)
-    input_factor = covariance(rows, tf.shape(rows)[0])
-    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
-    return input_factor, output_factor
+    return covariance(rows, tf.shape(rows)[0])
 
 
 def conv_cheap_factors(
