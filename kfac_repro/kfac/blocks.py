@@ -2,8 +2,8 @@
 
 Every block follows one life cycle: `batch_statistics` (in the TF step, from captured tensors) → EMA into its
 factor variables → `compute_inverse` (numpy, from a snapshot of the factors; may run in a background thread;
-returns arrays keyed like `inverse`) → `install_inverse` (assign to the block's TF variables) → `precondition`
-(in the TF step, from the installed inverse).
+returns arrays keyed like `inverse`: "<factor>_inverse") → `install_inverse` (assign to the block's TF
+variables) → `precondition` (in the TF step, from the installed inverse).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ class FisherBlock(abc.ABC):
         self.inverse: dict[str, tf.Variable] = {}
 
     def _add_factor(self, name: str, dim: int) -> None:
-        """A [dim, dim] factor `name` and its damped inverse, installed as `inverse[name]` (identity until then)."""
+        """A [dim, dim] factor `name` and its damped inverse `inverse[name + "_inverse"]` (identity until set)."""
         self.factors[name] = tf.Variable(tf.zeros([dim, dim]), trainable=False, name=f"{self.name}_{name}")
         self._add_inverse(name, tf.eye(dim))
 
     def _add_inverse(self, name: str, initial: tf.Tensor) -> None:
-        self.inverse[name] = tf.Variable(initial, trainable=False, name=f"{self.name}_{name}_inverse")
+        self.inverse[f"{name}_inverse"] = tf.Variable(initial, trainable=False, name=f"{self.name}_{name}_inverse")
 
     @property
     def factor_shapes(self) -> dict[str, tuple[int, ...]]:

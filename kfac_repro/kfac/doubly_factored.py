@@ -90,17 +90,18 @@ class DoublyFactoredBlock(FisherBlock):
         names = ("K", "Psi", "G")
         pis = geometric_mean_pis([factors[n] for n in names])
         root = damping ** (1.0 / 3.0)
-        inverse = {n: damped_inverse(factors[n], pi * root, dtype) for n, pi in zip(names, pis, strict=True)}
+        inverse = {f"{n}_inverse": damped_inverse(factors[n], pi * root, dtype)
+                   for n, pi in zip(names, pis, strict=True)}
         if self.use_bias:
-            inverse["bias"] = damped_inverse(factors["G"], damping, dtype)
+            inverse["bias_inverse"] = damped_inverse(factors["G"], damping, dtype)
         return inverse
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         """(K̃⁻¹ ⊗ Ψ̃⁻¹ ⊗ G̃⁻¹) vec(∇W) as three mode products of the [T, C, d_out] kernel gradient."""
         t, c, o = self.locations, self.channels, self.output_dim
-        tensor = tf.matmul(self.inverse["K"], tf.reshape(grads[0], [t, c * o]))
-        tensor = tf.einsum("jc,tco->tjo", self.inverse["Psi"], tf.reshape(tensor, [t, c, o]))
-        solved = tf.reshape(tf.matmul(tf.reshape(tensor, [t * c, o]), self.inverse["G"]), self.kernel_shape)
+        tensor = tf.matmul(self.inverse["K_inverse"], tf.reshape(grads[0], [t, c * o]))
+        tensor = tf.einsum("jc,tco->tjo", self.inverse["Psi_inverse"], tf.reshape(tensor, [t, c, o]))
+        solved = tf.reshape(tf.matmul(tf.reshape(tensor, [t * c, o]), self.inverse["G_inverse"]), self.kernel_shape)
         if not self.use_bias:
             return [solved]
-        return [solved, tf.linalg.matvec(self.inverse["bias"], grads[1])]
+        return [solved, tf.linalg.matvec(self.inverse["bias_inverse"], grads[1])]

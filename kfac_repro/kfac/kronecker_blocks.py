@@ -65,13 +65,14 @@ class KroneckerBlock(FisherBlock):
 
     def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A": damped_inverse(factors["A"], shift_a, dtype), "G": damped_inverse(factors["G"], shift_g, dtype)}
+        return {"A_inverse": damped_inverse(factors["A"], shift_a, dtype),
+                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrix = tf.reshape(grads[0], [-1, self.output_dim])
         if self.use_bias:
             matrix = tf.concat([matrix, grads[1][None, :]], axis=0)
-        solved = kronecker_solve(matrix, self.inverse["A"], self.inverse["G"])
+        solved = kronecker_solve(matrix, self.inverse["A_inverse"], self.inverse["G_inverse"])
         if not self.use_bias:
             return [tf.reshape(solved, self.kernel_shape)]
         return [tf.reshape(solved[:-1], self.kernel_shape), solved[-1]]

@@ -54,12 +54,12 @@ class VectorBlock(FisherBlock):
 
     def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         if self.exact:
-            return {"F": damped_inverse(factors["F"], damping, dtype)}
-        return {"F": (1.0 / (np.maximum(factors["F"], 0.0) + damping)).astype(np.float32)}
+            return {"F_inverse": damped_inverse(factors["F"], damping, dtype)}
+        return {"F_inverse": (1.0 / (np.maximum(factors["F"], 0.0) + damping)).astype(np.float32)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
-        solved = tf.linalg.matvec(self.inverse["F"], flat) if self.exact else flat * self.inverse["F"]
+        solved = tf.linalg.matvec(self.inverse["F_inverse"], flat) if self.exact else flat * self.inverse["F_inverse"]
         pieces = tf.split(solved, self.sizes)
         return [tf.reshape(p, v.shape) for p, v in zip(pieces, self.variables, strict=True)]
 
