@@ -44,8 +44,12 @@ class UpdateSettings(Protocol):
     def polyak_decay(self) -> float | None: ...
 
 
+Metrics = dict[str, tf.Tensor | float]
+
+
 class ModelOptimizer(abc.ABC):
-    """Trains `model` one mini-batch at a time: `train_step(x, y)` returns the step's metrics as floats.
+    """Trains `model` one mini-batch at a time: `train_step(x, y)` returns the step's metrics as floats;
+    `step(x, y)` does the same update and leaves them as tensors (no host synchronisation per update).
 
     Build it inside `strategy.scope()` to train data-parallel; x and y are then per-replica values (from a
     distributed dataset or `experimental_distribute_values_from_function`), each replica holding its share.
@@ -79,8 +83,13 @@ class ModelOptimizer(abc.ABC):
         """Re-derive host-side counters after the checkpointed variables were restored."""
 
     @abc.abstractmethod
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
+        """One update on the batch (x, y); returns loss, error, step_size, learning_rate, and method extras, as
+        tensors not waited for (or host floats)."""
+
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
-        """One update on the batch (x, y); returns loss, error, step_size, learning_rate, and method extras."""
+        """`step`, its metrics converted to floats (waits for the update)."""
+        return as_floats(self.step(x, y))
 
     def distributed(self, replica_step: Callable) -> Callable:
         """A compiled function running `replica_step(x, y)` on every replica and reducing its metrics."""
@@ -137,5 +146,5 @@ class ModelOptimizer(abc.ABC):
             yield
 
 
-def as_floats(metrics: dict[str, tf.Tensor]) -> dict[str, float]:
+def as_floats(metrics: Metrics) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}

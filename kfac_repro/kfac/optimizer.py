@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.base import ModelOptimizer, as_floats
+from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inverse_refresh import AsyncRefresh, Inverses, Snapshot, SyncRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
@@ -24,8 +24,8 @@ from kfac_repro.kfac.replicas import all_reduce_mean
 
 
 class KFAC(ModelOptimizer):
-    """Distributed-K-FAC update rule on one model; `train_step(x, y)` as for `SGD`. Call `close()` when done
-    (it stops the background inversion thread)."""
+    """Distributed-K-FAC update rule on one model; `train_step(x, y)` and `step(x, y)` as for `SGD`. Call
+    `close()` when done (it stops the background inversion thread)."""
 
     def __init__(self, model: keras.Model, config: KFACConfig | None = None):
         self.config = config or KFACConfig()
@@ -71,7 +71,7 @@ class KFAC(ModelOptimizer):
         """Invert the damped factors now (synchronously) and install the inverses."""
         self._install(self._invert(self._snapshot()), self._host_iteration)
 
-    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
         step = self._host_iteration
         if self.inverse_iteration < 0:
             self.accumulate_statistics(x)
@@ -81,7 +81,7 @@ class KFAC(ModelOptimizer):
                 self.refresh.inversion_seconds = time.perf_counter() - start
         self.refresh.before_step(step, self._snapshot, self._invert, self._install)
         with self.taps:
-            metrics = as_floats(self._steps[step % self.config.stats_every == 0](x, y))
+            metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0](x, y))
         metrics["inverse_staleness"] = float(step - self.inverse_iteration)
         self._host_iteration += 1
         return metrics

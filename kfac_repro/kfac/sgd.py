@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from kfac_repro.kfac.base import ModelOptimizer, as_floats, scheduled
+from kfac_repro.kfac.base import Metrics, ModelOptimizer, scheduled
 from kfac_repro.kfac.config import SGDConfig
 from kfac_repro.kfac.replicas import all_reduce_mean
 
@@ -30,5 +30,5 @@ class SGD(ModelOptimizer):
     def restored(self) -> None:
         """SGD keeps no host-side state: everything is in its variables."""
 
-    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
-        return as_floats(self._step(x, y))
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
+        return self._step(x, y)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from kfac_repro.kfac.base import ModelOptimizer
+from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.replicas import backing_variable
 from kfac_repro.runner.metrics_log import MetricsLog
 
@@ -65,13 +65,13 @@ def train(
         start = int(optimizer.iterations.numpy())
     log = MetricsLog(run_dir / "metrics.csv", resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
-    window: list[dict[str, float]] = []
+    window: list[Metrics] = []  # tensors: converted only when a row is logged
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
     clock = time.perf_counter()
     try:
         for step in range(start + 1, settings.steps + 1):
             x, y = next(batches)
-            window.append(optimizer.train_step(x, y))
+            window.append(optimizer.step(x, y))
             if step % settings.log_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
                 row = _row(step, settings.global_batch, float(elapsed.numpy()), window)
@@ -97,7 +97,8 @@ def train(
     return row
 
 
-def _row(step: int, global_batch: int, seconds: float, window: list[dict[str, float]]) -> Row:
+def _row(step: int, global_batch: int, seconds: float, steps: list[Metrics]) -> Row:
+    window = [as_floats(metrics) for metrics in steps]
     last = window[-1]
     return {
         "step": step,
