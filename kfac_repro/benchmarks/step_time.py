@@ -1,9 +1,11 @@
-"""Step-time benchmark: SGD against K-FAC variants (statistics every step, no inversion) and one full inversion,
-on the same model and batch, all measured in one process so that the ratios are comparable."""
+"""Step-time benchmarks, all measured in one process on one fixed random batch so that the ratios are comparable:
+SGD against K-FAC variants (statistics every step, no inversion) and one full inversion on a conv net; and the
+update of K-FAC as it trains (factors every step, inverses every few steps) against SGD on an MLP."""
 
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -79,3 +81,54 @@ def measure_step_times(
     inversion = median_seconds(optimizer.refresh_inverses, max(3, repeats // 3), 1)
     timings.append(Timing("one full inversion (all blocks, Cholesky)", inversion, inversion / sgd_seconds))
     return timings, optimizer.communication_bytes()
+
+
+def deep_mlp(widths: tuple[int, ...] = (784, 1000, 500, 250, 30, 10)) -> keras.Model:
+    """The MLP of the K-FAC papers' autoencoder encoder as a classifier: tanh hidden layers, linear logits."""
+    inputs = keras.Input((widths[0],))
+    x = inputs
+    for index, width in enumerate(widths[1:-1]):
+        x = keras.layers.Dense(width, activation="tanh", name=f"dense{index}")(x)
+    return keras.Model(inputs, keras.layers.Dense(widths[-1], name="logits")(x))
+
+
+def measure_update_times(
+    build_model: Callable[[], keras.Model],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    batch_size: int,
+    inverse_every: int = 10,
+    repeats: int = 10,
+    warmup: int = 3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Timing]:
+    """SGD's update against K-FAC's as it trains (factors every step, synchronous inverses every `inverse_every`
+    steps): the median update without and with an inversion, and the mean over whole refresh periods (amortised).
+    K-FAC is timed over ⌈repeats / inverse_every⌉ periods, at least two, after a warm-up period."""
+    keras.utils.set_random_seed(0)
+    x = tf.random.normal((batch_size, *input_shape))
+    y = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+    progress("SGD update")
+    sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
+    sgd_seconds = median_seconds(functools.partial(sgd.train_step, x, y), repeats, warmup)
+    progress("K-FAC updates")
+    kfac = KFAC(build_model(), KFACConfig(stats_every=1, inverse_every=inverse_every))
+    for _ in range(inverse_every + 1):  # tracing, the first inversion and the first periodic refresh
+        kfac.train_step(x, y)
+    plain: list[float] = []
+    inverting: list[float] = []
+    for _ in range(max(2, math.ceil(repeats / inverse_every)) * inverse_every):
+        refreshes = int(kfac.iterations.numpy()) % inverse_every == 0
+        start = time.perf_counter()
+        kfac.train_step(x, y)
+        (inverting if refreshes else plain).append(time.perf_counter() - start)
+    kfac.close()
+    amortised = statistics.fmean(plain + inverting)
+    return [
+        Timing("SGD update, momentum 0.9", sgd_seconds, 1.0),
+        *(Timing(what, seconds, seconds / sgd_seconds) for what, seconds in (
+            ("K-FAC update without inversion", statistics.median(plain)),
+            ("K-FAC update with inversion", statistics.median(inverting)),
+            (f"K-FAC amortised (inverses every {inverse_every})", amortised),
+        )),
+    ]
