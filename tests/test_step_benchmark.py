@@ -1,0 +1,37 @@
+"""`bench step --model mlp`: K-FAC's update as it trains against SGD's, every figure printed as a ratio."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from kfac_repro.benchmarks import step_time
+from kfac_repro.kfac import KFAC
+
+
+def test_update_times_split_the_steps_that_refresh_the_inverses(monkeypatch: pytest.MonkeyPatch) -> None:
+    refreshed_at: list[int] = []
+    real = KFAC._install
+
+    def recording(self: KFAC, inverses: dict, at: int) -> None:
+        refreshed_at.append(at)
+        real(self, inverses, at)
+
+    monkeypatch.setattr(KFAC, "_install", recording)
+    timings = step_time.measure_update_times(lambda: step_time.deep_mlp((6, 5, 4, 3)), (6,), 3, 8,
+                                             inverse_every=3, repeats=4, warmup=1)
+    assert [t.what for t in timings] == ["SGD update, momentum 0.9", "K-FAC update without inversion",
+                                         "K-FAC update with inversion", "K-FAC amortised (inverses every 3)"]
+    assert timings[0].ratio == 1.0
+    assert all(t.seconds > 0 and t.ratio == pytest.approx(t.seconds / timings[0].seconds) for t in timings)
+    # the initial inversion, the warm-up refresh at 3, then two timed periods (steps 4–9) refreshing at 6 and 9
+    assert refreshed_at == [0, 3, 6, 9]
+
+
+def test_bench_step_mlp_prints_the_ratios() -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "step", "--model", "mlp", "--batch-size", "8", "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    assert "MLP 784-1000-500-250-30-10 tanh, batch 8" in result.output
+    for line in ("K-FAC update without inversion", "K-FAC update with inversion", "K-FAC amortised"):
+        assert line in result.output
