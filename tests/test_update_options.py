@@ -41,6 +41,24 @@ def test_kl_decay_shrinks_the_kl_threshold_and_lr_decay_the_maximum_step() -> No
                                                rel=1e-5)
 
 
+def test_kl_bound_on_the_update_feeds_momentum_one_minus_mu_of_the_clipped_step() -> None:
+    """kl_bound 'update': v ← μ v + (1 − μ) η·F̂⁻¹g, so the steady-state update η·F̂⁻¹g meets the bound;
+    'increment': v ← μ v + η·F̂⁻¹g (the same η), 1/(1 − μ) times larger once momentum has summed."""
+    x, y = batch()
+    moves = {}
+    for bound in ("update", "increment"):
+        optimizer = KFAC(tiny(), KFACConfig(momentum=0.75, kl_bound=bound, damping=0.1))
+        start = [v.numpy() for v in optimizer.params]
+        metrics = optimizer.train_step(x, y)
+        moves[bound] = (np.concatenate([(s - v.numpy()).ravel() for s, v in zip(start, optimizer.params,
+                                                                                  strict=True)]), metrics)
+    (update, m_update), (increment, m_increment) = moves["update"], moves["increment"]
+    assert m_update["step_size"] == pytest.approx(m_increment["step_size"], rel=1e-6)
+    np.testing.assert_allclose(update, 0.25 * increment, rtol=1e-4, atol=1e-8)
+    # the update's squared F̂-norm: (η v)ᵀ F̂ (η v) = η² vᵀg ≤ c at the steady state the buffer converges to
+    assert m_update["step_size"] ** 2 * m_update["v_dot_g"] <= m_update["kl_clip"] * (1 + 1e-5)
+
+
 def test_statistics_are_an_exponential_moving_average_with_warm_start() -> None:
     """decay_k = min(1 − 1/k, stats_decay): the first batch is taken whole, later ones blended."""
     x1, x2 = tf.random.normal((8, 3), seed=1), tf.random.normal((8, 3), seed=2)

@@ -29,8 +29,10 @@ class Schedule:
 class KFACConfig:
     """K-FAC as in Ba, Grosse & Martens (2017); defaults follow the paper where it gives values.
 
-    Step size η = min(η_max, √(c / vᵀg)) (Eq. 14); `decay_target` says whether c ("kl", the paper) or η_max
-    ("lr", Fig. 8's decayLR) follows the schedule decay_rate^⌊k / decay_every⌋.
+    Step size η = min(η_max, √(c / vᵀg)) (Eq. 14); `kl_bound` "update" adds (1 − μ)·η·v to the momentum buffer so
+    that the update it sums to in steady state, η·v, meets the bound (Ba's released code); "increment" adds η·v,
+    whose momentum sum is 1/(1 − μ) times larger (KL ≈ c/(1 − μ)²). `decay_target` says whether c ("kl", the
+    paper) or η_max ("lr", Fig. 8's decayLR) follows the schedule decay_rate^⌊k / decay_every⌋.
     """
 
     damping: float = 1e-3
@@ -38,6 +40,7 @@ class KFACConfig:
     momentum: float = 0.9
     kl_clip: float = 0.01
     max_step_size: float = 1.0
+    kl_bound: Literal["update", "increment"] = "update"
     decay_rate: float = 0.96
     decay_every: int | None = None
     decay_target: Literal["kl", "lr"] = "kl"
@@ -65,6 +68,7 @@ class KFACConfig:
         _check(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
         _check(self.kl_clip > 0, "kl_clip", "a number > 0", self.kl_clip)
         _check(self.max_step_size > 0, "max_step_size", "a number > 0", self.max_step_size)
+        _check(self.kl_bound in ("update", "increment"), "kl_bound", "'update' or 'increment'", self.kl_bound)
         Schedule(1.0, self.decay_rate, self.decay_every)
         _check(self.decay_target in ("kl", "lr"), "decay_target", "'kl' or 'lr'", self.decay_target)
         _check(0 <= self.stats_decay < 1, "stats_decay", "a number in [0, 1)", self.stats_decay)

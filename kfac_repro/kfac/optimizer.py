@@ -3,8 +3,9 @@
 Each step, on every replica: forward once; all-reduced gradient of the mean loss; every `stats_every` steps also
 the preconditioner's statistics (`kfac_repro.kfac.preconditioner`: Fisher cotangents back-propagated to the tapped
 layers, all-reduced, folded into moving averages); precondition each block with its installed inverse;
-η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on η·v. Between steps the inverses are refreshed synchronously every
-`inverse_every` steps or asynchronously in a background thread (paper §3.1).
+η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on (1 − μ)·η·v, so that the update it sums to meets the KL bound
+(`kl_bound: increment`: on η·v). Between steps the inverses are refreshed synchronously every `inverse_every`
+steps or asynchronously in a background thread (paper §3.1).
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ class KFAC(ModelOptimizer):
         direction = preconditioner.precondition(grads)
         scale = preconditioner.step_size(direction, grads, self.iterations)
         pairs = preconditioner.factor_assignments(batch_factors) if with_stats else []
-        self.commit(pairs + self.update_assignments(direction, scale["step_size"]))
+        step_size = scale["step_size"]
+        increment = step_size * (1.0 - self.momentum) if self.config.kl_bound == "update" else step_size
+        self.commit(pairs + self.update_assignments(direction, increment))
         loss, error = all_reduce_mean([loss, self.error_rate(outputs, y)])
         return {"loss": loss, "error": error, **scale}
