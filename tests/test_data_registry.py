@@ -79,6 +79,21 @@ def test_corrupt_idx_file_is_named(tiny_fashion: tuple[Path, np.ndarray, np.ndar
         verify("fashion_mnist", data_dir)
 
 
+def test_holdout_takes_validation_from_the_training_set_and_leaves_test_alone(
+        tiny_fashion: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, labels = tiny_fashion
+
+    def split_labels(split: str, holdout: int) -> list[int]:
+        dataset = make_dataset("fashion_mnist", split, 1, data_dir=root, holdout=holdout, repeat=False)
+        return sorted(int(y[0]) for _, y in dataset)
+
+    assert split_labels("train", 2) == sorted(labels[:4].tolist())
+    assert split_labels("val", 2) == sorted(labels[4:].tolist())
+    assert split_labels("test", 2) == split_labels("val", 0) == sorted(labels[:4].tolist())
+    with pytest.raises(ValueError, match="leaves no training examples"):
+        make_dataset("fashion_mnist", "train", 1, data_dir=root, holdout=6)
+
+
 @pytest.mark.skipif(not dataset_available("fashion_mnist"), reason="Fashion-MNIST not installed")
 def test_real_fashion_mnist_pipeline() -> None:
     x, y = next(iter(make_dataset("fashion_mnist", "train", 32, channels=3, image_size=32, augment=True)))
@@ -87,7 +102,8 @@ def test_real_fashion_mnist_pipeline() -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"name": "mnist"}, "unknown data set 'mnist'"),
-    ({"split": "test"}, "unknown split 'test'"),
+    ({"split": "holdout"}, "unknown split 'holdout'"),
+    ({"holdout": 10}, "holdout applies to cifar10 and fashion_mnist only"),
     ({"label_offset": 1}, "label_offset applies to ImageNet TFRecords only"),
     ({"shard": (2, 2)}, "shard must be"),
     ({"shard": (2, 0), "input_context": tf.distribute.InputContext()}, "either shard or input_context"),

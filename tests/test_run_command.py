@@ -30,11 +30,33 @@ def test_smoke_run_writes_every_arm(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for arm in ("async-gpu1", "async-gpu4", "sync-gpu1", "sync-gpu4", "sgd-bn"):
         (run_dir,) = (tmp_path / "cifar10-async" / "smoke" / arm).iterdir()
-        assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2", "4"]
+        assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["0", "2", "4"]
         record = json.loads((run_dir / "run.json").read_text())
         assert record["status"] == "complete" and record["data"] == "synthetic" and record["arm"] == arm
         assert (run_dir / "resolved.yaml").exists() and (run_dir / "environment.json").exists()
         assert any((run_dir / "tensorboard").iterdir()) and any((run_dir / "checkpoints").iterdir())
+
+
+def test_seeds_give_one_ordinary_run_directory_per_seed(tmp_path: Path) -> None:
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--seeds", "3,5",
+                        "--run-id", "r", "--set", "training.steps=2", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "cifar10-async" / "smoke" / "sgd-bn").iterdir())
+    assert [r.name for r in runs] == ["r-seed3", "r-seed5"]
+    records = [json.loads((r / "run.json").read_text()) for r in runs]
+    assert [(r["seed"], r["status"]) for r in records] == [(3, "complete"), (5, "complete")]
+    losses = [rows(r / "metrics.csv")[-1]["train_loss"] for r in runs]
+    assert losses[0] != losses[1], "initialisation and data order differ between seeds"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seeds", "0,x"], "distinct integers"), (["--seeds", "1,1"], "distinct integers"),
+    (["--seeds", "0,1", "--seed", "2"], "not both"),
+])
+def test_bad_seeds_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", *args, "--out", str(tmp_path / "results"))
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_paper_profile_without_its_data_says_where_it_looked(tmp_path: Path) -> None:
@@ -80,7 +102,7 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_pa
     resumed = kfac_repro("run", *common, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [int(r["step"]) for r in rows(metrics)]
-    assert steps == list(range(1, 121)), "every logged step exactly once"
+    assert steps == list(range(0, 121)), "every logged step exactly once"
     final, expected = rows(metrics)[-1], rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu1" / "r" /
                                              "metrics.csv")[-1]
     for column in ("train_loss", "val_loss", "val_error", "step_size"):
@@ -98,6 +120,6 @@ def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) ->
         assert result.returncode == 0, result.stderr[-2000:]
     split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
     expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
-    assert [int(r["step"]) for r in split] == list(range(1, 13))
-    for got, want in zip(split, expected, strict=True):
+    assert [int(r["step"]) for r in split] == list(range(0, 13))
+    for got, want in zip(split[1:], expected[1:], strict=True):
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]

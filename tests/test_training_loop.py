@@ -44,12 +44,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, me
     run(method, tmp_path / "split", 7, resume=False)  # stops after step 7; last checkpoint at 7 (the final step)
     resumed = run(method, tmp_path / "split", 12, resume=True)
     rows = read_rows(tmp_path / "split" / "metrics.csv")
-    assert [int(r["step"]) for r in rows] == [2, 4, 6, 7, 8, 10, 12]
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6, 7, 8, 10, 12]
     whole_rows = read_rows(tmp_path / "whole" / "metrics.csv")
-    assert [int(r["step"]) for r in whole_rows] == [2, 4, 6, 8, 10, 12]
+    assert [int(r["step"]) for r in whole_rows] == [0, 2, 4, 6, 8, 10, 12]
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
-    assert rows[-1]["examples"] == "96" and rows[1]["val_loss"] != "" and rows[0]["val_loss"] == ""
+    assert rows[-1]["examples"] == "96" and rows[2]["val_loss"] != "" and rows[1]["val_loss"] == ""
+
+
+def test_first_row_validates_the_initial_weights_and_the_first_update_is_timed_apart(tmp_path: Path) -> None:
+    optimizer, iterator, evaluate = setup("kfac")
+    initial = evaluate()
+    run_dir = tmp_path / "run"
+    train(optimizer, iterator, evaluate, LoopSettings(steps=4, log_every=2, eval_every=2, checkpoint_every=4,
+                                                     global_batch=8), run_dir, resume=False)
+    rows = read_rows(run_dir / "metrics.csv")
+    assert (rows[0]["step"], rows[0]["seconds"], rows[0]["train_loss"]) == ("0", "0", "")
+    assert float(rows[0]["val_loss"]) == pytest.approx(initial[0], rel=1e-5)
+    assert float(rows[1]["first_update_seconds"]) > 0 and rows[2]["first_update_seconds"] == ""
+    assert 0 < float(rows[1]["seconds"]) < float(rows[2]["seconds"])
 
 
 def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path: Path) -> None:
@@ -73,4 +86,4 @@ def test_a_diverged_run_stops_with_a_clear_error_after_logging_its_row(tmp_path:
     settings = LoopSettings(steps=10, log_every=2, eval_every=4, checkpoint_every=5, global_batch=8)
     with pytest.raises(TrainingDiverged, match="training loss is nan at step 2: the run diverged"):
         train(optimizer, batches, evaluate, settings, tmp_path, resume=False)
-    assert [r["step"] for r in read_rows(tmp_path / "metrics.csv")] == ["2"]
+    assert [r["step"] for r in read_rows(tmp_path / "metrics.csv")] == ["0", "2"]

@@ -41,16 +41,17 @@ def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None,
         raise click.UsageError(str(error)) from error
 
 
-def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool) -> Path:
+def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool, suffix: str) -> Path:
+    """OUT/<spec>/<profile>/<arm>/<run-id><suffix> (suffix '-seed<S>' for a run of a seed list)."""
     base = out / spec.name / spec.profile / arm
     if run_id:
-        return base / run_id
+        return base / f"{run_id}{suffix}"
     if resume:
-        existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
+        existing = sorted(p for p in base.glob(f"*{suffix}") if p.is_dir()) if base.exists() else []
         if not existing:
             raise click.UsageError(f"--resume: no earlier run of arm {arm!r} under {base}")
         return existing[-1]
-    return base / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return base / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + suffix)
 
 
 def _check_data(spec: Any, arms: list[str]) -> None:
@@ -67,10 +68,36 @@ def _check_data(spec: Any, arms: list[str]) -> None:
             sys.exit(1)
 
 
+def _seed_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"expected distinct integers ≥ 0 separated by commas, e.g. 0,1,2; found {text!r}",
+                                 param_hint="--seeds")
+    return seeds
+
+
+def _seeds_of(spec: Any, arm: str, chosen: list[int] | None) -> list[int] | None:
+    """The seeds an arm runs with: --seeds, else training.seeds consecutive seeds from training.seed (None: one
+    run named without a seed, as before seeds existed)."""
+    if chosen is not None:
+        return chosen
+    training = spec.arms[arm].to_dict()["training"]
+    count, first = int(training.get("seeds") or 1), int(training.get("seed") or 0)
+    return list(range(first, first + count)) if count > 1 else None
+
+
 @click.command("run")
 @click.argument("name")
 @click.option("--arm", "arms", multiple=True, help="run only this arm (repeatable; default: all)")
 @_with_options
+@click.option("--seeds", "seeds_text", default=None, metavar="S1,S2,...",
+              help="run each arm once per seed (initialisation and data order), each in its own run directory "
+                   "<run-id>-seed<S>; default: the spec's training.seeds")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="results root: runs go to OUT/<spec>/<profile>/<arm>/<run-id>/")
 @click.option("--run-id", default=None, help="run directory name (default: the UTC start time)")
@@ -81,32 +108,39 @@ def _check_data(spec: Any, arms: list[str]) -> None:
               help="apply the best settings found by `kfac-repro grid NAME --arm ARM` (OUT/<spec>/<profile>/"
                    "grid-<arm>/best.json) before any --set")
 def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
-        resume: bool, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
+        resume: bool, seeds_text: str | None, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
+    chosen = _seed_list(seeds_text)
+    if chosen is not None and seed is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
     spec = _load(name, profile, overrides, seed, arms)
     selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
     _check_data(spec, selected)
-    if len(selected) > 1:  # every arm in a fresh process: no TensorFlow state carries over between arms
+    jobs = [(arm, s) for arm in selected for s in (_seeds_of(spec, arm, chosen) or [None])]
+    if len(jobs) > 1:  # every arm and seed in a fresh process: no TensorFlow state carries over between them
         if tuned:
             for arm in selected:
                 _grid_best(out, spec, arm)  # every arm's grid result exists before any training
-        failed = [arm for arm in selected if subprocess.run(
+        failed = [f"{arm}" + ("" if s is None else f" seed {s}") for arm, s in jobs if subprocess.run(
             [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
              *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
+             *(["--seeds", str(s)] if s is not None else []),
              *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
              *(["--tuned"] if tuned else []), "--workers", str(workers)]).returncode != 0]
         if failed:
-            click.echo(f"error: failed arms: {', '.join(failed)}", err=True)
+            click.echo(f"error: failed: {', '.join(failed)}", err=True)
             sys.exit(1)
         return
-    arm = selected[0]
+    arm, job_seed = jobs[0]
+    seed = job_seed if job_seed is not None else seed
+    spec = _load(name, profile, overrides, seed, arms)
     label_suffix = ""
     if tuned:
         best = _grid_best(out, spec, arm)
         overrides = (*(f"{key}={value}" for key, value in best.items()), *overrides)
         spec = _load(name, profile, overrides, seed, arms)
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
-    run_dir = _run_dir(out, spec, arm, run_id, resume)
+    run_dir = _run_dir(out, spec, arm, run_id, resume, "" if job_seed is None else f"-seed{job_seed}")
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
     try:
         if workers > 1:

@@ -3,7 +3,8 @@
 Importing this module, `dataset_available`, `describe`, `dataset_info` and `verify` do not import TensorFlow (the
 `kfac-repro list` and `kfac-repro data` commands answer at once); `make_dataset` does.
 
-Data sets (splits "train" and "val"; "val" is the test set for CIFAR-10 and Fashion-MNIST):
+Data sets (splits "train", "val" and "test"; "val" is the test set for CIFAR-10 and Fashion-MNIST unless `holdout`
+holds out the last N training examples as "val"; for ImageNet and synthetic data "test" is "val"):
 - cifar10: official python or binary batches (`cifar10`); 32×32×3, 10 classes.
 - imagenet: class folders or TFRecord shards (`imagenet_files`); paper preprocessing at 224 (or `image_size`).
 - fashion_mnist: idx files (`fashion_mnist`); 28×28×1, 10 classes; `channels=3` tiles to RGB.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 DATASET_NAMES = ("cifar10", "imagenet", "fashion_mnist", "synthetic")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 PathLike = str | Path | None
 _TITLES = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "fashion_mnist": "Fashion-MNIST"}
 
@@ -93,6 +94,7 @@ def make_dataset(
     num_classes: int | None = None,
     channels: int | None = None,
     label_offset: int | None = None,
+    holdout: int = 0,
 ) -> tf.data.Dataset:
     """tf.data pipeline of (images float32 [B, S, S, C], labels int32 [B]), normalised per channel.
 
@@ -105,6 +107,7 @@ def make_dataset(
     num_classes: keep the first `num_classes` classes (synthetic: the teacher's class count).
     channels: tile grey images to 3 (None: native).
     label_offset: subtracted from ImageNet TFRecord labels (None: 1, for the standard 1-based shards).
+    holdout: CIFAR-10/Fashion-MNIST: the last `holdout` training examples form "val" (and leave "train").
     Training batches are full; shuffling only for "train".
     """
     _check_name(name)
@@ -122,6 +125,9 @@ def make_dataset(
     training = split == "train"
     augment = (name == "imagenet" and training) if augment is None else augment
     common: dict[str, Any] = {"sharding": sharding, "seed": seed, "repeat": repeat, "num_classes": num_classes}
+    if holdout and name not in ("cifar10", "fashion_mnist"):
+        raise ValueError(f"holdout applies to cifar10 and fashion_mnist only, not to {name!r}")
+    split = "val" if split == "test" and name in ("imagenet", "synthetic") else split
     if label_offset is not None and name != "imagenet":
         raise ValueError(f"label_offset applies to ImageNet TFRecords only, not to {name!r}")
     if name == "imagenet":
@@ -143,8 +149,12 @@ def make_dataset(
         return synthetic_dataset(split, image_size=image_size, channels=channels, **common)
     from kfac_repro.data.arrays import array_dataset
 
-    train, val = _load_arrays(name, data_dir)
-    images, labels = train if training else val
+    (train_images, train_labels), test = _load_arrays(name, data_dir)
+    if holdout >= len(train_labels):
+        raise ValueError(f"holdout {holdout} leaves no training examples (the training set has {len(train_labels)})")
+    kept = len(train_labels) - holdout
+    images, labels = {"train": (train_images[:kept], train_labels[:kept]), "test": test,
+                      "val": (train_images[kept:], train_labels[kept:]) if holdout else test}[split]
     return array_dataset(images, labels, stats=name, training=training, image_size=image_size, channels=channels,
                          augment=augment, **common)
 

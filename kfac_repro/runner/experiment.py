@@ -3,7 +3,9 @@ resolved config → strategy, model, data, optimizer → training loop → metri
 
 The arm is a mapping of sections (model, data, training, optimizer, distribution), as a resolved spec gives them.
 The run directory results/<spec>/<profile>/<arm>/<run-id>/ receives metrics.csv, resolved.yaml, run.json,
-environment.json, tensorboard/ and checkpoints/. In a multi-process run only worker 0 writes there.
+environment.json, tensorboard/ and checkpoints/. In a multi-process run only worker 0 writes there. With
+data.holdout > 0, validation rows come from examples held out of the training set, and the test split is evaluated
+once, after the last update, into run.json (test_loss, test_error): it is reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def run_arm(
     size = int(model_section["input_size"])
     channels = int(info["image_shape"][-1]) if info["image_shape"] else 3
     classes = int(model_section["num_classes"])
-    data_args: dict[str, Any] = {"data_dir": data_section.get("data_dir"), "image_size": size,
+    holdout = int(data_section.get("holdout") or 0)
+    data_args: dict[str, Any] = {"data_dir": data_section.get("data_dir"), "image_size": size, "holdout": holdout,
                  "num_classes": classes if data_section["name"] == "synthetic" else None}
     global_batch = int(training["batch_size"])
     chief = cluster is None or cluster.is_chief
@@ -118,7 +121,8 @@ def run_arm(
                 f"every step, factors {volumes['factors_per_refresh']} bytes every statistics step\n")
     record = {**dataclasses.asdict(identity), "run_dir": str(identity.run_dir), "run_id": identity.run_dir.name,
               "data": data_section["name"], "model": model_section["name"], "method": method,
-              "batch_size": global_batch, "workers": replicas, "steps": int(training["steps"])}
+              "batch_size": global_batch, "workers": replicas, "steps": int(training["steps"]), "seed": seed,
+              "holdout": holdout}
     _write_status(run_dir, record, "running", chief)
     evaluate = _evaluator(optimizer, val_data, int(training.get("eval_batches", 10)))
     settings = LoopSettings(steps=int(training["steps"]), log_every=int(training["log_every"]),
@@ -135,6 +139,9 @@ def run_arm(
     finally:
         if isinstance(optimizer, KFAC):
             optimizer.close()
+    if holdout:
+        test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
+        record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
     _write_status(run_dir, record, "complete", chief)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -149,8 +156,8 @@ def _checkpointed_step(run_dir: Path) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-def _evaluator(optimizer: Any, dataset: Any, batches: int) -> Callable[[], tuple[float, float]]:
-    """Mean validation loss and error over the first `batches` batches, with Polyak-averaged weights if any."""
+def _evaluator(optimizer: Any, dataset: Any, batches: int | None) -> Callable[[], tuple[float, float]]:
+    """Mean loss and error over the first `batches` batches (None: all), with Polyak-averaged weights if any."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -162,7 +169,7 @@ def _evaluator(optimizer: Any, dataset: Any, batches: int) -> Callable[[], tuple
     def evaluate() -> tuple[float, float]:
         total_loss = total_error = count = 0.0
         with optimizer.averaged_weights():
-            for x, y in dataset.take(batches):
+            for x, y in dataset if batches is None else dataset.take(batches):
                 loss, error = batch_metrics(x, y)
                 total_loss, total_error, count = total_loss + float(loss), total_error + float(error), count + len(y)
         return total_loss / max(count, 1.0), total_error / max(count, 1.0)

@@ -1,8 +1,10 @@
 """The training loop shared by every method: steps, periodic logging and validation, TensorBoard, checkpoints,
 and resumption that neither loses nor repeats a logged step.
 
-Row semantics: `step` is the number of updates done; train_loss/train_error average the (augmented) training
-batches since the previous row; `seconds` is training wall-clock (validation excluded), carried across resumes.
+Row semantics: `step` is the number of updates done; a fresh run's first row is step 0, validation only (the
+initial weights); train_loss/train_error average the (augmented) training batches since the previous row; `seconds`
+is training wall-clock from the end of the first update (validation excluded), carried across resumes: the first
+update of every process (tracing, and K-FAC's first inversion) is timed apart in `first_update_seconds`.
 A non-finite training loss stops the run (TrainingDiverged) after its row is logged, not hours later.
 """
 
@@ -67,15 +69,22 @@ def train(
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     window: list[Metrics] = []  # tensors: converted only when a row is logged
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
-    clock = time.perf_counter()
+    first_update: float | None = None
     try:
+        if start == 0 and not log.last:  # a run resumed before its first checkpoint keeps its step-0 row
+            val_loss, val_error = evaluate()
+            log.append({"step": 0, "examples": 0, "seconds": 0.0, "val_loss": val_loss, "val_error": val_error})
+        clock = time.perf_counter()
         for step in range(start + 1, settings.steps + 1):
             x, y = next(batches)
             window.append(optimizer.step(x, y))
+            if step == start + 1:  # its loss read back: the first update has finished before the clock starts
+                float(window[-1]["loss"])
+                first_update, clock = time.perf_counter() - clock, time.perf_counter()
             if step % settings.log_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
                 row = _row(step, settings.global_batch, float(elapsed.numpy()), window)
-                window = []
+                row["first_update_seconds"], first_update, window = first_update, None, []
                 if step % settings.eval_every == 0 or step == settings.steps:
                     row["val_loss"], row["val_error"] = evaluate()
                 log.append(row)

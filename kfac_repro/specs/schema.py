@@ -38,6 +38,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "name": Field(str, "the data set", choices=DATASET_NAMES),
         "data_dir": Field(str, "data directory (null: $KFAC_REPRO_DATA or ~/.kfac_repro/data)", None, nullable=True),
         "augment": Field(bool, "random resize-and-crop (null: on for ImageNet training only)", None, nullable=True),
+        "holdout": Field(int, "cifar10/fashion_mnist: the last N training examples are the validation split (the "
+                         "runs are tuned and judged on it) and the test split is only reported, at the end of the "
+                         "run; 0: the test split is the validation split", 0, minimum=0),
     },
     "training": {
         "batch_size": Field(int, "global mini-batch size (split over the gradient workers)", minimum=1),
@@ -49,6 +52,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "eval_batches": Field(int, "validation batches per pass", 10, minimum=1),
         "checkpoint_every": Field(int, "steps between checkpoints", 200, minimum=1),
         "seed": Field(int, "random seed (weights, data order, sampled targets)", 0, minimum=0),
+        "seeds": Field(int, "`kfac-repro run` trains each arm with this many seeds, seed, seed + 1, …, each in its "
+                       "own run directory <run-id>-seed<S> (1: one run, named without a seed)", 1, minimum=1),
         "deterministic": Field(bool, "TensorFlow op determinism (bitwise-repeatable runs)", True),
     },
     "distribution": {
@@ -71,6 +76,9 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
         "kl_clip": Field(float, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) (Eq. 14)",
                          0.01, above=0),
         "max_step_size": Field(float, "η_max: the largest step size", 1.0, above=0),
+        "kl_bound": Field(str, "update: the bound holds for the momentum-summed update (the buffer receives "
+                          "(1 − μ)·η·v, as in Ba's released code); increment: for η·v before momentum (our earlier "
+                          "rule: the update's KL reaches c/(1 − μ)²)", "update", choices=("update", "increment")),
         "decay_rate": Field(float, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", 0.96,
                             above=0, maximum=1),
         "decay_every": Field(int, "steps between decays (null: no decay)", None, minimum=1, nullable=True),
