@@ -1,7 +1,10 @@
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest
+KFAC_REPRO ?= kfac-repro
+RESULTS ?= results
+FIG2_ARMS = sync-gpu1 async-gpu1 sgd-bn sync-gpu4 async-gpu4
 
-.PHONY: install test test-slow lint bench reproduce-cpu figures report
+.PHONY: install test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
 
 install:  ## install the package, its pinned dependencies and the dev tools
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -18,6 +21,14 @@ lint:  ## ruff and mypy over the library and the CLI
 
 bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an SGD step)
 	kfac-repro bench step --model cifar10 --batch-size 512
+
+bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle machine), read by the report
+	$(KFAC_REPRO) bench arms cifar10-async --profile cpu --out $(RESULTS)
+
+reproduce-fig2-cpu:  ## Fig. 2's cpu profile with 3 seeds, seed by seed; resumable (run it again to continue)
+	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
+		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id rerun --resume \
+			--out $(RESULTS) $$([ $$arm = sgd-bn ] && echo --tuned) || exit 1; done; done
 
 reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)
 	for spec in $$(ls experiments/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//'); do \
