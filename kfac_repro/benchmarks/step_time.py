@@ -43,6 +43,11 @@ def kfac_variants(batch_size: int) -> list[tuple[str, KFACConfig]]:
 
 
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int) -> float:
+    return timed(run, repeats, warmup)[0]
+
+
+def timed(run: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float, float]:
+    """(median, min, max) seconds of `repeats` calls of `run` after `warmup` untimed ones."""
     for _ in range(warmup):
         run()
     times = []
@@ -50,7 +55,7 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int) -> floa
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), min(times), max(times)
 
 
 def measure_step_times(

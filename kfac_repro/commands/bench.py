@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import click
@@ -9,7 +10,56 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: step time against SGD, inversion time."""
+    """Benchmarks: every arm's cost per update, step time against SGD, inversion time."""
+
+
+@bench.command("arms")
+@click.argument("name")
+@click.option("--profile", default="paper", show_default=True)
+@click.option("--arm", "arms", multiple=True, help="time only this arm (repeatable; default: all)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a resolved field")
+@click.option("--blocks", type=click.IntRange(min=1), default=3, show_default=True,
+              help="timed blocks of updates per arm (each at least one inversion period)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="writes OUT/<spec>/<profile>/bench-arms.csv, which `kfac-repro report` reads")
+def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, ...], blocks: int,
+         out: Path) -> None:
+    """Every arm's steady-state seconds per update, back to back in one process, and its component times."""
+    import os
+    from datetime import UTC, datetime
+
+    from kfac_repro.specs import SpecError, load_spec
+
+    try:
+        spec = load_spec(name, profile=profile, overrides=overrides, arms=arms)
+    except SpecError as error:
+        raise click.UsageError(str(error)) from error
+    resolved = {arm: config.to_dict() for arm, config in spec.arms.items()}
+    from kfac_repro.distribute.strategy import reserve_cpu_replicas
+
+    reserve_cpu_replicas(max(int(a.get("distribution", {}).get("workers", 1)) for a in resolved.values()))
+    from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
+    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_LOAD, write_costs
+    from kfac_repro.runner.environment import git_commit
+
+    machine = {**machine_record(), "commit": git_commit(Path(__file__).resolve().parent),
+               "time_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    click.echo(f"{spec.name} [{profile}] on {machine['host']}, {machine['device']}, {machine['cpus']} cores; "
+               f"load average before: {machine['load_before']}")
+    measurements = []
+    for arm, config in resolved.items():
+        measurements += measure_arm(arm, config, blocks, progress=lambda what: click.echo(f"  {what} ...", err=True))
+    machine["load_after"] = round(os.getloadavg()[0], 2)
+    path = out / spec.name / profile / FILE_NAME
+    write_costs(path, spec.name, profile, measurements, machine)
+    for m in measurements:
+        if m.unit == "bytes":
+            click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value / 1e6:12.3f} MB")
+        else:
+            click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value * 1e3:12.2f} ms   "
+                       f"[{m.low * 1e3:.2f}, {m.high * 1e3:.2f}]")
+    click.echo(f"load average after: {machine['load_after']} (above {SHARED_LOAD} before or after: the report "
+               f"treats these timings as taken on a shared machine)\nwrote {path}")
 
 
 @bench.command("step")

@@ -1,0 +1,119 @@
+"""`bench arms`: every arm's steady-state cost per update, timed back to back in one process on one machine, and
+the component times the cluster clock (`cluster_clock`) is built from.
+
+An arm's update is timed exactly as configured (statistics every `stats_every` steps, inverses refreshed inline
+every `inverse_every` steps or in the background thread, the arm's replicas) on one fixed batch of the arm's input
+shape, in blocks of updates long enough to contain a whole inversion period; seconds per update = block time /
+block length (median over blocks, with the range). Components, on one device: a gradient pass on B/n examples
+(n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import platform
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfac_repro.benchmarks.cost_table import Measurement
+from kfac_repro.benchmarks.step_time import timed
+from kfac_repro.kfac import KFAC, SGD
+from kfac_repro.models.registry import build_model
+from kfac_repro.runner.experiment import optimizer_config
+
+NEVER = 10**9
+SHARDS = (1, 2, 4)
+
+
+def machine_record() -> dict[str, Any]:
+    """Where the timings are taken: host, device, cores, TensorFlow, and the 1-minute load average now (work
+    other than this benchmark: a load near 0 means an otherwise idle machine)."""
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"host": platform.node(), "device": ", ".join(gpus) or f"CPU ({platform.processor() or platform.machine()})",
+            "cpus": os.cpu_count(), "tensorflow": tf.__version__, "load_before": round(os.getloadavg()[0], 2)}
+
+
+def _build(arm: Mapping[str, Any]) -> tuple[keras.Model, tuple[int, ...], int]:
+    model_section = arm["model"]
+    size, classes = int(model_section["input_size"]), int(model_section["num_classes"])
+    channels = 1 if arm["data"]["name"] == "fashion_mnist" else 3
+    knobs = {k: v for k, v in model_section.items() if k not in ("name", "input_size", "num_classes")}
+    shape = (size, size, channels)
+    return build_model(model_section["name"], input_shape=shape, num_classes=classes, **knobs), shape, classes
+
+
+def measure_arm(name: str, arm: Mapping[str, Any], blocks: int,
+                progress: Callable[[str], None] = lambda _: None) -> list[Measurement]:
+    """The arm's seconds per update (as configured) and its components; see the module docstring."""
+    from kfac_repro.distribute.strategy import make_strategy
+
+    keras.utils.set_random_seed(0)
+    batch = int(arm["training"]["batch_size"])
+    replicas = int(arm.get("distribution", {}).get("workers", 1))
+    method, config = optimizer_config(arm["optimizer"], 0)
+    strategy = make_strategy(local_replicas=replicas)
+    with strategy.scope():
+        model, shape, classes = _build(arm)
+        optimizer = KFAC(model, config) if method == "kfac" else SGD(model, config)  # type: ignore[arg-type]
+    x = tf.random.normal((batch, *shape))
+    y = tf.random.uniform((batch,), 0, classes, dtype=tf.int32)
+    batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
+    period = int(arm["optimizer"].get("inverse_every") or 20) if method == "kfac" else 20
+    block = max(20, period)
+
+    def updates() -> None:
+        for _ in range(block):
+            optimizer.train_step(*next(batches))
+
+    progress(f"{name}: {blocks} blocks of {block} updates")
+    median, low, high = timed(updates, blocks, warmup=1)
+    if isinstance(optimizer, KFAC):
+        optimizer.close()
+    found = [Measurement(name, "update", batch, median / block, low / block, high / block, "seconds", blocks)]
+    progress(f"{name}: components")
+    return found + _components(name, arm, method, config, x, y)
+
+
+def _components(name: str, arm: Mapping[str, Any], method: str, config: Any, x: tf.Tensor,
+                y: tf.Tensor) -> list[Measurement]:
+    """Gradient pass on B/n examples, and for K-FAC the statistics pass, preconditioning and one inversion."""
+    keras.utils.set_random_seed(0)
+    model, _, _ = _build(arm)
+    params = model.trainable_variables
+    batch = int(x.shape[0])
+
+    @tf.function(reduce_retracing=True)
+    def gradient(xs: tf.Tensor, ys: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(ys, model(xs, training=True),
+                                                                               from_logits=True))
+        return tape.gradient(loss, params)
+
+    found = []
+    for n in SHARDS:
+        shard = batch // n
+        median, low, high = timed(functools.partial(gradient, x[:shard], y[:shard]), 10, 3)
+        found.append(Measurement(name, "gradient_pass", shard, median, low, high, "seconds", 10))
+    gradient_bytes = 4 * sum(int(np.prod(p.shape)) for p in params)
+    found.append(Measurement(name, "gradient_bytes", batch, gradient_bytes, gradient_bytes, gradient_bytes, "bytes",
+                             1))
+    if method != "kfac":
+        return found
+    kfac = KFAC(model, dataclasses.replace(config, inverse_every=NEVER, inversion="sync"))
+    stats_batch = config.stats_batch_size or batch
+    median, low, high = timed(lambda: kfac.accumulate_statistics(x[:stats_batch]), 5, 2)
+    found.append(Measurement(name, "statistics_pass", stats_batch, median, low, high, "seconds", 5))
+    median, low, high = timed(kfac.refresh_inverses, 3, 1)
+    found.append(Measurement(name, "inversion", batch, median, low, high, "seconds", 3))
+    grads = gradient(x, y)
+    precondition = tf.function(kfac.precondition, reduce_retracing=True)
+    median, low, high = timed(lambda: precondition(grads), 10, 3)
+    found.append(Measurement(name, "apply", batch, median, low, high, "seconds", 10))
+    kfac.close()
+    return found

@@ -1,0 +1,83 @@
+"""bench-arms.csv: the per-update cost of every arm of an experiment and its components, measured by
+`kfac-repro bench arms` in one process, with the machine recorded in every row (no TensorFlow here: the report
+reads it).
+
+Quantities: update (seconds per update as configured), gradient_pass (on `examples` examples), statistics_pass,
+apply (preconditioning), inversion (seconds), gradient_bytes (bytes). `value` is the median, low/high the range.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "bench-arms.csv"
+MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "commit", "time_utc")
+COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
+SHARED_LOAD = 0.5  # a 1-minute load average above this before or after timing: other work shared the machine
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured quantity of one arm: value (seconds or bytes), its range over repeats, and its unit."""
+
+    arm: str
+    quantity: str
+    examples: int
+    value: float
+    low: float
+    high: float
+    unit: str
+    repeats: int
+
+
+@dataclass(frozen=True)
+class ArmCosts:
+    """An arm's measurements by (quantity, examples), and the machine they were taken on."""
+
+    values: Mapping[tuple[str, int], Measurement]
+    machine: Mapping[str, str]
+
+    def get(self, quantity: str, examples: int | None = None) -> Measurement | None:
+        matches = [m for (q, e), m in self.values.items() if q == quantity and (examples is None or e == examples)]
+        return matches[0] if matches else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other work ran on the machine while it was timed (load average above SHARED_LOAD)."""
+        loads = [float(self.machine.get(k) or "nan") for k in ("load_before", "load_after")]
+        return any(math.isnan(v) or v > SHARED_LOAD for v in loads)
+
+
+def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurement],
+                machine: Mapping[str, Any]) -> None:
+    """All rows at once, through a temporary file (a killed benchmark leaves the previous table)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for m in measurements:
+            writer.writerow({"spec": spec, "profile": profile, **asdict(m),
+                             **{k: machine.get(k, "") for k in MACHINE}})
+    temporary.replace(path)
+
+
+def read_costs(path: Path) -> dict[str, ArmCosts]:
+    """arm → its costs; {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    arms: dict[str, dict[tuple[str, int], Measurement]] = {}
+    machines: dict[str, dict[str, str]] = {}
+    for row in rows:
+        m = Measurement(row["arm"], row["quantity"], int(row["examples"]), float(row["value"]), float(row["low"]),
+                        float(row["high"]), row["unit"], int(row["repeats"]))
+        arms.setdefault(m.arm, {})[(m.quantity, m.examples)] = m
+        machines[m.arm] = {k: row.get(k) or "" for k in MACHINE}
+    return {arm: ArmCosts(values, machines[arm]) for arm, values in arms.items()}
