@@ -1,119 +1,205 @@
-"""Figures and report from small synthetic result trees: run selection, axes, files written, claims whose answer
-is known, and no TensorFlow import."""
+"""Figures and report from small synthetic result trees: seed selection and aggregation, axes and labels, files
+written, claims and verdict rules whose answer is known, commits, and no TensorFlow import."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import cli
+from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
 from kfac_repro.plotting import claims
-from kfac_repro.plotting.figures import FIGURES, draw
-from kfac_repro.plotting.results import newest_complete_runs, series
+from kfac_repro.plotting.figures import FIGURES, arm_label, draw
+from kfac_repro.plotting.results import seed_runs
+from kfac_repro.plotting.seeds import Spread, band, spread, updates_to_target
 from kfac_repro.runner.metrics_log import MetricsLog
 
+IDLE = {"host": "h", "device": "CPU (test)", "cpus": 2, "load_before": 0.1, "load_after": 0.2, "commit": "c"}
 
-def write_run(results: Path, spec: str, profile: str, arm: str, run_id: str, seconds_per_step: float,
-              errors: list[float], status: str = "complete", batch: int = 100) -> Path:
+
+def write_run(results: Path, spec: str, arm: str, run_id: str, errors: list[float], seed: int = 0,
+              status: str = "complete", batch: int = 100, commit: str = "abc", method: str = "kfac",
+              resolved: dict | None = None, profile: str = "cpu") -> Path:
+    """A run logging every 10 updates: train error/loss, validation every 10 (error e, loss 3e) from step 0."""
     run_dir = results / spec / profile / arm / run_id
     run_dir.mkdir(parents=True)
     log = MetricsLog(run_dir / "metrics.csv")
-    for i, error in enumerate(errors, start=1):
+    for i, error in enumerate(errors):
         step = 10 * i
-        log.append({"step": step, "examples": step * batch, "seconds": 1.0 + seconds_per_step * (step - 10),
-                    "train_loss": 2 * error, "train_error": error, "val_loss": 3 * error if i % 2 == 0 else None,
-                    "val_error": error if i % 2 == 0 else None})
+        log.append({"step": step, "examples": step * batch, "seconds": 2.0 * step,
+                    "train_loss": 2 * error if step else None, "train_error": error if step else None,
+                    "val_loss": 3 * error, "val_error": error, "inverse_staleness": float(i % 3)})
     log.close()
-    (run_dir / "run.json").write_text(json.dumps({"status": status, "label": f"{arm} label", "data": "fashion_mnist",
-                                                  "method": "kfac", "steps": 10 * len(errors)}))
-    (run_dir / "environment.json").write_text(json.dumps({"device": "CPU (test)"}))
+    (run_dir / "run.json").write_text(json.dumps({
+        "status": status, "label": f"{arm} label", "data": "fashion_mnist", "method": method, "seed": seed,
+        "steps": 10 * (len(errors) - 1), "holdout": 5000, "test_error": errors[-1] + 0.01}))
+    (run_dir / "environment.json").write_text(json.dumps({"device": "CPU (test)", "git_commit": commit,
+                                                          "time_utc": run_id}))
+    settings = resolved or {"training": {"batch_size": batch, "seed": seed}, "distribution": {"workers": 1},
+                            "model": {}, "optimizer": {"inversion": "sync", "inverse_every": 20}}
+    (run_dir / "resolved.yaml").write_text(yaml.safe_dump(settings))
     return run_dir
 
 
-def test_newest_complete_run_per_arm_is_chosen_and_grid_runs_are_not_arms(tmp_path: Path) -> None:
-    old = write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260101T000000", 1.0, [0.5, 0.4])
-    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260102T000000", 1.0, [0.5], status="failed")
-    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "20260103T000000", 1.0, [0.5], status="running")
-    write_run(tmp_path, "cifar10-async", "cpu", "grid-sgd-bn", "lr=0.1", 1.0, [0.5, 0.4])
-    runs = newest_complete_runs(tmp_path, "cifar10-async", "cpu")
-    assert list(runs) == ["sync-gpu1"] and runs["sync-gpu1"].directory == old
-    xs, ys = series(runs["sync-gpu1"], "step", "error", "val")
-    assert list(xs) == [20] and list(ys) == [0.4]  # validation only where it was logged
-    xs, ys = series(runs["sync-gpu1"], "examples", "loss", "train")
-    assert list(xs) == [1000, 2000] and list(ys) == [1.0, 0.8]
+def test_newest_complete_run_of_every_seed_and_grid_runs_are_not_arms(tmp_path: Path) -> None:
+    write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-01-seed0", [0.5, 0.4], seed=0)
+    new = write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-02-seed0", [0.5, 0.3], seed=0)
+    write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-03-seed0", [0.5], seed=0, status="failed")
+    one = write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-01-seed1", [0.5, 0.2], seed=1)
+    write_run(tmp_path, "cifar10-async", "grid-sgd-bn", "lr=0.1", [0.5, 0.4])
+    arms = seed_runs(tmp_path, "cifar10-async", "cpu")
+    assert list(arms) == ["sync-gpu1"]
+    assert [(r.seed, r.directory) for r in arms["sync-gpu1"]] == [(0, new), (1, one)]
 
 
-def test_plot_writes_figures_with_data_and_reports_missing_ones(tmp_path: Path) -> None:
-    write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r1", 1.0, [0.5, 0.4, 0.3, 0.2])
-    write_run(tmp_path, "alexnet-bs2048", "cpu", "sgd", "r1", 0.5, [0.6, 0.5, 0.45, 0.4])
-    out = tmp_path / "plots"
-    result = CliRunner().invoke(cli.main, ["plot", "all", "--results", str(tmp_path), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert (out / "fig4-cpu.png").stat().st_size > 10_000 and (out / "fig4-cpu.pdf").exists()
-    assert "fig 2: no complete runs under" in result.output and "kfac-repro run cifar10-async" in result.output
-    nothing = CliRunner().invoke(cli.main, ["plot", "3", "--results", str(tmp_path), "--out", str(out)])
-    assert nothing.exit_code == 1
+def test_seed_aggregation_mean_band_and_spread(tmp_path: Path) -> None:
+    for seed, errors in enumerate(([0.9, 0.5, 0.3], [0.9, 0.7, 0.1], [0.9, 0.6, 0.2, 0.1])):
+        write_run(tmp_path, "s", "a", f"r{seed}", errors, seed=seed)
+    runs = seed_runs(tmp_path, "s", "cpu")["a"]
+    curve = band(runs, "step", "val_error")
+    assert list(curve["x"]) == [0, 10, 20]  # step 30 only in one seed: not a mean over seeds
+    assert list(curve["mean"]) == pytest.approx([0.9, 0.6, 0.2])
+    assert list(curve["low"]) == pytest.approx([0.9, 0.5, 0.1]) and list(curve["high"]) == pytest.approx(
+        [0.9, 0.7, 0.3])
+    assert spread([1.0, 2.0, 6.0]) == Spread(3.0, 1.0, 6.0, 3)
+    assert spread([1.0, math.nan]).high == math.inf  # a seed that never reached the target
+    assert spread([1.0, 2.0, 6.0]).text(1) == "3.0 [1.0, 6.0]"
+
+
+def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "s", "fast", "r", [0.9, 0.5, 0.3, 0.2])
+    assert updates_to_target(seed_runs(tmp_path, "s", "cpu")["fast"][0], "val_error", 0.3) == 20.0
+    assert math.isnan(updates_to_target(seed_runs(tmp_path, "s", "cpu")["fast"][0], "val_error", 0.1))
+    assert run.exists()
+    for seed in range(3):
+        write_run(tmp_path, "cifar10-async", "sync-gpu1", f"k{seed}", [0.9, 0.5, 0.3, 0.2], seed=seed)
+        write_run(tmp_path, "cifar10-async", "sgd-bn", f"s{seed}", [0.9, 0.6, 0.5, 0.4, 0.3, 0.2, 0.2 - 0.01 * seed],
+                  seed=seed, method="sgd")
+    costs = [Measurement("sync-gpu1", "update", 100, 0.5, 0.45, 0.55, "seconds", 3),
+             Measurement("sgd-bn", "update", 100, 0.25, 0.2, 0.3, "seconds", 3)]
+    write_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME, "cifar10-async", "cpu", costs, IDLE)
+    arms, read = seed_runs(tmp_path, "cifar10-async", "cpu"), read_costs(tmp_path / "cifar10-async" / "cpu" /
+                                                                         FILE_NAME)
+    row = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read))
+    # target 0.2 (the worst best): K-FAC at 30 updates × 0.5 s = 15 s; SGD+BN at 50 × 0.25 = 12.5 s → 0.83×
+    assert "updates to target: sgd-bn label 50 [50, 50], sync-gpu1 label 30 [30, 30]" in row.measured
+    assert "12.5 [12.5, 12.5] s vs 15.0 [15.0, 15.0] s → 0.83×" in row.measured
+    assert row.verdict == claims.NOT_REPRODUCED and "75%" in row.rule
+    shared = {**IDLE, "load_before": 3.0}
+    write_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME, "cifar10-async", "cpu", costs, shared)
+    again = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(
+        read_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME)))
+    assert again.verdict == claims.INCONCLUSIVE and "shared machine" in again.measured
+
+
+@pytest.mark.parametrize(("faster", "slower", "verdict"), [
+    ([10, 11, 12], [25, 26, 27], claims.REPRODUCED),        # 2.17× ≥ 0.75·2, ranges apart
+    ([10, 11, 30], [25, 26, 27], claims.INCONCLUSIVE),      # 1.53× on the mean but the ranges overlap
+    ([10, 11, 12], [13, 14, 15], claims.PARTLY),            # apart, but 1.27× < 0.75·2
+    ([20, 21, 22], [10, 11, 12], claims.NOT_REPRODUCED),    # the opposite, beyond the ranges
+    ([20, 21, 22], [10, 11, 21], claims.INCONCLUSIVE),      # the opposite on the mean, within the ranges
+    ([10, 11], [25, 26], claims.INCONCLUSIVE),              # two seeds only
+])
+def test_verdict_rule_inside_and_outside_the_seed_spread(faster: list[float], slower: list[float],
+                                                         verdict: str) -> None:
+    found, effect = claims.compare(spread(faster), spread(slower), 2.0)
+    assert found == verdict
+    assert effect == pytest.approx(sum(slower) / sum(faster))
+
+
+def test_bn_generalisation_is_the_gap_at_equal_training_loss(tmp_path: Path) -> None:
+    for seed in range(3):  # train loss 2e, val loss 3e: the gap at train loss L is L/2
+        write_run(tmp_path, "googlenet-bs256", "kfac", f"a{seed}", [0.9, 0.5, 0.3, 0.2 + 0.01 * seed], seed=seed)
+        write_run(tmp_path, "googlenet-bs256", "kfac-bn", f"b{seed}", [0.9, 0.4, 0.3, 0.1], seed=seed)
+    row = claims.bn_generalisation(seed_runs(tmp_path, "googlenet-bs256", "cpu"))
+    # level: the largest lowest train loss, 0.44 (K-FAC seed 2). K-FAC first at or below it at step 30: gap
+    # (0.6 + 0.03 s) − (0.4 + 0.02 s) = 0.20–0.22; K-FAC+BN at step 30 (train 0.2, val 0.3): gap 0.1 → apart
+    assert "at train loss 0.440" in row.measured and "K-FAC 0.210 [0.200, 0.220]" in row.measured
+    assert row.verdict == claims.REPRODUCED
+
+
+def test_cluster_clock_on_hand_computed_layouts() -> None:
+    from kfac_repro.benchmarks.cluster_clock import (
+        Components,
+        Layout,
+        allreduce_seconds,
+        async_staleness,
+        per_update_seconds,
+    )
+
+    parts = Components({512: 0.4, 256: 0.21, 128: 0.11}, apply_seconds=0.02, inversion_seconds=2.0,
+                       gradient_bytes=1_000_000)
+    assert allreduce_seconds(1_000_000, 4, 1e9) == pytest.approx(2 * 3 / 4 * 1e-3)
+    assert allreduce_seconds(1_000_000, 1, 1e9) == 0.0
+    # sync, 1 worker: 0.4 + 0 + 0.02 + 2.0/20 = 0.52; async: 0.42 (inversion off the critical path)
+    assert per_update_seconds(parts, Layout(1, 512, "sync", 20, 1e9)) == pytest.approx(0.52)
+    assert per_update_seconds(parts, Layout(1, 512, "async", 20, 1e9)) == pytest.approx(0.42)
+    # 4 workers, B/4 = 128: 0.11 + 0.0015 + 0.02 (+ 0.1 sync)
+    assert per_update_seconds(parts, Layout(4, 512, "async", 20, 1e9)) == pytest.approx(0.1315)
+    assert per_update_seconds(parts, Layout(4, 512, "sync", 20, 1e9)) == pytest.approx(0.2315)
+    assert async_staleness(parts, Layout(1, 512, "async", 20, 1e9)) == 5  # ⌈2.0 / 0.42⌉
+    with pytest.raises(KeyError, match="no measured gradient pass on 64 examples"):
+        per_update_seconds(parts, Layout(8, 512, "async", 20, 1e9))
+
+
+def test_labels_name_what_ran_from_the_resolved_runs(tmp_path: Path) -> None:
+    resolved = {"training": {"batch_size": 64, "seed": 0}, "distribution": {"workers": 4},
+                "model": {"batch_norm": True, "bn_chunk_size": 16}, "optimizer": {}}
+    for seed in range(2):
+        write_run(tmp_path, "googlenet-bs256", "sgd-bn-rbz128", f"r{seed}", [0.9, 0.5], seed=seed, method="sgd",
+                  resolved={**resolved, "training": {"batch_size": 64, "seed": seed}})
+    arms = seed_runs(tmp_path, "googlenet-bs256", "cpu")
+    assert arm_label(arms["sgd-bn-rbz128"]) == "sgd-bn-rbz128 label: bs 64 rbz 16, 4 worker(s), 2 seed(s)"
+    drawn = draw(FIGURES[3], arms, "cpu")
+    legend = [t.get_text() for t in drawn.legends[0].get_texts()]
+    assert legend[0] == "sgd-bn-rbz128 label: bs 64 rbz 16, 4 worker(s), 2 seed(s)"
+    assert any("paper: ImageNet, batch 256" in t.get_text() for t in drawn.texts)
 
 
 @pytest.mark.parametrize("number", sorted(FIGURES))
-def test_every_figure_draws_each_run_on_its_axes(tmp_path: Path, number: int) -> None:
+def test_every_figure_draws_each_arm_with_a_band_on_fitted_axes(tmp_path: Path, number: int) -> None:
     figure = FIGURES[number]
-    write_run(tmp_path, figure.spec, "cpu", "arm-a", "r1", 2.0, [0.5, 0.4, 0.3, 0.2])
-    write_run(tmp_path, figure.spec, "cpu", "arm-b", "r1", 1.0, [0.6, 0.5, 0.45, 0.4], batch=400)
-    write_run(tmp_path, "other-spec", "cpu", "arm-c", "r1", 1.0, [0.9, 0.9])  # another figure's run
-    runs = newest_complete_runs(tmp_path, figure.spec, "cpu")
-    drawn = draw(figure, runs, "cpu")
+    for seed in range(3):
+        write_run(tmp_path, figure.spec, "arm-a", f"a{seed}", [0.5, 0.4, 0.3, 0.2 + 0.01 * seed], seed=seed)
+        write_run(tmp_path, figure.spec, "arm-b", f"b{seed}", [0.6, 0.5, 0.45, 0.4], seed=seed, batch=400)
+    arms = seed_runs(tmp_path, figure.spec, "cpu")
+    drawn = draw(figure, arms, "cpu")
     panels = drawn.axes
     assert len(panels) == 2 * len(figure.x_axes)
     assert "Fashion-MNIST" in drawn.get_suptitle() and "profile cpu" in drawn.get_suptitle()
     for index, panel in enumerate(panels):
         x, y = figure.x_axes[index % len(figure.x_axes)], ("loss", "error")[index // len(figure.x_axes)]
-        assert panel.get_xlabel().startswith({"step": "updates", "seconds": "wall-clock", "examples": "examples"}[x])
         lines = {line.get_label(): line for line in panel.get_lines()}
-        assert set(lines) == {f"{arm} label ({split})" for arm in ("arm-a", "arm-b") for split in figure.splits}
-        for arm in ("arm-a", "arm-b"):
-            for split in figure.splits:
-                line = lines[f"{arm} label ({split})"]
-                xs, ys = series(runs[arm], x, y, split)
-                assert list(line.get_xdata()) == list(xs / 60.0 if x == "seconds" else xs)
-                assert list(line.get_ydata()) == list(ys)
-                assert line.get_linestyle() == ("--" if split == "train" else "-")
+        assert set(lines) == {f"{arm} ({split})" for arm in ("arm-a", "arm-b") for split in figure.splits}
+        curve = band(arms["arm-a"], x, f"{figure.splits[-1]}_{y}")
+        line = lines[f"arm-a ({figure.splits[-1]})"]
+        assert list(line.get_ydata()) == pytest.approx(list(curve["mean"]))
+        assert len(panel.collections) == 2 * len(figure.splits)  # one band per arm and split
+        values = [v for line in panel.get_lines() for v in line.get_ydata()]
+        low, high = panel.get_ylim()
+        assert low >= min(values) - 0.1 * (max(values) - min(values)) and high <= max(values) * 1.1 + 1e-9
+    assert drawn.legends and drawn.legends[0].get_bbox_to_anchor().x0 >= drawn.bbox.x1 - 1  # outside the panels
 
 
-def test_claims_on_constructed_runs_with_known_answers(tmp_path: Path) -> None:
-    write_run(tmp_path, "cifar10-async", "cpu", "sync-gpu1", "r", 0.3, [0.5, 0.4, 0.3, 0.2])
-    write_run(tmp_path, "cifar10-async", "cpu", "async-gpu1", "r", 0.15, [0.5, 0.4, 0.3, 0.2])
-    write_run(tmp_path, "googlenet-bs256", "cpu", "kfac", "r", 1.0, [0.5, 0.3, 0.3, 0.2])  # error 0.2 at 31 s
-    write_run(tmp_path, "googlenet-bs256", "cpu", "sgd-bn-rbz128", "r", 0.5, [0.6, 0.5, 0.5, 0.45, 0.3, 0.2, 0.2, 0.2])
-    async_claims = claims.async_speedup(newest_complete_runs(tmp_path, "cifar10-async", "cpu"))
-    assert async_claims[0].verdict == claims.REPRODUCED and "2.00×" in async_claims[0].measured
-    assert async_claims[1].verdict == claims.NO_DATA
-    figure2 = claims.CLAIMS[2](newest_complete_runs(tmp_path, "cifar10-async", "cpu"))
-    assert len(figure2) == 3 and figure2[2].verdict == claims.NO_DATA and "sgd-bn" in figure2[2].measured
-    runs = newest_complete_runs(tmp_path, "googlenet-bs256", "cpu")
-    claim = claims.time_to_target(3, runs, "kfac", "sgd-bn-rbz128", 2.0, "test")
-    # target 0.2: K-FAC first at step 40 (31 s), SGD+BN at step 60 (26 s) → 0.84×
-    assert "0.84×" in claim.measured and claim.verdict == claims.NOT_REPRODUCED
-    assert "(in updates: 60 vs 40)" in claim.measured
-    assert claims.bn_generalisation(runs).verdict == claims.NO_DATA
-    write_run(tmp_path, "googlenet-bs256", "cpu", "kfac-bn", "r", 1.0, [0.5, 0.3, 0.3, 0.1])
-    with_bn = claims.bn_generalisation(newest_complete_runs(tmp_path, "googlenet-bs256", "cpu"))
-    assert with_bn.verdict == claims.REPRODUCED and "K-FAC 0.200, K-FAC+BN 0.100" in with_bn.measured
-    kl = write_run(tmp_path, "googlenet-kl-decay", "cpu", "decay-kl", "r", 1.0, [0.5, 0.3, 0.3, 0.2])
-    lr = write_run(tmp_path, "googlenet-kl-decay", "cpu", "decay-lr", "r", 1.0, [0.5, 0.4, 0.4, 0.3])
-    for run_dir, step_size in ((kl, 0.05), (lr, 0.05)):
-        metrics = pd.read_csv(run_dir / "metrics.csv").assign(step_size=step_size, learning_rate=1.0)
-        metrics.to_csv(run_dir / "metrics.csv", index=False)
-    decay = claims.kl_decay(newest_complete_runs(tmp_path, "googlenet-kl-decay", "cpu"))
-    assert decay.verdict == claims.INCONCLUSIVE and "never bound" in decay.measured  # cap 1.0, steps 0.05
-    pd.read_csv(lr / "metrics.csv").assign(learning_rate=0.05).to_csv(lr / "metrics.csv", index=False)
-    decay = claims.kl_decay(newest_complete_runs(tmp_path, "googlenet-kl-decay", "cpu"))
-    assert decay.verdict == claims.REPRODUCED and "decayKL 0.6000, decayLR 0.9000" in decay.measured
-    assert claims.ratio_verdict(1.2, 2.0) == claims.PARTLY and claims.ratio_verdict(1.6, 2.0) == claims.REPRODUCED
+def test_report_refuses_mixed_commits_unless_told_and_then_says_so(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "cifar10-async", "sync-gpu1", f"k{seed}", [0.9, 0.5, 0.3], seed=seed, commit="aaa")
+        write_run(tmp_path, "cifar10-async", "sgd-bn", f"s{seed}", [0.9, 0.6, 0.4], seed=seed, commit="bbb+dirty",
+                  method="sgd")
+    out = tmp_path / "report.md"
+    refused = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(out)])
+    assert refused.exit_code == 2 and "Fig. 2" in refused.output and "mixes commits" in refused.output
+    assert not out.exists()
+    allowed = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(out), "--allow-mixed"])
+    assert allowed.exit_code == 0, allowed.output
+    text = out.read_text()
+    assert "**mixes commits: aaa, bbb+dirty (+dirty: uncommitted changes)**" in text
+    assert "| sync-gpu1 label | 0, 1, 2 | 20 |" in text and "75% of the claimed factor" in text
 
 
 @pytest.mark.parametrize("args", [["plot", "all", "--results", "NONE"], ["report", "--results", "NONE"]])

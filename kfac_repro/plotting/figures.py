@@ -1,93 +1,154 @@
-"""The paper's Figures 2–8 as declarative specs, and their rendering with matplotlib (training dashed,
-validation solid, as in the paper), titled with the profile, data set and device that made them."""
+"""The paper's Figures 2–8 as declarative specs, and their rendering with matplotlib: each arm's mean over seeds
+with a band (the range over seeds), training dashed and validation solid as in the paper; legends name what ran
+(batch size, rbz, workers, seeds, from the runs' resolved settings), the caption what the paper ran."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfac_repro.plotting.results import Run, series
+from kfac_repro.plotting.results import Run
+from kfac_repro.plotting.seeds import band
 
-X_LABELS = {"step": "updates", "seconds": "wall-clock", "examples": "examples consumed"}
+X_LABELS = {"step": "updates", "seconds": "wall-clock from the first update", "examples": "examples consumed"}
 Y_LABELS = {"loss": "cross-entropy", "error": "error"}
 DATA_NAMES = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "synthetic": "synthetic"}
+Arms = Mapping[str, Sequence[Run]]
 
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """Which experiment a figure shows and on which axes."""
+    """Which experiment a figure shows, on which axes, and what the paper ran (for the caption).
+    colour_by "batch_size": one colour per batch size across methods, methods told apart by marker (Fig. 6)."""
 
     number: int
     spec: str
     title: str
+    paper: str
     x_axes: tuple[str, ...] = ("step", "seconds")
     splits: tuple[str, ...] = ("train", "val")
+    colour_by: str = "arm"
 
 
 FIGURES = {
-    2: FigureSpec(2, "cifar10-async", "CIFAR-10 net: asynchronous vs synchronous inversion, 1 and 4 workers"),
-    3: FigureSpec(3, "googlenet-bs256", "GoogLeNet bs 256: SGD+BN (rbz 32/128) vs K-FAC (± BN)"),
-    4: FigureSpec(4, "alexnet-bs2048", "AlexNet bs 2048: SGD, SGD+BN rbz 256, K-FAC (doubly-factored fc6)"),
-    5: FigureSpec(5, "resnet50-bs512", "ResNet-50 bs 512: SGD+BN rbz 64 vs K-FAC"),
+    2: FigureSpec(2, "cifar10-async", "CIFAR-10 net: asynchronous vs synchronous inversion, 1 and 4 workers",
+                  "paper: CIFAR-10, batch 512, 1 or 4 GPUs as gradient workers, 3000 updates"),
+    3: FigureSpec(3, "googlenet-bs256", "GoogLeNet: SGD+BN (two rbz) vs K-FAC (± BN)",
+                  "paper: ImageNet, batch 256, SGD+BN rbz 32 and 128, 4 GPUs"),
+    4: FigureSpec(4, "alexnet-bs2048", "AlexNet: SGD, SGD+BN, K-FAC (doubly-factored fc6)",
+                  "paper: ImageNet, batch 2048, SGD+BN rbz 256, 8 GPUs, inverses every ~200 updates"),
+    5: FigureSpec(5, "resnet50-bs512", "ResNet-50: SGD+BN vs K-FAC", "paper: ImageNet, batch 512, rbz 64, 8 GPUs"),
     6: FigureSpec(6, "googlenet-batch-scaling", "GoogLeNet: batch-size scaling of SGD+BN and K-FAC",
-                  x_axes=("examples",), splits=("train",)),
-    7: FigureSpec(7, "googlenet-kfc-vs-cheap", "GoogLeNet bs 512: KFC vs the cheap App. A conv factors"),
-    8: FigureSpec(8, "googlenet-kl-decay", "GoogLeNet bs 256: KL-threshold decay vs learning-rate decay",
-                  x_axes=("step",)),
+                  "paper: ImageNet, batch 256, 1024 and 2048", x_axes=("examples",), splits=("train",),
+                  colour_by="batch_size"),
+    7: FigureSpec(7, "googlenet-kfc-vs-cheap", "GoogLeNet: KFC vs the cheap App. A conv factors",
+                  "paper: ImageNet, batch 512"),
+    8: FigureSpec(8, "googlenet-kl-decay", "GoogLeNet: KL-threshold decay vs learning-rate decay",
+                  "paper: ImageNet, batch 256, decay ×0.96 every 3200 updates", x_axes=("step",)),
 }
 
 
-def scale_of(runs: dict[str, Run], profile: str) -> str:
+def scale_of(arms: Arms, profile: str) -> str:
     """'profile cpu, data Fashion-MNIST, CPU (x86_64)' from the runs' records."""
-    data = sorted({DATA_NAMES.get(str(r.record.get("data")), str(r.record.get("data"))) for r in runs.values()})
-    devices = sorted({str(r.environment.get("device", "unknown device")) for r in runs.values()})
+    runs = [run for seeds in arms.values() for run in seeds]
+    data = sorted({DATA_NAMES.get(str(r.record.get("data")), str(r.record.get("data"))) for r in runs})
+    devices = sorted({str(r.environment.get("device", "unknown device")) for r in runs})
     return f"profile {profile}, data {', '.join(data)}, {', '.join(devices)}"
 
 
-def draw(figure: FigureSpec, runs: dict[str, Run], profile: str) -> Any:
-    """The matplotlib Figure of the paper's panels: rows cross-entropy and error, one column per x axis; a line
-    per run and split (training dashed, validation solid), x in minutes for wall-clock."""
+def arm_label(runs: Sequence[Run]) -> str:
+    """The arm's label with what ran: batch size, rbz (BN arms), workers and seeds, from its runs."""
+    first = runs[0]
+    batch = first.setting("training", "batch_size") or first.record.get("batch_size")
+    workers = first.setting("distribution", "workers") or first.record.get("workers", 1)
+    rbz = f" rbz {first.setting('model', 'bn_chunk_size')}" if first.setting("model", "batch_norm") else ""
+    return f"{first.label}: bs {batch}{rbz}, {workers} worker(s), {len(runs)} seed(s)"
+
+
+def _order(arms: Arms, figure: FigureSpec) -> list[str]:
+    def key(arm: str) -> tuple[str, int, int, str]:
+        first = arms[arm][0]
+        return (first.method, int(first.setting("training", "batch_size") or first.record.get("batch_size", 0)),
+                int(first.setting("distribution", "workers") or 1), arm)
+
+    return sorted(arms, key=key) if figure.colour_by == "batch_size" else list(arms)
+
+
+def _colours(arms: Arms, order: list[str], figure: FigureSpec) -> dict[str, str]:
+    if figure.colour_by != "batch_size":
+        return {arm: f"C{i % 10}" for i, arm in enumerate(order)}
+    sizes = sorted({int(arms[a][0].setting("training", "batch_size") or 0) for a in order})
+    return {a: f"C{sizes.index(int(arms[a][0].setting('training', 'batch_size') or 0)) % 10}" for a in order}
+
+
+def caption(figure: FigureSpec, arms: Arms) -> str:
+    commits = sorted({run.commit[:10] for runs in arms.values() for run in runs})
+    first_updates = [float(v) for runs in arms.values() for run in runs if "first_update_seconds" in run.metrics
+                     for v in run.metrics["first_update_seconds"].dropna()]
+    tracing = (f"first update (tracing) {min(first_updates):.1f}–{max(first_updates):.1f} s, not on the wall-clock "
+               "axis" if first_updates else "wall-clock includes the first update's tracing (older runs)")
+    mixing = f"mixes commits {', '.join(commits)}" if len(commits) > 1 else f"commit {commits[0] if commits else '?'}"
+    return f"{figure.paper}. Ours: lines are seed means, bands the range over seeds; {tracing}; {mixing}."
+
+
+def draw(figure: FigureSpec, arms: Arms, profile: str) -> Any:
+    """The matplotlib Figure: rows cross-entropy and error, one column per x axis; per arm a mean line and a
+    band for each split; x in minutes for wall-clock; axes fitted to the plotted data; the legend outside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     columns = len(figure.x_axes)
-    fig, axes = plt.subplots(2, columns, figsize=(5.2 * columns, 7.0), squeeze=False)
-    colours: dict[str, Any] = {}
+    fig, axes = plt.subplots(2, columns, figsize=(5.0 * columns + 4.2, 7.4), squeeze=False)
+    order = _order(arms, figure)
+    colours = _colours(arms, order, figure)
+    markers = {"kfac": "o", "sgd": "s"}
     for row, y in enumerate(("loss", "error")):
         for column, x in enumerate(figure.x_axes):
             axis = axes[row][column]
-            for arm, run in runs.items():
-                colour = colours.setdefault(arm, f"C{len(colours) % 10}")
+            low, high = math.inf, -math.inf
+            for arm in order:
                 for split in figure.splits:
-                    xs, ys = series(run, x, y, split)
-                    if x == "seconds":
-                        xs = xs / 60.0
-                    axis.plot(xs, ys, color=colour, linestyle="--" if split == "train" else "-",
-                              label=f"{run.label} ({'train' if split == 'train' else 'val'})")
-            if y == "loss":  # early validation spikes (e.g. BN moving averages not yet settled) would flatten the rest
-                axis.set_ylim(0, 1.5 * max(float(r.metrics["train_loss"].max()) for r in runs.values()))
-            else:
-                axis.set_ylim(0, 1)
+                    curve = band(arms[arm], x, f"{split}_{y}")
+                    if curve.empty:
+                        continue
+                    xs = curve["x"] / 60.0 if x == "seconds" else curve["x"]
+                    axis.plot(xs, curve["mean"], color=colours[arm], linestyle="--" if split == "train" else "-",
+                              marker=markers.get(arms[arm][0].method) if figure.colour_by == "batch_size" else None,
+                              markersize=3, label=f"{arm} ({split})")
+                    axis.fill_between(xs, curve["low"], curve["high"], color=colours[arm], alpha=0.15, linewidth=0)
+                    low, high = min(low, float(curve["low"].min())), max(high, float(curve["high"].max()))
+            if math.isfinite(low):
+                margin = 0.05 * (high - low or 1.0)
+                axis.set_ylim(max(0.0, low - margin), high + margin)
             axis.set_xlabel(X_LABELS[x] + (" (minutes)" if x == "seconds" else ""))
             axis.set_ylabel(Y_LABELS[y])
             axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Fig. {figure.number} (paper): {figure.title}\n{scale_of(runs, profile)}", fontsize=10)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colours[a], marker=markers.get(arms[a][0].method)
+                      if figure.colour_by == "batch_size" else None, label=arm_label(arms[a])) for a in order]
+    handles += [Line2D([], [], color="grey", linestyle="--", label="training"),
+                Line2D([], [], color="grey", linestyle="-", label="validation")][: 2 if len(figure.splits) > 1 else 1]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"Fig. {figure.number} (paper): {figure.title}\n{scale_of(arms, profile)}", fontsize=10)
+    fig.text(0.5, 0.005, caption(figure, arms), ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def render(figure: FigureSpec, runs: dict[str, Run], profile: str, out_dir: Path) -> list[Path]:
+def render(figure: FigureSpec, arms: Arms, profile: str, out_dir: Path) -> list[Path]:
     """Draw the figure and write it as plots/fig<N>-<profile>.png and .pdf."""
     import matplotlib.pyplot as plt
 
-    fig = draw(figure, runs, profile)
+    fig = draw(figure, arms, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"fig{figure.number}-{profile}.{ext}" for ext in ("png", "pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results leaves the files unchanged
-        fig.savefig(path, dpi=110, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+        fig.savefig(path, dpi=110, bbox_inches="tight",
+                    metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths

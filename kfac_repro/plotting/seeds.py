@@ -1,0 +1,77 @@
+"""Statistics over the seeds of an arm: mean curves with a band (the range over seeds), per-seed scalars with their
+mean and range, and the number of updates each seed needed to reach a target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from kfac_repro.plotting.results import Run
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and range (min, max) of one quantity over seeds; `n` seeds. A seed without a value (a target never
+    reached) counts as +∞: the mean and the upper end are then infinite."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def text(self, digits: int = 3, unit: str = "") -> str:
+        if self.n == 0:
+            return "—"
+        value = f"{self.mean:.{digits}f}"
+        return value + unit if self.n == 1 else f"{value} [{self.low:.{digits}f}, {self.high:.{digits}f}]{unit}"
+
+    def scaled(self, factor: float) -> Spread:
+        return Spread(self.mean * factor, self.low * factor, self.high * factor, self.n)
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The Spread of per-seed values (NaN: not reached, counted as +∞)."""
+    finite = [math.inf if math.isnan(v) else float(v) for v in values]
+    if not finite:
+        return Spread(math.nan, math.nan, math.nan, 0)
+    return Spread(sum(finite) / len(finite), min(finite), max(finite), len(finite))
+
+
+def per_seed(runs: Sequence[Run], measure: Callable[[Run], float]) -> Spread:
+    return spread([measure(run) for run in runs])
+
+
+def updates_to_target(run: Run, column: str, target: float) -> float:
+    """Updates at the first logged row where `column` (e.g. val_error, train_loss) is at or below the target;
+    NaN if never."""
+    rows = run.metrics.dropna(subset=[column])
+    reached = rows[rows[column] <= target + 1e-12]
+    return float(reached["step"].iloc[0]) if len(reached) else math.nan
+
+
+def best(run: Run, column: str) -> float:
+    values = run.metrics[column].dropna()
+    return float(values.min()) if len(values) else math.nan
+
+
+def final(run: Run, column: str) -> float:
+    values = run.metrics[column].dropna()
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def band(runs: Sequence[Run], x: str, column: str) -> pd.DataFrame:
+    """Columns x, mean, low, high: `column` at every step that all seeds logged it, x averaged over seeds at that
+    step (steps: the same for every seed of an arm; seconds: each seed's own)."""
+    frames = [run.metrics.dropna(subset=[column])[["step", x, column] if x != "step" else ["step", column]]
+              for run in runs]
+    joined = pd.concat([f.assign(seed=i) for i, f in enumerate(frames)])
+    counts = joined.groupby("step")[column].count()
+    common = counts[counts == len(runs)].index
+    grouped = joined[joined["step"].isin(common)].groupby("step")
+    out = pd.DataFrame({"mean": grouped[column].mean(), "low": grouped[column].min(),
+                        "high": grouped[column].max()})
+    out.insert(0, "x", grouped[x].mean() if x != "step" else out.index.to_series())
+    return out.reset_index(drop=True)
