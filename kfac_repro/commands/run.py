@@ -116,7 +116,10 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     spec = _load(name, profile, overrides, seed, arms)
     selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
     _check_data(spec, selected)
-    jobs = [(arm, s) for arm in selected for s in (_seeds_of(spec, arm, chosen) or [None])]
+    jobs: list[tuple[str, int | None]] = []
+    for arm in selected:
+        seeds = _seeds_of(spec, arm, chosen)
+        jobs += [(arm, s) for s in seeds] if seeds else [(arm, None)]
     if len(jobs) > 1:  # every arm and seed in a fresh process: no TensorFlow state carries over between them
         if tuned:
             for arm in selected:
