@@ -90,6 +90,12 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
     assert "updates to target: sgd-bn label 50 [50, 50], sync-gpu1 label 30 [30, 30]" in row.measured
     assert "12.5 [12.5, 12.5] s vs 15.0 [15.0, 15.0] s → 0.83×" in row.measured
     assert row.verdict == claims.NOT_REPRODUCED and "75%" in row.rule
+    unequal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
+                             tuning={"sgd-bn": 10})
+    assert unequal.verdict == claims.INCONCLUSIVE and "grids of 0 (sync-gpu1) and 10 (sgd-bn)" in unequal.measured
+    equal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
+                           tuning={"sgd-bn": 4, "sync-gpu1": 4})
+    assert equal.verdict == claims.NOT_REPRODUCED and "equal size" in equal.rule
     shared = {**IDLE, "load_before": 3.0}
     write_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME, "cifar10-async", "cpu", costs, shared)
     again = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(

@@ -171,5 +171,16 @@ def test_optimizer_tables_mirror_the_library_configs() -> None:
         assert table == fields, name
 
 
+def test_speed_up_claims_compare_arms_tuned_with_grids_of_equal_size() -> None:
+    from kfac_repro.runner.grid import combinations
+
+    spec = load_spec("cifar10-async", profile="cpu")
+    kfac, sgd = spec.grid_for("sync-gpu1"), spec.grid_for("sgd-bn")
+    assert set(kfac) == {"optimizer.damping", "optimizer.kl_clip"}
+    assert set(sgd) == {"optimizer.learning_rate", "model.bn_chunk_size"}
+    assert len(combinations(kfac)) == len(combinations(sgd)) == 10
+    assert spec.grid_for("async-gpu4") == {}
+
+
 def test_reference_docs_are_generated_from_the_schema() -> None:
     assert reference_path().read_text() == reference_text(), "run: kfac-repro validate --write-reference"

@@ -44,9 +44,9 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     try:
         axes = dict(parse_param(p) for p in params)
         spec = load_spec(name, profile, overrides, arms=(arm,))
-        axes = axes or {k: list(v) for k, v in spec.grid.items()}
+        axes = axes or spec.grid_for(arm)
         if not axes:
-            raise click.UsageError(f"{name} has no grid section: give --param SECTION.FIELD=V1,V2")
+            raise click.UsageError(f"{name} has no grid for arm {arm}: give --param SECTION.FIELD=V1,V2")
         combos = combinations(axes)
         for combo in combos:  # validate every combination before training any
             load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())], arms=(arm,))

@@ -3,6 +3,7 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,15 @@ def figure_runs(results: Path) -> dict[int, tuple[str, Arms]]:
     return found
 
 
+def grid_sizes(directory: Path) -> dict[str, int]:
+    """arm → the settings its grid search tried (rows of grid-<arm>/leaderboard.csv under a spec's profile)."""
+    sizes = {}
+    for board in sorted(directory.glob("grid-*/leaderboard.csv")):
+        with board.open(newline="") as handle:
+            sizes[board.parent.name.removeprefix("grid-")] = sum(1 for _ in csv.DictReader(handle))
+    return sizes
+
+
 def commits_of(arms: Arms) -> list[str]:
     return sorted({run.commit for runs in arms.values() for run in runs})
 
@@ -78,7 +88,7 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
     for number, measure in CLAIMS.items():
         spec = FIGURES[number].spec
         if number not in runs:
-            for claim in measure({}, {}):
+            for claim in measure({}, {}, {}):
                 rows.append((Claim(claim.figure, claim.claim, f"no results under {results / spec}", NO_DATA,
                                    claim.rule), "—"))
             continue
@@ -92,7 +102,7 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
         scale = (f"{scale_of(arms, profile)}; {', '.join(map(str, steps))} updates; "
                  f"{'/'.join(map(str, seeds))} seed(s)" + ("; old method" if old_method(arms) else ""))
         costs = read_costs(results / spec / profile / FILE_NAME)
-        rows += [(claim, scale) for claim in measure(arms, costs)]
+        rows += [(claim, scale) for claim in measure(arms, costs, grid_sizes(results / spec / profile))]
     return rows
 
 

@@ -54,10 +54,20 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
         _check_profile(profile, arms, path, f"profiles.{name}")
     grid = check_mapping(document.get("grid") or {}, path, "grid")
     for key, values in grid.items():
+        if "." not in str(key) and isinstance(values, Mapping):  # one arm's own grid
+            if arms is None or key not in arms:
+                raise SpecError(path, f"grid.{key}", f"no arm named {key!r} for its grid")
+            _check_axes(check_mapping(values, path, f"grid.{key}"), path, f"grid.{key}")
+        else:
+            _check_axes({key: values}, path, "grid")
+
+
+def _check_axes(axes: Mapping[str, Any], path: Path, field: str) -> None:
+    for key, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise SpecError(path, f"grid.{key}", f"expected a non-empty list of values, found {values!r}")
+            raise SpecError(path, f"{field}.{key}", f"expected a non-empty list of values, found {values!r}")
         for value in values:
-            parse_assignment(str(key), value, path, "grid")
+            parse_assignment(str(key), value, path, field)
 
 
 def _check_profile(value: Any, arms: Mapping[str, Any] | None, path: Path, field: str) -> None:

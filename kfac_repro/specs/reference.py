@@ -23,7 +23,8 @@ arms:                            # required, at least one: the curves of the fig
   ARM: {label: legend text, model: ..., optimizer: ..., ...}   # overrides of the defaults
 profiles:                        # paper (default), cpu, smoke, or your own
   PROFILE: {description: ..., defaults: {...}, arms: {ARM: {...}}}
-grid: {section.field: [v1, v2, ...]}   # optional: what `kfac-repro grid` searches
+grid: {ARM: {section.field: [v1, ...]}}  # optional: what `kfac-repro grid --arm ARM` searches (or one shared
+                                       # grid for every arm: {section.field: [v1, ...]})
 ```
 
 An arm resolves as defaults ← profile defaults ← arm ← profile arm overrides ← `--set section.field=value`

@@ -52,7 +52,14 @@ class ResolvedSpec:
     profiles: tuple[str, ...]
     source: Path
     arms: dict[str, ArmConfig]
-    grid: Mapping[str, list[Any]] = field(default_factory=dict)
+    grid: Mapping[str, Any] = field(default_factory=dict)  # {section.field: values} or {arm: {section.field: …}}
+
+    def grid_for(self, arm: str) -> dict[str, list[Any]]:
+        """The axes `kfac-repro grid` searches for the arm: its own grid (grid: {ARM: {...}}), else the shared one."""
+        if any(isinstance(values, Mapping) for values in self.grid.values()):
+            own: Mapping[str, Any] = self.grid.get(arm) or {}
+            return {key: list(values) for key, values in own.items()}
+        return {key: list(values) for key, values in self.grid.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "figure": self.figure, "description": self.description, "profile": self.profile,
