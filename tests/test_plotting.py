@@ -161,9 +161,14 @@ def test_labels_name_what_ran_from_the_resolved_runs(tmp_path: Path) -> None:
                   resolved={**resolved, "training": {"batch_size": 64, "seed": seed}})
     arms = seed_runs(tmp_path, "googlenet-bs256", "cpu")
     assert arm_label(arms["sgd-bn-rbz128"]) == "sgd-bn-rbz128 label: bs 64 rbz 16, 4 worker(s), 2 seed(s)"
+    for run_dir in (r.directory for r in arms["sgd-bn-rbz128"]):  # an older label with the paper's sizes
+        record = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**record, "label": "SGD+BN bz256 rbz128"}))
+    arms = seed_runs(tmp_path, "googlenet-bs256", "cpu")
+    assert arm_label(arms["sgd-bn-rbz128"]).startswith("SGD+BN: bs 64 rbz 16")
     drawn = draw(FIGURES[3], arms, "cpu")
     legend = [t.get_text() for t in drawn.legends[0].get_texts()]
-    assert legend[0] == "sgd-bn-rbz128 label: bs 64 rbz 16, 4 worker(s), 2 seed(s)"
+    assert legend[0] == "SGD+BN: bs 64 rbz 16, 4 worker(s), 2 seed(s)"
     assert any("paper: ImageNet, batch 256" in t.get_text() for t in drawn.texts)
 
 
@@ -206,6 +211,7 @@ def test_report_refuses_mixed_commits_unless_told_and_then_says_so(tmp_path: Pat
     text = out.read_text()
     assert "**mixes commits: aaa, bbb+dirty (+dirty: uncommitted changes)**" in text
     assert "| sync-gpu1 label | 0, 1, 2 | 20 |" in text and "75% of the claimed factor" in text
+    assert "different BN momenta" not in text
 
 
 @pytest.mark.parametrize("args", [["plot", "all", "--results", "NONE"], ["report", "--results", "NONE"]])

@@ -5,6 +5,7 @@ with a band (the range over seeds), training dashed and validation solid as in t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,12 +61,14 @@ def scale_of(arms: Arms, profile: str) -> str:
 
 
 def arm_label(runs: Sequence[Run]) -> str:
-    """The arm's label with what ran: batch size, rbz (BN arms), workers and seeds, from its runs."""
+    """The arm's label with what ran: batch size, rbz (BN arms), workers and seeds, from its runs. The paper's batch
+    sizes that older labels carry ("bz256", "rbz128") are dropped: the caption gives them."""
     first = runs[0]
+    name = " ".join(word for word in first.label.split() if not re.fullmatch(r"r?bz\d+", word))
     batch = first.setting("training", "batch_size") or first.record.get("batch_size")
     workers = first.setting("distribution", "workers") or first.record.get("workers", 1)
     rbz = f" rbz {first.setting('model', 'bn_chunk_size')}" if first.setting("model", "batch_norm") else ""
-    return f"{first.label}: bs {batch}{rbz}, {workers} worker(s), {len(runs)} seed(s)"
+    return f"{name}: bs {batch}{rbz}, {workers} worker(s), {len(runs)} seed(s)"
 
 
 def _order(arms: Arms, figure: FigureSpec) -> list[str]:

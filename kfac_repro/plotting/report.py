@@ -156,8 +156,11 @@ def runs_section(results: Path) -> list[str]:
         commits = commits_of(arms)
         method = ("**old method** (single seed, validation on the test split)" if old_method(arms) else
                   f"{MIN_SEEDS}+ seeds, validation held out of the training data, test split reported only")
+        momenta = sorted({str(r.setting("model", "bn_momentum")) for rs in arms.values() for r in rs
+                          if r.setting("model", "batch_norm")})
+        bn = f"; **BN arms with different BN momenta: {', '.join(momenta)}**" if len(momenta) > 1 else ""
         lines += [f"**Fig. {number}** (`{figure.spec}`, {scale_of(arms, profile)}): {method}; "
-                  f"{provenance(commits)}.", ""]
+                  f"{provenance(commits)}{bn}.", ""]
         lines += _costs_table(arms, read_costs(results / figure.spec / profile / FILE_NAME))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
                   "commit | runs |", "|---|---|---|---|---|---|---|---|---|"]
