@@ -47,6 +47,11 @@ def test_seeds_give_one_ordinary_run_directory_per_seed(tmp_path: Path) -> None:
     assert [(r["seed"], r["status"]) for r in records] == [(3, "complete"), (5, "complete")]
     losses = [rows(r / "metrics.csv")[-1]["train_loss"] for r in runs]
     assert losses[0] != losses[1], "initialisation and data order differ between seeds"
+    environment = (runs[0] / "environment.json").read_text()
+    again = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--seeds", "3",
+                       "--run-id", "r", "--set", "training.steps=2", "--resume", "--out", str(tmp_path))
+    assert again.returncode == 0 and "complete already: kept" in again.stdout
+    assert (runs[0] / "environment.json").read_text() == environment
 
 
 @pytest.mark.parametrize(("args", "message"), [

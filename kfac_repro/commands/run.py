@@ -145,6 +145,11 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
     run_dir = _run_dir(out, spec, arm, run_id, resume, "" if job_seed is None else f"-seed{job_seed}")
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
+    from kfac_repro.runner.grid import run_status
+
+    if resume and run_status(run_dir) == "complete":  # kept as it is, with the commit and machine that made it
+        click.echo("   complete already: kept")
+        return
     try:
         if workers > 1:
             _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
