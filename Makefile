@@ -3,6 +3,7 @@ PYTEST = $(PYTHON) -m pytest
 KFAC_REPRO ?= kfac-repro
 RESULTS ?= results
 FIG2_ARMS = sync-gpu1 async-gpu1 sgd-bn sync-gpu4 async-gpu4
+RUN_ID ?= rerun
 
 .PHONY: install test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
 
@@ -27,7 +28,7 @@ bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle
 
 reproduce-fig2-cpu:  ## Fig. 2's cpu profile with 3 seeds, seed by seed; resumable (run it again to continue)
 	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
-		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id rerun --resume \
+		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) --resume \
 			--out $(RESULTS) $$([ $$arm = sgd-bn ] && echo --tuned) || exit 1; done; done
 
 reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)
