@@ -96,6 +96,11 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
     equal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
                            tuning={"sgd-bn": 4, "sync-gpu1": 4})
     assert equal.verdict == claims.NOT_REPRODUCED and "equal size" in equal.rule
+    run_json = arms["sgd-bn"][0].directory / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "holdout": 0}))  # validated on test
+    split = claims.speedup(2, "test", seed_runs(tmp_path, "cifar10-async", "cpu"), "sync-gpu1", "sgd-bn", 2.0,
+                           claims.measured_cost(read))
+    assert split.verdict == claims.INCONCLUSIVE and "validated on different splits" in split.measured
     shared = {**IDLE, "load_before": 3.0}
     write_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME, "cifar10-async", "cpu", costs, shared)
     again = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(

@@ -115,6 +115,10 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
                 f"({seeds_note(arms, (slower, faster))})")
     if "shared machine" in costs[faster][1] and verdict != NO_DATA:
         verdict = INCONCLUSIVE
+    splits = {a: sorted({int(r.record.get("holdout") or 0) for r in arms[a]}) for a in (faster, slower)}
+    if splits[faster] != splits[slower] and verdict != NO_DATA:
+        measured, verdict = measured + f"; validated on different splits (held out: {splits}), no verdict", \
+            INCONCLUSIVE
     if tuning is not None:
         sizes = {a: int(tuning.get(a, 0)) for a in (faster, slower)}
         measured += f"; tuned with grids of {sizes[faster]} ({faster}) and {sizes[slower]} ({slower}) settings"
