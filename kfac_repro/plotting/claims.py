@@ -24,7 +24,7 @@ import numpy as np
 from kfac_repro.benchmarks.cluster_clock import LABEL, Components, Layout, async_staleness, per_update_seconds
 from kfac_repro.benchmarks.cost_table import ArmCosts
 from kfac_repro.plotting.results import Run
-from kfac_repro.plotting.seeds import Spread, best, final, per_seed, spread, updates_to_target
+from kfac_repro.plotting.seeds import Spread, best, final, per_seed, updates_to_target
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NO_DATA = "reproduced", "partly", "not reproduced", "no data"
 INCONCLUSIVE = "inconclusive"
@@ -308,7 +308,3 @@ CLAIMS: dict[int, Callable[[Arms, Costs, Tuning], list[Claim]]] = {
     8: lambda arms, costs, tuning: [kl_decay(arms)],
 }
 
-
-def seed_spread(arms: Arms, arm: str, column: str, how: Callable[[Run, str], float]) -> Spread:
-    """`how` (best or final) of `column` over the arm's seeds."""
-    return spread([how(run, column) for run in arms[arm]])
