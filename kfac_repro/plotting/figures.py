@@ -91,8 +91,11 @@ def caption(figure: FigureSpec, arms: Arms) -> str:
     commits = sorted({run.commit[:10] for runs in arms.values() for run in runs})
     first_updates = [float(v) for runs in arms.values() for run in runs if "first_update_seconds" in run.metrics
                      for v in run.metrics["first_update_seconds"].dropna()]
-    tracing = (f"first update (tracing) {min(first_updates):.1f}–{max(first_updates):.1f} s, not on the wall-clock "
-               "axis" if first_updates else "wall-clock includes the first update's tracing (older runs)")
+    older = any("first_update_seconds" not in run.metrics for runs in arms.values() for run in runs)
+    tracing = "; ".join(
+        ([f"first update (tracing) {min(first_updates):.1f}–{max(first_updates):.1f} s, not on the wall-clock axis"]
+         if first_updates else []) + (["older runs' wall-clock includes their first update's tracing"] if older
+                                      else []))
     mixing = f"mixes commits {', '.join(commits)}" if len(commits) > 1 else f"commit {commits[0] if commits else '?'}"
     return f"{figure.paper}. Ours: lines are seed means, bands the range over seeds; {tracing}; {mixing}."
 
