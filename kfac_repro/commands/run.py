@@ -145,10 +145,8 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
     run_dir = _run_dir(out, spec, arm, run_id, resume, "" if job_seed is None else f"-seed{job_seed}")
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
-    from kfac_repro.runner.grid import run_status
-
-    if resume and run_status(run_dir) == "complete":  # kept as it is, with the commit and machine that made it
-        click.echo("   complete already: kept")
+    if resume and _finished(run_dir, int(spec.arms[arm].training["steps"])):
+        click.echo("   complete already: kept")  # as it is, with the commit and machine that made it
         return
     try:
         if workers > 1:
@@ -193,6 +191,15 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
     except Exception as error:
         click.echo(f"error: worker failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    """Whether the run directory holds a complete run of at least `steps` updates."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
 
 
 def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
