@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import available_profiles, newest_complete_runs
+from kfac_repro.plotting.results import SkippedRunWarning, available_profiles, newest_complete_runs
+
+
+@contextmanager
+def _skipped_runs_reported() -> Iterator[None]:
+    """Print 'warning: skipped run DIR: why' once per skipped run, on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedRunWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught if w.category is SkippedRunWarning):
+                click.echo(f"warning: {message}", err=True)
 
 
 @click.command("plot")
@@ -20,6 +36,13 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
     """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
     from kfac_repro.plotting.figures import render
 
+    with _skipped_runs_reported():
+        made = _plot(figure, results, out, profile, render)
+    if made == 0:
+        sys.exit(1)
+
+
+def _plot(figure: str, results: Path, out: Path, profile: str | None, render: Any) -> int:
     made = 0
     for number in FIGURES if figure == "all" else [int(figure)]:
         spec = FIGURES[number].spec
@@ -33,8 +56,7 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
         paths = render(FIGURES[number], runs, profiles[0], out)
         made += 1
         click.echo(f"fig {number}: {', '.join(str(p) for p in paths)} ({len(runs)} arms, profile {profiles[0]})")
-    if made == 0:
-        sys.exit(1)
+    return made
 
 
 @click.command("report")
@@ -45,6 +67,8 @@ def report(results: Path, out: Path) -> None:
     """Write the Markdown reproduction report: each headline claim, measured figures and a verdict."""
     from kfac_repro.plotting.report import report_text
 
+    with _skipped_runs_reported():
+        text = report_text(results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_text(results))
+    out.write_text(text)
     click.echo(f"wrote {out}")

@@ -1,22 +1,26 @@
 """`kfac-repro run` (train the arms of an experiment) and `kfac-repro worker` (one process of a multi-process
 run, started by `run --workers N` on this machine or by the user on each host of a cluster).
 
-Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec.
+Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec (or a run directory taken,
+missing or in use), 3 the run diverged, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM: a checkpoint was
+saved at the step boundary and the run marked `interrupted`; `--resume` continues it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from kfac_repro.runner import interrupts, layout
 from kfac_repro.specs import SpecError, load_spec
+
+DIVERGED_EXIT = 3
+STOP_GRACE = 60.0  # seconds a child is given to checkpoint and exit after a stop, before SIGKILL
 
 _RUN_OPTIONS = [
     click.option("--profile", default="paper", show_default=True, help="paper, cpu or smoke (or a spec's own)"),
@@ -42,15 +46,12 @@ def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None,
 
 
 def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool) -> Path:
-    base = out / spec.name / spec.profile / arm
-    if run_id:
-        return base / run_id
-    if resume:
-        existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
-        if not existing:
-            raise click.UsageError(f"--resume: no earlier run of arm {arm!r} under {base}")
-        return existing[-1]
-    return base / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    """The run directory: claimed afresh (exclusive mkdir), or the one --resume continues."""
+    try:
+        arms = layout.arm_dir(out, spec.name, spec.profile, arm)
+        return layout.existing_run_dir(arms, run_id) if resume else layout.claim_run_dir(arms, run_id)
+    except layout.LayoutError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _check_data(spec: Any, arms: list[str]) -> None:
@@ -83,6 +84,9 @@ def _check_data(spec: Any, arms: list[str]) -> None:
 def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
         resume: bool, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
+    interrupts.install()
+    if run_id is not None and layout.name_problem(run_id):
+        raise click.UsageError(f"--run-id: {layout.name_problem(run_id)}")
     spec = _load(name, profile, overrides, seed, arms)
     selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
     _check_data(spec, selected)
@@ -90,11 +94,20 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         if tuned:
             for arm in selected:
                 _grid_best(out, spec, arm)  # every arm's grid result exists before any training
-        failed = [arm for arm in selected if subprocess.run(
-            [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
-             *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
-             *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
-             *(["--tuned"] if tuned else []), "--workers", str(workers)]).returncode != 0]
+        failed = []
+        for arm in selected:
+            child = interrupts.start_child(
+                [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
+                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
+                 *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
+                 *(["--tuned"] if tuned else []), "--workers", str(workers)])
+            try:
+                code = interrupts.wait_child(child, STOP_GRACE)
+            except interrupts.Interrupted as stop:
+                click.echo(f"stopped by {stop}: arm {arm} interrupted; later arms not started", err=True)
+                sys.exit(stop.exit_code)
+            if code != 0:
+                failed.append(arm)
         if failed:
             click.echo(f"error: failed arms: {', '.join(failed)}", err=True)
             sys.exit(1)
@@ -107,17 +120,41 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         spec = _load(name, profile, overrides, seed, arms)
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
     run_dir = _run_dir(out, spec, arm, run_id, resume)
-    click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
     try:
-        if workers > 1:
-            _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
-        else:
-            from kfac_repro.distribute.strategy import reserve_cpu_replicas
+        lock = layout.lock_run_dir(run_dir)
+    except layout.LayoutError as error:
+        raise click.UsageError(str(error)) from error
+    click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
+    with lock:
+        _train_or_exit(lambda: _launch(name, arm, profile, overrides, seed, resume, run_dir, workers) if workers > 1
+                       else _train_single(spec, arm, run_dir, resume, label_suffix), f"arm {arm}")
 
-            reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
-            _train_here(spec, arm, run_dir, resume, label_suffix)
+
+def _train_single(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str) -> None:
+    from kfac_repro.distribute.strategy import reserve_cpu_replicas
+
+    reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
+    _train_here(spec, arm, run_dir, resume, label_suffix)
+
+
+def _train_or_exit(train: Any, what: str) -> None:
+    """Run `train()`; exit 128 + N when stopped by signal N, 3 when the run diverged, 1 when it failed."""
+    from kfac_repro.distribute.launcher import WorkerFailure
+
+    try:
+        train()
+    except (interrupts.Interrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, interrupts.Interrupted) else 130
+        click.echo(f"\n{what} interrupted ({stop}); continue it with --resume", err=True)
+        sys.exit(code)
+    except ArithmeticError as error:  # TrainingDiverged (the loop imports TensorFlow: not imported here)
+        click.echo(f"\nerror: {what} diverged: {error}", err=True)
+        sys.exit(DIVERGED_EXIT)
+    except WorkerFailure as error:
+        click.echo(f"error: {what} failed: {error}", err=True)
+        sys.exit(error.exit_code)
     except Exception as error:
-        click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
+        click.echo(f"error: {what} failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
 
 
@@ -133,6 +170,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
 def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: int | None, resume: bool,
            run_dir: Path, cluster_file: Path | None, index: int | None) -> None:
     """One worker process of a multi-worker run (TF_CONFIG or --cluster/--index say which)."""
+    interrupts.install()
     from kfac_repro.distribute.cluster import ClusterConfigError, load_cluster_file, parse_tf_config
 
     try:
@@ -146,16 +184,12 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
     except ClusterConfigError as error:
         raise click.UsageError(str(error)) from error
     spec = _load(name, profile, overrides, seed, (arm,))
-    try:
-        _train_here(spec, arm, run_dir, resume)
-    except Exception as error:
-        click.echo(f"error: worker failed: {type(error).__name__}: {error}", err=True)
-        sys.exit(1)
+    _train_or_exit(lambda: _train_here(spec, arm, run_dir, resume), "worker")
 
 
 def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
     """The best combination ({section.field: value}) of the arm's grid search under `out`."""
-    path = out / spec.name / spec.profile / f"grid-{arm}" / "best.json"
+    path = layout.grid_dir(out, spec.name, spec.profile, arm) / "best.json"
     try:
         return dict(json.loads(path.read_text())["params"])
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -195,5 +229,20 @@ def _launch(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed:
     command = [sys.executable, "-m", "cli", "worker", name, "--arm", arm, "--profile", profile,
                "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)],
                *(["--seed", str(seed)] if seed is not None else []), *(["--resume"] if resume else [])]
-    seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True))
+    seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True),
+                                stop_grace=STOP_GRACE, on_stop=lambda: _mark_interrupted(run_dir))
     click.echo(f"   {workers} workers finished in {seconds:.1f} s")
+
+
+def _mark_interrupted(run_dir: Path) -> None:
+    """After the workers were stopped: a run.json still at `running` (worker 0 killed before it could write) is
+    marked `interrupted`."""
+    record_path = run_dir / "run.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("status") == "running":
+        temporary = run_dir / "run.json.tmp"
+        temporary.write_text(json.dumps({**record, "status": "interrupted"}, indent=2) + "\n")
+        temporary.replace(record_path)

@@ -1,14 +1,21 @@
 """Finding runs under results/<spec>/<profile>/<arm>/<run-id>/ and loading their metrics: for each arm the
-newest complete run (run ids sort by start time). Grid-search runs (grid-<arm>/…) are not arms of a figure."""
+newest complete run (run ids sort by start time). Grid-search runs (grid-<arm>/…) are not arms of a figure.
+
+A run newer than the one chosen that cannot be used is skipped with a SkippedRunWarning naming it and saying why:
+not finished (its status: running, interrupted, diverged, failed), or marked complete with a metrics.csv that is
+unreadable, empty, lacks columns, or ends before the run's last step (cut short)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from kfac_repro.runner import layout
 
 PROFILE_PREFERENCE = ("paper", "cpu", "smoke")
 
@@ -35,15 +42,47 @@ def newest_complete_runs(results: Path, spec: str, profile: str) -> dict[str, Ru
     base = results / spec / profile
     if not base.is_dir():
         return runs
-    for arm_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("grid-")):
-        for run_dir in sorted((p for p in arm_dir.iterdir() if p.is_dir()), reverse=True):
+    for arm_dir in sorted(p for p in base.iterdir() if p.is_dir() and not layout.is_grid_dir(p)):
+        for run_dir in layout.run_dirs(arm_dir)[::-1]:
             record = _json(run_dir / "run.json")
-            if record.get("status") == "complete" and (run_dir / "metrics.csv").is_file():
-                runs[arm_dir.name] = Run(arm_dir.name, str(record.get("label", arm_dir.name)), run_dir,
-                                         pd.read_csv(run_dir / "metrics.csv"), record,
-                                         _json(run_dir / "environment.json"))
-                break
+            metrics, problem = _usable_metrics(run_dir, record)
+            if metrics is None:
+                warnings.warn(f"skipped run {run_dir}: {problem}", SkippedRunWarning, stacklevel=2)
+                continue
+            runs[arm_dir.name] = Run(arm_dir.name, str(record.get("label", arm_dir.name)), run_dir, metrics,
+                                     record, _json(run_dir / "environment.json"))
+            break
     return runs
+
+
+class SkippedRunWarning(UserWarning):
+    """A run was left out of figures and reports (the message names it and says why)."""
+
+
+_NEEDED = ("step", "examples", "seconds", "train_loss", "train_error", "val_loss", "val_error")
+
+
+def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
+    """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used)."""
+    status = record.get("status")
+    if status != "complete":
+        return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
+        return None, f"metrics.csv unreadable ({type(error).__name__}: {str(error)[:80]})"
+    missing = [c for c in _NEEDED if c not in metrics.columns]
+    if missing:
+        return None, f"metrics.csv lacks columns {', '.join(missing)}"
+    if metrics.empty:
+        return None, "metrics.csv has no rows"
+    garbled = [c for c in _NEEDED if not pd.api.types.is_numeric_dtype(metrics[c])]
+    if garbled or metrics["step"].isna().any():
+        return None, f"metrics.csv has non-numeric values in {', '.join(garbled or ['step'])}"
+    last, expected = int(metrics["step"].iloc[-1]), record.get("steps")
+    if isinstance(expected, int) and last < expected:
+        return None, f"incomplete: metrics.csv ends at step {last} of {expected} (cut short)"
+    return metrics, ""
 
 
 def available_profiles(results: Path, spec: str) -> list[str]:
