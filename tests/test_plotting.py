@@ -124,3 +124,36 @@ def test_plot_and_report_do_not_import_tensorflow(tmp_path: Path, args: list[str
              f"{args!r}); assert 'tensorflow' not in sys.modules; print(r.exit_code)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_unusable_runs_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:
+    """Among good runs: an empty, a binary, a garbled and a cut metrics.csv (all marked complete), and an
+    interrupted run; plot and report still work, name each one and say why it was left out."""
+    write_run(tmp_path, "alexnet-bs2048", "cpu", "sgd", "r1", 0.5, [0.6, 0.5, 0.45, 0.4])
+    good = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r1", 1.0, [0.5, 0.4, 0.3, 0.2])
+    empty = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r2", 1.0, [0.5, 0.4, 0.3, 0.2])
+    (empty / "metrics.csv").write_bytes(b"")
+    binary = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r3", 1.0, [0.5, 0.4, 0.3, 0.2])
+    (binary / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    garbled = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r4", 1.0, [0.5, 0.4, 0.3, 0.2])
+    (garbled / "metrics.csv").write_text((garbled / "metrics.csv").read_text().replace("0.4", "x\x00y"))
+    cut = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r5", 1.0, [0.5, 0.4, 0.3, 0.2])
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: text.index("\n30,")])  # cut after the row of step 20 of 40
+    interrupted = write_run(tmp_path, "alexnet-bs2048", "cpu", "kfac", "r6", 1.0, [0.5], status="interrupted")
+    with pytest.warns(UserWarning) as caught:
+        runs = newest_complete_runs(tmp_path, "alexnet-bs2048", "cpu")
+    assert runs["kfac"].directory == good
+    messages = "\n".join(str(w.message) for w in caught)
+    for run_dir, why in ((empty, "metrics.csv unreadable"), (binary, "metrics.csv"), (garbled, "metrics.csv has non-numeric values in train_loss"),
+                         (cut, "incomplete: metrics.csv ends at step 20 of 40 (cut short)"),
+                         (interrupted, "incomplete (status interrupted)")):
+        assert f"skipped run {run_dir}: {why}" in messages, messages
+    result = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: skipped run {cut}: incomplete" in result.output
+    report = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert report.exit_code == 0, report.output
+    written = (tmp_path / "r.md").read_text()
+    assert "## Runs left out\n\n- skipped run " in written and f"- skipped run {empty}: " in written
+    assert f"- skipped run {cut}: incomplete" in written and f"`{good}`" in written

@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -16,14 +15,16 @@ from kfac_repro.plotting.results import SkippedRunWarning, available_profiles, n
 
 
 @contextmanager
-def _skipped_runs_reported() -> Iterator[None]:
-    """Print 'warning: skipped run DIR: why' once per skipped run, on stderr."""
+def _skipped_runs_reported() -> Iterator[list[str]]:
+    """Print 'warning: skipped run DIR: why' once per skipped run, on stderr; the yielded list receives them."""
+    skipped: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedRunWarning)
         try:
-            yield
+            yield skipped
         finally:
-            for message in dict.fromkeys(str(w.message) for w in caught if w.category is SkippedRunWarning):
+            skipped += dict.fromkeys(str(w.message) for w in caught if w.category is SkippedRunWarning)
+            for message in skipped:
                 click.echo(f"warning: {message}", err=True)
 
 
@@ -34,15 +35,15 @@ def _skipped_runs_reported() -> Iterator[None]:
 @click.option("--profile", default=None, help="which profile's runs (default: paper, else cpu, else smoke)")
 def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
     """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
-    from kfac_repro.plotting.figures import render
-
     with _skipped_runs_reported():
-        made = _plot(figure, results, out, profile, render)
+        made = _plot(figure, results, out, profile)
     if made == 0:
         sys.exit(1)
 
 
-def _plot(figure: str, results: Path, out: Path, profile: str | None, render: Any) -> int:
+def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
+    from kfac_repro.plotting.figures import render
+
     made = 0
     for number in FIGURES if figure == "all" else [int(figure)]:
         spec = FIGURES[number].spec
@@ -67,8 +68,10 @@ def report(results: Path, out: Path) -> None:
     """Write the Markdown reproduction report: each headline claim, measured figures and a verdict."""
     from kfac_repro.plotting.report import report_text
 
-    with _skipped_runs_reported():
+    with _skipped_runs_reported() as skipped:
         text = report_text(results)
+    if skipped:
+        text += "\n## Runs left out\n\n" + "".join(f"- {message}\n" for message in skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     click.echo(f"wrote {out}")

@@ -70,7 +70,7 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
     try:
         metrics = pd.read_csv(run_dir / "metrics.csv")
     except (OSError, ValueError) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
-        return None, f"metrics.csv unreadable ({type(error).__name__}: {str(error)[:80]})"
+        return None, f"metrics.csv unreadable ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
     missing = [c for c in _NEEDED if c not in metrics.columns]
     if missing:
         return None, f"metrics.csv lacks columns {', '.join(missing)}"
