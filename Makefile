@@ -1,10 +1,15 @@
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install test test-slow lint bench reproduce-cpu figures report
+.PHONY: install data test test-slow lint bench reproduce-cpu figures report
 
-install:  ## install the package, its pinned dependencies and the dev tools
+install:  ## install the package, its pinned dependencies, the dev tools and the tests' real data (Fashion-MNIST)
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(MAKE) data
+
+data:  ## Fashion-MNIST into the data root ($$KFAC_REPRO_DATA or ~/.kfac_repro/data) unless already found
+	$(PYTHON) -m cli data download fashion_mnist || echo "warning: Fashion-MNIST not installed (needs apt-get);" \
+		"the tests that train on it will be skipped"
 
 test:  ## the default test run (under 10 minutes on 2 cores)
 	$(PYTEST) -m "not slow" -q

@@ -113,7 +113,7 @@ def test_registry_answers_without_importing_tensorflow(tmp_path: Path) -> None:
 
 
 def test_labels_out_of_range_are_named_by_verify(tiny_fashion: tuple[Path, np.ndarray, np.ndarray]) -> None:
-    data_dir, _, labels = tiny_fashion
+    data_dir, _, _ = tiny_fashion
     bad = data_dir / "fashion-mnist" / "train-labels-idx1-ubyte.gz"
     _write_idx(bad, np.array([0, 1, 2, 3, 12, 9], np.uint8))
     with pytest.raises(DataNotFoundError, match=r"train-labels-idx1-ubyte\.gz: label 12 at index 4 is outside 0\.\.9"):

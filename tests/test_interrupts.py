@@ -30,7 +30,8 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], ti
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            pytest.fail(f"exited early with {process.returncode}: {process.stderr.read()[-3000:] if process.stderr else ''}")
+            stderr = process.stderr.read()[-3000:] if process.stderr else ""
+            pytest.fail(f"exited early with {process.returncode}: {stderr}")
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail("timed out waiting for the run to start")

@@ -15,7 +15,7 @@ from kfac_repro.runner import layout
 @pytest.mark.parametrize("name", ["../../x", "/abs/path", "a/b", "..", ".", ".hidden", "", "-rf", "a..b", "a b",
                                   "x" * 129, "é", "a\\b", "a\nb"])
 def test_unsafe_names_are_refused(name: str) -> None:
-    with pytest.raises(layout.LayoutError, match="run ID: .*cannot be a directory name"):
+    with pytest.raises(layout.LayoutError, match=r"run ID: .*cannot be a directory name"):
         layout.check_name(name, "run ID")
 
 

@@ -145,7 +145,8 @@ def test_unusable_runs_are_skipped_with_a_warning_naming_them(tmp_path: Path) ->
         runs = newest_complete_runs(tmp_path, "alexnet-bs2048", "cpu")
     assert runs["kfac"].directory == good
     messages = "\n".join(str(w.message) for w in caught)
-    for run_dir, why in ((empty, "metrics.csv unreadable"), (binary, "metrics.csv"), (garbled, "metrics.csv has non-numeric values in train_loss"),
+    for run_dir, why in ((empty, "metrics.csv unreadable"), (binary, "metrics.csv"),
+                         (garbled, "metrics.csv has non-numeric values in train_loss"),
                          (cut, "incomplete: metrics.csv ends at step 20 of 40 (cut short)"),
                          (interrupted, "incomplete (status interrupted)")):
         assert f"skipped run {run_dir}: {why}" in messages, messages

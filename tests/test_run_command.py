@@ -49,7 +49,8 @@ def test_paper_profile_without_its_data_says_where_it_looked(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["cifar10-async", "--profile", "smoke", "--arm", "nope"], "no arm named nope"),
-    (["cifar10-async", "--profile", "smoke", "--set", "training.steps=0"], "training.steps: expected an integer in [1, 1000000000]"),
+    (["cifar10-async", "--profile", "smoke", "--set", "training.steps=0"],
+     "training.steps: expected an integer in [1, 1000000000]"),
     (["no-such-experiment"], "unknown experiment"),
     (["cifar10-async", "--profile", "huge"], "no profile 'huge'"),
 ])
@@ -125,7 +126,8 @@ def test_labels_out_of_range_give_a_clear_error(tmp_path: Path, labels: list[int
                                                 message: str) -> None:
     write_fashion(tmp_path / "data" / "fashion-mnist", labels)
     spec = tmp_path / "labels.yaml"
-    spec.write_text(f"name: labels\narms:\n  a:\n    model: {{name: cifar10_net, input_size: 8, num_classes: {classes}}}\n"
+    spec.write_text("name: labels\narms:\n  a:\n"
+                    f"    model: {{name: cifar10_net, input_size: 8, num_classes: {classes}}}\n"
                     f"    data: {{name: fashion_mnist, data_dir: {tmp_path / 'data'}}}\n"
                     "    training: {batch_size: 4, steps: 2, log_every: 1, eval_every: 1}\n"
                     "    optimizer: {name: sgd}\n")

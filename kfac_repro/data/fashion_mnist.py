@@ -58,7 +58,8 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path:
     looked = ", ".join(str(d) for d in searched)
     raise DataNotFoundError(
         f"Fashion-MNIST not found; looked in: {looked}. Expected the files "
-        f"{', '.join(v + '[.gz]' for v in FILES.values())}. On Debian: apt-get install dataset-fashion-mnist."
+        f"{', '.join(v + '[.gz]' for v in FILES.values())}. Install them there with `kfac-repro data download "
+        "fashion_mnist` (the Debian package dataset-fashion-mnist, no root needed)."
     )
 
 
