@@ -158,3 +158,10 @@ def test_unusable_runs_are_skipped_with_a_warning_naming_them(tmp_path: Path) ->
     written = (tmp_path / "r.md").read_text()
     assert "## Runs left out\n\n- skipped run " in written and f"- skipped run {empty}: " in written
     assert f"- skipped run {cut}: incomplete" in written and f"`{good}`" in written
+
+
+def test_plot_refuses_a_profile_that_would_name_files_outside_out(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p"),
+                                           "--profile", "../../escaped"])
+    assert result.exit_code == 2 and "--profile: '../../escaped' cannot be a directory name" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -39,10 +39,7 @@ class Run:
 def newest_complete_runs(results: Path, spec: str, profile: str) -> dict[str, Run]:
     """arm → its newest complete run, in the order the arms first appear (by directory name)."""
     runs: dict[str, Run] = {}
-    base = results / spec / profile
-    if not base.is_dir():
-        return runs
-    for arm_dir in sorted(p for p in base.iterdir() if p.is_dir() and not layout.is_grid_dir(p)):
+    for arm_dir in layout.arm_dirs(results, spec, profile):
         for run_dir in layout.run_dirs(arm_dir)[::-1]:
             record = _json(run_dir / "run.json")
             metrics, problem = _usable_metrics(run_dir, record)

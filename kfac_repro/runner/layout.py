@@ -64,6 +64,13 @@ def is_grid_dir(path: Path) -> bool:
     return path.name.startswith(GRID_PREFIX)
 
 
+def arm_dirs(out: Path, spec: str, profile: str) -> list[Path]:
+    """The arm directories of a spec's profile that exist (grid searches excluded), by name. For reading: the
+    names found are not checked (nothing is written from them)."""
+    base = out / spec / profile
+    return sorted(p for p in base.iterdir() if p.is_dir() and not is_grid_dir(p)) if base.is_dir() else []
+
+
 def new_run_id() -> str:
     """The default run ID: the UTC start time (IDs sort by start time)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
