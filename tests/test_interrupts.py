@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,23 @@ STARTUP = 240.0  # seconds for TensorFlow to start and log its first rows on a l
 BOUND = 120.0  # seconds from the signal to the exit
 
 
+_started: list[int] = []  # every process a test started or saw as a child, killed at teardown if still alive
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    yield
+    for pid in _started:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _started.clear()
+
+
 def start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    _started.append(process.pid)
+    return process
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = STARTUP) -> None:
@@ -62,6 +76,7 @@ def children(pid: int) -> list[int]:
                 continue
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
+    _started.extend(found)
     return found
 
 

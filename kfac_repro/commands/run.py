@@ -147,13 +147,14 @@ def _train_or_exit(train: Any, what: str) -> None:
         code = stop.exit_code if isinstance(stop, interrupts.Interrupted) else 130
         click.echo(f"\n{what} interrupted ({stop}); continue it with --resume", err=True)
         sys.exit(code)
-    except ArithmeticError as error:  # TrainingDiverged (the loop imports TensorFlow: not imported here)
-        click.echo(f"\nerror: {what} diverged: {error}", err=True)
-        sys.exit(DIVERGED_EXIT)
     except WorkerFailure as error:
         click.echo(f"error: {what} failed: {error}", err=True)
         sys.exit(error.exit_code)
     except Exception as error:
+        loop = sys.modules.get("kfac_repro.runner.loop")  # imports TensorFlow: only a run that trained has it
+        if loop is not None and isinstance(error, loop.TrainingDiverged):
+            click.echo(f"\nerror: {what} diverged: {error}", err=True)
+            sys.exit(DIVERGED_EXIT)
         click.echo(f"error: {what} failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
 
