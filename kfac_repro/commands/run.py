@@ -74,7 +74,9 @@ def _check_data(spec: Any, arms: list[str]) -> None:
 @_with_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="results root: runs go to OUT/<spec>/<profile>/<arm>/<run-id>/")
-@click.option("--run-id", default=None, help="run directory name (default: the UTC start time)")
+@click.option("--run-id", default=None,
+              help="run directory name: letters, digits and . _ - + = , (default: the UTC start time); one that "
+                   "exists is refused unless --resume")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy); must equal the arm's "
                    "distribution.workers when > 1")
