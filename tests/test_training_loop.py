@@ -81,14 +81,14 @@ def test_a_diverged_run_stops_with_a_clear_error_after_logging_its_row(tmp_path:
 def test_a_finite_blow_up_ends_the_run_as_diverged(tmp_path: Path) -> None:
     """Loss 10× above its first logged value (plus 1) is divergence even while it stays finite."""
     optimizer, iterator, evaluate = setup("sgd")
-    real_step, steps = optimizer.train_step, [0]
+    real_step, steps = optimizer.step, [0]
 
     def blowing_up(x: tf.Tensor, y: tf.Tensor) -> dict:  # the loss of step 5 on is 1e6 × the real one: finite
         steps[0] += 1
         metrics = dict(real_step(x, y))
         return {**metrics, "loss": metrics["loss"] * (1e6 if steps[0] > 4 else 1.0)}
 
-    optimizer.train_step = blowing_up
+    optimizer.step = blowing_up
     settings = LoopSettings(steps=20, log_every=2, eval_every=4, checkpoint_every=5, global_batch=8)
     with pytest.raises(TrainingDiverged, match=r"at step 6, above the divergence bound .* training.divergence_factor "
                                                r"10 × \(\|first logged loss .*\| \+ 1\)"):
