@@ -140,3 +140,16 @@ def test_eager_fit_is_refused_and_xla_is_turned_off(fashion: tuple) -> None:
         model.compile(optimizer=KFAC(model), loss=L.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     assert model.jit_compile is False and int(model.optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probabilities"])
+def test_sampled_bernoulli_cotangents_average_to_the_exact_fisher(from_logits: bool) -> None:
+    logits = tf.constant([[0.3, -1.2, 0.8]])
+    output = logits if from_logits else tf.sigmoid(logits)
+    seed = tf.constant([3, 0], tf.int64)
+    exact = fisher_cotangents("bernoulli", output, from_logits, "exact", seed)
+    fisher = sum(tf.transpose(v) @ v for v in exact).numpy()
+    batch = tf.tile(output, [40000, 1])
+    (sampled,) = fisher_cotangents("bernoulli", batch, from_logits, "sample", seed)
+    estimate = (tf.transpose(sampled) @ sampled).numpy() / 40000
+    np.testing.assert_allclose(estimate, fisher, rtol=0.05, atol=0.01 * np.abs(fisher).max())
