@@ -48,6 +48,7 @@ class _Binding:
         pre.taps = self.taps
         self.refresh = GraphRefresh(pre, config.inverse_every, config.inversion == "async")
         self.loss: LossLikelihood | None = None
+        self.supports_jit = True  # the model's own flag, restored by `close`
 
     def check_variables(self, variables: list) -> None:
         """The variables Keras trains must be those K-FAC was built for (`trainable` unchanged since)."""
@@ -103,6 +104,7 @@ class KFAC(keras.optimizers.Optimizer):
         for variable in state:
             self._track_variable(variable)
         binding.taps.__enter__()
+        binding.supports_jit = model.supports_jit
         model.supports_jit = False  # host inversions (tf.numpy_function): Keras then resolves jit_compile to False
         if getattr(model, "compiled", False) and model.jit_compile:
             model.jit_compile = False
@@ -118,7 +120,7 @@ class KFAC(keras.optimizers.Optimizer):
         if binding is None:
             return
         binding.taps.__exit__(None, None, None)
-        binding.model.supports_jit = type(binding.model).supports_jit
+        binding.model.supports_jit = binding.supports_jit
         binding.refresh.close()
         _ATTACHED.pop(binding.model, None)
 
