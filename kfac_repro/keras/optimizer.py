@@ -30,7 +30,7 @@ from kfac_repro.kfac.replicas import assign_all
 # chance); kl_clip 0.01 and momentum 0.9 are the paper's; inverses every 10 steps.
 DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip": 0.01, "momentum": 0.9,
                             "weight_decay": 0.0, "stats_decay": 0.95, "inverse_every": 10, "inversion": "sync",
-                            "conv_factors": "cheap", "eigh_dtype": "float64", "fisher_targets": "sample",
+                            "conv_factors": "cheap", "inverse_dtype": "float32", "fisher_targets": "sample",
                             "exact_block_max": 1024, "doubly_factored": (), "doubly_factored_min_inputs": None,
                             "seed": 0}
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
