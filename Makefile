@@ -5,10 +5,15 @@ RESULTS ?= results
 FIG2_ARMS = sync-gpu1 async-gpu1 sgd-bn sync-gpu4 async-gpu4
 RUN_ID ?= rerun
 
-.PHONY: install test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
+.PHONY: install data test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
 
-install:  ## install the package, its pinned dependencies and the dev tools
+install:  ## install the package, its pinned dependencies, the dev tools and the tests' real data (Fashion-MNIST)
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(MAKE) data
+
+data:  ## Fashion-MNIST into the data root ($$KFAC_REPRO_DATA or ~/.kfac_repro/data) unless already found
+	$(PYTHON) -m cli data download fashion_mnist || echo "warning: Fashion-MNIST not installed (needs apt-get);" \
+		"the tests that train on it will be skipped"
 
 test:  ## the default test run (under 10 minutes on 2 cores)
 	$(PYTEST) -m "not slow" -q
@@ -28,7 +33,8 @@ bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle
 
 reproduce-fig2-cpu:  ## Fig. 2's cpu profile with 3 seeds, seed by seed; resumable (run it again to continue)
 	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
-		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) --resume \
+		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) \
+			$$([ -d $(RESULTS)/cifar10-async/cpu/$$arm/$(RUN_ID)-seed$$seed ] && echo --resume) \
 			--out $(RESULTS) $$([ $$arm = sgd-bn ] && echo --tuned) || exit 1; done; done
 
 reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)

@@ -60,6 +60,9 @@ class _LazyGroup(click.Group):
 @click.version_option(_package_version(), "--version", prog_name="kfac-repro")
 def main() -> None:
     """Distributed K-FAC for TensorFlow 2 / Keras 3, and the reproduction of Ba, Grosse & Martens (ICLR 2017)."""
+    from kfac_repro.runner.interrupts import follow_parent
+
+    follow_parent()  # a child of `run` or `grid` ends with its parent
 
 
 if __name__ == "__main__":

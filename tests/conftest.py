@@ -9,6 +9,15 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked fashion_mnist are skipped, with the reason and the fix, where the data set is absent."""
+    if item.get_closest_marker("fashion_mnist") is not None:
+        from kfac_repro.data.registry import dataset_available, describe
+
+        if not dataset_available("fashion_mnist"):
+            pytest.skip(f"Fashion-MNIST absent ({describe('fashion_mnist')}); install it with `make data`")
+
 CIFAR_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 CIFAR_STEMS = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 WNIDS = ["n01440764", "n01443537", "n01484850"]

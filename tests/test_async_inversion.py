@@ -3,10 +3,13 @@ staleness is right, and training still converges on real data."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+
+pytestmark = pytest.mark.fashion_mnist  # skipped, saying why, where the data set is absent
 
 
 def mlp() -> keras.Model:

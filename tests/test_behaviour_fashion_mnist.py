@@ -2,11 +2,14 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 from kfac_repro.kfac.base import ModelOptimizer
+
+pytestmark = pytest.mark.fashion_mnist  # skipped, saying why, where the data set is absent
 
 STEPS, BATCH = 100, 256
 

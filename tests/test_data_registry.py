@@ -126,3 +126,23 @@ def test_registry_answers_without_importing_tensorflow(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
     assert DATASET_NAMES == ("cifar10", "imagenet", "fashion_mnist", "synthetic")
+
+
+def test_labels_out_of_range_are_named_by_verify(tiny_fashion: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    data_dir, _, _ = tiny_fashion
+    bad = data_dir / "fashion-mnist" / "train-labels-idx1-ubyte.gz"
+    _write_idx(bad, np.array([0, 1, 2, 3, 12, 9], np.uint8))
+    with pytest.raises(DataNotFoundError, match=r"train-labels-idx1-ubyte\.gz: label 12 at index 4 is outside 0\.\.9"):
+        verify("fashion_mnist", data_dir)
+
+
+def test_a_data_dir_without_the_data_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No silent fallback to the system copy (/usr/share/datasets/fashion-mnist) when a data directory is given."""
+    monkeypatch.delenv("KFAC_REPRO_DATA", raising=False)
+    empty = tmp_path / "empty"
+    assert not dataset_available("fashion_mnist", empty)
+    with pytest.raises(DataNotFoundError, match=f"looked in: {empty / 'fashion-mnist'}\\. Expected"):
+        verify("fashion_mnist", empty)
+    monkeypatch.setenv("KFAC_REPRO_DATA", str(empty))
+    with pytest.raises(DataNotFoundError, match=f"looked in: {empty / 'fashion-mnist'}\\. Expected"):
+        verify("fashion_mnist")

@@ -51,6 +51,15 @@ def test_leaderboard_ranks_by_best_error_then_time_to_target(tmp_path: Path) -> 
     assert default_target[0]["target_error"] == 0.2  # median of the best errors 0.2, 0.2, 0.7
 
 
+def test_leaderboard_survives_a_binary_metrics_file_and_run_record(tmp_path: Path) -> None:
+    good = fake_run(tmp_path / "good", [0.5, 0.4])
+    broken = fake_run(tmp_path / "broken", [0.5, 0.3])
+    (broken / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    (broken / "run.json").write_bytes(b"\xff\xfe{")
+    rows = leaderboard([({"lr": 1}, good), ({"lr": 2}, broken)], target_error=None)
+    assert [(r["lr"], r["status"], r["steps"]) for r in rows] == [(1, "complete", 20), (2, "missing", 0)]
+
+
 def test_grid_command_on_the_smoke_profile(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",

@@ -15,7 +15,7 @@ import cli
 from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
 from kfac_repro.plotting import claims
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
-from kfac_repro.plotting.results import seed_runs
+from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
 from kfac_repro.plotting.seeds import Spread, band, spread, updates_to_target
 from kfac_repro.runner.metrics_log import MetricsLog
 
@@ -52,7 +52,8 @@ def test_newest_complete_run_of_every_seed_and_grid_runs_are_not_arms(tmp_path: 
     write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-03-seed0", [0.5], seed=0, status="failed")
     one = write_run(tmp_path, "cifar10-async", "sync-gpu1", "2026-01-01-seed1", [0.5, 0.2], seed=1)
     write_run(tmp_path, "cifar10-async", "grid-sgd-bn", "lr=0.1", [0.5, 0.4])
-    arms = seed_runs(tmp_path, "cifar10-async", "cpu")
+    with pytest.warns(SkippedRunWarning, match="2026-01-03-seed0: incomplete \\(status failed\\)"):
+        arms = seed_runs(tmp_path, "cifar10-async", "cpu")
     assert list(arms) == ["sync-gpu1"]
     assert [(r.seed, r.directory) for r in arms["sync-gpu1"]] == [(0, new), (1, one)]
 
@@ -227,3 +228,45 @@ def test_plot_and_report_do_not_import_tensorflow(tmp_path: Path, args: list[str
              f"{args!r}); assert 'tensorflow' not in sys.modules; print(r.exit_code)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_unusable_runs_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:
+    """Among good runs: an empty, a binary, a garbled and a cut metrics.csv (all marked complete), and an
+    interrupted run; plot and report still work, name each one and say why it was left out."""
+    write_run(tmp_path, "alexnet-bs2048", "sgd", "r1", [0.6, 0.5, 0.45, 0.4])
+    good = write_run(tmp_path, "alexnet-bs2048", "kfac", "r1", [0.5, 0.4, 0.3, 0.2])
+    empty = write_run(tmp_path, "alexnet-bs2048", "kfac", "r2", [0.5, 0.4, 0.3, 0.2])
+    (empty / "metrics.csv").write_bytes(b"")
+    binary = write_run(tmp_path, "alexnet-bs2048", "kfac", "r3", [0.5, 0.4, 0.3, 0.2])
+    (binary / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    garbled = write_run(tmp_path, "alexnet-bs2048", "kfac", "r4", [0.5, 0.4, 0.3, 0.2])
+    (garbled / "metrics.csv").write_text((garbled / "metrics.csv").read_text().replace("0.4", "x\x00y"))
+    cut = write_run(tmp_path, "alexnet-bs2048", "kfac", "r5", [0.5, 0.4, 0.3, 0.2])
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: text.index("\n30,")])  # cut after the row of step 20 of 30
+    interrupted = write_run(tmp_path, "alexnet-bs2048", "kfac", "r6", [0.5], status="interrupted")
+    for read in (newest_complete_runs, lambda *where: {arm: runs[0] for arm, runs in seed_runs(*where).items()}):
+        with pytest.warns(UserWarning) as caught:
+            runs = read(tmp_path, "alexnet-bs2048", "cpu")
+        assert runs["kfac"].directory == good
+        messages = "\n".join(str(w.message) for w in caught)
+        for run_dir, why in ((empty, "metrics.csv unreadable"), (binary, "metrics.csv"),
+                             (garbled, "metrics.csv has non-numeric values in train_loss"),
+                             (cut, "incomplete: metrics.csv ends at step 20 of 30 (cut short)"),
+                             (interrupted, "incomplete (status interrupted)")):
+            assert f"skipped run {run_dir}: {why}" in messages, messages
+    result = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: skipped run {cut}: incomplete" in result.output
+    report = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert report.exit_code == 0, report.output
+    written = (tmp_path / "r.md").read_text()
+    assert "## Runs left out\n\n- skipped run " in written and f"- skipped run {empty}: " in written
+    assert f"- skipped run {cut}: incomplete" in written and f"`{good.parent}`" in written
+
+
+def test_plot_refuses_a_profile_that_would_name_files_outside_out(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p"),
+                                           "--profile", "../../escaped"])
+    assert result.exit_code == 2 and "--profile: '../../escaped' cannot be a directory name" in result.output
+    assert list(tmp_path.iterdir()) == []

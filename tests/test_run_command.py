@@ -4,11 +4,13 @@ import csv
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 RUN = [sys.executable, "-m", "cli", "run"]
@@ -52,6 +54,13 @@ def test_seeds_give_one_ordinary_run_directory_per_seed(tmp_path: Path) -> None:
                        "--run-id", "r", "--set", "training.steps=2", "--resume", "--out", str(tmp_path))
     assert again.returncode == 0 and "complete already: kept" in again.stdout
     assert (runs[0] / "environment.json").read_text() == environment
+    taken = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--seeds", "3",
+                       "--run-id", "r", "--out", str(tmp_path))
+    assert taken.returncode == 2 and "r-seed3 already exists" in taken.stderr
+    missing = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--seeds", "4",
+                         "--run-id", "r", "--resume", "--out", str(tmp_path))
+    assert missing.returncode == 2 and "no run 'r-seed4' to resume" in missing.stderr
+    assert sorted(r.name for r in runs[0].parent.iterdir()) == ["r-seed3", "r-seed5"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -74,7 +83,8 @@ def test_paper_profile_without_its_data_says_where_it_looked(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["cifar10-async", "--profile", "smoke", "--arm", "nope"], "no arm named nope"),
-    (["cifar10-async", "--profile", "smoke", "--set", "training.steps=0"], "training.steps: expected an integer >= 1"),
+    (["cifar10-async", "--profile", "smoke", "--set", "training.steps=0"],
+     "training.steps: expected an integer in [1, 1000000000]"),
     (["no-such-experiment"], "unknown experiment"),
     (["cifar10-async", "--profile", "huge"], "no profile 'huge'"),
 ])
@@ -128,3 +138,44 @@ def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) ->
     assert [int(r["step"]) for r in split] == list(range(0, 13))
     for got, want in zip(split[1:], expected[1:], strict=True):
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
+
+
+def write_fashion(directory: Path, train_labels: list[int]) -> None:
+    """Fashion-MNIST idx files with len(train_labels) training and 4 test images."""
+    directory.mkdir(parents=True)
+    arrays = {"train-images-idx3-ubyte": np.zeros((len(train_labels), 28, 28), np.uint8),
+              "train-labels-idx1-ubyte": np.array(train_labels, np.uint8),
+              "t10k-images-idx3-ubyte": np.zeros((4, 28, 28), np.uint8),
+              "t10k-labels-idx1-ubyte": np.arange(4, dtype=np.uint8)}
+    for name, array in arrays.items():
+        header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+        (directory / name).write_bytes(header + array.tobytes())
+
+
+@pytest.mark.parametrize(("labels", "classes", "message"), [
+    ([0, 1, 2, 3, 12, 9, 4, 5], 10, "train-labels-idx1-ubyte: label 12 at index 4 is outside 0..9"),
+    ([0, 1, 2, 3, 8, 9, 4, 5], 5, "model.num_classes is 5 but data set 'fashion_mnist' has labels 0..9"),
+])
+def test_labels_out_of_range_give_a_clear_error(tmp_path: Path, labels: list[int], classes: int,
+                                                message: str) -> None:
+    write_fashion(tmp_path / "data" / "fashion-mnist", labels)
+    spec = tmp_path / "labels.yaml"
+    spec.write_text("name: labels\narms:\n  a:\n"
+                    f"    model: {{name: cifar10_net, input_size: 8, num_classes: {classes}}}\n"
+                    f"    data: {{name: fashion_mnist, data_dir: {tmp_path / 'data'}}}\n"
+                    "    training: {batch_size: 4, steps: 2, log_every: 1, eval_every: 1}\n"
+                    "    optimizer: {name: sgd}\n")
+    result = kfac_repro("run", str(spec), "--out", str(tmp_path / "results"))
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Graph execution error" not in result.stderr
+
+
+def test_a_finite_blow_up_ends_the_run_diverged_with_exit_3(tmp_path: Path) -> None:
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--set",
+                        "optimizer.learning_rate=1000", "--set", "training.steps=30", "--set", "training.log_every=1",
+                        "--set", "training.eval_every=10", "--out", str(tmp_path), "--run-id", "r")
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "diverged: training loss is" in result.stderr and "above the divergence bound" in result.stderr
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
+    assert len(rows(run_dir / "metrics.csv")) < 30

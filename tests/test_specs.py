@@ -139,7 +139,7 @@ def test_set_overrides_are_applied_to_the_selected_arms_and_validated() -> None:
     assert {arm.training["steps"] for arm in spec.arms.values()} == {7}
     assert spec.arms["async-gpu1"].optimizer["damping"] == 0.5 and "damping" not in spec.arms["sgd-bn"].optimizer
     assert list(load_spec("cifar10-async", "smoke", ["optimizer.learning_rate=0.2"], ["sgd-bn"]).arms) == ["sgd-bn"]
-    errors = {"training.steps=-3": r"--set: training.steps: expected an integer >= 1, found -3",
+    errors = {"training.steps=-3": r"--set: training.steps: expected an integer in \[1, 1000000000\], found -3",
               "steps=3": r"--set: steps: expected SECTION.FIELD=VALUE",
               "traning.steps=3": r"--set: traning: unknown key \(did you mean 'training'\?\)",
               "optimizer.momentum=1": r"--set: optimizer.momentum: expected a number in \[0, 1\), found 1",

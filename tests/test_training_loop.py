@@ -1,6 +1,7 @@
 """The training loop: rows at the logging interval, validation, checkpoints, and exact resumption."""
 
 import csv
+import signal
 from pathlib import Path
 
 import keras
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+from kfac_repro.runner import interrupts
 from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
 
@@ -87,3 +89,46 @@ def test_a_diverged_run_stops_with_a_clear_error_after_logging_its_row(tmp_path:
     with pytest.raises(TrainingDiverged, match="training loss is nan at step 2: the run diverged"):
         train(optimizer, batches, evaluate, settings, tmp_path, resume=False)
     assert [r["step"] for r in read_rows(tmp_path / "metrics.csv")] == ["0", "2"]
+
+
+def test_a_finite_blow_up_ends_the_run_as_diverged(tmp_path: Path) -> None:
+    """Loss 10× above its first logged value (plus 1) is divergence even while it stays finite."""
+    optimizer, iterator, evaluate = setup("sgd")
+    real_step, steps = optimizer.step, [0]
+
+    def blowing_up(x: tf.Tensor, y: tf.Tensor) -> dict:  # the loss of step 5 on is 1e6 × the real one: finite
+        steps[0] += 1
+        metrics = dict(real_step(x, y))
+        return {**metrics, "loss": metrics["loss"] * (1e6 if steps[0] > 4 else 1.0)}
+
+    optimizer.step = blowing_up
+    settings = LoopSettings(steps=20, log_every=2, eval_every=4, checkpoint_every=5, global_batch=8)
+    with pytest.raises(TrainingDiverged, match=r"at step 6, above the divergence bound .* training.divergence_factor "
+                                               r"10 × \(\|first logged loss .*\| \+ 1\)"):
+        train(optimizer, iterator, evaluate, settings, tmp_path, resume=False)
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "2", "4", "6"] and 1e3 < float(rows[-1]["train_loss"]) < float("inf")
+
+
+@pytest.mark.parametrize("method", ["sgd", "kfac"])
+def test_a_stop_request_checkpoints_at_the_step_boundary_and_resumes_exactly(tmp_path: Path, method: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = run(method, tmp_path / "whole", 12, resume=False)
+    received: list[int] = []
+    monkeypatch.setattr(interrupts, "_received", received)
+    optimizer, iterator, evaluate = setup(method)
+    settings = LoopSettings(steps=12, log_every=2, eval_every=4, checkpoint_every=100, global_batch=8)
+
+    def stop_after_step_4(step: int, row: dict) -> None:
+        if step == 4:
+            received.append(signal.SIGTERM)  # as the handler would; the loop finishes no further step
+
+    with pytest.raises(interrupts.Interrupted) as stopped:
+        train(optimizer, iterator, evaluate, settings, tmp_path / "split", False, extra_state={"data": iterator},
+              progress=stop_after_step_4)
+    assert stopped.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("*.index")) == ["ckpt-4.index"]
+    received.clear()
+    resumed = run(method, tmp_path / "split", 12, resume=True)
+    assert [r["step"] for r in read_rows(tmp_path / "split" / "metrics.csv")] == ["0", "2", "4", "6", "8", "10", "12"]
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)

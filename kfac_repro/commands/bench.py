@@ -10,7 +10,7 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: every arm's cost per update, step time against SGD, inversion time."""
+    """Benchmarks: every arm's cost per update, step time against SGD, fit step time against Adam, inversion time."""
 
 
 @bench.command("arms")
@@ -118,3 +118,25 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
     for timing in timings:
         click.echo(f"{timing.block:18}{timing.factors:34}{timing.seconds:10.2f} s")
     click.echo(f"plain / doubly-factored: {timings[1].seconds / timings[0].seconds:.1f}×")
+
+
+@bench.command("fit")
+@click.option("--model", "models", type=click.Choice(["mlp", "cnn"]), multiple=True, default=("mlp", "cnn"),
+              show_default=True, help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="timed epochs after one warm-up epoch (the median is reported)")
+def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> None:
+    """ms per step of Keras `fit` with kfac_repro.keras.KFAC (defaults, inverse refreshes included) and with Adam."""
+    from kfac_repro.benchmarks.fit_time import time_fit
+
+    click.echo(f"Fashion-MNIST, first {batch_size * steps} training examples, batch {batch_size}; median of "
+               f"{epochs} epochs of {steps} steps after a warm-up epoch")
+    timings = time_fit(list(models), batch_size, steps, epochs,
+                       progress=lambda what: click.echo(f"  fitting {what} ...", err=True))
+    click.echo(f"{'model':6}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
+    adam = {t.model: t.ms_per_step for t in timings if t.optimizer.startswith("Adam")}
+    for t in timings:
+        ratio = t.ms_per_step / adam[t.model]
+        click.echo(f"{t.model:6}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")

@@ -51,16 +51,30 @@ def verify(name: str, data_dir: Path | None) -> None:
 
 
 @data.command()
-@click.argument("name", type=click.Choice(["cifar10"]))
+@click.argument("name", type=click.Choice(["cifar10", "fashion_mnist"]))
 @_data_dir_option
-@click.option("--url", default=None, help="archive to fetch (http(s):// or file://); default: the official one")
-@click.option("--md5", default=None, help="expected MD5 of the archive; default: the official archive's")
+@click.option("--url", default=None,
+              help="cifar10: archive to fetch (http(s):// or file://); default: the official one")
+@click.option("--md5", default=None, help="cifar10: expected MD5 of the archive; default: the official archive's")
 def download(name: str, data_dir: Path | None, url: str | None, md5: str | None) -> None:
-    """Download NAME (CIFAR-10, python version), check its MD5, unpack it into the data root atomically."""
+    """Download NAME into the data root atomically: CIFAR-10 (python version, MD5 checked) from its official
+    address; Fashion-MNIST from the Debian package dataset-fashion-mnist (apt-get download, no root needed)."""
     from kfac_repro.data.download import CIFAR10_MD5, CIFAR10_URL, DownloadError, download_cifar10
 
     if registry.dataset_available(name, data_dir):
         click.echo(f"already present: {registry.describe(name, data_dir)}")
+        return
+    if name == "fashion_mnist":
+        from kfac_repro.data.debian_package import PACKAGE, install_fashion_mnist
+
+        if url or md5:
+            raise click.UsageError("--url and --md5 apply to cifar10 only")
+        click.echo(f"fetching the Debian package {PACKAGE}")
+        try:
+            target = install_fashion_mnist(data_dir)
+        except DownloadError as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(f"ok: Fashion-MNIST idx files in {target}")
         return
     source = url or CIFAR10_URL
     click.echo(f"downloading {source}")

@@ -1,7 +1,9 @@
 """`kfac-repro grid`: run every combination of a grid for one arm (in parallel processes if asked) and write
 the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<arm>/leaderboard.csv, best.json).
 
-A grid run again keeps its finished combinations and resumes the interrupted ones from their checkpoints."""
+A grid run again keeps its finished combinations and resumes the interrupted ones from their checkpoints.
+SIGTERM or SIGINT stops the combinations in training (each checkpoints and is marked interrupted) and exits with
+128 + the signal number; the combinations' processes never outlive the grid command."""
 
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ from typing import Any
 
 import click
 
+from kfac_repro.runner import interrupts, layout
 from kfac_repro.specs import SpecError, load_spec
+
+_RUN_ID = "run"  # each combination is one run, OUT/grid-<arm>/<combination>/<spec>/<profile>/<arm>/run
+_STOP_GRACE = 60.0
 
 
 @click.command("grid")
@@ -32,6 +38,7 @@ from kfac_repro.specs import SpecError, load_spec
 def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: tuple[str, ...], parallel: int,
          target_error: float | None, out: Path) -> None:
     """Grid-search the settings of arm ARM of experiment NAME and rank the combinations."""
+    interrupts.install()
     from kfac_repro.runner.grid import (
         combination_id,
         combinations,
@@ -50,39 +57,49 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
         combos = combinations(axes)
         for combo in combos:  # validate every combination before training any
             load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())], arms=(arm,))
+            layout.check_name(combination_id(combo), "grid combination")
+        root = layout.grid_dir(out, spec.name, profile, arm)
     except (SpecError, ValueError) as error:
         raise click.UsageError(str(error)) from error
-    root = out / spec.name / profile / f"grid-{arm}"
+
+    def run_dir(combo: dict[str, Any]) -> Path:
+        return layout.arm_dir(layout.combination_dir(root, combination_id(combo)), spec.name, profile, arm) / _RUN_ID
+
     click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
     pending = []
     for combo in combos:
-        status = run_status(root / combination_id(combo) / spec.name / profile / arm / "run")
-        if status == "complete":
+        if run_status(run_dir(combo)) == "complete":
             click.echo(f"  kept {combination_id(combo)} (finished earlier)")
         else:
-            pending.append((combo, root / combination_id(combo), status is not None))
+            pending.append((combo, layout.combination_dir(root, combination_id(combo)), run_dir(combo).exists()))
     running: list[tuple[subprocess.Popen[bytes], str]] = []
     failures = 0
     while pending or running:
         while pending and len(running) < parallel:
             combo, combo_dir, resume = pending.pop(0)
             command = [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile,
-                       "--out", str(combo_dir), "--run-id", "run", *(["--resume"] if resume else []),
+                       "--out", str(combo_dir), "--run-id", _RUN_ID, *(["--resume"] if resume else []),
                        *[a for o in overrides for a in ("--set", o)],
                        *[a for k, v in combo.items() for a in ("--set", f"{k}={v}")]]
             log = (combo_dir.parent / f"{combo_dir.name}.log")
             combo_dir.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab" if resume else "wb") as handle:
-                running.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT),
+                running.append((interrupts.start_child(command, stdout=handle, stderr=subprocess.STDOUT),
                                 combination_id(combo)))
             click.echo(f"  {'resumed' if resume else 'started'} {combination_id(combo)}")
         time.sleep(0.5)
+        signum = interrupts.requested()
+        if signum is not None:
+            interrupts.stop_children([process for process, _ in running], _STOP_GRACE)
+            click.echo(f"stopped by signal {signum}: {len(running)} combination(s) interrupted, {len(pending)} not "
+                       "started; run the same grid command again to resume", err=True)
+            sys.exit(128 + signum)
         for process, label in list(running):
             if process.poll() is not None:
                 running.remove((process, label))
                 failures += process.returncode != 0
                 click.echo(f"  finished {label} (exit {process.returncode})")
-    entries = [(combo, root / combination_id(combo) / spec.name / profile / arm / "run") for combo in combos]
+    entries = [(combo, run_dir(combo)) for combo in combos]
     rows = leaderboard(entries, target_error)
     write_leaderboard(root / "leaderboard.csv", rows, list(axes))
     best: dict[str, Any] = rows[0]

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import available_profiles, seed_runs
+from kfac_repro.plotting.results import SkippedRunWarning, available_profiles, seed_runs
+from kfac_repro.runner import layout
+
+
+@contextmanager
+def _skipped_runs_reported() -> Iterator[list[str]]:
+    """Print 'warning: skipped run DIR: why' once per skipped run, on stderr; the yielded list receives them."""
+    skipped: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedRunWarning)
+        try:
+            yield skipped
+        finally:
+            skipped += dict.fromkeys(str(w.message) for w in caught if w.category is SkippedRunWarning)
+            for message in skipped:
+                click.echo(f"warning: {message}", err=True)
 
 
 @click.command("plot")
@@ -18,6 +36,15 @@ from kfac_repro.plotting.results import available_profiles, seed_runs
 @click.option("--profile", default=None, help="which profile's runs (default: paper, else cpu, else smoke)")
 def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
     """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
+    if profile is not None and layout.name_problem(profile):  # the profile names the figure files
+        raise click.UsageError(f"--profile: {layout.name_problem(profile)}")
+    with _skipped_runs_reported():
+        made = _plot(figure, results, out, profile)
+    if made == 0:
+        sys.exit(1)
+
+
+def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
     from kfac_repro.plotting.figures import render
 
     made = 0
@@ -35,8 +62,7 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
         seeds = "/".join(str(n) for n in sorted({len(r) for r in runs.values()}))
         click.echo(f"fig {number}: {', '.join(str(p) for p in paths)} ({len(runs)} arms, {seeds} seed(s), "
                    f"profile {profiles[0]})")
-    if made == 0:
-        sys.exit(1)
+    return made
 
 
 @click.command("report")
@@ -50,10 +76,13 @@ def report(results: Path, out: Path, allow_mixed: bool) -> None:
     Refuses (exit 2) a figure whose runs mix commits or dirty trees unless --allow-mixed."""
     from kfac_repro.plotting.report import MixedCommits, report_text
 
-    try:
-        text = report_text(results, allow_mixed)
-    except MixedCommits as error:
-        raise click.UsageError(str(error)) from error
+    with _skipped_runs_reported() as skipped:
+        try:
+            text = report_text(results, allow_mixed)
+        except MixedCommits as error:
+            raise click.UsageError(str(error)) from error
+    if skipped:
+        text += "\n## Runs left out\n\n" + "".join(f"- {message}\n" for message in skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     click.echo(f"wrote {out}")

@@ -1,22 +1,26 @@
 """`kfac-repro run` (train the arms of an experiment) and `kfac-repro worker` (one process of a multi-process
 run, started by `run --workers N` on this machine or by the user on each host of a cluster).
 
-Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec.
+Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec (or a run directory taken,
+missing or in use), 3 the run diverged, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM: a checkpoint was
+saved at the step boundary and the run marked `interrupted`; `--resume` continues it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from kfac_repro.runner import interrupts, layout
 from kfac_repro.specs import SpecError, load_spec
+
+DIVERGED_EXIT = 3
+STOP_GRACE = 60.0  # seconds a child is given to checkpoint and exit after a stop, before SIGKILL
 
 _RUN_OPTIONS = [
     click.option("--profile", default="paper", show_default=True, help="paper, cpu or smoke (or a spec's own)"),
@@ -41,17 +45,16 @@ def _load(name: str, profile: str, overrides: tuple[str, ...], seed: int | None,
         raise click.UsageError(str(error)) from error
 
 
-def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool, suffix: str) -> Path:
-    """OUT/<spec>/<profile>/<arm>/<run-id><suffix> (suffix '-seed<S>' for a run of a seed list)."""
-    base = out / spec.name / spec.profile / arm
-    if run_id:
-        return base / f"{run_id}{suffix}"
-    if resume:
-        existing = sorted(p for p in base.glob(f"*{suffix}") if p.is_dir()) if base.exists() else []
-        if not existing:
-            raise click.UsageError(f"--resume: no earlier run of arm {arm!r} under {base}")
-        return existing[-1]
-    return base / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + suffix)
+def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool, seed: int | None) -> Path:
+    """The run directory (<run-id>-seed<S> for a run of a seed list): claimed afresh (exclusive mkdir), or the
+    one --resume continues."""
+    suffix = layout.seed_suffix(seed)
+    try:
+        arms = layout.arm_dir(out, spec.name, spec.profile, arm)
+        return (layout.existing_run_dir(arms, run_id, suffix) if resume
+                else layout.claim_run_dir(arms, run_id, suffix))
+    except layout.LayoutError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _check_data(spec: Any, arms: list[str]) -> None:
@@ -100,7 +103,9 @@ def _seeds_of(spec: Any, arm: str, chosen: list[int] | None) -> list[int] | None
                    "<run-id>-seed<S>; default: the spec's training.seeds")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="results root: runs go to OUT/<spec>/<profile>/<arm>/<run-id>/")
-@click.option("--run-id", default=None, help="run directory name (default: the UTC start time)")
+@click.option("--run-id", default=None,
+              help="run directory name: letters, digits and . _ - + = , (default: the UTC start time); one that "
+                   "exists is refused unless --resume")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy); must equal the arm's "
                    "distribution.workers when > 1")
@@ -110,6 +115,9 @@ def _seeds_of(spec: Any, arm: str, chosen: list[int] | None) -> list[int] | None
 def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ...], seed: int | None,
         resume: bool, seeds_text: str | None, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
+    interrupts.install()
+    if run_id is not None and layout.name_problem(run_id):
+        raise click.UsageError(f"--run-id: {layout.name_problem(run_id)}")
     chosen = _seed_list(seeds_text)
     if chosen is not None and seed is not None:
         raise click.UsageError("give --seed or --seeds, not both")
@@ -124,12 +132,22 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         if tuned:
             for arm in selected:
                 _grid_best(out, spec, arm)  # every arm's grid result exists before any training
-        failed = [f"{arm}" + ("" if s is None else f" seed {s}") for arm, s in jobs if subprocess.run(
-            [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
-             *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
-             *(["--seeds", str(s)] if s is not None else []),
-             *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
-             *(["--tuned"] if tuned else []), "--workers", str(workers)]).returncode != 0]
+        failed = []
+        for arm, job_seed in jobs:
+            what = f"arm {arm}" + ("" if job_seed is None else f" seed {job_seed}")
+            child = interrupts.start_child(
+                [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
+                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
+                 *(["--seeds", str(job_seed)] if job_seed is not None else []),
+                 *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
+                 *(["--tuned"] if tuned else []), "--workers", str(workers)])
+            try:
+                code = interrupts.wait_child(child, STOP_GRACE)
+            except interrupts.Interrupted as stop:
+                click.echo(f"stopped by {stop}: {what} interrupted; later runs not started", err=True)
+                sys.exit(stop.exit_code)
+            if code != 0:
+                failed.append(what)
         if failed:
             click.echo(f"error: failed: {', '.join(failed)}", err=True)
             sys.exit(1)
@@ -143,21 +161,47 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         overrides = (*(f"{key}={value}" for key, value in best.items()), *overrides)
         spec = _load(name, profile, overrides, seed, arms)
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
-    run_dir = _run_dir(out, spec, arm, run_id, resume, "" if job_seed is None else f"-seed{job_seed}")
+    run_dir = _run_dir(out, spec, arm, run_id, resume, job_seed)
+    try:
+        lock = layout.lock_run_dir(run_dir)
+    except layout.LayoutError as error:
+        raise click.UsageError(str(error)) from error
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
     if resume and _finished(run_dir, int(spec.arms[arm].training["steps"])):
+        lock.close()
         click.echo("   complete already: kept")  # as it is, with the commit and machine that made it
         return
-    try:
-        if workers > 1:
-            _launch(name, arm, profile, overrides, seed, resume, run_dir, workers)
-        else:
-            from kfac_repro.distribute.strategy import reserve_cpu_replicas
+    with lock:
+        _train_or_exit(lambda: _launch(name, arm, profile, overrides, seed, resume, run_dir, workers) if workers > 1
+                       else _train_single(spec, arm, run_dir, resume, label_suffix), f"arm {arm}")
 
-            reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
-            _train_here(spec, arm, run_dir, resume, label_suffix)
+
+def _train_single(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str) -> None:
+    from kfac_repro.distribute.strategy import reserve_cpu_replicas
+
+    reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
+    _train_here(spec, arm, run_dir, resume, label_suffix)
+
+
+def _train_or_exit(train: Any, what: str) -> None:
+    """Run `train()`; exit 128 + N when stopped by signal N, 3 when the run diverged, 1 when it failed."""
+    from kfac_repro.distribute.launcher import WorkerFailure
+
+    try:
+        train()
+    except (interrupts.Interrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, interrupts.Interrupted) else 130
+        click.echo(f"\n{what} interrupted ({stop}); continue it with --resume", err=True)
+        sys.exit(code)
+    except WorkerFailure as error:
+        click.echo(f"error: {what} failed: {error}", err=True)
+        sys.exit(error.exit_code)
     except Exception as error:
-        click.echo(f"error: arm {arm} failed: {type(error).__name__}: {error}", err=True)
+        loop = sys.modules.get("kfac_repro.runner.loop")  # imports TensorFlow: only a run that trained has it
+        if loop is not None and isinstance(error, loop.TrainingDiverged):
+            click.echo(f"\nerror: {what} diverged: {error}", err=True)
+            sys.exit(DIVERGED_EXIT)
+        click.echo(f"error: {what} failed: {type(error).__name__}: {error}", err=True)
         sys.exit(1)
 
 
@@ -173,6 +217,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
 def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: int | None, resume: bool,
            run_dir: Path, cluster_file: Path | None, index: int | None) -> None:
     """One worker process of a multi-worker run (TF_CONFIG or --cluster/--index say which)."""
+    interrupts.install()
     from kfac_repro.distribute.cluster import ClusterConfigError, load_cluster_file, parse_tf_config
 
     try:
@@ -186,11 +231,7 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
     except ClusterConfigError as error:
         raise click.UsageError(str(error)) from error
     spec = _load(name, profile, overrides, seed, (arm,))
-    try:
-        _train_here(spec, arm, run_dir, resume)
-    except Exception as error:
-        click.echo(f"error: worker failed: {type(error).__name__}: {error}", err=True)
-        sys.exit(1)
+    _train_or_exit(lambda: _train_here(spec, arm, run_dir, resume), "worker")
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -204,7 +245,7 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
     """The best combination ({section.field: value}) of the arm's grid search under `out`."""
-    path = out / spec.name / spec.profile / f"grid-{arm}" / "best.json"
+    path = layout.grid_dir(out, spec.name, spec.profile, arm) / "best.json"
     try:
         return dict(json.loads(path.read_text())["params"])
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -244,5 +285,20 @@ def _launch(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed:
     command = [sys.executable, "-m", "cli", "worker", name, "--arm", arm, "--profile", profile,
                "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)],
                *(["--seed", str(seed)] if seed is not None else []), *(["--resume"] if resume else [])]
-    seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True))
+    seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True),
+                                stop_grace=STOP_GRACE, on_stop=lambda: _mark_interrupted(run_dir))
     click.echo(f"   {workers} workers finished in {seconds:.1f} s")
+
+
+def _mark_interrupted(run_dir: Path) -> None:
+    """After the workers were stopped: a run.json still at `running` (worker 0 killed before it could write) is
+    marked `interrupted`."""
+    record_path = run_dir / "run.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("status") == "running":
+        temporary = run_dir / "run.json.tmp"
+        temporary.write_text(json.dumps({**record, "status": "interrupted"}, indent=2) + "\n")
+        temporary.replace(record_path)

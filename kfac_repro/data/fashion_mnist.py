@@ -25,6 +25,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_UBYTE = 0x08
+NUM_CLASSES = 10
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -57,7 +58,8 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path:
     looked = ", ".join(str(d) for d in searched)
     raise DataNotFoundError(
         f"Fashion-MNIST not found; looked in: {looked}. Expected the files "
-        f"{', '.join(v + '[.gz]' for v in FILES.values())}. On Debian: apt-get install dataset-fashion-mnist."
+        f"{', '.join(v + '[.gz]' for v in FILES.values())}. Install them there with `kfac-repro data download "
+        "fashion_mnist` (the Debian package dataset-fashion-mnist, no root needed)."
     )
 
 
@@ -73,6 +75,12 @@ def load_fashion_mnist(
             raise DataNotFoundError(
                 f"{directory}: {split} split has images {images.shape} and labels {labels.shape}; "
                 "expected [N,28,28] and [N]"
+            )
+        if labels.size and labels.max() >= NUM_CLASSES:
+            bad = int(np.argmax(labels >= NUM_CLASSES))
+            raise DataNotFoundError(
+                f"{_locate(directory, FILES[f'{split}_labels'])}: label {labels[bad]} at index {bad} is outside "
+                f"0..{NUM_CLASSES - 1}"
             )
     return (
         (arrays["train_images"], arrays["train_labels"]),

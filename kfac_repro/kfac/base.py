@@ -8,7 +8,7 @@ the same new state, and `commit` assigns it once per variable through a cross-re
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
@@ -19,6 +19,16 @@ from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.config import Schedule
 from kfac_repro.kfac.polyak import PolyakAverage
 from kfac_repro.kfac.replicas import all_reduce_mean, assign_all, reduce_metrics
+
+
+def check_same_variables(model: keras.Model, built_for: Sequence, current: Sequence) -> None:
+    """ValueError unless `current` (the model's trainable variables now) are those the optimizer was built for: a
+    layer's `trainable` set afterwards would leave its blocks, velocities and update for the old set."""
+    if [id(v) for v in current] != [id(v) for v in built_for]:
+        changed = sorted({v.path for v in current} ^ {v.path for v in built_for})
+        raise ValueError(f"the trainable variables of model {model.name!r} changed after its optimizer was built (a "
+                         f"layer's `trainable` was set; differing: {changed}): build a new optimizer (and compile "
+                         "again)")
 
 
 def scheduled(schedule: Schedule, step: tf.Tensor) -> tf.Tensor:
@@ -70,6 +80,10 @@ class ModelOptimizer(abc.ABC):
                          for i, p in enumerate(self.params)]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.polyak = PolyakAverage(self.params, polyak_decay) if polyak_decay is not None else None
+
+    def check_trainable(self) -> None:
+        """Refuse to train once `trainable` changed since construction (see `check_same_variables`)."""
+        check_same_variables(self.model, self.params, self.model.trainable_variables)
 
     def checkpoint_state(self) -> dict[str, object]:
         """Everything besides the model's weights that a resumed run needs, as tf.train.Checkpoint children."""

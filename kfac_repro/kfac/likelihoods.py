@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.replicas import global_example_offset
 
-Likelihood = Literal["categorical", "gaussian"]
+Likelihood = Literal["categorical", "gaussian", "bernoulli"]
 FisherTargets = Literal["sample", "exact"]
 _EPSILON = 1e-7
 
@@ -21,7 +21,16 @@ _EPSILON = 1e-7
 def negative_log_likelihood(
     likelihood: Likelihood, outputs: tf.Tensor, targets: tf.Tensor, from_logits: bool
 ) -> tf.Tensor:
-    """Per-example loss [B]: cross-entropy with integer labels, or ½‖z − y‖² for a unit Gaussian."""
+    """Per-example loss [B]: cross-entropy with integer labels, ½‖z − y‖² for a unit Gaussian, or the summed
+    binary cross-entropy of independent Bernoulli outputs."""
+    if likelihood == "bernoulli":
+        targets = tf.cast(targets, outputs.dtype)
+        if from_logits:
+            per_element = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=outputs)
+        else:
+            clipped = tf.clip_by_value(outputs, _EPSILON, 1.0 - _EPSILON)
+            per_element = -(targets * tf.math.log(clipped) + (1.0 - targets) * tf.math.log(1.0 - clipped))
+        return tf.reduce_sum(tf.reshape(per_element, [tf.shape(outputs)[0], -1]), axis=1)
     if likelihood == "categorical":
         labels = tf.cast(tf.reshape(targets, [-1]), tf.int32)
         if from_logits:
@@ -33,7 +42,7 @@ def negative_log_likelihood(
 
 
 def error_rate(likelihood: Likelihood, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-    """Top-1 classification error of the batch (NaN for a Gaussian likelihood)."""
+    """Top-1 classification error of the batch (NaN for a Gaussian or Bernoulli likelihood)."""
     if likelihood != "categorical":
         return tf.constant(float("nan"))
     labels = tf.cast(tf.reshape(targets, [-1]), tf.int64)
@@ -55,9 +64,14 @@ def fisher_cotangents(
     depend on how the batch is split across replicas.
     exact: one cotangent per class k, v_k = √p_k (p − e_k) for logits (Σ_k v_k v_kᵀ = diag p − p pᵀ), or
     −e_k/√p_k for probabilities; for a Gaussian, v_k = e_k (Σ v_k v_kᵀ = I).
+    bernoulli (independent elements, p = σ(z) or the output itself): sample: y ~ Bernoulli(p) per element,
+    v = p − y for logits, (p − y)/(p(1 − p)) for probabilities; exact: v_k = √(p_k(1 − p_k)) e_k, or
+    e_k/√(p_k(1 − p_k)).
     """
     outputs = tf.stop_gradient(outputs)
     batch = tf.shape(outputs)[0]
+    if likelihood == "bernoulli":
+        return _bernoulli_cotangents(outputs, from_logits, mode, seed)
     if likelihood == "gaussian":
         flat = tf.reshape(outputs, [batch, -1])
         dims = flat.shape[1]
@@ -84,6 +98,21 @@ def fisher_cotangents(
         else:
             cotangents.append(-onehot / tf.maximum(weight, _EPSILON))
     return cotangents
+
+
+def _bernoulli_cotangents(outputs: tf.Tensor, from_logits: bool, mode: FisherTargets, seed: tf.Tensor
+                          ) -> list[tf.Tensor]:
+    batch = tf.shape(outputs)[0]
+    flat = tf.reshape(outputs, [batch, -1])
+    p = tf.sigmoid(flat) if from_logits else tf.clip_by_value(flat, _EPSILON, 1.0 - _EPSILON)
+    variance = p * (1.0 - p)
+    if mode == "sample":
+        sampled = tf.cast(_global_noise(seed, batch, flat.shape[1], normal=False) < p, p.dtype)
+        flat_v = (p - sampled) if from_logits else (p - sampled) / variance
+        return [tf.reshape(flat_v, tf.shape(outputs))]
+    weight = tf.sqrt(variance) if from_logits else 1.0 / tf.sqrt(variance)
+    return [tf.reshape(weight * tf.one_hot(tf.fill([batch], k), flat.shape[1], dtype=p.dtype), tf.shape(outputs))
+            for k in range(flat.shape[1])]
 
 
 def _global_noise(seed: tf.Tensor, local_batch: tf.Tensor, width: int, normal: bool) -> tf.Tensor:

@@ -73,6 +73,7 @@ class KFAC(ModelOptimizer):
         self._install(self._invert(self._snapshot()), self._host_iteration)
 
     def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
+        self.check_trainable()
         step = self._host_iteration
         if self.inverse_iteration < 0:
             self.accumulate_statistics(x)

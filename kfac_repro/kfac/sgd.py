@@ -31,4 +31,5 @@ class SGD(ModelOptimizer):
         """SGD keeps no host-side state: everything is in its variables."""
 
     def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
+        self.check_trainable()
         return self._step(x, y)

@@ -1,16 +1,24 @@
 """Finding runs under results/<spec>/<profile>/<arm>/<run-id>/ and loading their metrics: for each arm the
 newest complete run (run ids sort by start time), or the newest complete run of every seed. Grid-search runs
-(grid-<arm>/…) are not arms of a figure."""
+(grid-<arm>/…) are not arms of a figure.
+
+A run newer than the one chosen that cannot be used is skipped with a SkippedRunWarning naming it and saying why:
+not finished (its status: running, interrupted, diverged, failed), or marked complete with a metrics.csv that is
+unreadable, empty, lacks columns, or ends before the run's last step (cut short); for seeds, a run newer than
+the one chosen for its seed (or of a seed with no usable run)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+
+from kfac_repro.runner import layout
 
 PROFILE_PREFERENCE = ("paper", "cpu", "smoke")
 
@@ -34,9 +42,7 @@ class Run:
     @property
     def seed(self) -> int:
         """run.json's seed; runs made before seeds were recorded: resolved.yaml's training.seed (default 0)."""
-        if "seed" in self.record:
-            return int(self.record["seed"])
-        return int((self.resolved.get("training") or {}).get("seed") or 0)
+        return _seed_of(self.record, self.resolved)
 
     @property
     def commit(self) -> str:
@@ -47,48 +53,102 @@ class Run:
         return (self.resolved.get(section) or {}).get(name)
 
 
-def _load_run(arm: str, run_dir: Path) -> Run | None:
+def _seed_of(record: dict[str, Any], resolved: dict[str, Any]) -> int:
+    if "seed" in record:
+        return int(record["seed"])
+    return int((resolved.get("training") or {}).get("seed") or 0)
+
+
+def _load_run(arm: str, run_dir: Path) -> tuple[Run | None, str, int]:
+    """(the run, "", its seed) when usable, else (None, why not, its seed as far as its records tell)."""
     record = _json(run_dir / "run.json")
-    if record.get("status") != "complete" or not (run_dir / "metrics.csv").is_file():
-        return None
     try:
         resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         resolved = {}
-    return Run(arm, str(record.get("label", arm)), run_dir, pd.read_csv(run_dir / "metrics.csv"), record,
-               _json(run_dir / "environment.json"), resolved if isinstance(resolved, dict) else {})
+    resolved = resolved if isinstance(resolved, dict) else {}
+    try:
+        seed = _seed_of(record, resolved)
+    except (TypeError, ValueError):
+        seed = -1
+    metrics, problem = _usable_metrics(run_dir, record)
+    if metrics is None:
+        return None, problem, seed
+    return Run(arm, str(record.get("label", arm)), run_dir, metrics, record, _json(run_dir / "environment.json"),
+               resolved), "", seed
+
+
+def _skip(run_dir: Path, problem: str) -> None:
+    warnings.warn(f"skipped run {run_dir}: {problem}", SkippedRunWarning, stacklevel=3)
 
 
 def seed_runs(results: Path, spec: str, profile: str) -> dict[str, list[Run]]:
     """arm → the newest complete run of each of its seeds (by seed), arms in directory order. Newest: the latest
-    environment time_utc, then the run id."""
+    environment time_utc, then the run id. Unusable runs newer than their seed's chosen run are skipped with a
+    warning."""
     arms: dict[str, list[Run]] = {}
-    base = results / spec / profile
-    if not base.is_dir():
-        return arms
-    for arm_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("grid-")):
+    for arm_dir in layout.arm_dirs(results, spec, profile):
+        loaded = [(run_dir, *_load_run(arm_dir.name, run_dir)) for run_dir in layout.run_dirs(arm_dir)]
         newest: dict[int, Run] = {}
-        loaded = [run for p in arm_dir.iterdir() if p.is_dir() and (run := _load_run(arm_dir.name, p))]
-        for run in sorted(loaded, key=lambda r: (str(r.environment.get("time_utc", "")), r.directory.name)):
-            newest[run.seed] = run
+        for run_dir, run, problem, seed in sorted(loaded, key=lambda item: (_started(item[0]), item[0].name),
+                                                  reverse=True):
+            if seed in newest:
+                continue
+            if run is None:
+                _skip(run_dir, problem)
+            else:
+                newest[seed] = run
         if newest:
             arms[arm_dir.name] = [newest[seed] for seed in sorted(newest)]
     return arms
 
 
+def _started(run_dir: Path) -> str:
+    return str(_json(run_dir / "environment.json").get("time_utc", ""))
+
+
 def newest_complete_runs(results: Path, spec: str, profile: str) -> dict[str, Run]:
     """arm → its newest complete run, in the order the arms first appear (by directory name)."""
     runs: dict[str, Run] = {}
-    base = results / spec / profile
-    if not base.is_dir():
-        return runs
-    for arm_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("grid-")):
-        for run_dir in sorted((p for p in arm_dir.iterdir() if p.is_dir()), reverse=True):
-            run = _load_run(arm_dir.name, run_dir)
-            if run is not None:
-                runs[arm_dir.name] = run
-                break
+    for arm_dir in layout.arm_dirs(results, spec, profile):
+        for run_dir in layout.run_dirs(arm_dir)[::-1]:
+            run, problem, _ = _load_run(arm_dir.name, run_dir)
+            if run is None:
+                _skip(run_dir, problem)
+                continue
+            runs[arm_dir.name] = run
+            break
     return runs
+
+
+class SkippedRunWarning(UserWarning):
+    """A run was left out of figures and reports (the message names it and says why)."""
+
+
+_NEEDED = ("step", "examples", "seconds", "train_loss", "train_error", "val_loss", "val_error")
+
+
+def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
+    """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used)."""
+    status = record.get("status")
+    if status != "complete":
+        return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
+        return None, f"metrics.csv unreadable ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
+    missing = [c for c in _NEEDED if c not in metrics.columns]
+    if missing:
+        return None, f"metrics.csv lacks columns {', '.join(missing)}"
+    if metrics.empty:
+        return None, "metrics.csv has no rows"
+    garbled = [c for c in _NEEDED if not pd.api.types.is_numeric_dtype(metrics[c])]
+    if garbled or metrics["step"].isna().any():
+        return None, f"metrics.csv has non-numeric values in {', '.join(garbled or ['step'])}"
+    last, expected = int(metrics["step"].iloc[-1]), record.get("steps")
+    if isinstance(expected, int) and last < expected:
+        return None, f"incomplete: metrics.csv ends at step {last} of {expected} (cut short)"
+    return metrics, ""
 
 
 def available_profiles(results: Path, spec: str) -> list[str]:

@@ -6,6 +6,7 @@ The run directory results/<spec>/<profile>/<arm>/<run-id>/ receives metrics.csv,
 environment.json, tensorboard/ and checkpoints/. In a multi-process run only worker 0 writes there. With
 data.holdout > 0, validation rows come from examples held out of the training set, and the test split is evaluated
 once, after the last update, into run.json (test_loss, test_error): it is reported, never used to choose.
+run.json's status: running, then complete, interrupted (SIGTERM/SIGINT; a checkpoint was saved), diverged or failed.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def run_arm(
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac import KFAC, SGD
     from kfac_repro.models.registry import build_model
+    from kfac_repro.runner import interrupts
     from kfac_repro.runner.environment import environment_record, write_environment
-    from kfac_repro.runner.loop import LoopSettings, train
+    from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 
     model_section, data_section = arm["model"], arm["data"]
     training, distribution = arm["training"], arm.get("distribution", {})
@@ -79,6 +81,7 @@ def run_arm(
         raise ValueError(f"distribution.workers is {replicas} but {processes} worker processes were started: "
                          "a multi-process run has one gradient worker per process")
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
+    interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
     if training.get("deterministic", True):
         tf.config.experimental.enable_op_determinism()
     seed = int(training.get("seed", 0))
@@ -87,6 +90,9 @@ def run_arm(
     size = int(model_section["input_size"])
     channels = int(info["image_shape"][-1]) if info["image_shape"] else 3
     classes = int(model_section["num_classes"])
+    if data_section["name"] != "synthetic" and info.get("num_classes") and classes < int(info["num_classes"]):
+        raise ValueError(f"model.num_classes is {classes} but data set {data_section['name']!r} has labels "
+                         f"0..{int(info['num_classes']) - 1}: set model.num_classes to {info['num_classes']}")
     holdout = int(data_section.get("holdout") or 0)
     data_args: dict[str, Any] = {"data_dir": data_section.get("data_dir"), "image_size": size, "holdout": holdout,
                  "num_classes": classes if data_section["name"] == "synthetic" else None}
@@ -127,14 +133,17 @@ def run_arm(
     evaluate = _evaluator(optimizer, val_data, int(training.get("eval_batches", 10)))
     settings = LoopSettings(steps=int(training["steps"]), log_every=int(training["log_every"]),
                             eval_every=int(training["eval_every"]),
-                            checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch)
+                            checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
+                            divergence_factor=float(training.get("divergence_factor", 10.0)))
     iterator = iter(train_data)
     try:
         extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
         final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
                       progress=progress)
-    except BaseException:
-        _write_status(run_dir, record, "failed", chief)
+    except BaseException as error:
+        status = ("interrupted" if isinstance(error, interrupts.Interrupted | KeyboardInterrupt) else
+                  "diverged" if isinstance(error, TrainingDiverged) else "failed")
+        _write_status(run_dir, record, status, chief)
         raise
     finally:
         if isinstance(optimizer, KFAC):

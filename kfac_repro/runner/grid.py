@@ -42,14 +42,20 @@ def parse_param(text: str) -> tuple[str, list[Any]]:
 
 
 def run_status(run_dir: Path) -> str | None:
-    """The status in a run's run.json ('complete', 'running', 'failed'), None if the run never started."""
-    record = run_dir / "run.json"
-    return str(json.loads(record.read_text())["status"]) if record.exists() else None
+    """The status in a run's run.json ('complete', 'running', 'interrupted', 'diverged', 'failed'), None if the run
+    never started (or its run.json is unreadable)."""
+    try:
+        return str(json.loads((run_dir / "run.json").read_text())["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def summarise(run_dir: Path) -> dict[str, Any]:
     """Final and best losses and errors of one finished run (its metrics.csv and run.json)."""
-    rows = read_rows(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    try:
+        rows = read_rows(run_dir / "metrics.csv")
+    except (OSError, ValueError):  # missing, or not a CSV (binary): the run counts as having no rows
+        rows = []
     status = run_status(run_dir) or "missing"
     evaluated = [r for r in rows if r["val_error"]]
     return {

@@ -5,7 +5,10 @@ Row semantics: `step` is the number of updates done; a fresh run's first row is 
 initial weights); train_loss/train_error average the (augmented) training batches since the previous row; `seconds`
 is training wall-clock from the end of the first update (validation excluded), carried across resumes: the first
 update of every process (tracing, and K-FAC's first inversion) is timed apart in `first_update_seconds`.
-A non-finite training loss stops the run (TrainingDiverged) after its row is logged, not hours later.
+A run stops with TrainingDiverged after the row that shows it, not hours later: when the training loss is NaN or
+infinite, or above `divergence_factor` × (|first logged training loss| + 1) (a finite blow-up; the + 1 keeps the rule
+meaningful when the first loss is near zero). A stop requested by SIGTERM/SIGINT (`interrupts`) is honoured at the
+next step boundary: a checkpoint of the steps done is saved, then Interrupted is raised.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.replicas import backing_variable
+from kfac_repro.runner import interrupts
 from kfac_repro.runner.metrics_log import MetricsLog
 
 
@@ -32,6 +36,7 @@ class LoopSettings:
     eval_every: int
     checkpoint_every: int
     global_batch: int
+    divergence_factor: float = 10.0
 
 
 Row = dict[str, float | None]
@@ -39,7 +44,7 @@ Progress = Callable[[int, Row], None]
 
 
 class TrainingDiverged(ArithmeticError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or far above its first logged value."""
 
 
 def train(
@@ -70,12 +75,19 @@ def train(
     window: list[Metrics] = []  # tensors: converted only when a row is logged
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
     first_update: float | None = None
+    first_loss = log.first_train_loss
     try:
         if start == 0 and not log.last:  # a run resumed before its first checkpoint keeps its step-0 row
             val_loss, val_error = evaluate()
             log.append({"step": 0, "examples": 0, "seconds": 0.0, "val_loss": val_loss, "val_error": val_error})
         clock = time.perf_counter()
         for step in range(start + 1, settings.steps + 1):
+            if interrupts.requested() is not None:
+                elapsed.assign_add(time.perf_counter() - clock)
+                log.sync()
+                if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step - 1}"):
+                    manager.save(checkpoint_number=step - 1)
+                interrupts.check()
             x, y = next(batches)
             window.append(optimizer.step(x, y))
             if step == start + 1:  # its loss read back: the first update has finished before the clock starts
@@ -90,10 +102,8 @@ def train(
                 log.append(row)
                 _summarise(writer, step, row)
                 progress(step, row)
-                if not math.isfinite(row["train_loss"] or 0.0):
-                    raise TrainingDiverged(
-                        f"training loss is {row['train_loss']} at step {step}: the run diverged (K-FAC: try a larger "
-                        "damping or a smaller kl_clip; SGD: a smaller learning_rate)")
+                first_loss = row["train_loss"] if first_loss is None else first_loss
+                _check_divergence(row["train_loss"], first_loss, settings.divergence_factor, step)
                 clock = time.perf_counter()
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
@@ -104,6 +114,20 @@ def train(
         log.close()
         writer.close()
     return row
+
+
+def _check_divergence(loss: float | None, first: float | None, factor: float, step: int) -> None:
+    """TrainingDiverged if `loss` is not finite or above factor × (|first| + 1)."""
+    if loss is None:
+        return
+    bound = factor * (abs(first) + 1.0) if first is not None and math.isfinite(first) else math.inf
+    if not math.isfinite(loss) or loss > bound:
+        reason = "" if not math.isfinite(loss) else (
+            f", above the divergence bound {bound:.4g} = training.divergence_factor {factor:g} × "
+            f"(|first logged loss {first:.4g}| + 1)")
+        raise TrainingDiverged(
+            f"training loss is {loss:.6g} at step {step}{reason}: the run diverged (K-FAC: try a larger damping or "
+            "a smaller kl_clip; SGD: a smaller learning_rate)")
 
 
 def _row(step: int, global_batch: int, seconds: float, steps: list[Metrics]) -> Row:

@@ -19,15 +19,17 @@ COLUMNS = (
 
 
 class MetricsLog:
-    """Appends rows with the COLUMNS above (missing values are written empty); `last` is the last row kept on
-    resume (numbers, None where empty), {} for a new log."""
+    """Appends rows with the COLUMNS above (missing values are written empty); `first_train_loss` is the first
+    training loss kept on resume (None: none yet; the step-0 row has none) and `last` the last row kept (numbers,
+    None where empty; {} for a new log)."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         kept = [] if resume_step is None or not path.exists() else [
             row for row in read_rows(path) if int(row["step"]) <= resume_step]
         self._write_rows(kept)
-        self.last: dict[str, float | None] = {c: float(v) if v else None for c, v in kept[-1].items()} if kept else {}
+        self.first_train_loss = next((float(row["train_loss"]) for row in kept if row.get("train_loss")), None)
+        self.last: dict[str, float | None] = _numbers(kept[-1]) if kept else {}
         self._handle = path.open("a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
 
@@ -62,6 +64,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [row for row in rows if None not in row.values() and row.get("step", "").isdigit()]
+
+
+def _numbers(row: dict[str, str]) -> dict[str, float | None]:
+    return {c: float(v) if v else None for c, v in row.items()}
 
 
 def _format(value: float | int | None) -> str:

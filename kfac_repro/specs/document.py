@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kfac_repro.runner import layout
 from kfac_repro.specs import schema
 from kfac_repro.specs.errors import SpecError
 from kfac_repro.specs.merging import merge
@@ -42,15 +43,22 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
     for key in ("name", "description", "figure", "extends"):
         if key in document:
             check_string(document[key], path, key)
+    if "name" in document:
+        _check_dir_name(document["name"], path, "name")
     check_arm_layer(document.get("defaults"), path, "defaults", allow_label=False)
     arms = document.get("arms")
     if arms is not None:
         if not isinstance(arms, Mapping) or not arms:
             raise SpecError(path, "arms", f"expected a non-empty mapping of arm names to settings, found {arms!r}")
         for name, arm in arms.items():
+            _check_dir_name(name, path, f"arms.{name}")
+            if str(name).startswith(layout.GRID_PREFIX):
+                raise SpecError(path, f"arms.{name}", f"an arm name may not start with {layout.GRID_PREFIX!r} "
+                                "(reserved for grid searches in the results layout)")
             check_arm_layer(arm, path, f"arms.{name}", allow_label=True)
     profiles = check_mapping(document.get("profiles") or {}, path, "profiles")
     for name, profile in profiles.items():
+        _check_dir_name(name, path, f"profiles.{name}")
         _check_profile(profile, arms, path, f"profiles.{name}")
     grid = check_mapping(document.get("grid") or {}, path, "grid")
     for key, values in grid.items():
@@ -68,6 +76,14 @@ def _check_axes(axes: Mapping[str, Any], path: Path, field: str) -> None:
             raise SpecError(path, f"{field}.{key}", f"expected a non-empty list of values, found {values!r}")
         for value in values:
             parse_assignment(str(key), value, path, field)
+            _check_dir_name(f"{str(key).split('.')[-1]}={value}", path, f"{field}.{key}")
+
+
+def _check_dir_name(name: object, path: Path, field: str) -> None:
+    """Names that become directories of the results layout (spec, arms, profiles, grid combinations)."""
+    problem = layout.name_problem(name)
+    if problem:
+        raise SpecError(path, field, problem)
 
 
 def _check_profile(value: Any, arms: Mapping[str, Any] | None, path: Path, field: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_MESSAGE = 300
+
 
 class SpecError(ValueError):
     """A spec (or a --set override) is invalid.
@@ -13,5 +15,8 @@ class SpecError(ValueError):
     """
 
     def __init__(self, path: Path | str, field: str, message: str):
+        if len(message) > MAX_MESSAGE:  # a value quoted from a huge file stays short
+            message = message[:MAX_MESSAGE] + f"… ({len(message) - MAX_MESSAGE} more characters)"
+        field = field if len(field) <= MAX_MESSAGE else field[:MAX_MESSAGE] + "…"
         self.path, self.field, self.message = str(path), field, message
         super().__init__(f"{self.path}: {field}: {message}" if field else f"{self.path}: {message}")

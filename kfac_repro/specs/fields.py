@@ -45,10 +45,10 @@ class Field:
         return text + (" or null" if self.nullable else "")
 
     def _range(self) -> str:
-        low = (f"{self.minimum:g}", "[", ">=") if self.minimum is not None else (
-            (f"{self.above:g}", "(", ">") if self.above is not None else None)
-        high = (f"{self.maximum:g}", "]", "<=") if self.maximum is not None else (
-            (f"{self.below:g}", ")", "<") if self.below is not None else None)
+        low = (_number(self.minimum), "[", ">=") if self.minimum is not None else (
+            (_number(self.above), "(", ">") if self.above is not None else None)
+        high = (_number(self.maximum), "]", "<=") if self.maximum is not None else (
+            (_number(self.below), ")", "<") if self.below is not None else None)
         if low and high:
             return f" in {low[1]}{low[0]}, {high[0]}{high[1]}"
         bound = low or high
@@ -75,3 +75,8 @@ class Field:
             return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
                     and (self.above is None or value > self.above) and (self.below is None or value < self.below))
         return True
+
+
+def _number(bound: float) -> str:
+    """A bound in words: whole numbers in full (1048576, not 1.04858e+06)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"

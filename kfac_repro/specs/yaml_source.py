@@ -1,4 +1,7 @@
-"""Reading a spec file: YAML with duplicate keys rejected, and syntax errors reported with line and column."""
+"""Reading a spec file: UTF-8 YAML of plain mappings, lists and scalars, read strictly. Refused with a SpecError
+naming the file: bytes that are not UTF-8 (Latin-1, UTF-16, binary), a file over 1 MiB, duplicate keys, keys that
+are not scalars (`? [a, b]`), nesting deeper than 32 levels, and anchors/aliases (`&a`, `*a`: an alias bomb
+expands exponentially); syntax errors are reported with line and column."""
 
 from __future__ import annotations
 
@@ -9,14 +12,36 @@ import yaml
 
 from kfac_repro.specs.errors import SpecError
 
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 32
+
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a mapping with the same key twice."""
+    """SafeLoader that refuses anchors and aliases, deep nesting, and (below) duplicate and non-scalar keys."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not allowed in "
+                                              "a spec: write the values out (or use `extends`)", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain name or number, not a list or mapping", key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -31,9 +56,17 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def read_yaml(path: Path) -> dict[str, Any]:
     """The file's top-level mapping; SpecError for an unreadable file, bad YAML or a non-mapping document."""
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as error:
         raise SpecError(path, "", f"cannot read the spec file ({error.strerror})") from error
+    if len(raw) > MAX_BYTES:
+        raise SpecError(path, "", f"larger than {MAX_BYTES >> 20} MiB: not a spec file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SpecError(path, "", f"not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                        "save the spec as UTF-8") from error
     try:
         value = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as error:

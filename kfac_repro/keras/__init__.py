@@ -1,0 +1,24 @@
+"""K-FAC inside Keras's own training loop: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit`.
+
+Public API: `KFAC` (a Keras optimizer), `load_model` (keras.saving.load_model that re-attaches K-FAC to the loaded
+model). See README, "Keras fit".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from kfac_repro.keras.optimizer import KFAC
+
+__all__ = ["KFAC", "load_model"]
+
+
+def load_model(filepath: str, custom_objects: dict[str, Any] | None = None, **kwargs: Any) -> keras.Model:
+    """`keras.saving.load_model` for a model compiled with K-FAC: the optimizer, saved without its model, is
+    attached to the loaded model and gets its saved state, so that `fit` continues where it stopped."""
+    model = keras.saving.load_model(filepath, custom_objects={"KFAC": KFAC, **(custom_objects or {})}, **kwargs)
+    if isinstance(getattr(model, "optimizer", None), KFAC) and model.optimizer._binding is None:
+        model.optimizer.attach(model)
+    return model

@@ -1,0 +1,48 @@
+"""Layer taps that stay installed while Keras traces `fit`'s train step.
+
+Keras gives an optimizer only the gradients, so the K-FAC optimizer keeps its layer taps (and one on the model's
+own `call`, for its output) installed from construction to `close()`. Each traced call is recorded under the
+graph being traced (and, as in `LayerTaps`, per thread, for MirroredStrategy's replica threads); the optimizer's
+`apply`, traced into the same graph right after the forward pass, finds that pass's records there. Eager calls
+are not recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps
+
+
+class GraphTaps(LayerTaps):
+    """`LayerTaps` that also record `model`'s calls (`model_calls()`), keyed by the graph being traced."""
+
+    def __init__(self, model: keras.Model, preactivation_layers: Sequence[keras.layers.Layer],
+                 output_layers: Sequence[keras.layers.Layer]):
+        super().__init__(preactivation_layers, [*output_layers, model])
+        self._model_name = model.name
+
+    @property
+    def calls(self) -> dict[str, list[LayerCall]]:
+        """This thread's calls recorded in the graph now being traced (a throw-away record when eager)."""
+        if tf.executing_eagerly():
+            return _Discard()
+        graph = tf.compat.v1.get_default_graph()
+        if getattr(self._local, "graph", None) is not graph:
+            self._local.graph = graph
+            self.clear()
+        return self._local.calls
+
+    def model_calls(self) -> list[LayerCall]:
+        """The model's calls in the graph now being traced; `point` is the model's output."""
+        return self.calls[self._model_name]
+
+
+class _Discard(dict[str, list[LayerCall]]):
+    """A record that forgets everything appended to it."""
+
+    def __missing__(self, key: str) -> list[LayerCall]:
+        return []

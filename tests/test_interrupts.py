@@ -1,0 +1,189 @@
+"""SIGTERM and SIGINT in every process that trains or supervises training: a checkpoint at the next step boundary,
+the run marked `interrupted`, a non-zero exit within a bound, no child left behind; a killed parent takes its
+children down. Smoke-profile runs of a few seconds; timeouts are generous for a loaded 2-core machine."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+RUN = [sys.executable, "-m", "cli", "run", "cifar10-async", "--profile", "smoke"]
+ENDLESS = ["--set", "training.steps=1000000", "--set", "training.log_every=1", "--set", "training.eval_every=1000",
+           "--set", "training.checkpoint_every=1000"]
+STARTUP = 240.0  # seconds for TensorFlow to start and log its first rows on a loaded machine
+BOUND = 120.0  # seconds from the signal to the exit
+
+
+_started: list[int] = []  # every process a test started or saw as a child, killed at teardown if still alive
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    yield
+    for pid in _started:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _started.clear()
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    _started.append(process.pid)
+    return process
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = STARTUP) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            stderr = process.stderr.read()[-3000:] if process.stderr else ""
+            pytest.fail(f"exited early with {process.returncode}: {stderr}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the run to start")
+        time.sleep(0.2)
+
+
+def logged_rows(metrics: Path) -> int:
+    return max(0, len(metrics.read_text().splitlines()) - 1) if metrics.exists() else 0
+
+
+def finish(process: subprocess.Popen[str], timeout: float = BOUND) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"did not exit within {timeout} s of the signal")
+    return process.returncode, stderr
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    _started.extend(found)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = BOUND) -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"children {pids} outlived their parent by {timeout} s")
+        time.sleep(0.2)
+
+
+def status(run_dir: Path) -> str:
+    return str(json.loads((run_dir / "run.json").read_text())["status"])
+
+
+def steps(metrics: Path) -> list[int]:
+    with metrics.open() as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_signal_to_a_run_checkpoints_marks_it_interrupted_and_resume_finishes_it(tmp_path: Path,
+                                                                                 signum: int) -> None:
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sync-gpu1" / "r"
+    process = start([*RUN, "--arm", "sync-gpu1", *ENDLESS, "--out", str(tmp_path), "--run-id", "r"])
+    wait_until(lambda: logged_rows(run_dir / "metrics.csv") >= 4, process)  # step 0, then 3
+    process.send_signal(signum)
+    code, stderr = finish(process)
+    assert code == 128 + signum, stderr[-3000:]
+    assert "interrupted" in stderr and "--resume" in stderr
+    assert status(run_dir) == "interrupted"
+    checkpoint = sorted(run_dir.glob("checkpoints/ckpt-*.index"))[-1]
+    saved = int(checkpoint.stem.split("-")[1])
+    assert saved >= steps(run_dir / "metrics.csv")[-1] >= 3, "the checkpoint holds every logged step"
+    resumed = subprocess.run([*RUN, "--arm", "sync-gpu1", *ENDLESS[2:], "--set", f"training.steps={saved + 2}",
+                              "--out", str(tmp_path), "--run-id", "r", "--resume"], capture_output=True, text=True,
+                             timeout=STARTUP)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert steps(run_dir / "metrics.csv") == list(range(0, saved + 3)), "every step logged exactly once"
+    assert status(run_dir) == "complete"
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multi_arm_run_stops_its_child_and_starts_no_further_arm(tmp_path: Path) -> None:
+    process = start([*RUN, "--arm", "sync-gpu1", "--arm", "sgd-bn", *ENDLESS, "--out", str(tmp_path)])
+    base = tmp_path / "cifar10-async" / "smoke"
+    wait_until(lambda: any(logged_rows(m) >= 3 for m in base.glob("sync-gpu1/*/metrics.csv")), process)
+    child = children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 143, stderr[-3000:]
+    wait_gone(child, timeout=10)
+    (run_dir,) = (base / "sync-gpu1").iterdir()
+    assert status(run_dir) == "interrupted"
+    assert not (base / "sgd-bn").exists()
+
+
+def test_a_killed_parent_takes_its_training_child_down(tmp_path: Path) -> None:
+    process = start([*RUN, "--arm", "sync-gpu1", "--arm", "sgd-bn", *ENDLESS, "--out", str(tmp_path)])
+    base = tmp_path / "cifar10-async" / "smoke"
+    wait_until(lambda: any(logged_rows(m) >= 3 for m in base.glob("sync-gpu1/*/metrics.csv")), process)
+    child = children(process.pid)
+    assert child
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    wait_gone(child)  # the child got SIGTERM (parent-death signal): it checkpoints and exits
+    (run_dir,) = (base / "sync-gpu1").iterdir()
+    assert status(run_dir) == "interrupted"
+
+
+@pytest.mark.slow
+def test_sigterm_to_grid_stops_every_combination(tmp_path: Path) -> None:
+    process = start([sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+                     "--param", "optimizer.learning_rate=0.01,0.1", "--parallel", "2",
+                     *ENDLESS, "--out", str(tmp_path)])
+    grid = tmp_path / "cifar10-async" / "smoke" / "grid-sgd-bn"
+    wait_until(lambda: any(logged_rows(m) >= 2 for m in grid.glob("*/*/*/*/run/metrics.csv")), process)
+    child = children(process.pid)
+    assert len(child) == 2
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 143, stderr[-3000:]
+    assert "run the same grid command again to resume" in stderr
+    wait_gone(child, timeout=10)
+    assert not (grid / "leaderboard.csv").exists()
+
+
+def test_sigterm_to_the_worker_launcher_stops_both_workers_and_marks_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sync-gpu4" / "r"
+    process = start([*RUN, "--arm", "sync-gpu4", "--workers", "2", "--set", "distribution.workers=2", *ENDLESS,
+                     "--out", str(tmp_path), "--run-id", "r"])
+    wait_until(lambda: logged_rows(run_dir / "metrics.csv") >= 3, process, timeout=2 * STARTUP)
+    workers = children(process.pid)
+    assert len(workers) == 2
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 143, stderr[-3000:]
+    wait_gone(workers, timeout=10)
+    assert status(run_dir) == "interrupted"
