@@ -115,7 +115,7 @@ class ModelOptimizer(abc.ABC):
 
     def loss_and_outputs(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean negative log-likelihood of the (local) batch plus the model's own losses, and the outputs."""
-        outputs = self.model(x, training=training)
+        outputs = tf.cast(self.model(x, training=training), tf.float32)  # mixed precision: the loss in float32
         loss = tf.reduce_mean(likelihoods.negative_log_likelihood(self.likelihood, outputs, y, self.from_logits))
         if self.model.losses:
             loss += tf.add_n(self.model.losses)
