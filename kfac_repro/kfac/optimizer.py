@@ -47,7 +47,7 @@ class KFAC(ModelOptimizer):
 
     # ---- public API -------------------------------------------------------------------------------------------
     def summary(self) -> str:
-        """Each layer, its block type, factor shapes and inverse path."""
+        """Each layer, its block type, factor shapes, inverse path and why it got that block (or none)."""
         return self.preconditioner.summary()
 
     def communication_bytes(self) -> dict[str, int]:

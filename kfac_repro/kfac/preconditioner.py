@@ -21,8 +21,8 @@ from kfac_repro.kfac.base import scheduled
 from kfac_repro.kfac.blocks import FisherBlock
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inverse_refresh import Inverses, Snapshot
-from kfac_repro.kfac.layer_capture import LayerTaps
-from kfac_repro.kfac.registration import build_blocks, summary
+from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps, in_float32
+from kfac_repro.kfac.registration import build_blocks, skipped_layers, summary
 from kfac_repro.kfac.replicas import all_reduce_mean
 
 _TINY = 1e-12
@@ -42,6 +42,7 @@ class Preconditioner:
         self.from_logits = config.from_logits if from_logits is None else from_logits
         self.params = list(model.trainable_variables)
         self.blocks: list[FisherBlock] = build_blocks(model, config)
+        self.skipped = skipped_layers(model, config)
         self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
                               [b.layer for b in self.blocks if not b.taps_preactivation])
         index = {id(p): i for i, p in enumerate(self.params)}
@@ -50,8 +51,8 @@ class Preconditioner:
         self.cotangent_scale = 1.0  # Fisher cotangents are multiplied by this (a loss at another scale than −log p)
 
     def summary(self) -> str:
-        """Each layer, its block type, factor shapes and inverse path."""
-        return summary(self.model, self.blocks)
+        """Each layer, its block type, factor shapes, inverse path and why it got that block (or none)."""
+        return summary(self.model, self.blocks, self.skipped)
 
     def communication_bytes(self) -> dict[str, int]:
         """Bytes each replica all-reduces: gradients every step, factors every statistics step (float32)."""
@@ -100,7 +101,7 @@ class Preconditioner:
         saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
         self.taps.clear()
         with tf.GradientTape(persistent=True) as tape:
-            outputs = self.model(x, training=True)
+            outputs = tf.cast(self.model(x, training=True), tf.float32)
         batch_factors = self.batch_factors(outputs, tape_gradient(tape))
         for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
             variable.assign(value)
@@ -120,7 +121,8 @@ class Preconditioner:
             if not block_calls:
                 raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
         points = [call.point for block_calls in calls for call in block_calls]
-        derivatives = [gradient(outputs, points, v) for v in cotangents]
+        derivatives = [_float32_derivatives(gradient(outputs, points, v), calls, self.blocks) for v in cotangents]
+        calls = [[in_float32(call) for call in block_calls] for block_calls in calls]
         batch = tf.shape(outputs)[0]
         values, offset = [], 0
         for block, block_calls in zip(self.blocks, calls, strict=True):
@@ -150,6 +152,18 @@ class Preconditioner:
         """Make `inverses` the ones `precondition` uses."""
         for block in self.blocks:
             block.install_inverse(inverses[block.name])
+
+
+def _float32_derivatives(derivatives: Sequence, calls: list[list[LayerCall]],
+                         blocks: list[FisherBlock]) -> list[tf.Tensor]:
+    """The derivatives as float32 (statistics stay float32 under mixed precision); a clear error where a layer's
+    point has none (a layer called inside a loop: its per-call tensors cannot be differentiated from outside)."""
+    owners = [block.name for block, block_calls in zip(blocks, calls, strict=True) for _ in block_calls]
+    for derivative, owner in zip(derivatives, owners, strict=True):
+        if derivative is None:
+            raise RuntimeError(f"layer {owner!r}: the loss has no derivative with respect to its captured output "
+                               "(is it called inside a loop?); leave it out with skip_layers")
+    return [tf.cast(d, tf.float32) for d in derivatives]
 
 
 def tape_gradient(tape: tf.GradientTape) -> Gradient:
