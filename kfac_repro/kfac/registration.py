@@ -99,8 +99,7 @@ def decide(layer: keras.layers.Layer, config: KFACConfig) -> Decision:
     if getattr(layer, "quantization_mode", None) is not None or getattr(layer, "lora_enabled", False):
         return None, "quantized or LoRA layer: no Fisher block"
     if hasattr(layer, "state_size"):
-        return None, "recurrent cell: called inside the RNN's loop, so its inputs and outputs per step are not " \
-                     "captured"
+        return None, "recurrent cell: called inside the RNN's loop, its per-step tensors are out of reach"
     if _has_kronecker_structure(layer) and _wants_doubly_factored(layer, config):
         spatial = spatial_input_shape(layer)
         if spatial is None:
@@ -109,8 +108,8 @@ def decide(layer: keras.layers.Layer, config: KFACConfig) -> Decision:
         return functools.partial(DoublyFactoredBlock, layer, spatial), "doubly-factored (paper §4)"
     if _keeps_call(layer, keras.layers.Dense):
         if config.sequence_factors == "reduce":
-            return functools.partial(SequenceDenseBlock, layer, "reduce"), "Dense: A ⊗ G; sequence positions reduced"
-        return functools.partial(KroneckerBlock, layer), "Dense: A ⊗ G; sequence positions expanded"
+            return functools.partial(SequenceDenseBlock, layer, "reduce"), "Dense: A ⊗ G; positions (if any) reduced"
+        return functools.partial(KroneckerBlock, layer), "Dense: A ⊗ G; positions (if any) expanded"
     if _keeps_call(layer, keras.layers.Conv2D):
         return functools.partial(KroneckerBlock, layer, config.conv_factors), f"Conv2D: {config.conv_factors} factors"
     if _keeps_call(layer, keras.layers.Conv1D):
@@ -178,10 +177,14 @@ def summary(model: keras.Model, blocks: list[FisherBlock],
         params = sum(int(np.prod(v.shape)) for v in block.variables)
         rows.append((block.name, type(block.layer).__name__, block.kind, shapes, str(params), block.inverse_path,
                      block.reason))
-    reasons = {id(v): why for layer, why in skipped for v in layer.trainable_variables}
+    for layer, why in skipped:
+        params = sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
+        rows.append((layer.name, type(layer).__name__, "none (unpreconditioned)", "-", str(params), "-", why))
+    in_skipped = {id(v) for layer, _ in skipped for v in layer.trainable_variables}
     for variable in uncovered_variables(model, blocks):
-        rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape))), "-",
-                     reasons.get(id(variable), "owned by no layer")))
+        if id(variable) not in in_skipped:
+            rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape))), "-",
+                         "owned by no layer"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
