@@ -110,9 +110,9 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
         "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: measured)",
                            None, minimum=1, maximum=MAX_STEPS, nullable=True),
         "conv_factors": Field(str, "conv blocks: cheap (App. A) or kfc", "cheap", choices=("cheap", "kfc")),
-        "sequence_factors": Field(str, "layers sharing weights over sequence positions (Dense/EinsumDense over "
-                                  "sequences, Conv1D, Embedding): expand or reduce (Eschenhagen et al. 2023)",
-                                  "expand", choices=("expand", "reduce")),
+        "sequence_factors": Field(str, "Dense/EinsumDense applied over sequence positions: expand or reduce "
+                                  "(Eschenhagen et al. 2023; convolutions follow conv_factors)", "expand",
+                                  choices=("expand", "reduce")),
         "inverse_dtype": Field(str, "precision of the damped factors' Cholesky inverses (float32 retried in float64 "
                                "on failure)", "float32", choices=("float32", "float64")),
         "fisher_targets": Field(str, "sample: targets drawn from the model (true Fisher); exact: expectation over "
