@@ -9,7 +9,8 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: step time against SGD, fit step time against Adam, inversion time."""
+    """Benchmarks: step time against SGD, fit step time against Adam, inversion time, step time of the newer
+    layer blocks against Adam."""
 
 
 @bench.command("step")
@@ -90,3 +91,31 @@ def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> No
     for t in timings:
         ratio = t.ms_per_step / adam[t.model]
         click.echo(f"{t.model:6}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+
+
+@bench.command("layers")
+@click.option("--model", "model_names", type=click.Choice(["transformer", "embedding"]), multiple=True,
+              default=("transformer", "embedding"), show_default=True,
+              help="transformer: an encoder block over 64 tokens, width 64, 4 heads, vocabulary 1000; "
+                   "embedding: a 10000 × 64 Embedding + Conv1D text classifier over 64 tokens")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="timed steps per variant (the median is reported)")
+def layers(model_names: tuple[str, ...], batch_size: int, repeats: int) -> None:
+    """Median ms/step of K-FAC against Adam on models of the newer blocks (EinsumDense, LayerNorm, Embedding,
+    Conv1D), random tokens, all measured in one process."""
+    from kfac_repro.benchmarks.layer_time import embedding_classifier, measure_layer_models, transformer_block
+
+    length, classes = 64, 10
+    models = {
+        "transformer": (lambda: transformer_block(length, 1000, 64, 4, classes), 1000),
+        "embedding": (lambda: embedding_classifier(length, 10_000, 64, classes), 10_000),
+    }
+    for name in model_names:
+        build, vocabulary = models[name]
+        click.echo(f"model: {name}, batch {batch_size}, {length} random tokens; median of {repeats} steps")
+        timings = measure_layer_models(build, length, vocabulary, classes, batch_size, repeats=repeats,
+                                       progress=lambda what: click.echo(f"  timing {what} ...", err=True))
+        click.echo(f"{'':44}{'ms':>10}{'× Adam':>9}")
+        for timing in timings:
+            click.echo(f"{timing.what:44}{1000 * timing.seconds:10.1f}{timing.ratio:9.2f}")
