@@ -113,33 +113,37 @@ def test_einsum_dense(case: str, mode: str) -> None:
     assert_close(solved_bias, expected[-1].reshape(bias.shape), "bias")
 
 
-def conv1d_patches(x: np.ndarray, k: int, stride: int, padding: str) -> np.ndarray:
+def conv1d_patches(x: np.ndarray, k: int, stride: int, padding: str, dilation: int = 1) -> np.ndarray:
     """[N, L, C] -> [N, L_out, k·C] by loops over output positions, entries (tap, channel), zero outside."""
     n, length, channels = x.shape
-    pad = 0
+    span = dilation * (k - 1) + 1
     if padding == "same":
         out = -(-length // stride)
-        pad = max((out - 1) * stride + k - length, 0) // 2
+        pad = max((out - 1) * stride + span - length, 0) // 2
+    elif padding == "causal":
+        out, pad = -(-length // stride), span - 1
     else:
-        out = (length - k) // stride + 1
+        out, pad = (length - span) // stride + 1, 0
     result = np.zeros((n, out, k * channels))
     for t in range(out):
         for tap in range(k):
-            position = t * stride + tap - pad
+            position = t * stride + tap * dilation - pad
             if 0 <= position < length:
                 result[:, t, tap * channels:(tap + 1) * channels] = x[:, position]
     return result
 
 
 @pytest.mark.parametrize(("conv_factors", "mode"), [("kfc", "expand"), ("cheap", "reduce")])
-@pytest.mark.parametrize(("stride", "padding"), [(1, "same"), (2, "valid")])
-def test_conv1d(conv_factors: str, mode: str, stride: int, padding: str) -> None:
-    model = probe_model((7, 2), keras.layers.Conv1D(3, 3, strides=stride, padding=padding, name="probe"))
+@pytest.mark.parametrize(("stride", "padding", "dilation"), [(1, "same", 1), (2, "valid", 1), (1, "causal", 2)])
+def test_conv1d(conv_factors: str, mode: str, stride: int, padding: str, dilation: int) -> None:
+    probe = keras.layers.Conv1D(3, 3, strides=stride, padding=padding, dilation_rate=dilation, name="probe")
+    model = probe_model((7, 2), probe)
     x = np.random.default_rng(2).normal(size=(BATCH, 7, 2)).astype(np.float32)
     optimizer, factors, grads = statistics_and_inverse(model, x, conv_factors=conv_factors)
     assert optimizer.blocks[0].kind == f"kronecker-conv1d-{conv_factors}"
     _, ds = output_derivatives(model, x)
-    a, g = shared_weight_factors(conv1d_patches(x.astype(np.float64), 3, stride, padding), ds, BATCH, True, mode)
+    patches = conv1d_patches(x.astype(np.float64), 3, stride, padding, dilation)
+    a, g = shared_weight_factors(patches, ds, BATCH, True, mode)
     assert_close(factors["A"], a, "A")
     assert_close(factors["G"], g, "G")
     (kernel, solved_kernel), (bias, solved_bias) = grads["kernel"], grads["bias"]

@@ -54,8 +54,8 @@ class EmbeddingBlock(FisherBlock):
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         vectors, values = self.eigen("G")
-        scaled = tf.convert_to_tensor(grads[0]) / self.inverse["A_values"][:, None]
-        return [tf.matmul(tf.matmul(scaled, vectors) / values[None, :], vectors, transpose_b=True)]
+        right = tf.matmul(vectors / values[None, :], vectors, transpose_b=True)  # (G + δ)⁻¹, D × D
+        return [tf.matmul(tf.convert_to_tensor(grads[0]) / self.inverse["A_values"][:, None], right)]
 
 
 def _moment(rows: tf.Tensor) -> tf.Tensor:

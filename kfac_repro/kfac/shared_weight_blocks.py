@@ -71,29 +71,31 @@ class SequenceDenseBlock(KroneckerBlock):
 
 
 class Conv1DBlock(KroneckerBlock):
-    """A channels_last, ungrouped, non-causal Conv1D as a Conv2D of height 1 (kernel [k, C_in, C_out] reads the
-    patch (tap, channel) in the order the 2-D factors use): KFC (expand) or App. A cheap (reduce) factors."""
+    """A channels_last, ungrouped Conv1D as a Conv2D of height 1 (kernel [k, C_in, C_out] reads the patch
+    (tap, channel) in the order the 2-D factors use): KFC (expand) or App. A cheap (reduce) factors. Causal padding
+    is 'valid' on the input padded with d·(k − 1) zeros in front."""
 
     def __init__(self, layer: keras.layers.Conv1D, conv_factors: ConvFactors):
         super().__init__(layer, conv_factors)
+        (size,), (dilation,) = layer.kernel_size, layer.dilation_rate
+        self.causal_pad = dilation * (size - 1) if layer.padding == "causal" else 0
         self.geometry = ff.ConvGeometry(
-            kernel_size=(1, layer.kernel_size[0]), strides=(1, layer.strides[0]), padding=layer.padding,
-            dilation=(1, layer.dilation_rate[0]),
+            kernel_size=(1, size), strides=(1, layer.strides[0]),
+            padding="valid" if layer.padding == "causal" else layer.padding, dilation=(1, dilation),
         )
         self.kind = f"kronecker-conv1d-{conv_factors}"
 
     def batch_statistics(
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
     ) -> dict[str, tf.Tensor]:
-        images = [LayerCall(call.inputs[:, None], call.point[:, None], call.kwargs) for call in calls]
+        padding = [[0, 0], [self.causal_pad, 0], [0, 0]]
+        images = [LayerCall(tf.pad(call.inputs, padding)[:, None], call.point[:, None], call.kwargs) for call in calls]
         return super().batch_statistics(images, [[p[:, None] for p in points] for points in cotangent_points],
                                         batch_size)
 
 
 def conv1d_supported(layer: keras.layers.Conv1D) -> str | None:
     """None if Conv1DBlock handles the layer, else why not."""
-    if layer.padding == "causal":
-        return "causal padding"
     if layer.data_format != "channels_last" or layer.groups != 1:
         return "channels_first or grouped"
     return None
