@@ -1,4 +1,4 @@
-"""The new Kronecker blocks (Dense/EinsumDense over sequences, Conv1D, Embedding, DepthwiseConv2D, SeparableConv2D)
+"""The new Kronecker blocks (Dense/EinsumDense over sequences, Conv1D, Conv3D, Embedding, Depthwise and Separable)
 against independent numpy: factors from per-example inputs and output derivatives (expand and reduce by explicit
 sums), preconditioning against an explicit Kronecker solve with np.kron.
 
@@ -148,6 +148,42 @@ def test_conv1d(conv_factors: str, mode: str, stride: int, padding: str, dilatio
     assert_close(factors["G"], g, "G")
     (kernel, solved_kernel), (bias, solved_bias) = grads["kernel"], grads["bias"]
     expected = kron_solve(factors["A"], factors["G"], np.concatenate([kernel.reshape(6, 3), bias[None]]), DAMPING)
+    assert_close(solved_kernel, expected[:-1].reshape(kernel.shape), "kernel")
+    assert_close(solved_bias, expected[-1], "bias")
+
+
+def conv3d_patches(x: np.ndarray, k: int, padding: str) -> np.ndarray:
+    """[N, D, H, W, C] -> [N, T, k³·C] (stride 1), entries (i, j, l, channel), zero outside."""
+    n, size = x.shape[0], x.shape[1]
+    pad, out = ((k - 1) // 2, size) if padding == "same" else (0, size - k + 1)
+    rows = []
+    for location in np.ndindex(out, out, out):
+        entries = []
+        for tap in np.ndindex(k, k, k):
+            index = [t + o - pad for t, o in zip(tap, location, strict=True)]
+            inside = all(0 <= i < size for i in index)
+            entries.append(x[:, index[0], index[1], index[2]] if inside else np.zeros((n, x.shape[-1])))
+        rows.append(np.concatenate(entries, axis=1))
+    return np.stack(rows, axis=1)
+
+
+@pytest.mark.parametrize(("conv_factors", "mode"), [("kfc", "expand"), ("cheap", "reduce")])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv3d(conv_factors: str, mode: str, padding: str) -> None:
+    model = probe_model((3, 3, 3, 2), keras.layers.Conv3D(2, 2 if padding == "valid" else 3, padding=padding,
+                                                          name="probe"))
+    x = np.random.default_rng(7).normal(size=(BATCH, 3, 3, 3, 2)).astype(np.float32)
+    optimizer, factors, grads = statistics_and_inverse(model, x, conv_factors=conv_factors)
+    assert optimizer.blocks[0].kind == f"kronecker-conv3d-{conv_factors}"
+    _, ds = output_derivatives(model, x)
+    k = 2 if padding == "valid" else 3
+    patches = conv3d_patches(x.astype(np.float64), k, padding)
+    a, g = shared_weight_factors(patches, [d.reshape(BATCH, -1, 2) for d in ds], BATCH, True, mode)
+    assert_close(factors["A"], a, "A")
+    assert_close(factors["G"], g, "G")
+    (kernel, solved_kernel), (bias, solved_bias) = grads["kernel"], grads["bias"]
+    matrix = np.concatenate([kernel.reshape(-1, 2), bias[None]])
+    expected = kron_solve(factors["A"], factors["G"], matrix, DAMPING)
     assert_close(solved_kernel, expected[:-1].reshape(kernel.shape), "kernel")
     assert_close(solved_bias, expected[-1], "bias")
 

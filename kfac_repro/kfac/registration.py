@@ -1,6 +1,6 @@
 """Assigning a Fisher block to every trainable layer of an unmodified Keras model (paper App. C).
 
-`decide` picks each leaf layer's block, and says why: Dense, Conv2D, Conv1D, EinsumDense (when its equation is a
+`decide` picks each leaf layer's block, and says why: Dense, Conv1D/2D/3D, EinsumDense (when its equation is a
 Dense over positions) → Kronecker blocks, kernel and bias together (sequence positions by `sequence_factors`);
 Dense/Conv2D named in `doubly_factored` (or large enough) → doubly-factored; Embedding → diag(frequencies) ⊗ G;
 DepthwiseConv2D / SeparableConv2D → per-channel blocks; BatchNormalization and LayerNormalization → exact (or
@@ -28,9 +28,11 @@ from kfac_repro.kfac.embedding_block import EmbeddingBlock
 from kfac_repro.kfac.kronecker_blocks import KroneckerBlock
 from kfac_repro.kfac.shared_weight_blocks import (
     Conv1DBlock,
+    Conv3DBlock,
     EinsumDenseBlock,
     SequenceDenseBlock,
     conv1d_supported,
+    conv3d_supported,
     einsum_support,
 )
 from kfac_repro.kfac.vector_blocks import GenericBlock, ScaleShiftBlock
@@ -117,6 +119,11 @@ def decide(layer: keras.layers.Layer, config: KFACConfig) -> Decision:
         if why_not is None:
             return functools.partial(Conv1DBlock, layer, config.conv_factors), f"Conv1D: {config.conv_factors} factors"
         return _generic(layer, config, f"Conv1D with {why_not}")
+    if _keeps_call(layer, keras.layers.Conv3D):
+        why_not = conv3d_supported(layer)
+        if why_not is None:
+            return functools.partial(Conv3DBlock, layer, config.conv_factors), f"Conv3D: {config.conv_factors} factors"
+        return _generic(layer, config, f"Conv3D with {why_not}")
     if _keeps_call(layer, keras.layers.EinsumDense):
         layout = einsum_support(layer)
         if not isinstance(layout, str):

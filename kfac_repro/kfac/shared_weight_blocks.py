@@ -1,5 +1,5 @@
 """Kronecker blocks of layers whose weights are shared across positions: Dense and EinsumDense applied over a
-sequence (or any extra axes), and Conv1D.
+sequence (or any extra axes), Conv1D and Conv3D.
 
 With R positions sharing W, an example's gradient is DW_n = Σ_r ā_{n,r} ds_{n,r}ᵀ and its Fisher block is
 (1/B) Σ_n E[vec DW_n vec DW_nᵀ]. Eschenhagen et al. (NeurIPS 2023) approximate it two ways (our scaling: the
@@ -92,6 +92,36 @@ class Conv1DBlock(KroneckerBlock):
         images = [LayerCall(tf.pad(call.inputs, padding)[:, None], call.point[:, None], call.kwargs) for call in calls]
         return super().batch_statistics(images, [[p[:, None] for p in points] for points in cotangent_points],
                                         batch_size)
+
+
+class Conv3DBlock(KroneckerBlock):
+    """A channels_last, ungrouped, undilated Conv3D: patches [k_d·k_h·k_w·C_in] (the kernel's order) at every
+    output location, KFC (expand: every location an example) or App. A cheap (reduce) factors as above."""
+
+    def __init__(self, layer: keras.layers.Conv3D, conv_factors: ConvFactors):
+        super().__init__(layer, conv_factors)
+        self.mode: SequenceFactors = "expand" if conv_factors == "kfc" else "reduce"
+        self.kind = f"kronecker-conv3d-{conv_factors}"
+
+    def batch_statistics(
+        self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        layer = self.layer
+        patches = [tf.extract_volume_patches(call.inputs, [1, *layer.kernel_size, 1], [1, *layer.strides, 1],
+                                             layer.padding.upper()) for call in calls]
+        inputs = tf.concat([_positions(p) for p in patches], axis=0)
+        derivatives = [tf.concat([_positions(p) for p in points], axis=0) for points in cotangent_points]
+        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode)
+        return {"A": a, "G": g}
+
+
+def conv3d_supported(layer: keras.layers.Conv3D) -> str | None:
+    """None if Conv3DBlock handles the layer, else why not."""
+    if layer.data_format != "channels_last" or layer.groups != 1:
+        return "channels_first or grouped"
+    if any(d != 1 for d in layer.dilation_rate):
+        return "dilation"
+    return None
 
 
 def conv1d_supported(layer: keras.layers.Conv1D) -> str | None:
