@@ -71,13 +71,16 @@ class _PerChannel:
 
 def _batched_inverse(a: np.ndarray, g: np.ndarray, damping: float, dtype: str) -> tuple[DampedEigen, DampedEigen]:
     """Per-channel factored damping and damped eigendecompositions, stacked: vectors [C, d, d], values [C, d]."""
-    pairs = []
+    inputs, outputs = [], []
     for a_c, g_c in zip(a, g, strict=True):
         shift_a, shift_g = factored_damping(a_c, g_c, damping)
-        pairs.append((damped_eigen(a_c, shift_a, dtype), damped_eigen(g_c, shift_g, dtype)))
-    return tuple(  # type: ignore[return-value]
-        DampedEigen(np.stack([p[i].vectors for p in pairs]), np.stack([p[i].values for p in pairs])) for i in (0, 1)
-    )
+        inputs.append(damped_eigen(a_c, shift_a, dtype))
+        outputs.append(damped_eigen(g_c, shift_g, dtype))
+    return _stack(inputs), _stack(outputs)
+
+
+def _stack(eigens: list[DampedEigen]) -> DampedEigen:
+    return DampedEigen(np.stack([e.vectors for e in eigens]), np.stack([e.values for e in eigens]))
 
 
 def _batched_solve(matrices: tf.Tensor, left: tuple[tf.Variable, tf.Variable], right: tuple) -> tf.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -175,7 +175,7 @@ def uncovered_variables(model: keras.Model, blocks: list[FisherBlock]) -> list[t
 
 
 def summary(model: keras.Model, blocks: list[FisherBlock],
-            skipped: list[tuple[keras.layers.Layer, str]] = ()) -> str:  # type: ignore[assignment]
+            skipped: Sequence[tuple[keras.layers.Layer, str]] = ()) -> str:
     """A table: layer, layer class, block type, factor shapes, parameter count, inverse path, and why the layer
     got that block."""
     rows = [("layer", "class", "block", "factors", "params", "inverse", "why")]
