@@ -91,3 +91,11 @@ def test_skip_layers_by_exact_name_and_bad_sequence_factors() -> None:
     assert [b.name for b in KFAC(model, KFACConfig(skip_layers=["b"])).blocks] == ["a"]
     with pytest.raises(ValueError, match="sequence_factors: expected 'expand' or 'reduce', found 'both'"):
         KFACConfig(sequence_factors="both")  # type: ignore[arg-type]
+
+
+def test_grouped_conv_falls_back_to_the_generic_block_at_build() -> None:
+    model = keras.Sequential([keras.Input((5, 5, 4)), keras.layers.Conv2D(4, 3, groups=2, name="grouped"),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    optimizer = KFAC(model, KFACConfig())
+    assert optimizer.blocks[0].kind == "generic-exact"
+    assert "Conv2D channels_first or grouped" in optimizer.summary()

@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, rotate_solve
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.damping import factored_damping
 from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
-from kfac_repro.kfac.kronecker_blocks import ConvFactors
+from kfac_repro.kfac.kronecker_blocks import ConvFactors, KroneckerFactoredBlock
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -91,17 +91,14 @@ def _batched_solve(matrices: tf.Tensor, left: tuple[tf.Variable, tf.Variable], r
     return tf.matmul(tf.matmul(q_left, rotated), q_right, transpose_b=True)
 
 
-class _ChannelFactors(FisherBlock):
-    """Shared set-up of batched per-channel factor variables (named like `_add_factor`'s)."""
-
-    taps_preactivation = True
-
-    def _add_batched_factor(self, name: str, count: int, dim: int) -> None:
-        self.factors[name] = tf.Variable(tf.zeros([count, dim, dim]), trainable=False, name=f"{self.name}_{name}")
-        self.inverse[f"{name}_vectors"] = tf.Variable(tf.eye(dim, batch_shape=[count]), trainable=False,
-                                                      name=f"{self.name}_{name}_Q")
-        self.inverse[f"{name}_values"] = tf.Variable(tf.ones([count, dim]), trainable=False,
-                                                     name=f"{self.name}_{name}_e")
+def _add_batched_factor(block: FisherBlock, name: str, count: int, dim: int) -> None:
+    """Per-channel factor variables [count, dim, dim] and their stacked eigendecompositions (named like
+    `FisherBlock._add_factor`'s, so that `install_inverse` and `eigen` serve them)."""
+    block.factors[name] = tf.Variable(tf.zeros([count, dim, dim]), trainable=False, name=f"{block.name}_{name}")
+    block.inverse[f"{name}_vectors"] = tf.Variable(tf.eye(dim, batch_shape=[count]), trainable=False,
+                                                   name=f"{block.name}_{name}_Q")
+    block.inverse[f"{name}_values"] = tf.Variable(tf.ones([count, dim]), trainable=False,
+                                                  name=f"{block.name}_{name}_e")
 
 
 def _geometry(layer: keras.layers.Layer) -> ff.ConvGeometry:
@@ -109,8 +106,10 @@ def _geometry(layer: keras.layers.Layer) -> ff.ConvGeometry:
                            padding=layer.padding, dilation=tuple(layer.dilation_rate))
 
 
-class DepthwiseBlock(_ChannelFactors):
+class DepthwiseBlock(FisherBlock):
     """DepthwiseConv2D: C blocks A_c ⊗ G_c (kernel and bias of channel c together)."""
+
+    taps_preactivation = True
 
     def __init__(self, layer: keras.layers.DepthwiseConv2D, conv_factors: ConvFactors):
         bias = layer.bias if layer.use_bias else None
@@ -118,8 +117,8 @@ class DepthwiseBlock(_ChannelFactors):
         self.kernel_shape = tuple(layer.kernel.shape)
         self.algebra = _PerChannel(self.kernel_shape, bias is not None, _geometry(layer), conv_factors)
         self.kind = f"kronecker-depthwise-{conv_factors}"
-        self._add_batched_factor("A", self.algebra.channels, self.algebra.input_dim)
-        self._add_batched_factor("G", self.algebra.channels, self.algebra.multiplier)
+        _add_batched_factor(self, "A", self.algebra.channels, self.algebra.input_dim)
+        _add_batched_factor(self, "G", self.algebra.channels, self.algebra.multiplier)
 
     def batch_statistics(
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
@@ -138,23 +137,23 @@ class DepthwiseBlock(_ChannelFactors):
         return self.algebra.from_matrices(solved, self.kernel_shape)
 
 
-class SeparableBlock(_ChannelFactors):
-    """SeparableConv2D: per-channel depthwise blocks (no bias) and a pointwise A ⊗ G block (with the bias)."""
+class SeparableBlock(KroneckerFactoredBlock):
+    """SeparableConv2D: the pointwise part is the A ⊗ G block (with the bias) over [z; 1] and ds; the depthwise
+    part adds per-channel blocks A_depthwise_c ⊗ G_depthwise_c (no bias), block-diagonal to it."""
 
     def __init__(self, layer: keras.layers.SeparableConv2D, conv_factors: ConvFactors):
         bias = layer.bias if layer.use_bias else None
         depthwise, pointwise = layer.depthwise_kernel, layer.pointwise_kernel
-        super().__init__(layer, [depthwise, pointwise] + ([] if bias is None else [bias]))
         self.use_bias = bias is not None
         self.depthwise_shape, self.pointwise_shape = tuple(depthwise.shape), tuple(pointwise.shape)
+        self.intermediate, self.filters = int(self.pointwise_shape[2]), int(self.pointwise_shape[3])
+        super().__init__(layer, [depthwise, pointwise] + ([] if bias is None else [bias]),
+                         self.intermediate + int(self.use_bias), self.filters)
         self.algebra = _PerChannel(self.depthwise_shape, False, _geometry(layer), conv_factors)
         self.conv_factors = conv_factors
         self.kind = f"kronecker-separable-{conv_factors}"
-        self._add_batched_factor("A_depthwise", self.algebra.channels, self.algebra.input_dim)
-        self._add_batched_factor("G_depthwise", self.algebra.channels, self.algebra.multiplier)
-        self.intermediate, self.filters = int(self.pointwise_shape[2]), int(self.pointwise_shape[3])
-        self._add_factor("A", self.intermediate + int(self.use_bias))
-        self._add_factor("G", self.filters)
+        _add_batched_factor(self, "A_depthwise", self.algebra.channels, self.algebra.input_dim)
+        _add_batched_factor(self, "G_depthwise", self.algebra.channels, self.algebra.multiplier)
 
     def batch_statistics(
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
@@ -177,21 +176,22 @@ class SeparableBlock(_ChannelFactors):
             rows = ff.append_homogeneous(rows)
         a = ff.covariance(rows, tf.shape(rows)[0])
         g = tf.add_n([ff.covariance(d, batch_size) for d in ds])
-        return {"A_depthwise": a_dw, "G_depthwise": g_dw, "A": a, "G": g}
+        return {"A": a, "G": g, "A_depthwise": a_dw, "G_depthwise": g_dw}
 
     def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
         a_dw, g_dw = _batched_inverse(factors["A_depthwise"], factors["G_depthwise"], damping, dtype)
-        shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A_depthwise": a_dw, "G_depthwise": g_dw,
-                "A": damped_eigen(factors["A"], shift_a, dtype), "G": damped_eigen(factors["G"], shift_g, dtype)}
+        return {**super().compute_inverse(factors, damping, dtype), "A_depthwise": a_dw, "G_depthwise": g_dw}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], None)
         depthwise = _batched_solve(matrices, self.eigen("A_depthwise"), self.eigen("G_depthwise"))
+        return [*self.algebra.from_matrices(depthwise, self.depthwise_shape), *super().precondition(grads)]
+
+    def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:
+        """The pointwise kernel (and bias) as [C·m(+1), filters]; grads[0] is the depthwise kernel's."""
         pointwise = tf.reshape(grads[1], [self.intermediate, self.filters])
-        if self.use_bias:
-            pointwise = tf.concat([pointwise, grads[2][None, :]], axis=0)
-        solved = rotate_solve(pointwise, self.eigen("A"), self.eigen("G"))
-        result = [*self.algebra.from_matrices(depthwise, self.depthwise_shape),
-                  tf.reshape(solved[: self.intermediate], self.pointwise_shape)]
-        return [*result, solved[-1]] if self.use_bias else result
+        return tf.concat([pointwise, grads[2][None, :]], axis=0) if self.use_bias else pointwise
+
+    def from_matrix(self, matrix: tf.Tensor) -> list[tf.Tensor]:
+        pointwise = tf.reshape(matrix[: self.intermediate], self.pointwise_shape)
+        return [pointwise, matrix[-1]] if self.use_bias else [pointwise]

@@ -113,6 +113,8 @@ def decide(layer: keras.layers.Layer, config: KFACConfig) -> Decision:
             return functools.partial(SequenceDenseBlock, layer, "reduce"), "Dense: A ⊗ G; positions (if any) reduced"
         return functools.partial(KroneckerBlock, layer), "Dense: A ⊗ G; positions (if any) expanded"
     if _keeps_call(layer, keras.layers.Conv2D):
+        if layer.data_format != "channels_last" or layer.groups != 1:
+            return _generic(layer, config, "Conv2D channels_first or grouped")
         return functools.partial(KroneckerBlock, layer, config.conv_factors), f"Conv2D: {config.conv_factors} factors"
     if _keeps_call(layer, keras.layers.Conv1D):
         why_not = conv1d_supported(layer)
