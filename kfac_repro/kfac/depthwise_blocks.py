@@ -9,7 +9,7 @@ cheap: A_c = E_n[Ā_{c,n} Ā_{c,n}ᵀ] (location-mean patch),  G_c = E_n[(Σ_t d
 
 SeparableConv2D computes z = depthwise(x) then s = z P + b (a 1×1 pointwise conv): the depthwise part is the block
 above with output derivative dz = ds Pᵀ (no bias), and the pointwise part a Kronecker block over [z; 1] ⊗ ds.
-Factors and damped eigendecompositions are batched over channels; damping is factored per channel (Eq. 3).
+Factors and damped inverses (Cholesky) are stacked over channels; damping is factored per channel (Eq. 3).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, kronecker_solve
 from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.kronecker_blocks import ConvFactors, KroneckerFactoredBlock
 from kfac_repro.kfac.layer_capture import LayerCall
 
@@ -69,36 +69,21 @@ class _PerChannel:
         return [kernel, tf.reshape(matrices[:, -1], [-1])] if self.use_bias else [kernel]
 
 
-def _batched_inverse(a: np.ndarray, g: np.ndarray, damping: float, dtype: str) -> tuple[DampedEigen, DampedEigen]:
-    """Per-channel factored damping and damped eigendecompositions, stacked: vectors [C, d, d], values [C, d]."""
+def _batched_inverse(a: np.ndarray, g: np.ndarray, damping: float, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel factored damping and damped inverses, stacked: [C, d_A, d_A] and [C, d_G, d_G]."""
     inputs, outputs = [], []
     for a_c, g_c in zip(a, g, strict=True):
         shift_a, shift_g = factored_damping(a_c, g_c, damping)
-        inputs.append(damped_eigen(a_c, shift_a, dtype))
-        outputs.append(damped_eigen(g_c, shift_g, dtype))
-    return _stack(inputs), _stack(outputs)
-
-
-def _stack(eigens: list[DampedEigen]) -> DampedEigen:
-    return DampedEigen(np.stack([e.vectors for e in eigens]), np.stack([e.values for e in eigens]))
-
-
-def _batched_solve(matrices: tf.Tensor, left: tuple[tf.Variable, tf.Variable], right: tuple) -> tf.Tensor:
-    """L_c⁻¹ M_c R_c⁻¹ for every channel c, L_c = Q diag(e) Qᵀ and R_c likewise."""
-    (q_left, e_left), (q_right, e_right) = left, right
-    rotated = tf.matmul(tf.matmul(q_left, matrices, transpose_a=True), q_right)
-    rotated = rotated / (e_left[:, :, None] * e_right[:, None, :])
-    return tf.matmul(tf.matmul(q_left, rotated), q_right, transpose_b=True)
+        inputs.append(damped_inverse(a_c, shift_a, dtype))
+        outputs.append(damped_inverse(g_c, shift_g, dtype))
+    return np.stack(inputs), np.stack(outputs)
 
 
 def _add_batched_factor(block: FisherBlock, name: str, count: int, dim: int) -> None:
-    """Per-channel factor variables [count, dim, dim] and their stacked eigendecompositions (named like
-    `FisherBlock._add_factor`'s, so that `install_inverse` and `eigen` serve them)."""
+    """Per-channel factor variables [count, dim, dim] and their stacked damped inverses, keyed like
+    `FisherBlock._add_factor`'s ("<name>_inverse"), so that `install_inverse` serves them."""
     block.factors[name] = tf.Variable(tf.zeros([count, dim, dim]), trainable=False, name=f"{block.name}_{name}")
-    block.inverse[f"{name}_vectors"] = tf.Variable(tf.eye(dim, batch_shape=[count]), trainable=False,
-                                                   name=f"{block.name}_{name}_Q")
-    block.inverse[f"{name}_values"] = tf.Variable(tf.ones([count, dim]), trainable=False,
-                                                  name=f"{block.name}_{name}_e")
+    block._add_inverse(name, tf.eye(dim, batch_shape=[count]))
 
 
 def _geometry(layer: keras.layers.Layer) -> ff.ConvGeometry:
@@ -127,13 +112,13 @@ class DepthwiseBlock(FisherBlock):
         a, g = self.algebra.factors(inputs, [tf.concat(p, axis=0) for p in cotangent_points], batch_size)
         return {"A": a, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         a, g = _batched_inverse(factors["A"], factors["G"], damping, dtype)
-        return {"A": a, "G": g}
+        return {"A_inverse": a, "G_inverse": g}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], grads[1] if len(grads) > 1 else None)
-        solved = _batched_solve(matrices, self.eigen("A"), self.eigen("G"))
+        solved = kronecker_solve(matrices, self.inverse["A_inverse"], self.inverse["G_inverse"])  # per channel
         return self.algebra.from_matrices(solved, self.kernel_shape)
 
 
@@ -178,13 +163,14 @@ class SeparableBlock(KroneckerFactoredBlock):
         g = tf.add_n([ff.covariance(d, batch_size) for d in ds])
         return {"A": a, "G": g, "A_depthwise": a_dw, "G_depthwise": g_dw}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         a_dw, g_dw = _batched_inverse(factors["A_depthwise"], factors["G_depthwise"], damping, dtype)
-        return {**super().compute_inverse(factors, damping, dtype), "A_depthwise": a_dw, "G_depthwise": g_dw}
+        return {**super().compute_inverse(factors, damping, dtype), "A_depthwise_inverse": a_dw,
+                "G_depthwise_inverse": g_dw}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], None)
-        depthwise = _batched_solve(matrices, self.eigen("A_depthwise"), self.eigen("G_depthwise"))
+        depthwise = kronecker_solve(matrices, self.inverse["A_depthwise_inverse"], self.inverse["G_depthwise_inverse"])
         return [*self.algebra.from_matrices(depthwise, self.depthwise_shape), *super().precondition(grads)]
 
     def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:

@@ -4,7 +4,7 @@ of the expand approximation (every position an example) is diagonal, the token f
 A = diag(c) with c_v = (1/(N T)) #{(n, t): token v},  G = (1/B) Σ_{n,t} ds_{n,t} ds_{n,t}ᵀ  (ds = dL_n/dy_{n,t}),
 
 over the [V, D] table; preconditioned as (A + π√λ I)⁻¹ ∇W (G + √λ/π I)⁻¹, π from the trace norms (paper Eq. 3).
-A is kept as its diagonal (V numbers), never as a V × V matrix.
+A is kept as its diagonal (V numbers), never as a V × V matrix, and inverted elementwise; G by Cholesky.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import DampedEigen, damped_eigen
+from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -23,12 +23,13 @@ class EmbeddingBlock(FisherBlock):
     """diag(token frequencies) ⊗ G over the embedding table."""
 
     kind = "kronecker-embedding"
+    inverse_path = "elementwise A, cholesky G"
 
     def __init__(self, layer: keras.layers.Embedding):
         super().__init__(layer, [layer.embeddings])
         self.vocabulary, self.output_dim = (int(d) for d in layer.embeddings.shape)
         self.factors["A"] = tf.Variable(tf.zeros([self.vocabulary]), trainable=False, name=f"{self.name}_Adiag")
-        self.inverse["A_values"] = tf.Variable(tf.ones([self.vocabulary]), trainable=False, name=f"{self.name}_Ae")
+        self._add_inverse("A", tf.ones([self.vocabulary]))
         self._add_factor("G", self.output_dim)
 
     def batch_statistics(
@@ -42,20 +43,15 @@ class EmbeddingBlock(FisherBlock):
         ]) / tf.cast(batch_size, tf.float32)
         return {"A": frequencies, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> dict[str, DampedEigen]:
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
         shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        values = (np.maximum(factors["A"], 0.0) + shift_a).astype(np.float32)
-        return {"A": DampedEigen(vectors=np.empty((0, 0), np.float32), values=values),
-                "G": damped_eigen(factors["G"], shift_g, dtype)}
-
-    def install_inverse(self, inverse: dict[str, DampedEigen]) -> None:
-        self.inverse["A_values"].assign(inverse["A"].values)
-        super().install_inverse({"G": inverse["G"]})
+        return {"A_inverse": (1.0 / (np.maximum(factors["A"], 0.0) + shift_a)).astype(np.float32),
+                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        vectors, values = self.eigen("G")
-        right = tf.matmul(vectors / values[None, :], vectors, transpose_b=True)  # (G + δ)⁻¹, D × D
-        return [tf.matmul(tf.convert_to_tensor(grads[0]) / self.inverse["A_values"][:, None], right)]
+        """(A + δ_A)⁻¹ ∇W (G + δ_G I)⁻¹: a row scaling and one [V, D] × [D, D] product."""
+        scaled = tf.convert_to_tensor(grads[0]) * self.inverse["A_inverse"][:, None]
+        return [tf.matmul(scaled, self.inverse["G_inverse"])]
 
 
 def _moment(rows: tf.Tensor) -> tf.Tensor:
