@@ -106,10 +106,10 @@ class ModelOptimizer(abc.ABC):
         return as_floats(self.step(x, y))
 
     def distributed(self, replica_step: Callable) -> Callable:
-        """A compiled function running `replica_step(x, y)` on every replica and reducing its metrics."""
+        """A compiled function running `replica_step(x, y, *extra)` on every replica and reducing its metrics."""
 
-        def step(x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-            return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=(x, y)))
+        def step(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+            return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=args))
 
         return tf.function(step, reduce_retracing=True, autograph=False)
 

@@ -47,6 +47,8 @@ class KFACConfig:
     inverse_every: int = 20
     inversion: Literal["sync", "async"] = "sync"
     async_lag: int | None = None
+    inversion_threads: int | None = None
+    inversion_device: Literal["host", "accelerator"] = "host"
     conv_factors: Literal["cheap", "kfc"] = "cheap"
     sequence_factors: Literal["expand", "reduce"] = "expand"
     inverse_dtype: Literal["float32", "float64"] = "float32"  # Cholesky precision; float64 retried on failure
@@ -77,6 +79,10 @@ class KFACConfig:
         _check(self.inverse_every >= 1, "inverse_every", "an integer >= 1", self.inverse_every)
         _check(self.inversion in ("sync", "async"), "inversion", "'sync' or 'async'", self.inversion)
         _check(self.async_lag is None or self.async_lag >= 1, "async_lag", "an integer >= 1 or None", self.async_lag)
+        _check(self.inversion_threads is None or self.inversion_threads >= 1, "inversion_threads",
+               "an integer >= 1 or None", self.inversion_threads)
+        _check(self.inversion_device in ("host", "accelerator"), "inversion_device", "'host' or 'accelerator'",
+               self.inversion_device)
         _check(self.conv_factors in ("cheap", "kfc"), "conv_factors", "'cheap' or 'kfc'", self.conv_factors)
         _check(self.sequence_factors in ("expand", "reduce"), "sequence_factors", "'expand' or 'reduce'",
                self.sequence_factors)

@@ -2,9 +2,10 @@
 
 It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
-block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), invert the
-damped factors (`invert`, numpy Cholesky, may run in a background thread) and `install` the inverses, precondition
-v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). Update rules
+block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
+v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). `KFAC` computes
+and installs the inverses with `kfac_repro.kfac.inversion` (divided among the replicas); `invert` inverts every
+block in the calling thread (the Keras optimizer's refresh, inside a traced step). Update rules
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
@@ -18,9 +19,8 @@ import tensorflow as tf
 
 from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.base import scheduled
-from kfac_repro.kfac.blocks import FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inverse_refresh import Inverses, Snapshot
 from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps, in_float32
 from kfac_repro.kfac.registration import build_blocks, skipped_layers, summary
 from kfac_repro.kfac.replicas import all_reduce_mean
@@ -141,17 +141,11 @@ class Preconditioner:
         pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
 
-    # ---- inverses (host side) ---------------------------------------------------------------------------------
-    def invert(self, snapshot: Snapshot, damping: float | None = None) -> Inverses:
-        """Damped inverses of a factor snapshot (numpy, Cholesky); damping defaults to λ + weight decay."""
-        if damping is None:
-            damping = self.config.damping + self.config.weight_decay
+    def invert(self, snapshot: dict[str, Arrays]) -> dict[str, Arrays]:
+        """Every block's damped inverses (F̂ + λ + weight decay)⁻¹ of a factor snapshot (block name → factor arrays),
+        on the host (numpy Cholesky); keyed by block name, each as `install_inverse` takes it."""
+        damping = self.config.damping + self.config.weight_decay
         return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.inverse_dtype) for b in self.blocks}
-
-    def install(self, inverses: Inverses) -> None:
-        """Make `inverses` the ones `precondition` uses."""
-        for block in self.blocks:
-            block.install_inverse(inverses[block.name])
 
 
 def _float32_derivatives(derivatives: Sequence, calls: list[list[LayerCall]],

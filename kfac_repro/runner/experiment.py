@@ -3,7 +3,8 @@ resolved config → strategy, model, data, optimizer → training loop → metri
 
 The arm is a mapping of sections (model, data, training, optimizer, distribution), as a resolved spec gives them.
 The run directory results/<spec>/<profile>/<arm>/<run-id>/ receives metrics.csv, resolved.yaml, run.json,
-environment.json, tensorboard/ and checkpoints/. In a multi-process run only worker 0 writes there.
+environment.json, tensorboard/, checkpoints/ and (K-FAC) refreshes.log, one line per installed inverse refresh.
+In a multi-process run only worker 0 writes there.
 run.json's status: running, then complete, interrupted (SIGTERM/SIGINT; a checkpoint was saved), diverged or failed.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ def run_arm(
     from kfac_repro.data.registry import dataset_info, make_dataset
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac import KFAC, SGD
+    from kfac_repro.kfac.inversion_resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
     from kfac_repro.runner import interrupts
     from kfac_repro.runner.environment import environment_record, write_environment
@@ -78,6 +81,9 @@ def run_arm(
     if processes > 1 and replicas != processes:
         raise ValueError(f"distribution.workers is {replicas} but {processes} worker processes were started: "
                          "a multi-process run has one gradient worker per process")
+    threads = arm["optimizer"].get("inversion_threads")
+    if threads is not None:  # the inversion's cores are kept from TensorFlow's pools (before TensorFlow starts)
+        reserve_inversion_cores(int(threads))
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
     if training.get("deterministic", True):
@@ -132,6 +138,11 @@ def run_arm(
                             checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
                             divergence_factor=float(training.get("divergence_factor", 10.0)))
     iterator = iter(train_data)
+    refresh_log = logging.FileHandler(run_dir / "refreshes.log") if chief and method == "kfac" else None
+    if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
+        refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
+        logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
     try:
         extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
         final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
@@ -144,6 +155,9 @@ def run_arm(
     finally:
         if isinstance(optimizer, KFAC):
             optimizer.close()
+        if refresh_log is not None:
+            logging.getLogger("kfac_repro.kfac").removeHandler(refresh_log)
+            refresh_log.close()
     _write_status(run_dir, record, "complete", chief)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
