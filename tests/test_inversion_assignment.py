@@ -9,6 +9,7 @@ from kfac_repro.kfac.inversion_assignment import assign_blocks, block_cost, work
 def test_block_cost_is_the_sum_of_cubed_factor_sizes() -> None:
     assert block_cost({"A": (10, 10), "G": (3, 3)}) == 1000 + 27
     assert block_cost({"F": (50,)}) == 50  # a diagonal factor costs linear time
+    assert block_cost({"A": (8, 9, 9), "G": (8, 4, 4)}) == 8 * (729 + 64)  # one 9×9 and 4×4 pair per channel
 
 
 @pytest.mark.parametrize("workers", [2, 3, 4, 8])

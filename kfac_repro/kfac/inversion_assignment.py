@@ -1,19 +1,21 @@
 """Which worker inverts which Fisher block: greedy longest-first on the cubic cost of the blocks' factors, as
 KAISA (Pauloski et al. 2021) assigns layers, so that every worker does about 1/N of the inversion work.
 
-Cost of a block = Σ over its factors of d³ for a d × d factor (an eigendecomposition or Cholesky is O(d³)) and d
-for a length-d diagonal factor. Pure Python, no TensorFlow: the assignment is the same on every worker.
+Cost of a block = Σ over its factors of d³ for a d × d factor (an eigendecomposition or Cholesky is O(d³)), c·d³
+for c stacked d × d factors (depthwise convolutions: one per channel) and d for a length-d diagonal factor. Pure
+Python, no TensorFlow: the assignment is the same on every worker.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 
 
 def block_cost(factor_shapes: Mapping[str, tuple[int, ...]]) -> float:
-    """Σ d³ over square factors plus Σ d over diagonal (1-D) ones."""
-    return float(sum(shape[0] ** 3 if len(shape) == 2 else (shape[0] if shape else 1)
+    """Σ c·d³ over (c stacked) d × d factors plus Σ d over diagonal (1-D) ones."""
+    return float(sum(math.prod(shape[:-2]) * shape[-1] ** 3 if len(shape) >= 2 else (shape[0] if shape else 1)
                      for shape in factor_shapes.values()))
 
 
