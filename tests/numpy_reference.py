@@ -51,3 +51,40 @@ def patches_by_loops(x: np.ndarray, k: int, stride: int, padding: str, dilation:
                         entries.append(x[b, h, w] if inside else np.zeros(channels))
                 result[b, th, tw] = np.concatenate(entries)
     return result
+
+
+def shared_weight_factors(a: np.ndarray, ds: list[np.ndarray], batch: int, bias: bool,
+                          mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """K-FAC expand / reduce (Eschenhagen et al. 2023) from per-example inputs a [N, R, d_in] and output
+    derivatives ds_k [N, R, d_out] (one per Fisher cotangent k), by explicit sums over examples n and positions r.
+
+    expand: A = Σ_{n,r} ā ā ᵀ / (N R), G = Σ_k Σ_{n,r} ds ds ᵀ / B;
+    reduce: A = Σ_n â_n â_nᵀ / N with â_n = mean_r ā_{n,r}, G = Σ_k Σ_n ĝ ĝᵀ / B with ĝ_n = Σ_r ds_{n,r}.
+    """
+    n_rows, positions, _ = a.shape
+    if bias:
+        a = np.concatenate([a, np.ones((n_rows, positions, 1))], axis=2)
+    input_factor = np.zeros((a.shape[2], a.shape[2]))
+    output_factor = np.zeros((ds[0].shape[2], ds[0].shape[2]))
+    for n in range(n_rows):
+        if mode == "expand":
+            for r in range(positions):
+                input_factor += np.outer(a[n, r], a[n, r]) / (n_rows * positions)
+                for d in ds:
+                    output_factor += np.outer(d[n, r], d[n, r]) / batch
+        else:
+            mean_a = a[n].mean(axis=0)
+            input_factor += np.outer(mean_a, mean_a) / n_rows
+            for d in ds:
+                summed = d[n].sum(axis=0)
+                output_factor += np.outer(summed, summed) / batch
+    return input_factor, output_factor
+
+
+def kron_solve(a: np.ndarray, g: np.ndarray, matrix: np.ndarray, damping: float) -> np.ndarray:
+    """(A ⊗ G + factored damping)⁻¹ vec(M) as an explicit Kronecker solve, M [d_in, d_out] vectorised row-major:
+    (A + π√λ I) ⊗ (G + √λ/π I) with π = sqrt((tr A / d_A) / (tr G / d_G)) (paper Eq. 3). A may be a diagonal (1-D)."""
+    a = np.diag(a) if a.ndim == 1 else a
+    pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(g) / len(g)))
+    damped = np.kron(a + pi * np.sqrt(damping) * np.eye(len(a)), g + np.sqrt(damping) / pi * np.eye(len(g)))
+    return np.linalg.solve(damped, matrix.reshape(-1)).reshape(matrix.shape)

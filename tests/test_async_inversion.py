@@ -48,13 +48,33 @@ def test_installed_inverses_come_from_the_snapshot_taken_lag_steps_earlier() -> 
     assert staleness == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4]
 
 
-def test_lag_is_measured_when_not_given() -> None:
-    x, y = fashion(256)
-    optimizer = KFAC(mlp(), KFACConfig(inversion="async"))
-    for _ in range(4):
-        optimizer.train_step(tf.constant(x[:128]), tf.constant(y[:128]))
+def test_free_running_inversion_restarts_at_each_hand_over_and_logs_the_staleness_in_use() -> None:
+    x, y = fashion(2048)
+    optimizer = KFAC(mlp(), KFACConfig(inversion="async", damping=0.3))
+    refresh = optimizer.refresh
+    rng = np.random.default_rng(0)
+    factors_at, staleness, ready_after = {}, [], []
+    step = 0
+    while len(refresh.history) < 3:
+        assert step < 2000, "no third hand-over"
+        index = rng.choice(len(x), 128, replace=False)
+        factors_at[step] = optimizer.factors()
+        staleness.append(optimizer.train_step(tf.constant(x[index]), tf.constant(y[index]))["inverse_staleness"])
+        ready_after.append(refresh._all_ready())
+        step += 1
     optimizer.close()
-    assert isinstance(optimizer.refresh.lag, int) and optimizer.refresh.lag >= 1
+    installed = [r.installed_at for r in refresh.history]
+    assert [r.snapshot_step for r in refresh.history] == [0, *installed[:-1]]  # restarted at each hand-over
+    for r in refresh.history:  # the hand-over is the step after the first one that reported the result finished
+        assert r.installed_at > r.snapshot_step and r.seconds > 0
+        assert ready_after[r.installed_at - 1] and not any(ready_after[r.snapshot_step : r.installed_at - 1])
+    sources = [max([0] + [r.snapshot_step for r in refresh.history if r.installed_at <= k]) for k in range(step)]
+    assert staleness == [k - s for k, s in enumerate(sources)]
+    last = refresh.history[-1]  # the inverses in use are those of the factors of the last snapshot
+    block = optimizer.blocks[0]
+    expected = block.compute_inverse(factors_at[last.snapshot_step]["hidden"], 0.3, "float32")
+    for name in ("A_inverse", "G_inverse"):
+        np.testing.assert_array_equal(block.inverse[name].numpy(), expected[name])
 
 
 def test_training_with_asynchronous_inversion_converges_on_fashion_mnist() -> None:

@@ -1,7 +1,9 @@
 """Data-parallel training equals single-process training on the same global batches (weights and loss), for SGD
 and K-FAC, under MirroredStrategy (2 replicas in one process) and MultiWorkerMirroredStrategy (2 processes on
-loopback); a failed worker stops the job."""
+loopback); K-FAC's inversion divided among them equals single-worker inversion exactly and every worker hands
+over at the same steps; a failed worker stops the job, also one that dies holding an assigned inversion."""
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,10 @@ def assert_same_training(reference: dict[str, np.ndarray], other: dict[str, np.n
     assert reference.keys() == other.keys()
     np.testing.assert_allclose(other["losses"], reference["losses"], rtol=1e-5)
     for key in reference:
-        np.testing.assert_allclose(other[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        if key.startswith("w:"):
+            np.testing.assert_allclose(other[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        if key.startswith("inverse:"):  # from identical factors: divided inversion is single-worker inversion
+            np.testing.assert_array_equal(other[key], reference[key], err_msg=key)
 
 
 @pytest.mark.parametrize("options", [("--optimizer", "sgd"), ("--optimizer", "kfac")], ids=["sgd", "kfac"])
@@ -36,21 +41,42 @@ def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[
     out = tmp_path / "mirrored.npz"
     subprocess.run([*CHECK, *options, "--local-replicas", "2", "--out", str(out)], check=True, capture_output=True,
                    timeout=300)
-    assert_same_training(single_process(tmp_path, *options), dict(np.load(out)))
+    mirrored = dict(np.load(out))
+    assert_same_training(single_process(tmp_path, *options), mirrored)
+    if "kfac" in options:
+        assert any(key.startswith("inverse:") for key in mirrored)
+
+
+ASYNC_FREE = ("--optimizer", "kfac", "--inversion", "async", "--steps", "12")
 
 
 @pytest.mark.parametrize(
     "options",
-    [("--optimizer", "sgd"), ("--optimizer", "kfac"), ("--optimizer", "kfac", "--async-lag", "2")],
-    ids=["sgd", "kfac-sync", "kfac-async"],
+    [("--optimizer", "sgd"), ("--optimizer", "kfac"),
+     ("--optimizer", "kfac", "--inversion", "async", "--async-lag", "2"), ASYNC_FREE],
+    ids=["sgd", "kfac-sync", "kfac-async-lag2", "kfac-async-free"],
 )
 def test_two_workers_on_loopback_agree_and_equal_one_process(tmp_path: Path, options: tuple[str, ...]) -> None:
     run_local_workers(lambda spec: [*CHECK, *options, "--out", str(tmp_path / f"worker{spec.index}.npz")], 2,
                       emit=lambda _: None)
     worker0, worker1 = (dict(np.load(tmp_path / f"worker{i}.npz")) for i in range(2))
-    for key in worker0:  # identical preconditioners and updates on both workers
-        np.testing.assert_array_equal(worker0[key], worker1[key], err_msg=key)
-    assert_same_training(single_process(tmp_path, *options), worker0)
+    for key in worker0:  # identical preconditioners, updates and hand-over steps on both workers
+        if key != "owned":
+            np.testing.assert_array_equal(worker0[key], worker1[key], err_msg=key)
+    if "kfac" not in options:
+        assert_same_training(single_process(tmp_path, *options), worker0)
+        return
+    owned = [set(worker0["owned"]), set(worker1["owned"])]
+    blocks = {key.split(":")[1].split("/")[0] for key in worker0 if key.startswith("inverse:")}
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and owned[0] | owned[1] == blocks  # divided
+    reference = single_process(tmp_path, *options)
+    if options == ASYNC_FREE:  # the hand-over follows the inversion's timing: compare the inverses only
+        assert len(worker0["refresh:installed"]) >= 1
+        for key in reference:
+            if key.startswith("inverse:"):
+                np.testing.assert_array_equal(worker0[key], reference[key], err_msg=key)
+    else:
+        assert_same_training(reference, worker0)
 
 
 def test_a_failing_worker_stops_the_others_quickly() -> None:
@@ -62,3 +88,30 @@ def test_a_failing_worker_stops_the_others_quickly() -> None:
     with pytest.raises(WorkerFailure, match="worker 1 exited with code 3"):
         run_local_workers(command, 2, emit=lambda _: None, grace=2.0)
     assert time.perf_counter() - start < 15
+
+
+DIE_IN_INVERSION = """
+import json, os, runpy, sys, threading
+from kfac_repro.kfac import inversion
+compute = inversion.BlockInversion.compute
+def dying(self, *args):
+    if threading.current_thread().name.startswith("kfac-inverses"):
+        os._exit(17)  # this worker dies in its background inversion, holding its assigned blocks
+    return compute(self, *args)
+if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+    inversion.BlockInversion.compute = dying
+sys.argv = sys.argv[:1] + sys.argv[2:]
+runpy.run_module("kfac_repro.distribute.consistency", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_dying_in_its_assigned_inversion_ends_the_job(tmp_path: Path) -> None:
+    lines: list[str] = []
+    start = time.perf_counter()
+    with pytest.raises(WorkerFailure, match="worker 1 exited with code 17"):
+        run_local_workers(lambda spec: [sys.executable, "-c", DIE_IN_INVERSION, "-", *CHECK[3:], *ASYNC_FREE[:4],
+                                        "--steps", "200", "--out", str(tmp_path / "w.npz")],
+                          2, emit=lines.append, grace=5.0)
+    assert time.perf_counter() - start < 240, json.dumps(lines[-5:])
+    assert not (tmp_path / "w.npz").exists()

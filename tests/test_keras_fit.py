@@ -184,3 +184,17 @@ def test_trainable_change_after_construction_is_refused(fashion: tuple) -> None:
     with pytest.raises(ValueError, match="changed after its optimizer was built"):
         core.train_step(tf.constant(x), tf.constant(y))
     core.close()
+
+
+def test_layer_settings_reach_the_blocks_and_survive_get_config() -> None:
+    """skip_layers and sequence_factors (issue 14's settings) work in the Keras API as in the core."""
+    model = pooled_mlp()
+    hidden = model.layers[2].name
+    optimizer = KFAC(model, skip_layers=[hidden], sequence_factors="reduce")
+    assert [b.name for b in optimizer.preconditioner.blocks] == [model.layers[3].name]
+    assert "skip_layers" in optimizer.summary()
+    config = optimizer.get_config()
+    assert config["skip_layers"] == [hidden] and config["sequence_factors"] == "reduce"
+    restored = KFAC.from_config(config)
+    assert restored.config.skip_layers == (hidden,) and restored.config.sequence_factors == "reduce"
+    optimizer.close()

@@ -37,6 +37,10 @@ def test_smoke_run_writes_every_arm(tmp_path: Path) -> None:
         assert record["status"] == "complete" and record["data"] == "synthetic" and record["arm"] == arm
         assert (run_dir / "resolved.yaml").exists() and (run_dir / "environment.json").exists()
         assert any((run_dir / "tensorboard").iterdir()) and any((run_dir / "checkpoints").iterdir())
+        if arm != "sgd-bn":  # one line per refresh: async lag 1 hands over at steps 1, 2, 3; sync every 2 at 2
+            refreshes = (run_dir / "refreshes.log").read_text().splitlines()
+            assert len(refreshes) == (3 if arm.startswith("async") else 1), refreshes
+            assert "installed at step" in refreshes[0] and "s)" in refreshes[0]
 
 
 def test_seeds_give_one_ordinary_run_directory_per_seed(tmp_path: Path) -> None:

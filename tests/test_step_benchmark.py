@@ -12,13 +12,13 @@ from kfac_repro.kfac import KFAC
 
 def test_update_times_split_the_steps_that_refresh_the_inverses(monkeypatch: pytest.MonkeyPatch) -> None:
     refreshed_at: list[int] = []
-    real = KFAC._install
+    real = KFAC._set_source
 
-    def recording(self: KFAC, inverses: dict, at: int) -> None:
+    def recording(self: KFAC, at: int) -> None:
         refreshed_at.append(at)
-        real(self, inverses, at)
+        real(self, at)
 
-    monkeypatch.setattr(KFAC, "_install", recording)
+    monkeypatch.setattr(KFAC, "_set_source", recording)
     timings = step_time.measure_update_times(lambda: step_time.deep_mlp((6, 5, 4, 3)), (6,), 3, 8,
                                              inverse_every=3, repeats=4, warmup=1)
     assert [t.what for t in timings] == ["SGD update, momentum 0.9", "K-FAC update without inversion",

@@ -19,8 +19,9 @@ def setup(method: str) -> tuple[object, object, object]:
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
-    optimizer = KFAC(model, KFACConfig(inverse_every=3, damping=0.1)) if method == "kfac" else SGD(
-        model, SGDConfig(learning_rate=0.1))
+    configs = {"kfac": KFACConfig(inverse_every=3, damping=0.1),
+               "kfac-async": KFACConfig(inversion="async", async_lag=2, damping=0.1)}
+    optimizer = KFAC(model, configs[method]) if method in configs else SGD(model, SGDConfig(learning_rate=0.1))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype(np.float32)
     y = rng.integers(0, 3, size=64).astype(np.int32)
@@ -37,10 +38,14 @@ def setup(method: str) -> tuple[object, object, object]:
 def run(method: str, run_dir: Path, steps: int, resume: bool) -> dict:
     optimizer, iterator, evaluate = setup(method)
     settings = LoopSettings(steps=steps, log_every=2, eval_every=4, checkpoint_every=3, global_batch=8)
-    return train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator})
+    try:
+        return train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator})
+    finally:
+        if isinstance(optimizer, KFAC):
+            optimizer.close()
 
 
-@pytest.mark.parametrize("method", ["sgd", "kfac"])
+@pytest.mark.parametrize("method", ["sgd", "kfac", "kfac-async"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, method: str) -> None:
     whole = run(method, tmp_path / "whole", 12, resume=False)
     run(method, tmp_path / "split", 7, resume=False)  # stops after step 7; last checkpoint at 7 (the final step)

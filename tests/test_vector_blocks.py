@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, KFACConfig
@@ -61,12 +62,22 @@ def test_statistics_pass_leaves_batch_norm_moving_averages_alone() -> None:
         np.testing.assert_array_equal(old, new.numpy())
 
 
-def test_generic_block_uses_per_example_gradients_of_any_layer() -> None:
-    """LayerNormalization has no Kronecker structure: its block comes from per-example VJPs of its own call."""
-    model = model_with(keras.layers.LayerNormalization(name="ln"))
+class RewrittenLayerNorm(keras.layers.LayerNormalization):
+    """A subclass with a call of its own: K-FAC cannot assume LayerNormalization's algebra, so it goes generic."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return super().call(inputs)
+
+
+@pytest.mark.parametrize(("layer_class", "kind"), [(keras.layers.LayerNormalization, "scale-shift-exact"),
+                                                   (RewrittenLayerNorm, "generic-exact")])
+def test_layer_norm_block_equals_exact_fisher_of_gamma_and_beta(layer_class: type, kind: str) -> None:
+    """LayerNormalization gets the scale-shift block (x̂ from its output); a subclass with its own call the generic
+    block (per-example VJPs of its call): both equal the exact Fisher of (γ, β)."""
+    model = model_with(layer_class(name="ln"))
     x = np.random.default_rng(1).normal(size=(BATCH, D_IN))
     optimizer = KFAC(model, KFACConfig(fisher_targets="exact"))
-    assert next(b for b in optimizer.blocks if b.name == "ln").kind == "generic-exact"
+    assert next(b for b in optimizer.blocks if b.name == "ln").kind == kind
     optimizer.accumulate_statistics(tf.constant(x, tf.float32))
     h = pre_normalisation(model, x)
     x_hat = (h - h.mean(axis=1, keepdims=True)) / np.sqrt(h.var(axis=1, keepdims=True) + model.layers[2].epsilon)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from kfac_repro.kfac import KFAC, KFACConfig
+from kfac_repro.kfac.inversion_resources import on_device
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ def time_inversions(
     height: int = 6, width: int = 6, channels: int = 256, outputs: int = 4096,
     dtype: Literal["float32", "float64"] = "float32",
     progress: Callable[[str], None] = lambda _: None,
+    device: str | None = None,
 ) -> list[InversionTiming]:
-    """One `compute_inverse` of the fc6 block, doubly-factored and plain Kronecker, on random PSD factors."""
+    """One `compute_inverse` of the fc6 block, doubly-factored and plain Kronecker, on random PSD factors
+    (numpy on the host, or tf.linalg on `device`)."""
     rng = np.random.default_rng(0)
     timings = []
     for doubly in (True, False):
@@ -48,7 +51,8 @@ def time_inversions(
         factors = {name: _random_psd(shape[0], rng) for name, shape in block.factor_shapes.items()}
         progress(block.kind)
         start = time.perf_counter()
-        block.compute_inverse(factors, 1e-3, dtype)
+        with on_device(device):
+            block.compute_inverse(factors, 1e-3, dtype)
         seconds = time.perf_counter() - start
         shapes = ", ".join(f"{n} {s[0]}²" for n, s in block.factor_shapes.items())
         timings.append(InversionTiming(block.kind, shapes, seconds))

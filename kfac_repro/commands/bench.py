@@ -10,7 +10,8 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: every arm's cost per update, step time against SGD, fit step time against Adam, inversion time."""
+    """Benchmarks: every arm's cost per update, step time against SGD, fit step time against Adam, inversion time,
+    async inversion, step time of the newer layer blocks against Adam."""
 
 
 @bench.command("arms")
@@ -107,14 +108,28 @@ def _mlp_updates(batch_size: int, repeats: int) -> None:
               help="H W C of the map the fully-connected layer reads (AlexNet fc6: 6 6 256)")
 @click.option("--outputs", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["float32", "float64"]) -> None:
-    """One inversion of a fully-connected layer over a map: doubly-factored against plain Kronecker factors."""
+@click.option("--device", default=None, metavar="DEVICE",
+              help="run the decompositions with tf.linalg on this TensorFlow device (e.g. /GPU:0; default: numpy "
+                   "on the host)")
+@click.option("--workers", type=click.IntRange(min=1), multiple=True,
+              help="instead: the reduced AlexNet's inversion divided among this many worker processes on "
+                   "127.0.0.1 (repeatable: --workers 1 --workers 2 --workers 4)")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="--workers: inversions per worker (the median is reported)")
+def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["float32", "float64"],
+              device: str | None, workers: tuple[int, ...], repeats: int) -> None:
+    """One inversion of a fully-connected layer over a map: doubly-factored against plain Kronecker factors;
+    with --workers, the per-worker time of inversion divided among N workers."""
+    if workers:
+        _divided_inversion(workers, repeats)
+        return
     from kfac_repro.benchmarks.inversion import time_inversions
 
     height, width, channels = map_shape
-    click.echo(f"layer: Dense over a {height}×{width}×{channels} map → {outputs}; Cholesky in {dtype}")
+    where = f"tf.linalg Cholesky on {device}" if device else "LAPACK Cholesky"
+    click.echo(f"layer: Dense over a {height}×{width}×{channels} map → {outputs}; {where} in {dtype}")
     timings = time_inversions(height, width, channels, outputs, dtype,
-                              progress=lambda what: click.echo(f"  inverting {what} ...", err=True))
+                              progress=lambda what: click.echo(f"  inverting {what} ...", err=True), device=device)
     for timing in timings:
         click.echo(f"{timing.block:18}{timing.factors:34}{timing.seconds:10.2f} s")
     click.echo(f"plain / doubly-factored: {timings[1].seconds / timings[0].seconds:.1f}×")
@@ -140,3 +155,81 @@ def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> No
     for t in timings:
         ratio = t.ms_per_step / adam[t.model]
         click.echo(f"{t.model:6}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+
+
+@bench.command("layers")
+@click.option("--model", "model_names", type=click.Choice(["transformer", "embedding"]), multiple=True,
+              default=("transformer", "embedding"), show_default=True,
+              help="transformer: an encoder block over 64 tokens, width 64, 4 heads, vocabulary 1000; "
+                   "embedding: a 10000 × 64 Embedding + Conv1D text classifier over 64 tokens")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="timed steps per variant (the median is reported)")
+def layers(model_names: tuple[str, ...], batch_size: int, repeats: int) -> None:
+    """Median ms/step of K-FAC against Adam on models of the newer blocks (EinsumDense, LayerNorm, Embedding,
+    Conv1D), random tokens, all measured in one process."""
+    from kfac_repro.benchmarks.layer_time import embedding_classifier, measure_layer_models, transformer_block
+
+    length, classes = 64, 10
+    models = {
+        "transformer": (lambda: transformer_block(length, 1000, 64, 4, classes), 1000),
+        "embedding": (lambda: embedding_classifier(length, 10_000, 64, classes), 10_000),
+    }
+    for name in model_names:
+        build, vocabulary = models[name]
+        click.echo(f"model: {name}, batch {batch_size}, {length} random tokens; median of {repeats} steps")
+        timings = measure_layer_models(build, length, vocabulary, classes, batch_size, repeats=repeats,
+                                       progress=lambda what: click.echo(f"  timing {what} ...", err=True))
+        click.echo(f"{'':44}{'ms':>10}{'× Adam':>9}")
+        for timing in timings:
+            click.echo(f"{timing.what:44}{1000 * timing.seconds:10.1f}{timing.ratio:9.2f}")
+
+
+def _divided_inversion(counts: tuple[int, ...], repeats: int) -> None:
+    from kfac_repro.benchmarks.divided_inversion import ARM, PROFILE, SPEC, measure
+
+    click.echo(f"model: {SPEC} {PROFILE} profile, arm {ARM} (reduced AlexNet), seeded random factors; blocks "
+               f"divided among N worker processes on 127.0.0.1, one LAPACK thread each; median of {repeats}")
+    click.echo(f"{'N':>3}{'worker':>8}{'blocks':>8}{'cost share':>12}{'compute s':>11}{'CPU s':>9}{'share s':>9}")
+    single: float | None = None
+    for count in counts:
+        click.echo(f"  timing {count} worker(s) ...", err=True)
+        timings = measure(count, repeats)
+        total = sum(t.cost for t in timings)
+        for t in timings:
+            click.echo(f"{count:>3}{t.worker:>8}{len(t.blocks):>8}{t.cost / total:>12.1%}{t.compute_seconds:>11.3f}"
+                       f"{t.compute_cpu_seconds:>9.3f}{t.share_seconds:>9.3f}")
+        slowest = max(t.compute_cpu_seconds for t in timings)
+        if count == 1:
+            single = slowest
+        if single is not None:
+            click.echo(f"    N={count}: slowest worker's CPU seconds = {slowest * count / single:.2f} × time(1)/N "
+                       "(goal ≤ 1.3)")
+
+
+@bench.command("async")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="timed updates per arm")
+@click.option("--inversion-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="cores given to the inversion; TensorFlow gets the others")
+def async_(batch_size: int, steps: int, inversion_threads: int) -> None:
+    """Update time of asynchronous K-FAC and of synchronous refresh every 20, against never inverting."""
+    from kfac_repro.kfac.inversion_resources import reserve_inversion_cores
+
+    tf_threads = reserve_inversion_cores(inversion_threads)  # before TensorFlow runs anything
+    from kfac_repro.benchmarks.async_inversion import PROFILE, SPEC, measure_async
+
+    click.echo(f"model: CIFAR-10 net ({SPEC}, {PROFILE} profile settings), batch {batch_size}, random inputs; "
+               f"inversion on {inversion_threads} LAPACK thread(s), TensorFlow on {tf_threads}; mean of {steps} "
+               "updates per arm")
+    timing = measure_async(batch_size, steps, inversion_threads=inversion_threads,
+                           progress=lambda what: click.echo(f"  timing {what} ...", err=True))
+    click.echo(f"{'':52}{'s/update':>10}{'ratio':>8}")
+    click.echo(f"{'K-FAC, never inverting':52}{timing.never_seconds:10.4f}{1.0:8.3f}")
+    click.echo(f"{'K-FAC, asynchronous inversion (free-running)':52}{timing.async_seconds:10.4f}"
+               f"{timing.async_seconds / timing.never_seconds:8.3f}   (goal ≤ 1.05)")
+    sync_label = f"K-FAC, synchronous inversion every {timing.sync_every}"
+    click.echo(f"{sync_label:52}{timing.sync_seconds:10.4f}{timing.sync_seconds / timing.never_seconds:8.3f}")
+    interval = f"{timing.steps / timing.refreshes:.1f} updates" if timing.refreshes else "none in the timed updates"
+    click.echo(f"async refresh interval achieved: {interval} ({timing.refreshes} refreshes in {timing.steps}); "
+               f"mean staleness {timing.mean_staleness:.1f} updates")

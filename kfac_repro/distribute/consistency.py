@@ -1,6 +1,8 @@
 """A check that data-parallel training equals single-process training on the same global batches: a small
 convnet is trained for a few steps on fixed synthetic batches, each replica taking a contiguous share, and the
-final weights are written to an .npz file for comparison (run as `python -m kfac_repro.distribute.consistency`)."""
+final weights are written to an .npz file for comparison (run as `python -m kfac_repro.distribute.consistency`).
+K-FAC also writes its refreshes (snapshot and hand-over steps), the blocks this process inverted, and the inverses
+installed from fixed random factors after training (divided inversion must equal single-worker inversion)."""
 
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ def _model() -> keras.Model:
 
 
 def train(
-    optimizer: str, steps: int, global_batch: int, local_replicas: int = 1, async_lag: int | None = None
-) -> tuple[dict, list[float]]:
-    """Final weights (by variable path) and per-step losses under the strategy this process is configured for."""
+    optimizer: str, steps: int, global_batch: int, local_replicas: int = 1, inversion: str = "sync",
+    async_lag: int | None = None,
+) -> tuple[dict, list[float], dict]:
+    """Final weights (by variable path), per-step losses and (K-FAC) the inversion record of the module docstring,
+    under the strategy this process is configured for."""
     strategy = make_strategy(local_replicas)
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
@@ -39,8 +43,8 @@ def train(
     local = global_batch // replicas
     with strategy.scope():
         model = _model()
-        inversion: Literal["sync", "async"] = "sync" if async_lag is None else "async"
-        trainer = (KFAC(model, KFACConfig(damping=0.1, inverse_every=2, inversion=inversion, async_lag=async_lag))
+        mode: Literal["sync", "async"] = "async" if inversion == "async" else "sync"
+        trainer = (KFAC(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag))
                    if optimizer == "kfac" else SGD(model, SGDConfig(learning_rate=0.05)))
     rng = np.random.default_rng(1)
     losses = []
@@ -55,9 +59,29 @@ def train(
         xs = strategy.experimental_distribute_values_from_function(lambda c, d=x: share(c, d))
         ys = strategy.experimental_distribute_values_from_function(lambda c, d=y: share(c, d))
         losses.append(trainer.train_step(xs, ys)["loss"])
-    if isinstance(trainer, KFAC):
-        trainer.close()
-    return {v.path: v.numpy() for v in model.trainable_variables}, losses
+    weights = {v.path: v.numpy() for v in model.trainable_variables}
+    if not isinstance(trainer, KFAC):
+        return weights, losses, {}
+    trainer.close()
+    return weights, losses, _inversion_record(trainer)
+
+
+def _inversion_record(trainer: KFAC) -> dict[str, np.ndarray]:
+    """Refreshes, this process's blocks, and the inverses installed from seeded random PSD factors."""
+    history = trainer.refresh.history
+    record = {"refresh:snapshot": np.array([r.snapshot_step for r in history], np.int64),
+              "refresh:installed": np.array([r.installed_at for r in history], np.int64),
+              "owned": np.array(trainer.inversion.local_blocks(), dtype=str)}
+    rng = np.random.default_rng(2)
+    for block in trainer.blocks:
+        for variable in block.factors.values():
+            size = variable.shape[0]
+            root = rng.normal(size=(size, 2 * size)).astype(np.float32)
+            variable.assign(root @ root.T / (2 * size) if len(variable.shape) == 2 else np.abs(root[:, 0]))
+    trainer.refresh_inverses()
+    for block in trainer.blocks:
+        record.update({f"inverse:{block.name}/{name}": v.numpy() for name, v in block.inverse.items()})
+    return record
 
 
 def main() -> None:
@@ -66,11 +90,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--local-replicas", type=int, default=1)
-    parser.add_argument("--async-lag", type=int, default=None, help="K-FAC with asynchronous inversion, this lag")
+    parser.add_argument("--inversion", choices=["sync", "async"], default="sync", help="K-FAC's inverse refresh")
+    parser.add_argument("--async-lag", type=int, default=None, help="async: pin the hand-over to this lag")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    weights, losses = train(args.optimizer, args.steps, args.global_batch, args.local_replicas, args.async_lag)
-    np.savez(args.out, losses=np.array(losses), **{f"w:{k}": v for k, v in weights.items()})
+    weights, losses, record = train(args.optimizer, args.steps, args.global_batch, args.local_replicas,
+                                    args.inversion, args.async_lag)
+    np.savez(args.out, losses=np.array(losses), **{f"w:{k}": v for k, v in weights.items()}, **record)
 
 
 if __name__ == "__main__":

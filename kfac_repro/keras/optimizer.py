@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip": 0.01, "momentum": 0.9, "k
                             "weight_decay": 0.0, "stats_decay": 0.95, "inverse_every": 10, "inversion": "sync",
                             "conv_factors": "cheap", "inverse_dtype": "float32", "fisher_targets": "sample",
                             "exact_block_max": 1024, "doubly_factored": (), "doubly_factored_min_inputs": None,
-                            "seed": 0}
+                            "sequence_factors": "expand", "skip_layers": (), "seed": 0}
+_NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
 
@@ -80,7 +81,7 @@ class KFAC(keras.optimizers.Optimizer):
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
                          name=name)
         self.settings = {**DEFAULTS, **settings}
-        self.settings["doubly_factored"] = tuple(self.settings["doubly_factored"])
+        self.settings.update({key: tuple(self.settings[key]) for key in _NAME_LISTS})
         self.config = KFACConfig(**self.settings)
         self._binding: _Binding | None = None
         self._velocity: list = []
@@ -223,12 +224,12 @@ class KFAC(keras.optimizers.Optimizer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         kept = {"name": config["name"], "learning_rate": config["learning_rate"]}
-        return {**kept, **self.settings, "doubly_factored": list(self.config.doubly_factored)}
+        return {**kept, **self.settings, **{key: list(self.settings[key]) for key in _NAME_LISTS}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> KFAC:
         config = dict(config)
-        config["doubly_factored"] = tuple(config.get("doubly_factored", ()))
+        config.update({key: tuple(config.get(key, ())) for key in _NAME_LISTS})
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"],
                                                                              custom_objects=custom_objects)

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import FisherBlock
-from kfac_repro.kfac.inverse_refresh import Inverses
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.preconditioner import Preconditioner
 
 
@@ -72,7 +71,7 @@ class GraphRefresh:
                            self._pool.submit(self.preconditioner.invert, self._as_snapshot(current)))
         return self._flatten(result)
 
-    def _inverses_of(self, snapshot: list[np.ndarray]) -> Inverses:
+    def _inverses_of(self, snapshot: list[np.ndarray]) -> dict[str, Arrays]:
         """The background result for this snapshot, or a synchronous inversion (after a restore)."""
         if self._submitted is not None:
             submitted, future = self._submitted
@@ -86,8 +85,8 @@ class GraphRefresh:
             snapshot.setdefault(block, {})[name] = np.asarray(array)
         return snapshot
 
-    def _flatten(self, inverses: Inverses) -> list[np.ndarray]:
-        """The values `install` would assign, aligned with the inverse variables (see `_values_installed`)."""
+    def _flatten(self, inverses: dict[str, Arrays]) -> list[np.ndarray]:
+        """The values `install_inverse` would assign, aligned with the inverse variables (see `_values_installed`)."""
         values: list[np.ndarray] = []
         for block in self.preconditioner.blocks:
             values += _values_installed(block, inverses[block.name])

@@ -106,16 +106,16 @@ class ModelOptimizer(abc.ABC):
         return as_floats(self.step(x, y))
 
     def distributed(self, replica_step: Callable) -> Callable:
-        """A compiled function running `replica_step(x, y)` on every replica and reducing its metrics."""
+        """A compiled function running `replica_step(x, y, *extra)` on every replica and reducing its metrics."""
 
-        def step(x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-            return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=(x, y)))
+        def step(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+            return reduce_metrics(self.strategy, self.strategy.run(replica_step, args=args))
 
         return tf.function(step, reduce_retracing=True, autograph=False)
 
     def loss_and_outputs(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean negative log-likelihood of the (local) batch plus the model's own losses, and the outputs."""
-        outputs = self.model(x, training=training)
+        outputs = tf.cast(self.model(x, training=training), tf.float32)  # mixed precision: the loss in float32
         loss = tf.reduce_mean(likelihoods.negative_log_likelihood(self.likelihood, outputs, y, self.from_logits))
         if self.model.losses:
             loss += tf.add_n(self.model.losses)

@@ -24,6 +24,7 @@ class FisherBlock(abc.ABC):
     kind: str = "block"
     inverse_path: str = "cholesky"  # how compute_inverse inverts (shown by summary())
     taps_preactivation: bool = False  # True: statistics need the layer's pre-activation, else its output
+    reason: str = ""  # why the layer got this block (set at registration, shown by summary())
 
     def __init__(self, layer: keras.layers.Layer, variables: Sequence[tf.Variable]):
         self.layer = layer

@@ -50,7 +50,10 @@ class KFACConfig:
     inverse_every: int = 20
     inversion: Literal["sync", "async"] = "sync"
     async_lag: int | None = None
+    inversion_threads: int | None = None
+    inversion_device: Literal["host", "accelerator"] = "host"
     conv_factors: Literal["cheap", "kfc"] = "cheap"
+    sequence_factors: Literal["expand", "reduce"] = "expand"
     inverse_dtype: Literal["float32", "float64"] = "float32"  # Cholesky precision; float64 retried on failure
     fisher_targets: Literal["sample", "exact"] = "sample"
     likelihood: Literal["categorical", "gaussian"] = "categorical"
@@ -58,11 +61,13 @@ class KFACConfig:
     exact_block_max: int = 1024
     doubly_factored: tuple[str, ...] = ()
     doubly_factored_min_inputs: int | None = None
+    skip_layers: tuple[str, ...] = ()
     polyak_decay: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "doubly_factored", tuple(self.doubly_factored))
+        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
         _check(self.damping > 0, "damping", "a number > 0", self.damping)
         _check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
         _check(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
@@ -78,7 +83,13 @@ class KFACConfig:
         _check(self.inverse_every >= 1, "inverse_every", "an integer >= 1", self.inverse_every)
         _check(self.inversion in ("sync", "async"), "inversion", "'sync' or 'async'", self.inversion)
         _check(self.async_lag is None or self.async_lag >= 1, "async_lag", "an integer >= 1 or None", self.async_lag)
+        _check(self.inversion_threads is None or self.inversion_threads >= 1, "inversion_threads",
+               "an integer >= 1 or None", self.inversion_threads)
+        _check(self.inversion_device in ("host", "accelerator"), "inversion_device", "'host' or 'accelerator'",
+               self.inversion_device)
         _check(self.conv_factors in ("cheap", "kfc"), "conv_factors", "'cheap' or 'kfc'", self.conv_factors)
+        _check(self.sequence_factors in ("expand", "reduce"), "sequence_factors", "'expand' or 'reduce'",
+               self.sequence_factors)
         _check(self.inverse_dtype in ("float32", "float64"), "inverse_dtype", "'float32' or 'float64'",
                self.inverse_dtype)
         _check(self.fisher_targets in ("sample", "exact"), "fisher_targets", "'sample' or 'exact'",

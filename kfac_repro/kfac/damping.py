@@ -8,8 +8,8 @@ _TINY = 1e-30
 
 
 def mean_eigenvalue(factor: np.ndarray) -> float:
-    """tr(F)/dim F: for a PSD factor, its nuclear norm over its dimension."""
-    return float(np.trace(factor)) / factor.shape[0]
+    """tr(F)/dim F: for a PSD factor, its nuclear norm over its dimension (a 1-D factor is a diagonal)."""
+    return float(np.trace(factor) if factor.ndim == 2 else np.sum(factor)) / factor.shape[0]
 
 
 def trace_norm_pi(input_factor: np.ndarray, output_factor: np.ndarray) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import lapack
 
+from kfac_repro.kfac.inversion_resources import cholesky_inverse_on_device, current_device
+
 InverseDtype = str  # "float32" or "float64"
 
 
@@ -34,6 +36,8 @@ def damped_inverse(factor: np.ndarray, shift: float, dtype: InverseDtype = "floa
 
 def _cholesky_inverse(matrix: np.ndarray) -> np.ndarray | None:
     """M⁻¹ from M = L Lᵀ (potrf, then potri on L), or None when M is not numerically positive definite."""
+    if current_device() is not None:
+        return cholesky_inverse_on_device(matrix)
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (matrix,))
     lower, info = potrf(matrix, lower=True, clean=True)
     if info != 0:

@@ -5,6 +5,7 @@ with the two damped inverses formed explicitly at each refresh.
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import keras
@@ -20,15 +21,46 @@ from kfac_repro.kfac.layer_capture import LayerCall
 ConvFactors = Literal["cheap", "kfc"]
 
 
-class KroneckerBlock(FisherBlock):
-    """A ⊗ G block of a Dense or Conv2D layer (kernel and bias together)."""
+class KroneckerFactoredBlock(FisherBlock):
+    """The A ⊗ G machinery every Kronecker block shares: factors A [d_in(+1)]² and G [d_out]², their damped
+    inverses, and the solve (A + π√λ I)⁻¹ M (G + √λ/π I)⁻¹ on the gradient viewed as a [d_in(+1), d_out] matrix M.
+    Subclasses say how a batch gives A and G (`batch_statistics`) and how the gradients map to M and back."""
 
     taps_preactivation = True
+
+    def __init__(self, layer: keras.layers.Layer, variables: list[tf.Variable], input_dim: int, output_dim: int):
+        super().__init__(layer, variables)
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self._add_factor("A", input_dim)
+        self._add_factor("G", output_dim)
+
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+        shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
+        return {"A_inverse": damped_inverse(factors["A"], shift_a, dtype),
+                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
+
+    def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        return self.from_matrix(self.solve(self.to_matrix(grads)))
+
+    def solve(self, matrix: tf.Tensor) -> tf.Tensor:
+        """(A + π√λ I)⁻¹ M (G + √λ/π I)⁻¹ with the installed inverse, M of shape [input_dim, output_dim]."""
+        return kronecker_solve(matrix, self.inverse["A_inverse"], self.inverse["G_inverse"])
+
+    @abc.abstractmethod
+    def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:
+        """The gradients of `variables` as the [input_dim, output_dim] matrix the factors act on."""
+
+    @abc.abstractmethod
+    def from_matrix(self, matrix: tf.Tensor) -> list[tf.Tensor]:
+        """The inverse of `to_matrix`: a [input_dim, output_dim] matrix back to tensors shaped like `variables`."""
+
+
+class KroneckerBlock(KroneckerFactoredBlock):
+    """A ⊗ G block of a Dense or Conv2D layer (kernel and bias together)."""
 
     def __init__(self, layer: keras.layers.Layer, conv_factors: ConvFactors = "cheap"):
         kernel = layer.kernel
         bias = getattr(layer, "bias", None)
-        super().__init__(layer, [kernel] if bias is None else [kernel, bias])
         self.use_bias = bias is not None
         self.kernel_shape = tuple(kernel.shape)
         self.geometry: ff.ConvGeometry | None = None
@@ -45,10 +77,8 @@ class KroneckerBlock(FisherBlock):
             self.kind = f"kronecker-conv-{conv_factors}"
         else:
             self.kind = "kronecker-dense"
-        self.input_dim = int(np.prod(self.kernel_shape[:-1])) + int(self.use_bias)
-        self.output_dim = int(self.kernel_shape[-1])
-        self._add_factor("A", self.input_dim)
-        self._add_factor("G", self.output_dim)
+        input_dim = int(np.prod(self.kernel_shape[:-1])) + int(self.use_bias)
+        super().__init__(layer, [kernel] if bias is None else [kernel, bias], input_dim, int(self.kernel_shape[-1]))
 
     def batch_statistics(
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
@@ -63,16 +93,11 @@ class KroneckerBlock(FisherBlock):
             a, g = ff.conv_cheap_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias)
         return {"A": a, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
-        shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A_inverse": damped_inverse(factors["A"], shift_a, dtype),
-                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
-
-    def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+    def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:
         matrix = tf.reshape(grads[0], [-1, self.output_dim])
-        if self.use_bias:
-            matrix = tf.concat([matrix, grads[1][None, :]], axis=0)
-        solved = kronecker_solve(matrix, self.inverse["A_inverse"], self.inverse["G_inverse"])
+        return tf.concat([matrix, grads[1][None, :]], axis=0) if self.use_bias else matrix
+
+    def from_matrix(self, matrix: tf.Tensor) -> list[tf.Tensor]:
         if not self.use_bias:
-            return [tf.reshape(solved, self.kernel_shape)]
-        return [tf.reshape(solved[:-1], self.kernel_shape), solved[-1]]
+            return [tf.reshape(matrix, self.kernel_shape)]
+        return [tf.reshape(matrix[:-1], self.kernel_shape), matrix[-1]]

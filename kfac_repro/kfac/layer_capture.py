@@ -27,6 +27,16 @@ class LayerCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def in_float32(call: LayerCall) -> LayerCall:
+    """The call with floating inputs and point cast to float32 (mixed precision computes them in float16/bfloat16;
+    Fisher statistics are kept in float32)."""
+
+    def cast(x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(x, tf.float32) if x.dtype.is_floating else x
+
+    return LayerCall(cast(call.inputs), cast(call.point), call.kwargs)
+
+
 class LayerTaps:
     """Context manager that records `LayerCall`s for the given layers; `calls[layer_name]` lists them in order."""
 

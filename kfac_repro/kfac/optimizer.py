@@ -5,13 +5,13 @@ the preconditioner's statistics (`kfac_repro.kfac.preconditioner`: Fisher cotang
 layers, all-reduced, folded into moving averages); precondition each block with its installed inverse;
 η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on (1 − μ)·η·v, so that the update it sums to meets the KL bound
 (`kl_bound: increment`: on η·v). Between steps the inverses are refreshed synchronously every `inverse_every`
-steps or asynchronously in a background thread (paper §3.1).
+steps or asynchronously in a background thread (paper §3.1), each block inverted by one replica and shared
+(`kfac_repro.kfac.inversion`).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 
 import keras
 import numpy as np
@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inverse_refresh import AsyncRefresh, Inverses, Snapshot, SyncRefresh
+from kfac_repro.kfac.inverse_refresh import AsyncRefresh, SyncRefresh
+from kfac_repro.kfac.inversion import BlockInversion
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
 from kfac_repro.kfac.replicas import all_reduce_mean
 
@@ -37,9 +38,10 @@ class KFAC(ModelOptimizer):
         self.inverse_source = tf.Variable(-1, dtype=tf.int64, trainable=False, name="inverse_source")
         self.inverse_iteration = -1
         self._host_iteration = 0
+        self.inversion = BlockInversion(self.blocks, self.config, self.strategy)
         self.refresh: SyncRefresh | AsyncRefresh = (
-            AsyncRefresh(self.config.async_lag, self._agree_on_lag) if self.config.inversion == "async"
-            else SyncRefresh(self.config.inverse_every)
+            AsyncRefresh(self.inversion, self.config.async_lag) if self.config.inversion == "async"
+            else SyncRefresh(self.inversion, self.config.inverse_every)
         )
         self._steps = {s: self.distributed(functools.partial(self._replica_step, with_stats=s)) for s in (True, False)}
         self._stats_only = tf.function(
@@ -48,7 +50,7 @@ class KFAC(ModelOptimizer):
 
     # ---- public API -------------------------------------------------------------------------------------------
     def summary(self) -> str:
-        """Each layer, its block type, factor shapes and inverse path."""
+        """Each layer, its block type, factor shapes, inverse path and why it got that block (or none)."""
         return self.preconditioner.summary()
 
     def communication_bytes(self) -> dict[str, int]:
@@ -69,21 +71,26 @@ class KFAC(ModelOptimizer):
             self._stats_only(x)
 
     def refresh_inverses(self) -> None:
-        """Invert the damped factors now (synchronously) and install the inverses."""
-        self._install(self._invert(self._snapshot()), self._host_iteration)
+        """Invert the damped factors now (synchronously, divided among the replicas) and install them; every
+        worker must call it at the same step."""
+        step = self._host_iteration
+        self.inversion.install(self.inversion.compute({b.name: b.factors for b in self.blocks}, step))
+        self._set_source(step)
 
     def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
         self.check_trainable()
         step = self._host_iteration
         if self.inverse_iteration < 0:
             self.accumulate_statistics(x)
-            start = time.perf_counter()
             self.refresh_inverses()
-            if isinstance(self.refresh, AsyncRefresh):
-                self.refresh.inversion_seconds = time.perf_counter() - start
-        self.refresh.before_step(step, self._snapshot, self._invert, self._install)
+        installed = self.refresh.before_step(step)
+        if installed is not None:
+            self._set_source(installed)
+        ready = tf.constant(1.0 if self.refresh.locally_ready() else 0.0)
         with self.taps:
-            metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0](x, y))
+            metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0](x, y, ready))
+        agreed, threshold = metrics.pop("inverses_ready"), 1.0 - 0.5 / self.strategy.num_replicas_in_sync
+        self.refresh.after_step(lambda: float(agreed) > threshold)  # read at the next boundary, if needed
         metrics["inverse_staleness"] = float(step - self.inverse_iteration)
         self._host_iteration += 1
         return metrics
@@ -95,45 +102,25 @@ class KFAC(ModelOptimizer):
     def checkpoint_state(self) -> dict[str, object]:
         state = {**super().checkpoint_state(), **self.preconditioner.checkpoint_state()}
         state["inverse_source"] = self.inverse_source
+        state.update(self.refresh.checkpoint_state())
         return state
 
     def restored(self) -> None:
-        """A resumed run continues at the checkpointed step with the checkpointed inverses (an asynchronous
-        inversion that was in flight is started afresh from the restored factors)."""
+        """A resumed run continues at the checkpointed step with the checkpointed inverses; an asynchronous
+        inversion that was in flight is restarted on its checkpointed snapshot."""
         self._host_iteration = int(self.iterations.numpy())
         self.inverse_iteration = int(self.inverse_source.numpy())
+        self.refresh.restored()
 
-    # ---- inverses (host side) ---------------------------------------------------------------------------------
-    def _snapshot(self) -> Snapshot:
-        return self.factors()
-
-    def _invert(self, snapshot: Snapshot) -> Inverses:
-        return self.preconditioner.invert(snapshot)
-
-    def _install(self, inverses: Inverses, snapshot_iteration: int) -> None:
-        self.preconditioner.install(inverses)
-        self.inverse_iteration = snapshot_iteration
-        self.inverse_source.assign(snapshot_iteration)
-
-    def _agree_on_lag(self, lag: int) -> int:
-        """Every replica takes replica 0's lag (an all-reduced sum with zeros elsewhere)."""
-        strategy = self.strategy
-        if strategy.num_replicas_in_sync == 1:
-            return lag
-
-        def replica() -> tf.Tensor:
-            context = tf.distribute.get_replica_context()
-            mine = tf.where(tf.equal(context.replica_id_in_sync_group, 0), lag, 0)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, mine)
-
-        agreed = strategy.run(tf.function(replica))
-        return int(strategy.experimental_local_results(agreed)[0])
+    def _set_source(self, snapshot_step: int) -> None:
+        self.inverse_iteration = snapshot_step
+        self.inverse_source.assign(snapshot_step)
 
     # ---- per-replica computation ------------------------------------------------------------------------------
     def _replica_statistics(self, x: tf.Tensor) -> None:
         self.commit(self.preconditioner.factor_assignments(self.preconditioner.statistics_pass(x)))
 
-    def _replica_step(self, x: tf.Tensor, y: tf.Tensor, with_stats: bool) -> dict[str, tf.Tensor]:
+    def _replica_step(self, x: tf.Tensor, y: tf.Tensor, ready: tf.Tensor, with_stats: bool) -> dict[str, tf.Tensor]:
         preconditioner = self.preconditioner
         separate = with_stats and self.config.stats_batch_size is not None
         batch_factors = preconditioner.statistics_pass(x[: self.config.stats_batch_size]) if separate else []
@@ -150,5 +137,6 @@ class KFAC(ModelOptimizer):
         step_size = scale["step_size"]
         increment = step_size * (1.0 - self.momentum) if self.config.kl_bound == "update" else step_size
         self.commit(pairs + self.update_assignments(direction, increment))
-        loss, error = all_reduce_mean([loss, self.error_rate(outputs, y)])
-        return {"loss": loss, "error": error, **scale}
+        ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inverse_refresh)
+        loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
+        return {"loss": loss, "error": error, **scale, "inverses_ready": ready}

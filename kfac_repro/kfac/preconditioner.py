@@ -2,9 +2,10 @@
 
 It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
-block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), invert the
-damped factors (`invert`, numpy Cholesky, may run in a background thread) and `install` the inverses, precondition
-v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). Update rules
+block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
+v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). `KFAC` computes
+and installs the inverses with `kfac_repro.kfac.inversion` (divided among the replicas); `invert` inverts every
+block in the calling thread (the Keras optimizer's refresh, inside a traced step). Update rules
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
@@ -18,11 +19,10 @@ import tensorflow as tf
 
 from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.base import scheduled
-from kfac_repro.kfac.blocks import FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inverse_refresh import Inverses, Snapshot
-from kfac_repro.kfac.layer_capture import LayerTaps
-from kfac_repro.kfac.registration import build_blocks, summary
+from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps, in_float32
+from kfac_repro.kfac.registration import build_blocks, skipped_layers, summary
 from kfac_repro.kfac.replicas import all_reduce_mean
 
 _TINY = 1e-12
@@ -42,6 +42,7 @@ class Preconditioner:
         self.from_logits = config.from_logits if from_logits is None else from_logits
         self.params = list(model.trainable_variables)
         self.blocks: list[FisherBlock] = build_blocks(model, config)
+        self.skipped = skipped_layers(model, config)
         self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
                               [b.layer for b in self.blocks if not b.taps_preactivation])
         index = {id(p): i for i, p in enumerate(self.params)}
@@ -50,8 +51,8 @@ class Preconditioner:
         self.cotangent_scale = 1.0  # Fisher cotangents are multiplied by this (a loss at another scale than −log p)
 
     def summary(self) -> str:
-        """Each layer, its block type, factor shapes and inverse path."""
-        return summary(self.model, self.blocks)
+        """Each layer, its block type, factor shapes, inverse path and why it got that block (or none)."""
+        return summary(self.model, self.blocks, self.skipped)
 
     def communication_bytes(self) -> dict[str, int]:
         """Bytes each replica all-reduces: gradients every step, factors every statistics step (float32)."""
@@ -100,7 +101,7 @@ class Preconditioner:
         saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
         self.taps.clear()
         with tf.GradientTape(persistent=True) as tape:
-            outputs = self.model(x, training=True)
+            outputs = tf.cast(self.model(x, training=True), tf.float32)
         batch_factors = self.batch_factors(outputs, tape_gradient(tape))
         for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
             variable.assign(value)
@@ -120,7 +121,8 @@ class Preconditioner:
             if not block_calls:
                 raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
         points = [call.point for block_calls in calls for call in block_calls]
-        derivatives = [gradient(outputs, points, v) for v in cotangents]
+        derivatives = [_float32_derivatives(gradient(outputs, points, v), calls, self.blocks) for v in cotangents]
+        calls = [[in_float32(call) for call in block_calls] for block_calls in calls]
         batch = tf.shape(outputs)[0]
         values, offset = [], 0
         for block, block_calls in zip(self.blocks, calls, strict=True):
@@ -139,17 +141,23 @@ class Preconditioner:
         pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
 
-    # ---- inverses (host side) ---------------------------------------------------------------------------------
-    def invert(self, snapshot: Snapshot, damping: float | None = None) -> Inverses:
-        """Damped inverses of a factor snapshot (numpy, Cholesky); damping defaults to λ + weight decay."""
-        if damping is None:
-            damping = self.config.damping + self.config.weight_decay
+    def invert(self, snapshot: dict[str, Arrays]) -> dict[str, Arrays]:
+        """Every block's damped inverses (F̂ + λ + weight decay)⁻¹ of a factor snapshot (block name → factor arrays),
+        on the host (numpy Cholesky); keyed by block name, each as `install_inverse` takes it."""
+        damping = self.config.damping + self.config.weight_decay
         return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.inverse_dtype) for b in self.blocks}
 
-    def install(self, inverses: Inverses) -> None:
-        """Make `inverses` the ones `precondition` uses."""
-        for block in self.blocks:
-            block.install_inverse(inverses[block.name])
+
+def _float32_derivatives(derivatives: Sequence, calls: list[list[LayerCall]],
+                         blocks: list[FisherBlock]) -> list[tf.Tensor]:
+    """The derivatives as float32 (statistics stay float32 under mixed precision); a clear error where a layer's
+    point has none (a layer called inside a loop: its per-call tensors cannot be differentiated from outside)."""
+    owners = [block.name for block, block_calls in zip(blocks, calls, strict=True) for _ in block_calls]
+    for derivative, owner in zip(derivatives, owners, strict=True):
+        if derivative is None:
+            raise RuntimeError(f"layer {owner!r}: the loss has no derivative with respect to its captured output "
+                               "(is it called inside a loop?); leave it out with skip_layers")
+    return [tf.cast(d, tf.float32) for d in derivatives]
 
 
 def tape_gradient(tape: tf.GradientTape) -> Gradient:

@@ -65,13 +65,13 @@ class VectorBlock(FisherBlock):
 
 
 class ScaleShiftBlock(VectorBlock):
-    """BatchNormalization γ (if scale) and β (if center)."""
+    """BatchNormalization or LayerNormalization (over one axis): γ (if scale) and β (if center)."""
 
     kind = "scale-shift"
 
-    def __init__(self, layer: keras.layers.BatchNormalization, exact_max: int):
-        self.has_scale, self.has_center = bool(layer.scale), bool(layer.center)
-        variables = [v for v, on in ((layer.gamma, layer.scale), (layer.beta, layer.center)) if on]
+    def __init__(self, layer: keras.layers.BatchNormalization | keras.layers.LayerNormalization, exact_max: int):
+        self.has_scale, self.has_center = layer.gamma is not None, layer.beta is not None
+        variables = [v for v in (layer.gamma, layer.beta) if v is not None]
         super().__init__(layer, variables, exact_max)
 
     def per_example_gradients(self, calls: list[LayerCall], points: list[tf.Tensor]) -> tf.Tensor:

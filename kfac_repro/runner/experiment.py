@@ -3,9 +3,10 @@ resolved config → strategy, model, data, optimizer → training loop → metri
 
 The arm is a mapping of sections (model, data, training, optimizer, distribution), as a resolved spec gives them.
 The run directory results/<spec>/<profile>/<arm>/<run-id>/ receives metrics.csv, resolved.yaml, run.json,
-environment.json, tensorboard/ and checkpoints/. In a multi-process run only worker 0 writes there. With
-data.holdout > 0, validation rows come from examples held out of the training set, and the test split is evaluated
-once, after the last update, into run.json (test_loss, test_error): it is reported, never used to choose.
+environment.json, tensorboard/, checkpoints/ and (K-FAC) refreshes.log, one line per installed inverse refresh.
+In a multi-process run only worker 0 writes there. With data.holdout > 0, validation rows come from examples held
+out of the training set, and the test split is evaluated once, after the last update, into run.json (test_loss,
+test_error): it is reported, never used to choose.
 run.json's status: running, then complete, interrupted (SIGTERM/SIGINT; a checkpoint was saved), diverged or failed.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ def run_arm(
     from kfac_repro.data.registry import dataset_info, make_dataset
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac import KFAC, SGD
+    from kfac_repro.kfac.inversion_resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
     from kfac_repro.runner import interrupts
     from kfac_repro.runner.environment import environment_record, write_environment
@@ -80,6 +83,9 @@ def run_arm(
     if processes > 1 and replicas != processes:
         raise ValueError(f"distribution.workers is {replicas} but {processes} worker processes were started: "
                          "a multi-process run has one gradient worker per process")
+    threads = arm["optimizer"].get("inversion_threads")
+    if threads is not None:  # the inversion's cores are kept from TensorFlow's pools (before TensorFlow starts)
+        reserve_inversion_cores(int(threads))
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
     if training.get("deterministic", True):
@@ -136,6 +142,11 @@ def run_arm(
                             checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
                             divergence_factor=float(training.get("divergence_factor", 10.0)))
     iterator = iter(train_data)
+    refresh_log = logging.FileHandler(run_dir / "refreshes.log") if chief and method == "kfac" else None
+    if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
+        refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
+        logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
     try:
         extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
         final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
@@ -148,6 +159,9 @@ def run_arm(
     finally:
         if isinstance(optimizer, KFAC):
             optimizer.close()
+        if refresh_log is not None:
+            logging.getLogger("kfac_repro.kfac").removeHandler(refresh_log)
+            refresh_log.close()
     if holdout:
         test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
         record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()

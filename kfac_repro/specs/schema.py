@@ -22,6 +22,7 @@ MAX_STEPS = 10**9
 MAX_EPOCHS = 1e5
 MAX_WORKERS = 4096
 MAX_SEEDS = 1000
+MAX_THREADS = 4096
 NUM_TRAIN = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion_mnist": 60_000, "synthetic": synthetic.SIZES["train"]}
 
 SECTIONS: dict[str, dict[str, Field]] = {
@@ -118,9 +119,18 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
                                maximum=MAX_STEPS),
         "inversion": Field(str, "sync: refresh every `inverse_every` steps; async: background inversions, "
                            "used stale", "sync", choices=("sync", "async")),
-        "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: measured)",
-                           None, minimum=1, maximum=MAX_STEPS, nullable=True),
+        "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: the next "
+                           "step after every worker has finished its share)", None, minimum=1, maximum=MAX_STEPS,
+                           nullable=True),
+        "inversion_threads": Field(int, "BLAS/LAPACK threads of the host inversion; the runner gives TensorFlow "
+                                   "the other cores (null: no limit, no reservation)", None, minimum=1,
+                                   maximum=MAX_THREADS, nullable=True),
+        "inversion_device": Field(str, "host: numpy LAPACK; accelerator: tf.linalg on each replica's device",
+                                  "host", choices=("host", "accelerator")),
         "conv_factors": Field(str, "conv blocks: cheap (App. A) or kfc", "cheap", choices=("cheap", "kfc")),
+        "sequence_factors": Field(str, "Dense/EinsumDense applied over sequence positions: expand or reduce "
+                                  "(Eschenhagen et al. 2023; convolutions follow conv_factors)", "expand",
+                                  choices=("expand", "reduce")),
         "inverse_dtype": Field(str, "precision of the damped factors' Cholesky inverses (float32 retried in float64 "
                                "on failure)", "float32", choices=("float32", "float64")),
         "fisher_targets": Field(str, "sample: targets drawn from the model (true Fisher); exact: expectation over "
@@ -133,6 +143,7 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
         "doubly_factored_min_inputs": Field(int, "also doubly-factor every eligible layer with at least this many "
                                             "inputs (null: only the named ones)", None, minimum=1,
                                             maximum=1 << 30, nullable=True),
+        "skip_layers": Field(list, "layers left unpreconditioned: names or glob patterns (fnmatch)", ()),
         "polyak_decay": _POLYAK,
     },
     "sgd": {

@@ -1,0 +1,105 @@
+"""Inversion divided among N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy), on the reduced AlexNet
+of the cpu profile (alexnet-bs2048, K-FAC arm: doubly-factored fc6) with seeded random factors.
+
+Each worker inverts its share with one LAPACK thread and reports the median over `repeats` of its compute time
+(wall and thread CPU seconds) and of the sharing all-reduce; `measure` launches the workers and collects their
+reports. Run per worker as `python -m kfac_repro.benchmarks.divided_inversion --out FILE` under TF_CONFIG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SPEC, PROFILE, ARM = "alexnet-bs2048", "cpu", "kfac"
+
+
+@dataclass(frozen=True)
+class WorkerTiming:
+    """One worker's share: its blocks, their Σd³ cost, and median seconds of computing and of sharing."""
+
+    worker: int
+    blocks: list[str]
+    cost: float
+    compute_seconds: float
+    compute_cpu_seconds: float
+    share_seconds: float
+
+
+def measure(workers: int, repeats: int = 3, emit: Callable[[str], None] = lambda _: None) -> list[WorkerTiming]:
+    """Launch `workers` local processes and return each one's timing (a single worker: one process, no cluster)."""
+    from kfac_repro.distribute.launcher import run_local_workers
+
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory)
+        command = [sys.executable, "-m", "kfac_repro.benchmarks.divided_inversion", "--repeats", str(repeats)]
+        run_local_workers(lambda spec: [*command, "--out", str(out / f"{spec.index}.json")], workers, emit=emit,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+        return [WorkerTiming(**json.loads((out / f"{i}.json").read_text())) for i in range(workers)]
+
+
+def _worker(out: Path, repeats: int) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
+    from kfac_repro.kfac import KFAC, KFACConfig
+    from kfac_repro.models.registry import build_model
+    from kfac_repro.runner.experiment import optimizer_config
+    from kfac_repro.specs import load_spec
+
+    arm = load_spec(SPEC, PROFILE, arms=[ARM]).arms[ARM]
+    _, base = optimizer_config(arm.optimizer, seed=0)
+    assert isinstance(base, KFACConfig)
+    config = dataclasses.replace(base, inversion="sync", inversion_threads=1)
+    size, classes = int(arm.model["input_size"]), int(arm.model["num_classes"])
+    knobs = {k: v for k, v in arm.model.items() if k not in ("name", "input_size", "num_classes")}
+    strategy = make_strategy()
+    with strategy.scope():
+        model = build_model(arm.model["name"], input_shape=(size, size, 1), num_classes=classes, **knobs)
+        optimizer = KFAC(model, config)
+    rng = np.random.default_rng(0)
+    for block in optimizer.blocks:
+        for variable in block.factors.values():
+            dim = variable.shape[0]
+            root = rng.standard_normal((dim, dim), dtype=np.float32) if len(variable.shape) == 2 else None
+            variable.assign(root @ root.T / dim if root is not None else rng.random(dim, dtype=np.float32))
+    inversion = optimizer.inversion
+    factors = {b.name: b.factors for b in optimizer.blocks}
+    walls, cpus, shares = [], [], []
+    for _ in range(repeats):
+        cpu = time.thread_time()
+        computed = inversion.compute(factors, 0)
+        cpus.append(time.thread_time() - cpu)
+        walls.append(computed.seconds)
+        start = time.perf_counter()
+        inversion.install(computed)
+        shares.append(time.perf_counter() - start)
+    cluster = cluster_from_environment()
+    local = set(inversion.local_blocks())
+    timing = WorkerTiming(
+        worker=cluster.index if cluster else 0, blocks=sorted(local),
+        cost=sum(c for b, c in zip(optimizer.blocks, inversion.costs, strict=True) if b.name in local),
+        compute_seconds=statistics.median(walls), compute_cpu_seconds=statistics.median(cpus),
+        share_seconds=statistics.median(shares))
+    out.write_text(json.dumps(dataclasses.asdict(timing)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    _worker(args.out, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
