@@ -40,7 +40,7 @@ class KFACConfig:
     momentum: float = 0.9
     kl_clip: float = 0.01
     max_step_size: float = 1.0
-    kl_bound: Literal["update", "increment"] = "update"
+    kl_bound: Literal["update", "increment"] = "increment"
     decay_rate: float = 0.96
     decay_every: int | None = None
     decay_target: Literal["kl", "lr"] = "kl"

@@ -99,7 +99,7 @@ OPTIMIZERS: dict[str, dict[str, Field]] = {
         "max_step_size": Field(float, "η_max: the largest step size", 1.0, above=0),
         "kl_bound": Field(str, "update: the bound holds for the momentum-summed update (the buffer receives "
                           "(1 − μ)·η·v, as in Ba's released code); increment: for η·v before momentum (our earlier "
-                          "rule: the update's KL reaches c/(1 − μ)²)", "update", choices=("update", "increment")),
+                          "rule: the update's KL reaches c/(1 − μ)²)", "increment", choices=("update", "increment")),
         "decay_rate": Field(float, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", 0.96,
                             above=0, maximum=1),
         "decay_every": Field(int, "steps between decays (null: no decay)", None, minimum=1, maximum=MAX_STEPS,
