@@ -67,8 +67,8 @@ def test_two_workers_on_loopback_agree_and_equal_one_process(tmp_path: Path, opt
         assert_same_training(single_process(tmp_path, *options), worker0)
         return
     owned = [set(worker0["owned"]), set(worker1["owned"])]
-    blocks = {key.split(":")[1].split("/")[0] for key in worker0 if key.startswith("inverse:")}
-    assert owned[0] and owned[1] and not owned[0] & owned[1] and owned[0] | owned[1] == blocks  # divided
+    parts = {key.split(":", 1)[1] for key in worker0 if key.startswith("inverse:")}  # "<block>/<inverse>"
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and owned[0] | owned[1] == parts  # divided
     reference = single_process(tmp_path, *options)
     if options == ASYNC_FREE:  # the hand-over follows the inversion's timing: compare the inverses only
         assert len(worker0["refresh:installed"]) >= 1

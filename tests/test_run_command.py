@@ -27,6 +27,7 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # 75 s on 2 cores: five arms, two of them with four replicas
 def test_smoke_run_writes_every_arm(tmp_path: Path) -> None:
     result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -128,6 +129,7 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_pa
         assert float(final[column]) == pytest.approx(float(expected[column]), rel=1e-5), column
 
 
+@pytest.mark.slow  # 60 s on 2 cores: three runs with four replicas
 def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) -> None:
     """Four in-process replicas: a distributed iterator cannot be checkpointed, so a resume skips what was used."""
     common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",

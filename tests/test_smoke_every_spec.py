@@ -1,5 +1,6 @@
 """`kfac-repro run <spec> --profile smoke` for every experiment spec: by default one K-FAC and one SGD arm of each
-(the cheapest representatives), every arm under `make test-slow`."""
+(the cheapest representatives) but for the two whose models are slowest to trace (ResNet-50, the GoogLeNet batch
+scaling; their representatives and every arm of every spec run under `make test-slow`)."""
 
 import json
 import os
@@ -34,7 +35,11 @@ def run_smoke(name: str, arms: list[str], out: Path) -> None:
             "steps"] // load_spec(name, "smoke").arms[arm].training["log_every"]  # header, step 0, logged steps
 
 
-@pytest.mark.parametrize("name", spec_names())
+SLOWEST_TO_TRACE = {"resnet50-bs512", "googlenet-batch-scaling"}  # 30–50 s each on 2 cores
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOWEST_TO_TRACE else n
+                                  for n in spec_names()])
 def test_smoke_representative_arms(name: str, tmp_path: Path) -> None:
     run_smoke(name, representative_arms(name), tmp_path)
 

@@ -1,9 +1,10 @@
 """Inversion divided among N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy), on the reduced AlexNet
 of the cpu profile (alexnet-bs2048, K-FAC arm: doubly-factored fc6) with seeded random factors.
 
-Each worker inverts its share with one LAPACK thread and reports the median over `repeats` of its compute time
-(wall and thread CPU seconds) and of the sharing all-reduce; `measure` launches the workers and collects their
-reports. Run per worker as `python -m kfac_repro.benchmarks.divided_inversion --out FILE` under TF_CONFIG.
+Each worker computes its share of the damped inverses (assigned per factor) with one LAPACK thread and reports
+the median over `repeats` of its compute time (wall and thread CPU seconds) and of the sharing all-reduce;
+`measure` launches the workers and collects their reports. Run per worker as
+`python -m kfac_repro.benchmarks.divided_inversion --out FILE` under TF_CONFIG.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ SPEC, PROFILE, ARM = "alexnet-bs2048", "cpu", "kfac"
 
 @dataclass(frozen=True)
 class WorkerTiming:
-    """One worker's share: its blocks, their Σd³ cost, and median seconds of computing and of sharing."""
+    """One worker's share: its parts ("<block>/<inverse>"), their Σd³ cost, and median seconds of computing and
+    of sharing."""
 
     worker: int
-    blocks: list[str]
+    parts: list[str]
     cost: float
     compute_seconds: float
     compute_cpu_seconds: float
@@ -84,10 +86,8 @@ def _worker(out: Path, repeats: int) -> None:
         inversion.install(computed)
         shares.append(time.perf_counter() - start)
     cluster = cluster_from_environment()
-    local = set(inversion.local_blocks())
     timing = WorkerTiming(
-        worker=cluster.index if cluster else 0, blocks=sorted(local),
-        cost=sum(c for b, c in zip(optimizer.blocks, inversion.costs, strict=True) if b.name in local),
+        worker=cluster.index if cluster else 0, parts=sorted(inversion.local_parts()), cost=inversion.local_cost(),
         compute_seconds=statistics.median(walls), compute_cpu_seconds=statistics.median(cpus),
         share_seconds=statistics.median(shares))
     out.write_text(json.dumps(dataclasses.asdict(timing)))

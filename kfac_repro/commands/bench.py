@@ -188,16 +188,17 @@ def layers(model_names: tuple[str, ...], batch_size: int, repeats: int) -> None:
 def _divided_inversion(counts: tuple[int, ...], repeats: int) -> None:
     from kfac_repro.benchmarks.divided_inversion import ARM, PROFILE, SPEC, measure
 
-    click.echo(f"model: {SPEC} {PROFILE} profile, arm {ARM} (reduced AlexNet), seeded random factors; blocks "
-               f"divided among N worker processes on 127.0.0.1, one LAPACK thread each; median of {repeats}")
-    click.echo(f"{'N':>3}{'worker':>8}{'blocks':>8}{'cost share':>12}{'compute s':>11}{'CPU s':>9}{'share s':>9}")
+    click.echo(f"model: {SPEC} {PROFILE} profile, arm {ARM} (reduced AlexNet), seeded random factors; damped "
+               "inverses divided per factor among N worker processes on 127.0.0.1, one LAPACK thread each; "
+               f"median of {repeats}")
+    click.echo(f"{'N':>3}{'worker':>8}{'parts':>8}{'cost share':>12}{'compute s':>11}{'CPU s':>9}{'share s':>9}")
     single: float | None = None
     for count in counts:
         click.echo(f"  timing {count} worker(s) ...", err=True)
         timings = measure(count, repeats)
         total = sum(t.cost for t in timings)
         for t in timings:
-            click.echo(f"{count:>3}{t.worker:>8}{len(t.blocks):>8}{t.cost / total:>12.1%}{t.compute_seconds:>11.3f}"
+            click.echo(f"{count:>3}{t.worker:>8}{len(t.parts):>8}{t.cost / total:>12.1%}{t.compute_seconds:>11.3f}"
                        f"{t.compute_cpu_seconds:>9.3f}{t.share_seconds:>9.3f}")
         slowest = max(t.compute_cpu_seconds for t in timings)
         if count == 1:

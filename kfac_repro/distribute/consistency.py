@@ -1,8 +1,9 @@
 """A check that data-parallel training equals single-process training on the same global batches: a small
 convnet is trained for a few steps on fixed synthetic batches, each replica taking a contiguous share, and the
 final weights are written to an .npz file for comparison (run as `python -m kfac_repro.distribute.consistency`).
-K-FAC also writes its refreshes (snapshot and hand-over steps), the blocks this process inverted, and the inverses
-installed from fixed random factors after training (divided inversion must equal single-worker inversion)."""
+K-FAC also writes its refreshes (snapshot and hand-over steps), the inverses ("parts") this process computed, and
+the inverses installed from fixed random factors after training (divided inversion must equal single-worker
+inversion)."""
 
 from __future__ import annotations
 
@@ -67,11 +68,11 @@ def train(
 
 
 def _inversion_record(trainer: KFAC) -> dict[str, np.ndarray]:
-    """Refreshes, this process's blocks, and the inverses installed from seeded random PSD factors."""
+    """Refreshes, this process's parts, and the inverses installed from seeded random PSD factors."""
     history = trainer.refresh.history
     record = {"refresh:snapshot": np.array([r.snapshot_step for r in history], np.int64),
               "refresh:installed": np.array([r.installed_at for r in history], np.int64),
-              "owned": np.array(trainer.inversion.local_blocks(), dtype=str)}
+              "owned": np.array(trainer.inversion.local_parts(), dtype=str)}
     rng = np.random.default_rng(2)
     for block in trainer.blocks:
         for variable in block.factors.values():

@@ -2,20 +2,22 @@
 
 Every block follows one life cycle: `batch_statistics` (in the TF step, from captured tensors) → EMA into its
 factor variables → `compute_inverse` (numpy, from a snapshot of the factors; may run in a background thread;
-returns arrays keyed like `inverse`: "<factor>_inverse") → `install_inverse` (assign to the block's TF
-variables) → `precondition` (in the TF step, from the installed inverse).
+returns arrays keyed like `inverse`: "<factor>_inverse", all of them or the `parts` asked for, each inverse
+variable being a unit of work that `inversion` can give to its own worker) → `install_inverse` (assign to the
+block's TF variables) → `precondition` (in the TF step, from the installed inverse).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 Arrays = dict[str, np.ndarray]
+InverseRecipes = dict[str, Callable[[], np.ndarray]]
 
 
 class FisherBlock(abc.ABC):
@@ -51,9 +53,16 @@ class FisherBlock(abc.ABC):
         call c for Fisher cotangent k."""
 
     @abc.abstractmethod
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
-        """The damped inverses of a factor snapshot, keyed like `inverse` (pure numpy; `dtype` of the
-        factorisation, float32 results)."""
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
+        """One deferred computation per inverse variable of a factor snapshot, keyed like `inverse` (pure numpy;
+        `dtype` of the factorisation, float32 results). What the inverses share (the damping split π, from
+        traces) is computed here, so that each recipe costs only its own factor's inversion."""
+
+    def compute_inverse(self, factors: Arrays, damping: float, dtype: str,
+                        parts: Collection[str] | None = None) -> Arrays:
+        """The damped inverses of a factor snapshot named in `parts` (default: all), keyed like `inverse`."""
+        recipes = self.inverse_recipes(factors, damping, dtype)
+        return {name: recipe() for name, recipe in recipes.items() if parts is None or name in parts}
 
     @abc.abstractmethod
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:

@@ -14,12 +14,14 @@ Factors and damped inverses (Cholesky) are stacked over channels; damping is fac
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, kronecker_solve
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes, kronecker_solve
 from kfac_repro.kfac.damping import factored_damping
 from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.kronecker_blocks import ConvFactors, KroneckerFactoredBlock
@@ -69,14 +71,16 @@ class _PerChannel:
         return [kernel, tf.reshape(matrices[:, -1], [-1])] if self.use_bias else [kernel]
 
 
-def _batched_inverse(a: np.ndarray, g: np.ndarray, damping: float, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel factored damping and damped inverses, stacked: [C, d_A, d_A] and [C, d_G, d_G]."""
-    inputs, outputs = [], []
-    for a_c, g_c in zip(a, g, strict=True):
-        shift_a, shift_g = factored_damping(a_c, g_c, damping)
-        inputs.append(damped_inverse(a_c, shift_a, dtype))
-        outputs.append(damped_inverse(g_c, shift_g, dtype))
-    return np.stack(inputs), np.stack(outputs)
+def _per_channel_recipes(a: np.ndarray, g: np.ndarray, damping: float, dtype: str,
+                         names: tuple[str, str]) -> InverseRecipes:
+    """Per-channel factored damping, then the stacked damped inverses [C, d_A, d_A] and [C, d_G, d_G] as two
+    deferred computations keyed by `names`."""
+    shifts = [factored_damping(a_c, g_c, damping) for a_c, g_c in zip(a, g, strict=True)]
+
+    def stacked(factor: np.ndarray, which: int) -> np.ndarray:
+        return np.stack([damped_inverse(f_c, shift[which], dtype) for f_c, shift in zip(factor, shifts, strict=True)])
+
+    return {names[0]: functools.partial(stacked, a, 0), names[1]: functools.partial(stacked, g, 1)}
 
 
 def _add_batched_factor(block: FisherBlock, name: str, count: int, dim: int) -> None:
@@ -112,9 +116,8 @@ class DepthwiseBlock(FisherBlock):
         a, g = self.algebra.factors(inputs, [tf.concat(p, axis=0) for p in cotangent_points], batch_size)
         return {"A": a, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
-        a, g = _batched_inverse(factors["A"], factors["G"], damping, dtype)
-        return {"A_inverse": a, "G_inverse": g}
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
+        return _per_channel_recipes(factors["A"], factors["G"], damping, dtype, ("A_inverse", "G_inverse"))
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], grads[1] if len(grads) > 1 else None)
@@ -163,10 +166,10 @@ class SeparableBlock(KroneckerFactoredBlock):
         g = tf.add_n([ff.covariance(d, batch_size) for d in ds])
         return {"A": a, "G": g, "A_depthwise": a_dw, "G_depthwise": g_dw}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
-        a_dw, g_dw = _batched_inverse(factors["A_depthwise"], factors["G_depthwise"], damping, dtype)
-        return {**super().compute_inverse(factors, damping, dtype), "A_depthwise_inverse": a_dw,
-                "G_depthwise_inverse": g_dw}
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
+        depthwise = _per_channel_recipes(factors["A_depthwise"], factors["G_depthwise"], damping, dtype,
+                                         ("A_depthwise_inverse", "G_depthwise_inverse"))
+        return {**super().inverse_recipes(factors, damping, dtype), **depthwise}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], None)

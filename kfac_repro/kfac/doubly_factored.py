@@ -10,11 +10,13 @@ gradient is ds), inverted explicitly too.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
 from kfac_repro.kfac.damping import geometric_mean_pis
 from kfac_repro.kfac.fisher_factors import covariance
 from kfac_repro.kfac.inverses import damped_inverse
@@ -86,15 +88,15 @@ class DoublyFactoredBlock(FisherBlock):
             "G": tf.add_n([covariance(d, batch_size) for d in derivatives]),
         }
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
         names = ("K", "Psi", "G")
         pis = geometric_mean_pis([factors[n] for n in names])
         root = damping ** (1.0 / 3.0)
-        inverse = {f"{n}_inverse": damped_inverse(factors[n], pi * root, dtype)
-                   for n, pi in zip(names, pis, strict=True)}
+        recipes: InverseRecipes = {f"{n}_inverse": functools.partial(damped_inverse, factors[n], pi * root, dtype)
+                                   for n, pi in zip(names, pis, strict=True)}
         if self.use_bias:
-            inverse["bias_inverse"] = damped_inverse(factors["G"], damping, dtype)
-        return inverse
+            recipes["bias_inverse"] = functools.partial(damped_inverse, factors["G"], damping, dtype)
+        return recipes
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         """(K̃⁻¹ ⊗ Ψ̃⁻¹ ⊗ G̃⁻¹) vec(∇W) as three mode products of the [T, C, d_out] kernel gradient."""

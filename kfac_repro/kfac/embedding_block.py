@@ -9,13 +9,14 @@ A is kept as its diagonal (V numbers), never as a V × V matrix, and inverted el
 
 from __future__ import annotations
 
+import functools
+
 import keras
-import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
 from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import damped_inverse
+from kfac_repro.kfac.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -43,10 +44,10 @@ class EmbeddingBlock(FisherBlock):
         ]) / tf.cast(batch_size, tf.float32)
         return {"A": frequencies, "G": g}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
         shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A_inverse": (1.0 / (np.maximum(factors["A"], 0.0) + shift_a)).astype(np.float32),
-                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
+        return {"A_inverse": functools.partial(diagonal_inverse, factors["A"], shift_a),
+                "G_inverse": functools.partial(damped_inverse, factors["G"], shift_g, dtype)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         """(A + δ_A)⁻¹ ∇W (G + δ_G I)⁻¹: a row scaling and one [V, D] × [D, D] product."""

@@ -34,6 +34,11 @@ def damped_inverse(factor: np.ndarray, shift: float, dtype: InverseDtype = "floa
     return inverse.astype(np.float32)
 
 
+def diagonal_inverse(diagonal: np.ndarray, shift: float) -> np.ndarray:
+    """(diag(d) + shift·I)⁻¹ as the vector 1/(max(d, 0) + shift), float32 (negative round-off clipped)."""
+    return (1.0 / (np.maximum(diagonal, 0.0) + shift)).astype(np.float32)
+
+
 def _cholesky_inverse(matrix: np.ndarray) -> np.ndarray | None:
     """M⁻¹ from M = L Lᵀ (potrf, then potri on L), or None when M is not numerically positive definite."""
     if current_device() is not None:

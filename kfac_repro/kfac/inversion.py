@@ -1,11 +1,11 @@
-"""Computing the inverses of every Fisher block, divided among the replicas, and installing them on all of them.
+"""Computing the damped inverses of every Fisher block, divided among the replicas, and installing them on all.
 
-Block b is inverted by replica `owners[b]` (greedy longest-first on Σ d³ of its factors, `inversion_assignment`);
-a process computes the blocks of its own replicas only. Installing shares them through the strategy's
-collectives: each process first writes its blocks into its copies of the inverse variables, then every replica
-contributes its own blocks and zeros elsewhere to one all-reduced sum, which every replica assigns. x + 0 = x
-exactly, so the result equals single-worker inversion bit for bit. A block's inverse is opaque here: whatever
-`compute_inverse` returns and `install_inverse` writes into `block.inverse`.
+The unit of work is one inverse variable of one block ("part", e.g. fc6's "A_inverse"): part p is computed by
+replica `owners[p]` (greedy longest-first on its d³ cost, `inversion_assignment`); a process computes the parts of
+its own replicas only. Installing shares them through the strategy's collectives: each process first writes its
+parts into its copies of the inverse variables, then every replica contributes its own parts and zeros elsewhere to
+one all-reduced sum, which every replica assigns. x + 0 = x exactly, so the result equals single-worker inversion
+bit for bit. An inverse is opaque here: whatever `compute_inverse` returns and `install_inverse` writes.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import FisherBlock
+from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inversion_assignment import assign_blocks, block_cost
+from kfac_repro.kfac.inversion_assignment import assign_work, inverse_cost
 from kfac_repro.kfac.inversion_resources import limit_lapack_threads, on_device
 from kfac_repro.kfac.replicas import assign_all
 
@@ -27,20 +27,21 @@ FactorSource = Mapping[str, Mapping[str, tf.Variable]]
 
 
 class InversionSharingError(RuntimeError):
-    """The collective that shares the inverses failed: a worker holding assigned blocks is gone."""
+    """The collective that shares the inverses failed: a worker holding assigned inverses is gone."""
 
 
 @dataclass(frozen=True)
 class Computed:
-    """This process's share of one refresh: the inverses of its blocks, from the factors of `snapshot_step`."""
+    """This process's share of one refresh: block name → its inverses computed here, from the factors of
+    `snapshot_step`."""
 
     snapshot_step: int
-    inverses: dict[str, object]
+    inverses: dict[str, Arrays]
     seconds: float
 
 
 class BlockInversion:
-    """The blocks' assignment to replicas, their computation (`compute`, any thread) and sharing (`install`)."""
+    """The parts' assignment to replicas, their computation (`compute`, any thread) and sharing (`install`)."""
 
     def __init__(self, blocks: list[FisherBlock], config: KFACConfig, strategy: tf.distribute.Strategy):
         self.blocks = blocks
@@ -48,38 +49,51 @@ class BlockInversion:
         self.dtype = config.inverse_dtype
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
-        self.costs = [block_cost(b.factor_shapes) for b in blocks]
-        self.owners = assign_blocks(self.costs, self.replicas)
+        self.parts = [(block, name) for block in blocks for name in block.inverse]
+        self.costs = [inverse_cost(tuple(block.inverse[name].shape)) for block, name in self.parts]
+        self.owners = assign_work(self.costs, self.replicas)
         local = _local_replica_ids(strategy)
         devices = _worker_devices(strategy)
         on_accelerator = config.inversion_device == "accelerator"
         self.local_devices = {r: (d if on_accelerator else None) for r, d in zip(local, devices, strict=True)}
+        self._local: dict[str, dict[str, str | None]] = {}  # block name → {part: device} computed here
+        for (block, name), owner in zip(self.parts, self.owners, strict=True):
+            if owner in self.local_devices:
+                self._local.setdefault(block.name, {})[name] = self.local_devices[owner]
         if config.inversion_threads is not None:
             limit_lapack_threads(config.inversion_threads)
-        self._shared = [(v, owner) for block, owner in zip(blocks, self.owners, strict=True)
-                        for v in block.inverse.values() if v.shape.num_elements()]
+        variables = [block.inverse[name] for block, name in self.parts]
+        self._shared = [(v, owner) for v, owner in zip(variables, self.owners, strict=True) if v.shape.num_elements()]
         self._share = tf.function(self._share_replica, autograph=False) if self.replicas > 1 else None
 
-    def local_blocks(self) -> list[str]:
-        """Names of the blocks this process inverts."""
-        return [b.name for b, o in zip(self.blocks, self.owners, strict=True) if o in self.local_devices]
+    def local_parts(self) -> list[str]:
+        """The parts this process computes, as "<block>/<inverse>"."""
+        return [f"{block}/{part}" for block, parts in self._local.items() for part in parts]
+
+    def local_cost(self) -> float:
+        """The summed cost of this process's parts."""
+        return sum(c for c, owner in zip(self.costs, self.owners, strict=True) if owner in self.local_devices)
 
     def compute(self, factors: FactorSource, snapshot_step: int) -> Computed:
-        """`compute_inverse` of this process's blocks from `factors` (block name → factor variables)."""
+        """`compute_inverse` of this process's parts from `factors` (block name → factor variables)."""
         start = time.perf_counter()
-        inverses: dict[str, object] = {}
-        for block, owner in zip(self.blocks, self.owners, strict=True):
-            if owner in self.local_devices:
-                arrays = {name: np.asarray(var.numpy()) for name, var in factors[block.name].items()}
-                with on_device(self.local_devices[owner]):
-                    inverses[block.name] = block.compute_inverse(arrays, self.damping, self.dtype)
+        inverses: dict[str, Arrays] = {}
+        for block in self.blocks:
+            mine = self._local.get(block.name)
+            if not mine:
+                continue
+            arrays = {name: np.asarray(var.numpy()) for name, var in factors[block.name].items()}
+            inverses[block.name] = {}
+            for part, device in mine.items():
+                with on_device(device):
+                    inverses[block.name].update(block.compute_inverse(arrays, self.damping, self.dtype, (part,)))
         return Computed(snapshot_step, inverses, time.perf_counter() - start)
 
     def install(self, computed: Computed) -> None:
         """Install every block's inverse on every replica (a collective: every worker calls it at the same step)."""
         for block in self.blocks:
             if block.name in computed.inverses:
-                block.install_inverse(computed.inverses[block.name])  # type: ignore[arg-type]
+                block.install_inverse(computed.inverses[block.name])
         if self._share is None:
             return
         try:
@@ -87,7 +101,7 @@ class BlockInversion:
         except tf.errors.OpError as error:
             raise InversionSharingError(
                 f"sharing the inverses of the factors of step {computed.snapshot_step} failed: a worker holding "
-                f"assigned blocks is gone or unreachable ({type(error).__name__}: {error.message})") from error
+                f"assigned inverses is gone or unreachable ({type(error).__name__}: {error.message})") from error
 
     def _share_replica(self) -> None:
         context = tf.distribute.get_replica_context()

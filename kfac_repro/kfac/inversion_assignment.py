@@ -1,27 +1,30 @@
-"""Which worker inverts which Fisher block: greedy longest-first on the cubic cost of the blocks' factors, as
-KAISA (Pauloski et al. 2021) assigns layers, so that every worker does about 1/N of the inversion work.
+"""Which worker computes which damped inverse: greedy longest-first on cubic cost, as KAISA (Pauloski et al.
+2021) assigns layers, so that every worker does about 1/N of the inversion work.
 
-Cost of a block = Σ over its factors of d³ for a d × d factor (an eigendecomposition or Cholesky is O(d³)), c·d³
-for c stacked d × d factors (depthwise convolutions: one per channel) and d for a length-d diagonal factor. Pure
-Python, no TensorFlow: the assignment is the same on every worker.
+The unit of work is one inverse variable of a block (one factor's damped inverse), not the whole block: the
+inverses of a block's factors are independent once the damping split π is known (from traces, which every worker
+has), and one large factor (a reduced AlexNet's fc6 input factor) alone can outweigh 1/N of the total.
+Cost of a d × d inverse: d³ (Cholesky is O(d³)); c·d³ for c stacked d × d ones (depthwise convolutions, one per
+channel); d for a length-d diagonal one. Pure Python, no TensorFlow: the assignment is the same on every worker.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 
-def block_cost(factor_shapes: Mapping[str, tuple[int, ...]]) -> float:
-    """Σ c·d³ over (c stacked) d × d factors plus Σ d over diagonal (1-D) ones."""
-    return float(sum(math.prod(shape[:-2]) * shape[-1] ** 3 if len(shape) >= 2 else (shape[0] if shape else 1)
-                     for shape in factor_shapes.values()))
+def inverse_cost(shape: tuple[int, ...]) -> float:
+    """c·d³ for c stacked d × d matrices (c = 1 for one), d for a length-d diagonal."""
+    if len(shape) >= 2:
+        return float(math.prod(shape[:-2]) * shape[-1] ** 3)
+    return float(shape[0] if shape else 1)
 
 
-def assign_blocks(costs: Sequence[float], workers: int) -> list[int]:
-    """The worker (0 … workers−1) of each block: blocks in decreasing cost, each to the least-loaded worker
-    so far (ties: the lowest index, then the first block), so every worker computes the same assignment."""
+def assign_work(costs: Sequence[float], workers: int) -> list[int]:
+    """The worker (0 … workers−1) of each unit of work: units in decreasing cost, each to the least-loaded
+    worker so far (ties: the lowest index, then the first unit), so every worker computes the same assignment."""
     if workers < 1:
         raise ValueError(f"workers: expected an integer >= 1, found {workers}")
     owners = [0] * len(costs)
@@ -34,7 +37,7 @@ def assign_blocks(costs: Sequence[float], workers: int) -> list[int]:
 
 
 def worker_loads(costs: Sequence[float], owners: Sequence[int], workers: int) -> list[float]:
-    """The summed cost of each worker's blocks."""
+    """The summed cost of each worker's units."""
     loads = [0.0] * workers
     for cost, owner in zip(costs, owners, strict=True):
         loads[owner] += cost

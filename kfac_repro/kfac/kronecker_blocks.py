@@ -6,6 +6,7 @@ with the two damped inverses formed explicitly at each refresh.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Literal
 
 import keras
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, kronecker_solve
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes, kronecker_solve
 from kfac_repro.kfac.damping import factored_damping
 from kfac_repro.kfac.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
@@ -34,10 +35,10 @@ class KroneckerFactoredBlock(FisherBlock):
         self._add_factor("A", input_dim)
         self._add_factor("G", output_dim)
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
         shift_a, shift_g = factored_damping(factors["A"], factors["G"], damping)
-        return {"A_inverse": damped_inverse(factors["A"], shift_a, dtype),
-                "G_inverse": damped_inverse(factors["G"], shift_g, dtype)}
+        return {"A_inverse": functools.partial(damped_inverse, factors["A"], shift_a, dtype),
+                "G_inverse": functools.partial(damped_inverse, factors["G"], shift_g, dtype)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         return self.from_matrix(self.solve(self.to_matrix(grads)))

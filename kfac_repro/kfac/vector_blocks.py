@@ -11,13 +11,14 @@ g_b from a per-example vector–Jacobian product of the layer's own call.
 from __future__ import annotations
 
 import abc
+import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
-from kfac_repro.kfac.inverses import damped_inverse
+from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
+from kfac_repro.kfac.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 
@@ -52,10 +53,10 @@ class VectorBlock(FisherBlock):
         assert total is not None
         return {"F": total / tf.cast(batch_size, total.dtype)}
 
-    def compute_inverse(self, factors: Arrays, damping: float, dtype: str) -> Arrays:
+    def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
         if self.exact:
-            return {"F_inverse": damped_inverse(factors["F"], damping, dtype)}
-        return {"F_inverse": (1.0 / (np.maximum(factors["F"], 0.0) + damping)).astype(np.float32)}
+            return {"F_inverse": functools.partial(damped_inverse, factors["F"], damping, dtype)}
+        return {"F_inverse": functools.partial(diagonal_inverse, factors["F"], damping)}
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
