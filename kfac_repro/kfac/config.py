@@ -8,7 +8,6 @@ their optimizer schema and reference from them (kfac_repro/specs/schema.py).
 
 from __future__ import annotations
 
-import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -95,7 +94,6 @@ class Setting:
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a tuple of names"}
 
 
-@functools.cache
 def settings(config_type: type) -> dict[str, Setting]:
     """The declared settings of a config dataclass, in declaration order."""
     hints = typing.get_type_hints(config_type)
@@ -111,7 +109,7 @@ def settings(config_type: type) -> dict[str, Setting]:
     return declared
 
 
-def _validate(config: object) -> None:
+def _validate(config: Any) -> None:
     """ValueError naming the first setting whose value is out of its declared type's choices or bounds."""
     for name, declared in settings(type(config)).items():
         value = getattr(config, name)
