@@ -196,3 +196,21 @@ def test_a_finite_blow_up_ends_the_run_diverged_with_exit_3(tmp_path: Path) -> N
     run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
     assert len(rows(run_dir / "metrics.csv")) < 30
+
+
+@pytest.mark.parametrize("argv", [
+    ["cifar10-async", "--arm", "sgd-bn", "--profile", "smoke", "--set", "training.steps=2", "--set", "a.b=c",
+     "--seeds", "3", "--resume", "--run-id", "r", "--tuned", "--workers", "4", "--out", "o"],
+    ["cifar10-async"],
+])
+def test_a_child_command_line_gives_the_child_the_parents_parameters(argv: list[str]) -> None:
+    from kfac_repro.commands.child import child_command
+    from kfac_repro.commands.run import run, worker
+
+    params = run.make_context("run", list(argv)).params
+    line = child_command(run, params)
+    assert line[:4] == [sys.executable, "-m", "cli", "run"]
+    assert run.make_context("run", line[4:]).params == params
+    worker_argv = ["cifar10-async", "--arm", "a", "--run-dir", "d", "--seed", "5", "--set", "x.y=1", "--resume"]
+    worker_params = worker.make_context("worker", worker_argv).params
+    assert worker.make_context("worker", child_command(worker, worker_params)[4:]).params == worker_params
