@@ -34,7 +34,8 @@ bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle
 reproduce-fig2-cpu:  ## Fig. 2's cpu profile with 3 seeds, seed by seed; resumable (run it again to continue)
 	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
 		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) \
-			$$([ -d $(RESULTS)/cifar10-async/cpu/$$arm/$(RUN_ID)-seed$$seed ] && echo --resume) \
+			$$([ -d "$$($(PYTHON) -m kfac_repro.runner.layout run-dir $(RESULTS) cifar10-async cpu $$arm $(RUN_ID) \
+				$$seed)" ] && echo --resume) \
 			--out $(RESULTS) $$([ $$arm = sgd-bn ] && echo --tuned) || exit 1; done; done
 
 reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)

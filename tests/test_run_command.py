@@ -100,6 +100,19 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], m
     assert not (tmp_path / "results").exists()
 
 
+def test_workers_not_matching_the_arms_are_refused_before_any_process_starts(tmp_path: Path) -> None:
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--workers", "2", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2, result.stderr
+    assert ("--workers 2: a multi-process run has one gradient worker per process, but distribution.workers is "
+            "1 for async-gpu1, sync-gpu1, sgd-bn and 4 for async-gpu4, sync-gpu4") in result.stderr
+    assert ("Pass instead: --workers 1 --arm async-gpu1 --arm sync-gpu1 --arm sgd-bn; --workers 4 --arm async-gpu4 "
+            "--arm sync-gpu4; or leave out --workers") in result.stderr
+    assert "worker processes were started" not in result.stderr and not (tmp_path / "r").exists()
+    partly = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--workers", "4", "--arm", "sync-gpu4",
+                        "--arm", "sgd-bn", "--out", str(tmp_path / "r"))
+    assert partly.returncode == 2 and "distribution.workers is 1 for sgd-bn (cifar10-async" in partly.stderr
+
+
 def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_path: Path) -> None:
     common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu1", "--set", "training.steps=120",
               "--set", "training.log_every=1", "--set", "training.eval_every=10", "--set",
@@ -185,3 +198,21 @@ def test_a_finite_blow_up_ends_the_run_diverged_with_exit_3(tmp_path: Path) -> N
     run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
     assert len(rows(run_dir / "metrics.csv")) < 30
+
+
+@pytest.mark.parametrize("argv", [
+    ["cifar10-async", "--arm", "sgd-bn", "--profile", "smoke", "--set", "training.steps=2", "--set", "a.b=c",
+     "--seeds", "3", "--resume", "--run-id", "r", "--tuned", "--workers", "4", "--out", "o"],
+    ["cifar10-async"],
+])
+def test_a_child_command_line_gives_the_child_the_parents_parameters(argv: list[str]) -> None:
+    from kfac_repro.commands.child import child_command
+    from kfac_repro.commands.run import run, worker
+
+    params = run.make_context("run", list(argv)).params
+    line = child_command(run, params)
+    assert line[:4] == [sys.executable, "-m", "cli", "run"]
+    assert run.make_context("run", line[4:]).params == params
+    worker_argv = ["cifar10-async", "--arm", "a", "--run-dir", "d", "--seed", "5", "--set", "x.y=1", "--resume"]
+    worker_params = worker.make_context("worker", worker_argv).params
+    assert worker.make_context("worker", child_command(worker, worker_params)[4:]).params == worker_params

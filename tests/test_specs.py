@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfac_repro.kfac.config import KFACConfig, SGDConfig
-from kfac_repro.specs import ENV_VAR, SpecError, load_spec, spec_names
+from kfac_repro.kfac.config import KFACConfig, SGDConfig, setting
+from kfac_repro.specs import ENV_VAR, SpecError, load_spec, schema, spec_names
 from kfac_repro.specs.reference import reference_path, reference_text
 from kfac_repro.specs.schema import OPTIMIZERS
 
@@ -169,6 +169,21 @@ def test_optimizer_tables_mirror_the_library_configs() -> None:
         fields = {f.name: f.default for f in dataclasses.fields(config) if f.name != "seed"}
         table = {key: spec.default for key, spec in OPTIMIZERS[name].items() if spec.epochs_of is None}
         assert table == fields, name
+
+
+def test_a_setting_declared_only_in_the_config_reaches_validation_and_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    knob = setting(3, "a new knob", minimum=1, maximum=9)
+    extended = dataclasses.make_dataclass("Extended", [("new_knob", int, knob)], bases=(KFACConfig,), frozen=True)
+    with pytest.raises(ValueError, match=r"new_knob: expected an integer in \[1, 9\], found 10"):
+        extended(new_knob=10)
+    monkeypatch.setitem(schema.OPTIMIZERS, "kfac", schema.optimizer_fields(extended, schema.EPOCH_ALIASES["kfac"]))
+    assert load_spec("cifar10-async", "smoke").arms["sync-gpu1"].optimizer["new_knob"] == 3
+    assert load_spec("cifar10-async", "smoke", ["optimizer.new_knob=9"]).arms["sync-gpu1"].optimizer["new_knob"] == 9
+    with pytest.raises(SpecError, match=r"optimizer.new_knob: expected an integer in \[1, 9\], found 10"):
+        load_spec("cifar10-async", "smoke", ["optimizer.new_knob=10"])
+    assert "| `new_knob` | an integer in [1, 9] | `3` | a new knob |" in reference_text()
 
 
 def test_speed_up_claims_compare_arms_tuned_with_grids_of_equal_size() -> None:

@@ -41,6 +41,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     reserve_cpu_replicas(max(int(a.get("distribution", {}).get("workers", 1)) for a in resolved.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
     from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_LOAD, write_costs
+    from kfac_repro.runner import layout
     from kfac_repro.runner.environment import git_commit
 
     machine = {**machine_record(), "commit": git_commit(Path(__file__).resolve().parent),
@@ -51,7 +52,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     for arm, config in resolved.items():
         measurements += measure_arm(arm, config, blocks, progress=lambda what: click.echo(f"  {what} ...", err=True))
     machine["load_after"] = round(os.getloadavg()[0], 2)
-    path = out / spec.name / profile / FILE_NAME
+    path = layout.profile_dir(out, spec.name, profile) / FILE_NAME
     write_costs(path, spec.name, profile, measurements, machine)
     for m in measurements:
         if m.unit == "bytes":

@@ -16,10 +16,11 @@ from typing import Any
 
 import click
 
+from kfac_repro.commands.child import child_command
+from kfac_repro.commands.run import run
 from kfac_repro.runner import interrupts, layout
 from kfac_repro.specs import SpecError, load_spec
 
-_RUN_ID = "run"  # each combination is one run, OUT/grid-<arm>/<combination>/<spec>/<profile>/<arm>/run
 _STOP_GRACE = 60.0
 
 
@@ -44,7 +45,6 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
         combinations,
         leaderboard,
         parse_param,
-        run_status,
         write_leaderboard,
     )
 
@@ -63,12 +63,12 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
         raise click.UsageError(str(error)) from error
 
     def run_dir(combo: dict[str, Any]) -> Path:
-        return layout.arm_dir(layout.combination_dir(root, combination_id(combo)), spec.name, profile, arm) / _RUN_ID
+        return layout.combination_run_dir(root, combination_id(combo), spec.name, profile, arm)
 
     click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
     pending = []
     for combo in combos:
-        if run_status(run_dir(combo)) == "complete":
+        if layout.run_status(run_dir(combo)) == "complete":
             click.echo(f"  kept {combination_id(combo)} (finished earlier)")
         else:
             pending.append((combo, layout.combination_dir(root, combination_id(combo)), run_dir(combo).exists()))
@@ -77,10 +77,9 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     while pending or running:
         while pending and len(running) < parallel:
             combo, combo_dir, resume = pending.pop(0)
-            command = [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile,
-                       "--out", str(combo_dir), "--run-id", _RUN_ID, *(["--resume"] if resume else []),
-                       *[a for o in overrides for a in ("--set", o)],
-                       *[a for k, v in combo.items() for a in ("--set", f"{k}={v}")]]
+            command = child_command(run, {
+                "name": name, "arms": (arm,), "profile": profile, "out": combo_dir, "run_id": layout.GRID_RUN_ID,
+                "resume": resume, "overrides": (*overrides, *(f"{k}={v}" for k, v in combo.items()))})
             log = (combo_dir.parent / f"{combo_dir.name}.log")
             combo_dir.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab" if resume else "wb") as handle:

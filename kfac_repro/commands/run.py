@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from kfac_repro.commands.child import child_command
 from kfac_repro.runner import interrupts, layout
 from kfac_repro.specs import SpecError, load_spec
 
@@ -61,7 +62,7 @@ def _check_data(spec: Any, arms: list[str]) -> None:
     from kfac_repro.data.registry import dataset_available, describe
 
     for arm in arms:
-        data = spec.arms[arm].to_dict()["data"]
+        data = spec.arms[arm].data
         if not dataset_available(data["name"], data.get("data_dir")):
             click.echo(f"error: {spec.name} --profile {spec.profile}, arm {arm}: data set {data['name']!r} is not "
                        f"available.\n  {describe(data['name'], data.get('data_dir'))}", err=True)
@@ -69,6 +70,26 @@ def _check_data(spec: Any, arms: list[str]) -> None:
                        "`kfac-repro data download cifar10` where there is internet), or run the reduced "
                        f"reproduction on real offline data: kfac-repro run {spec.name} --profile cpu", err=True)
             sys.exit(1)
+
+
+def _check_workers(spec: Any, arms: list[str], workers: int) -> None:
+    """UsageError, before any process starts, unless every arm's distribution.workers equals --workers > 1 (one
+    gradient worker per process); it says which --workers and --arm to pass instead."""
+    if workers == 1:
+        return
+    by_count: dict[int, list[str]] = {}
+    for arm in arms:
+        by_count.setdefault(int(spec.arms[arm].distribution["workers"]), []).append(arm)
+    wrong = {count: names for count, names in sorted(by_count.items()) if count != workers}
+    if not wrong:
+        return
+    found = " and ".join(f"{count} for {', '.join(names)}" for count, names in wrong.items())
+    instead = "; ".join(f"--workers {count} {' '.join(f'--arm {arm}' for arm in names)}"
+                        for count, names in sorted(by_count.items()))
+    raise click.UsageError(
+        f"--workers {workers}: a multi-process run has one gradient worker per process, but distribution.workers is "
+        f"{found} ({spec.name} --profile {spec.profile}). Pass instead: {instead}; or leave out --workers to train "
+        "each arm's replicas in one process")
 
 
 def _seed_list(text: str | None) -> list[int] | None:
@@ -89,8 +110,8 @@ def _seeds_of(spec: Any, arm: str, chosen: list[int] | None) -> list[int] | None
     run named without a seed, as before seeds existed)."""
     if chosen is not None:
         return chosen
-    training = spec.arms[arm].to_dict()["training"]
-    count, first = int(training.get("seeds") or 1), int(training.get("seed") or 0)
+    training = spec.arms[arm].training
+    count, first = int(training["seeds"]), int(training["seed"])
     return list(range(first, first + count)) if count > 1 else None
 
 
@@ -123,6 +144,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         raise click.UsageError("give --seed or --seeds, not both")
     spec = _load(name, profile, overrides, seed, arms)
     selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
+    _check_workers(spec, selected, workers)
     _check_data(spec, selected)
     jobs: list[tuple[str, int | None]] = []
     for arm in selected:
@@ -135,12 +157,9 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         failed = []
         for arm, job_seed in jobs:
             what = f"arm {arm}" + ("" if job_seed is None else f" seed {job_seed}")
-            child = interrupts.start_child(
-                [sys.executable, "-m", "cli", "run", name, "--arm", arm, "--profile", profile, "--out", str(out),
-                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
-                 *(["--seeds", str(job_seed)] if job_seed is not None else []),
-                 *(["--resume"] if resume else []), *(["--run-id", run_id] if run_id else []),
-                 *(["--tuned"] if tuned else []), "--workers", str(workers)])
+            child = interrupts.start_child(child_command(run, {
+                **click.get_current_context().params, "arms": (arm,),
+                "seeds_text": None if job_seed is None else str(job_seed)}))
             try:
                 code = interrupts.wait_child(child, STOP_GRACE)
             except interrupts.Interrupted as stop:
@@ -236,10 +255,7 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
 
 def _finished(run_dir: Path, steps: int) -> bool:
     """Whether the run directory holds a complete run of at least `steps` updates."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
+    record = layout.read_run_record(run_dir)
     return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
 
 
@@ -258,10 +274,8 @@ def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: 
     from kfac_repro.runner.experiment import RunIdentity, run_arm
 
     config = spec.arms[arm]
-    arm_dict = config.to_dict()
-    label = (arm_dict.get("label") or arm) + label_suffix
-    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, label, run_dir)
-    steps = int(arm_dict["training"]["steps"])
+    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, config.label + label_suffix, run_dir)
+    steps = int(config.training["steps"])
     chief = "TF_CONFIG" not in os.environ or parse_tf_config(os.environ["TF_CONFIG"]).is_chief
     with click.progressbar(length=steps, label=f"{arm}", show_pos=True, file=sys.stderr) as bar:
         done = [0]
@@ -273,7 +287,7 @@ def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: 
                 val = "" if row.get("val_loss") is None else f" val_loss {row['val_loss']:.4f}"
                 click.echo(f"\n  step {step}: train_loss {row['train_loss']:.4f}{val}", err=True)
 
-        final = run_arm(arm_dict, identity, resume, progress)
+        final = run_arm(config, identity, resume, progress)
     click.echo(f"   done: step {final.get('step', 0):g}, train_loss {final.get('train_loss'):.4f}, "
                f"val_error {final.get('val_error')}")
 
@@ -282,9 +296,8 @@ def _launch(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed:
             run_dir: Path, workers: int) -> None:
     from kfac_repro.distribute.launcher import run_local_workers
 
-    command = [sys.executable, "-m", "cli", "worker", name, "--arm", arm, "--profile", profile,
-               "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)],
-               *(["--seed", str(seed)] if seed is not None else []), *(["--resume"] if resume else [])]
+    command = child_command(worker, {"name": name, "arm": arm, "profile": profile, "overrides": overrides,
+                                     "seed": seed, "resume": resume, "run_dir": run_dir})
     seconds = run_local_workers(lambda spec: command, workers, emit=lambda line: click.echo(line, err=True),
                                 stop_grace=STOP_GRACE, on_stop=lambda: _mark_interrupted(run_dir))
     click.echo(f"   {workers} workers finished in {seconds:.1f} s")
@@ -293,12 +306,6 @@ def _launch(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed:
 def _mark_interrupted(run_dir: Path) -> None:
     """After the workers were stopped: a run.json still at `running` (worker 0 killed before it could write) is
     marked `interrupted`."""
-    record_path = run_dir / "run.json"
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return
+    record = layout.read_run_record(run_dir)
     if record.get("status") == "running":
-        temporary = run_dir / "run.json.tmp"
-        temporary.write_text(json.dumps({**record, "status": "interrupted"}, indent=2) + "\n")
-        temporary.replace(record_path)
+        layout.write_run_record(run_dir, {**record, "status": "interrupted"})

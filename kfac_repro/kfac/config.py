@@ -1,14 +1,119 @@
-"""Hyper-parameters of the K-FAC and SGD optimizers, validated on construction."""
+"""Hyper-parameters of the K-FAC and SGD optimizers, validated on construction.
+
+Each setting is declared once, here: its type (the annotation: a number, an integer, a flag, a `Literal` of
+choices, a tuple of names; `| None` when None is a value), its default, its bounds and its meaning (`setting()`).
+`settings(config_type)` lists them; construction checks every value against them, and the experiment specs derive
+their optimizer schema and reference from them (kfac_repro/specs/schema.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+MAX_STEPS = 10**9  # upper bounds no machine could run beyond (a typo such as 1e20 is refused)
+MAX_BATCH = 1 << 20
+MAX_THREADS = 4096
 
 
 def _check(condition: bool, name: str, expected: str, value: object) -> None:
     if not condition:
         raise ValueError(f"{name}: expected {expected}, found {value!r}")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number: `minimum`/`maximum` inclusive, `above`/`below` exclusive (None: unbounded)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def admits(self, value: float) -> bool:
+        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+    def describe(self) -> str:
+        """The range in words, to follow 'a number': ' in [0, 1)', ' > 0', '' when unbounded."""
+        low = ((_number(self.minimum), "[", ">=") if self.minimum is not None else
+               (_number(self.above), "(", ">") if self.above is not None else None)
+        high = ((_number(self.maximum), "]", "<=") if self.maximum is not None else
+                (_number(self.below), ")", "<") if self.below is not None else None)
+        if low and high:
+            return f" in {low[1]}{low[0]}, {high[0]}{high[1]}"
+        bound = low or high
+        return f" {bound[2]} {bound[0]}" if bound else ""
+
+
+def _number(bound: float) -> str:
+    """A bound in words: whole numbers in full (1048576, not 1.04858e+06)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, below: float | None = None) -> Any:
+    """A config field: its default, its meaning and (numbers) its bounds."""
+    return field(default=default, metadata={"doc": doc, "bounds": Bounds(minimum, maximum, above, below)})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting of a config dataclass. `kind`: float, int, bool, str (with `choices`) or tuple (of
+    names); `nullable`: None is a value."""
+
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    bounds: Bounds
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+
+    def expected(self) -> str:
+        """What the setting accepts, in words: 'a number in [0, 1)', "'sync' or 'async'"."""
+        if self.choices:
+            quoted = [repr(choice) for choice in self.choices]
+            text = ", ".join(quoted[:-1]) + " or " + quoted[-1]
+        else:
+            text = _KINDS[self.kind] + self.bounds.describe()
+        return text + (" or None" if self.nullable else "")
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.choices is not None:
+            return value in self.choices
+        if self.kind in (int, float):
+            return not isinstance(value, str) and self.bounds.admits(value)
+        return True
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a tuple of names"}
+
+
+def settings(config_type: type) -> dict[str, Setting]:
+    """The declared settings of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(config_type)
+    declared = {}
+    for item in fields(config_type):
+        kind, nullable = hints[item.name], False
+        if isinstance(kind, types.UnionType):
+            (kind,), nullable = [a for a in typing.get_args(kind) if a is not type(None)], True
+        choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+        kind = str if choices else (typing.get_origin(kind) or kind)
+        declared[item.name] = Setting(item.name, kind, item.default, item.metadata.get("doc", ""),
+                                      item.metadata.get("bounds", Bounds()), choices, nullable)
+    return declared
+
+
+def _validate(config: Any) -> None:
+    """ValueError naming the first setting whose value is out of its declared type's choices or bounds."""
+    for name, declared in settings(type(config)).items():
+        value = getattr(config, name)
+        _check(declared.admits(value), name, declared.expected(), value)
 
 
 @dataclass(frozen=True)
@@ -25,6 +130,31 @@ class Schedule:
         _check(self.every is None or self.every > 0, "every", "a positive step count or None", self.every)
 
 
+def _likelihood() -> Any:
+    return setting("categorical", "the output distribution of the model")
+
+
+def _from_logits() -> Any:
+    return setting(True, "the model outputs logits (not probabilities)")
+
+
+def _momentum() -> Any:
+    return setting(0.9, "momentum μ (the paper: 0.9 for every method)", minimum=0, below=1)
+
+
+def _weight_decay() -> Any:
+    return setting(0.0, "L2 coefficient (K-FAC: also folded into the damping)", minimum=0)
+
+
+def _polyak_decay() -> Any:
+    return setting(None, "decay of the exponential Polyak average of the weights used for evaluation (null: raw "
+                   "weights)", minimum=0, below=1)
+
+
+def _seed() -> Any:
+    return setting(0, "seed of the sampled Fisher targets and other draws")
+
+
 @dataclass(frozen=True)
 class KFACConfig:
     """K-FAC as in Ba, Grosse & Martens (2017); defaults follow the paper where it gives values.
@@ -35,71 +165,63 @@ class KFACConfig:
     paper) or η_max ("lr", Fig. 8's decayLR) follows the schedule decay_rate^⌊k / decay_every⌋.
     """
 
-    damping: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    kl_clip: float = 0.01
-    max_step_size: float = 1.0
-    kl_bound: Literal["update", "increment"] = "increment"
-    decay_rate: float = 0.96
-    decay_every: int | None = None
-    decay_target: Literal["kl", "lr"] = "kl"
-    stats_decay: float = 0.95
-    stats_every: int = 1
-    stats_batch_size: int | None = None  # None: stats from the training pass; m: a separate pass on x[:m]
-    inverse_every: int = 20
-    inversion: Literal["sync", "async"] = "sync"
-    async_lag: int | None = None
-    inversion_threads: int | None = None
-    inversion_device: Literal["host", "accelerator"] = "host"
-    conv_factors: Literal["cheap", "kfc"] = "cheap"
-    sequence_factors: Literal["expand", "reduce"] = "expand"
-    inverse_dtype: Literal["float32", "float64"] = "float32"  # Cholesky precision; float64 retried on failure
-    fisher_targets: Literal["sample", "exact"] = "sample"
-    likelihood: Literal["categorical", "gaussian"] = "categorical"
-    from_logits: bool = True
-    exact_block_max: int = 1024
-    doubly_factored: tuple[str, ...] = ()
-    doubly_factored_min_inputs: int | None = None
-    skip_layers: tuple[str, ...] = ()
-    polyak_decay: float | None = None
-    seed: int = 0
+    damping: float = setting(1e-3, "λ: factored Tikhonov damping", above=0)
+    weight_decay: float = _weight_decay()
+    momentum: float = _momentum()
+    kl_clip: float = setting(0.01, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) "
+                             "(Eq. 14)", above=0)
+    max_step_size: float = setting(1.0, "η_max: the largest step size", above=0)
+    kl_bound: Literal["update", "increment"] = setting(
+        "increment", "update: the bound holds for the momentum-summed update (the buffer receives (1 − μ)·η·v, as "
+        "in Ba's released code); increment: for η·v before momentum (our earlier rule: the update's KL reaches "
+        "c/(1 − μ)²)")
+    decay_rate: float = setting(0.96, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", above=0,
+                                maximum=1)
+    decay_every: int | None = setting(None, "steps between decays (null: no decay)", minimum=1, maximum=MAX_STEPS)
+    decay_target: Literal["kl", "lr"] = setting("kl", "kl: decay c (the paper); lr: decay η_max with c fixed "
+                                                "(Fig. 8's decayLR)")
+    stats_decay: float = setting(0.95, "largest decay of the factors' moving averages, min(1 − 1/k, ·)", minimum=0,
+                                 below=1)
+    stats_every: int = setting(1, "steps between statistics updates", minimum=1, maximum=MAX_STEPS)
+    stats_batch_size: int | None = setting(
+        None, "statistics from a separate pass on this many examples, standing in for the dedicated stats worker "
+        "(null: from the training pass)", minimum=1, maximum=MAX_BATCH)
+    inverse_every: int = setting(20, "steps between inverse refreshes (sync inversion)", minimum=1,
+                                 maximum=MAX_STEPS)
+    inversion: Literal["sync", "async"] = setting("sync", "sync: refresh every `inverse_every` steps; async: "
+                                                  "background inversions, used stale")
+    async_lag: int | None = setting(None, "async: steps between a factor snapshot and its inverse's use (null: the "
+                                    "next step after every worker has finished its share)", minimum=1,
+                                    maximum=MAX_STEPS)
+    inversion_threads: int | None = setting(
+        None, "BLAS/LAPACK threads of the host inversion; the runner gives TensorFlow the other cores (null: no "
+        "limit, no reservation)", minimum=1, maximum=MAX_THREADS)
+    inversion_device: Literal["host", "accelerator"] = setting(
+        "host", "host: numpy LAPACK; accelerator: tf.linalg on each replica's device")
+    conv_factors: Literal["cheap", "kfc"] = setting("cheap", "conv blocks: cheap (App. A) or kfc")
+    sequence_factors: Literal["expand", "reduce"] = setting(
+        "expand", "Dense/EinsumDense applied over sequence positions: expand or reduce (Eschenhagen et al. 2023; "
+        "convolutions follow conv_factors)")
+    inverse_dtype: Literal["float32", "float64"] = setting(
+        "float32", "precision of the damped factors' Cholesky inverses (float32 retried in float64 on failure)")
+    fisher_targets: Literal["sample", "exact"] = setting(
+        "sample", "sample: targets drawn from the model (true Fisher); exact: expectation over classes")
+    likelihood: Literal["categorical", "gaussian"] = _likelihood()
+    from_logits: bool = _from_logits()
+    exact_block_max: int = setting(1024, "largest vector block kept exact (larger: diagonal)", minimum=0,
+                                   maximum=1 << 16)
+    doubly_factored: tuple[str, ...] = setting((), "layers given doubly-factored blocks (paper §4; AlexNet: [fc6])")
+    doubly_factored_min_inputs: int | None = setting(
+        None, "also doubly-factor every eligible layer with at least this many inputs (null: only the named ones)",
+        minimum=1, maximum=1 << 30)
+    skip_layers: tuple[str, ...] = setting((), "layers left unpreconditioned: names or glob patterns (fnmatch)")
+    polyak_decay: float | None = _polyak_decay()
+    seed: int = _seed()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "doubly_factored", tuple(self.doubly_factored))
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
-        _check(self.damping > 0, "damping", "a number > 0", self.damping)
-        _check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
-        _check(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
-        _check(self.kl_clip > 0, "kl_clip", "a number > 0", self.kl_clip)
-        _check(self.max_step_size > 0, "max_step_size", "a number > 0", self.max_step_size)
-        _check(self.kl_bound in ("update", "increment"), "kl_bound", "'update' or 'increment'", self.kl_bound)
-        Schedule(1.0, self.decay_rate, self.decay_every)
-        _check(self.decay_target in ("kl", "lr"), "decay_target", "'kl' or 'lr'", self.decay_target)
-        _check(0 <= self.stats_decay < 1, "stats_decay", "a number in [0, 1)", self.stats_decay)
-        _check(self.stats_every >= 1, "stats_every", "an integer >= 1", self.stats_every)
-        _check(self.stats_batch_size is None or self.stats_batch_size >= 1, "stats_batch_size",
-               "an integer >= 1 or None", self.stats_batch_size)
-        _check(self.inverse_every >= 1, "inverse_every", "an integer >= 1", self.inverse_every)
-        _check(self.inversion in ("sync", "async"), "inversion", "'sync' or 'async'", self.inversion)
-        _check(self.async_lag is None or self.async_lag >= 1, "async_lag", "an integer >= 1 or None", self.async_lag)
-        _check(self.inversion_threads is None or self.inversion_threads >= 1, "inversion_threads",
-               "an integer >= 1 or None", self.inversion_threads)
-        _check(self.inversion_device in ("host", "accelerator"), "inversion_device", "'host' or 'accelerator'",
-               self.inversion_device)
-        _check(self.conv_factors in ("cheap", "kfc"), "conv_factors", "'cheap' or 'kfc'", self.conv_factors)
-        _check(self.sequence_factors in ("expand", "reduce"), "sequence_factors", "'expand' or 'reduce'",
-               self.sequence_factors)
-        _check(self.inverse_dtype in ("float32", "float64"), "inverse_dtype", "'float32' or 'float64'",
-               self.inverse_dtype)
-        _check(self.fisher_targets in ("sample", "exact"), "fisher_targets", "'sample' or 'exact'",
-               self.fisher_targets)
-        _check(self.likelihood in ("categorical", "gaussian"), "likelihood", "'categorical' or 'gaussian'",
-               self.likelihood)
-        _check(self.exact_block_max >= 0, "exact_block_max", "an integer >= 0", self.exact_block_max)
-        _check(self.doubly_factored_min_inputs is None or self.doubly_factored_min_inputs >= 1,
-               "doubly_factored_min_inputs", "an integer >= 1 or None", self.doubly_factored_min_inputs)
-        _check_polyak(self.polyak_decay)
+        _validate(self)
 
     def kl_schedule(self) -> Schedule:
         if self.decay_target == "kl":
@@ -116,26 +238,20 @@ class KFACConfig:
 class SGDConfig:
     """SGD with momentum: θ ← θ − v, v ← μ v + η_k (∇L + wd θ), η_k = learning_rate · lr_decay_rate^⌊k/every⌋."""
 
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_decay_rate: float = 1.0
-    lr_decay_every: int | None = None
-    likelihood: Literal["categorical", "gaussian"] = "categorical"
-    from_logits: bool = True
-    polyak_decay: float | None = None
-    seed: int = 0
+    learning_rate: float = setting(0.1, "initial learning rate", above=0)
+    momentum: float = _momentum()
+    weight_decay: float = _weight_decay()
+    lr_decay_rate: float = setting(1.0, "the learning rate is multiplied by this every `lr_decay_every` steps",
+                                   above=0, maximum=1)
+    lr_decay_every: int | None = setting(None, "steps between decays (null: constant)", minimum=1,
+                                         maximum=MAX_STEPS)
+    likelihood: Literal["categorical", "gaussian"] = _likelihood()
+    from_logits: bool = _from_logits()
+    polyak_decay: float | None = _polyak_decay()
+    seed: int = _seed()
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
-        _check(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
-        _check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
-        Schedule(self.learning_rate, self.lr_decay_rate, self.lr_decay_every)
-        _check_polyak(self.polyak_decay)
+        _validate(self)
 
     def lr_schedule(self) -> Schedule:
         return Schedule(self.learning_rate, self.lr_decay_rate, self.lr_decay_every)
-
-
-def _check_polyak(decay: float | None) -> None:
-    _check(decay is None or 0 <= decay < 1, "polyak_decay", "a number in [0, 1) or None", decay)

@@ -14,6 +14,7 @@ from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, 
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, seed_runs
 from kfac_repro.plotting.seeds import best, final, per_seed
+from kfac_repro.runner.layout import grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
 
@@ -52,11 +53,13 @@ def figure_runs(results: Path) -> dict[int, tuple[str, Arms]]:
 
 
 def grid_sizes(directory: Path) -> dict[str, int]:
-    """arm → the settings its grid search tried (rows of grid-<arm>/leaderboard.csv under a spec's profile)."""
+    """arm → the settings its grid search tried (rows of its leaderboard.csv under a spec's profile directory)."""
     sizes = {}
-    for board in sorted(directory.glob("grid-*/leaderboard.csv")):
-        with board.open(newline="") as handle:
-            sizes[board.parent.name.removeprefix("grid-")] = sum(1 for _ in csv.DictReader(handle))
+    for arm, grid in grid_dirs(directory).items():
+        board = grid / "leaderboard.csv"
+        if board.is_file():
+            with board.open(newline="") as handle:
+                sizes[arm] = sum(1 for _ in csv.DictReader(handle))
     return sizes
 
 
@@ -89,20 +92,20 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
         spec = FIGURES[number].spec
         if number not in runs:
             for claim in measure({}, {}, {}):
-                rows.append((Claim(claim.figure, claim.claim, f"no results under {results / spec}", NO_DATA,
+                rows.append((Claim(claim.figure, claim.claim, f"no results under {spec_dir(results, spec)}", NO_DATA,
                                    claim.rule), "—"))
             continue
         profile, arms = runs[number]
         commits = commits_of(arms)
         if mixed(commits) and not allow_mixed:
-            raise MixedCommits(f"Fig. {number} ({results / spec / profile}) mixes commits or dirty trees: "
+            raise MixedCommits(f"Fig. {number} ({profile_dir(results, spec, profile)}) mixes commits or dirty trees: "
                                f"{', '.join(commits)}; rerun its arms from one clean commit, or pass --allow-mixed")
         steps = sorted({int(r.record.get("steps", 0)) for rs in arms.values() for r in rs})
         seeds = sorted({len(rs) for rs in arms.values()})
         scale = (f"{scale_of(arms, profile)}; {', '.join(map(str, steps))} updates; "
                  f"{'/'.join(map(str, seeds))} seed(s)" + ("; old method" if old_method(arms) else ""))
-        costs = read_costs(results / spec / profile / FILE_NAME)
-        rows += [(claim, scale) for claim in measure(arms, costs, grid_sizes(results / spec / profile))]
+        costs = read_costs(profile_dir(results, spec, profile) / FILE_NAME)
+        rows += [(claim, scale) for claim in measure(arms, costs, grid_sizes(profile_dir(results, spec, profile)))]
     return rows
 
 
@@ -161,7 +164,7 @@ def runs_section(results: Path) -> list[str]:
         bn = f"; **BN arms with different BN momenta: {', '.join(momenta)}**" if len(momenta) > 1 else ""
         lines += [f"**Fig. {number}** (`{figure.spec}`, {scale_of(arms, profile)}): {method}; "
                   f"{provenance(commits)}{bn}.", ""]
-        lines += _costs_table(arms, read_costs(results / figure.spec / profile / FILE_NAME))
+        lines += _costs_table(arms, read_costs(profile_dir(results, figure.spec, profile) / FILE_NAME))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
                   "commit | runs |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]

@@ -1,6 +1,6 @@
-"""Finding runs under results/<spec>/<profile>/<arm>/<run-id>/ and loading their metrics: for each arm the
-newest complete run (run ids sort by start time), or the newest complete run of every seed. Grid-search runs
-(grid-<arm>/…) are not arms of a figure.
+"""Finding runs in the results layout (runner/layout.py) and loading their metrics: for each arm the
+newest complete run (run ids sort by start time), or the newest complete run of every seed. Grid searches
+are not arms of a figure.
 
 A run newer than the one chosen that cannot be used is skipped with a SkippedRunWarning naming it and saying why:
 not finished (its status: running, interrupted, diverged, failed), or marked complete with a metrics.csv that is
@@ -61,7 +61,7 @@ def _seed_of(record: dict[str, Any], resolved: dict[str, Any]) -> int:
 
 def _load_run(arm: str, run_dir: Path) -> tuple[Run | None, str, int]:
     """(the run, "", its seed) when usable, else (None, why not, its seed as far as its records tell)."""
-    record = _json(run_dir / "run.json")
+    record = layout.read_run_record(run_dir)
     try:
         resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text()) or {}
     except (OSError, ValueError, yaml.YAMLError):
@@ -153,7 +153,7 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
 
 def available_profiles(results: Path, spec: str) -> list[str]:
     """Profiles with at least one complete run, in the order paper, cpu, smoke, then others."""
-    base = results / spec
+    base = layout.spec_dir(results, spec)
     found = [p.name for p in base.iterdir() if p.is_dir() and newest_complete_runs(results, spec, p.name)] if (
         base.is_dir()) else []
     return sorted(found, key=lambda p: (PROFILE_PREFERENCE.index(p) if p in PROFILE_PREFERENCE else 9, p))

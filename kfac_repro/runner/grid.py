@@ -1,22 +1,22 @@
 """Grid search over an arm's settings: the combinations, and the leaderboard of their finished runs.
 
-Each combination is an ordinary run of the arm with `--set` overrides, in results/<spec>/<profile>/grid-<arm>/
-<combination-id>/<run-id>/. The leaderboard ranks combinations by their best validation error (ties: the earlier
-time to the target error); the target error defaults to the median of the combinations' best errors, so that the
-time-to-target column separates the faster half.
+Each combination is an ordinary run of the arm with `--set` overrides, in its own directory of the grid's
+(runner/layout.py: grid-<arm>/<combination-id>/<spec>/<profile>/<arm>/run/). The leaderboard ranks combinations
+by their best validation error (ties: the earlier time to the target error); the target error defaults to the
+median of the combinations' best errors, so that the time-to-target column separates the faster half.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kfac_repro.runner import layout
 from kfac_repro.runner.metrics_log import read_rows
 
 
@@ -41,22 +41,13 @@ def parse_param(text: str) -> tuple[str, list[Any]]:
     return key.strip(), [parse_scalar(v.strip()) for v in values.split(",")]
 
 
-def run_status(run_dir: Path) -> str | None:
-    """The status in a run's run.json ('complete', 'running', 'interrupted', 'diverged', 'failed'), None if the run
-    never started (or its run.json is unreadable)."""
-    try:
-        return str(json.loads((run_dir / "run.json").read_text())["status"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def summarise(run_dir: Path) -> dict[str, Any]:
     """Final and best losses and errors of one finished run (its metrics.csv and run.json)."""
     try:
         rows = read_rows(run_dir / "metrics.csv")
     except (OSError, ValueError):  # missing, or not a CSV (binary): the run counts as having no rows
         rows = []
-    status = run_status(run_dir) or "missing"
+    status = layout.run_status(run_dir) or "missing"
     evaluated = [r for r in rows if r["val_error"]]
     return {
         "status": status,

@@ -1,5 +1,8 @@
-"""The results layout, in one place: a run lives in OUT/<spec>/<profile>/<arm>/<run-id>/, a grid search of an arm
-in OUT/<spec>/<profile>/grid-<arm>/ (not an arm of any figure).
+"""The results layout, in one place: a run lives in OUT/<spec>/<profile>/<arm>/<run-id>/ (its record in run.json),
+a grid search of an arm in OUT/<spec>/<profile>/grid-<arm>/ (not an arm of any figure), each of its combinations
+in grid-<arm>/<combination>/<spec>/<profile>/<arm>/run/. Every reader and writer of that layout goes through this
+module; so does the Makefile, through `python -m kfac_repro.runner.layout run-dir OUT SPEC PROFILE ARM RUN_ID
+[SEED]`, which prints a run's directory.
 
 Every name that becomes a path component (spec, profile, arm, run ID, grid combination) is checked against a safe
 character set, so nothing is ever written outside OUT. A new run directory is claimed with an exclusive mkdir (two
@@ -9,14 +12,19 @@ second process cannot resume a run that is still being written.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 GRID_PREFIX = "grid-"
+GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
+RUN_RECORD = "run.json"
 MAX_NAME = 128
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
 SAFE_NAME_RULE = ("letters, digits and . _ - + = , only, starting with a letter, digit or _, no '..', "
@@ -60,14 +68,35 @@ def combination_dir(grid: Path, combination: str) -> Path:
     return grid / check_name(combination, "grid combination")
 
 
+def combination_run_dir(grid: Path, combination: str, spec: str, profile: str, arm: str) -> Path:
+    """The run of one grid combination: <grid>/<combination>/<spec>/<profile>/<arm>/run."""
+    return arm_dir(combination_dir(grid, combination), spec, profile, arm) / GRID_RUN_ID
+
+
 def is_grid_dir(path: Path) -> bool:
     return path.name.startswith(GRID_PREFIX)
+
+
+def grid_dirs(profile_dir: Path) -> dict[str, Path]:
+    """arm → its grid-search directory under OUT/<spec>/<profile>, for the arms that have one, by name."""
+    found = sorted(p for p in profile_dir.iterdir() if p.is_dir() and is_grid_dir(p)) if profile_dir.is_dir() else []
+    return {p.name.removeprefix(GRID_PREFIX): p for p in found}
+
+
+def spec_dir(out: Path, spec: str) -> Path:
+    """OUT/<spec>: an experiment's results, one directory per profile. For reading (names unchecked)."""
+    return out / spec
+
+
+def profile_dir(out: Path, spec: str, profile: str) -> Path:
+    """OUT/<spec>/<profile>: its arms, grid searches and cost table. For reading (names unchecked)."""
+    return spec_dir(out, spec) / profile
 
 
 def arm_dirs(out: Path, spec: str, profile: str) -> list[Path]:
     """The arm directories of a spec's profile that exist (grid searches excluded), by name. For reading: the
     names found are not checked (nothing is written from them)."""
-    base = out / spec / profile
+    base = profile_dir(out, spec, profile)
     return sorted(p for p in base.iterdir() if p.is_dir() and not is_grid_dir(p)) if base.is_dir() else []
 
 
@@ -82,6 +111,11 @@ _SEED_SUFFIX = re.compile(r"-seed[0-9]+$")
 def seed_suffix(seed: int | None) -> str:
     """The run-ID suffix of one run of a seed list: '-seed<S>' ('' for a run without one)."""
     return "" if seed is None else f"-seed{seed}"
+
+
+def run_dir(out: Path, spec: str, profile: str, arm: str, run_id: str, seed: int | None = None) -> Path:
+    """OUT/<spec>/<profile>/<arm>/<run-id>[-seed<S>]: where a run with a given ID is (or would be)."""
+    return arm_dir(out, spec, profile, arm) / check_name(run_id + seed_suffix(seed), "run ID")
 
 
 def claim_run_dir(arms: Path, run_id: str | None, suffix: str = "") -> Path:
@@ -149,3 +183,45 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """A run's run.json ({} when missing, unreadable or not a mapping)."""
+    try:
+        record = json.loads((run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Replace a run's run.json atomically (readers never see half a record)."""
+    temporary = run_dir / (RUN_RECORD + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(run_dir / RUN_RECORD)
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's run.json ('running', 'complete', 'interrupted', 'diverged', 'failed'), None if the run
+    never started (or its run.json is unreadable)."""
+    status = read_run_record(run_dir).get("status")
+    return None if status is None else str(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m kfac_repro.runner.layout run-dir OUT SPEC PROFILE ARM RUN_ID [SEED]` prints the run directory."""
+    parser = argparse.ArgumentParser(prog="python -m kfac_repro.runner.layout", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    query = commands.add_parser("run-dir", help="the directory of a run with a given ID")
+    for name in ("out", "spec", "profile", "arm", "run_id"):
+        query.add_argument(name)
+    query.add_argument("seed", type=int, nargs="?", default=None)
+    args = parser.parse_args(argv)
+    try:
+        print(run_dir(Path(args.out), args.spec, args.profile, args.arm, args.run_id, args.seed))
+    except LayoutError as error:
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfac_repro.kfac.config import Bounds, Setting
 from kfac_repro.specs.errors import SpecError
 
 REQUIRED: Any = object()  # the default of a field that must be given
@@ -45,14 +46,7 @@ class Field:
         return text + (" or null" if self.nullable else "")
 
     def _range(self) -> str:
-        low = (_number(self.minimum), "[", ">=") if self.minimum is not None else (
-            (_number(self.above), "(", ">") if self.above is not None else None)
-        high = (_number(self.maximum), "]", "<=") if self.maximum is not None else (
-            (_number(self.below), ")", "<") if self.below is not None else None)
-        if low and high:
-            return f" in {low[1]}{low[0]}, {high[0]}{high[1]}"
-        bound = low or high
-        return f" {bound[2]} {bound[0]}" if bound else ""
+        return Bounds(self.minimum, self.maximum, self.above, self.below).describe()
 
     def check(self, value: Any, path: Path | str, field: str) -> None:
         """SpecError naming `path` and `field` unless `value` fits (null always fits: it means the default)."""
@@ -72,11 +66,13 @@ class Field:
         if not ok or (self.choices is not None and value not in self.choices):
             return False
         if self.kind in (int, float):
-            return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-                    and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+            return Bounds(self.minimum, self.maximum, self.above, self.below).admits(value)
         return True
 
-
-def _number(bound: float) -> str:
-    """A bound in words: whole numbers in full (1048576, not 1.04858e+06)."""
-    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+    @classmethod
+    def of_setting(cls, declared: Setting) -> Field:
+        """The spec field of a library setting: the same default, bounds and meaning (a tuple of names is a
+        YAML list)."""
+        bounds = declared.bounds
+        return cls(list if declared.kind is tuple else declared.kind, declared.doc, declared.default,
+                   declared.choices, bounds.minimum, bounds.maximum, bounds.above, bounds.below, declared.nullable)

@@ -1,4 +1,5 @@
-"""docs/spec-format.md, generated from the schema table (a test checks the committed file is current)."""
+"""docs/spec-format.md, generated from the schema tables, whose optimizer tables derive from the library's config
+dataclasses (a test checks the committed file is current)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from kfac_repro.specs.fields import Field
 
 HEADER = """# Experiment spec format
 
-Generated from `kfac_repro/specs/schema.py` by `kfac-repro validate --write-reference`; do not edit by hand.
+Generated from `kfac_repro/specs/schema.py`, whose optimizer fields derive from the settings declared in
+`kfac_repro/kfac/config.py`, by `kfac-repro validate --write-reference`; do not edit by hand.
 
 A spec is a YAML file in `experiments/` (base specs in subfolders):
 

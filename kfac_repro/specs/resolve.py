@@ -37,7 +37,7 @@ class ArmConfig:
     distribution: Section
 
     def to_dict(self) -> dict[str, Any]:
-        """{'label': …, 'model': {…}, …} as plain dicts and lists (what the runner and `show` consume)."""
+        """{'label': …, 'model': {…}, …} as plain dicts and lists (what `show` prints and resolved.yaml records)."""
         return {"label": self.label, **{s: _plain(getattr(self, s)) for s in schema.ARM_SECTIONS}}
 
 

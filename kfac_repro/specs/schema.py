@@ -1,28 +1,27 @@
 """The spec schema: one declarative table per section of an arm (type, range, choices, default and meaning of
 every field). It drives validation (`validation.py`) and the generated reference docs/spec-format.md
-(`reference.py`). The optimizer tables mirror the library's KFACConfig / SGDConfig field for field (a test
-checks names and defaults), plus the epoch-based intervals that resolution converts to steps."""
+(`reference.py`). The optimizer tables are derived from the library's KFACConfig / SGDConfig, where each setting
+is declared once (kfac_repro/kfac/config.py), plus the epoch-based intervals that resolution converts to steps."""
 
 from __future__ import annotations
 
 from kfac_repro.data import synthetic
 from kfac_repro.data.registry import DATASET_NAMES
+from kfac_repro.kfac.config import MAX_BATCH, MAX_STEPS, KFACConfig, SGDConfig, settings
 from kfac_repro.models.registry import MODEL_NAMES
 from kfac_repro.specs.fields import Field
 
 TOP_KEYS = ("name", "description", "figure", "extends", "defaults", "arms", "profiles", "grid")
 PROFILE_KEYS = ("description", "defaults", "arms")
 DEFAULT_PROFILE = "paper"
-# Training-set sizes for converting epochs to steps (a spec's epochs mean the real data set's epochs).
-# Upper bounds no machine could run beyond (a typo such as batch_size 1e20 is refused before any work starts).
-MAX_BATCH = 1 << 20
+# Upper bounds no machine could run beyond (a typo such as batch_size 1e20 is refused before any work starts);
+# MAX_STEPS and MAX_BATCH are the library's (kfac/config.py).
 MAX_PIXELS = 4096
 MAX_CLASSES = 1 << 20
-MAX_STEPS = 10**9
 MAX_EPOCHS = 1e5
 MAX_WORKERS = 4096
 MAX_SEEDS = 1000
-MAX_THREADS = 4096
+# Training-set sizes for converting epochs to steps (a spec's epochs mean the real data set's epochs).
 NUM_TRAIN = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion_mnist": 60_000, "synthetic": synthetic.SIZES["train"]}
 
 SECTIONS: dict[str, dict[str, Field]] = {
@@ -82,85 +81,32 @@ SECTIONS: dict[str, dict[str, Field]] = {
     },
 }
 
-_LIKELIHOOD = Field(str, "the output distribution of the model", "categorical", choices=("categorical", "gaussian"))
-_FROM_LOGITS = Field(bool, "the model outputs logits (not probabilities)", True)
-_MOMENTUM = Field(float, "momentum μ (the paper: 0.9 for every method)", 0.9, minimum=0, below=1)
-_WEIGHT_DECAY = Field(float, "L2 coefficient (K-FAC: also folded into the damping)", 0.0, minimum=0)
-_POLYAK = Field(float, "decay of the exponential Polyak average of the weights used for evaluation "
-                "(null: raw weights)", None, minimum=0, below=1, nullable=True)
+CONFIGS: dict[str, type] = {"kfac": KFACConfig, "sgd": SGDConfig}  # an optimizer's settings, by spec name
+RUNNER_SET = ("seed",)  # settings the runner gives (training.seed seeds the optimizer too), not spec fields
+# Spec-only aliases: a steps setting given in epochs (converted when an arm is resolved), listed after it.
+EPOCH_ALIASES: dict[str, dict[str, Field]] = {
+    "kfac": {"decay_every_epochs": Field(float, "`decay_every` in epochs (the paper: 0.5 on ImageNet)", None,
+                                         above=0, maximum=MAX_EPOCHS, nullable=True, epochs_of="decay_every")},
+    "sgd": {"lr_decay_every_epochs": Field(float, "`lr_decay_every` in epochs (the paper: 0.5 with BN, 2 without)",
+                                           None, above=0, maximum=MAX_EPOCHS, nullable=True,
+                                           epochs_of="lr_decay_every")},
+}
+
+
+def optimizer_fields(config_type: type, aliases: dict[str, Field] | None = None) -> dict[str, Field]:
+    """The spec fields of an optimizer: its config's settings (default, bounds, meaning), each followed by its
+    epoch alias if any."""
+    derived: dict[str, Field] = {}
+    for name, declared in settings(config_type).items():
+        if name in RUNNER_SET:
+            continue
+        derived[name] = Field.of_setting(declared)
+        derived.update({alias: f for alias, f in (aliases or {}).items() if f.epochs_of == name})
+    return derived
+
 
 OPTIMIZERS: dict[str, dict[str, Field]] = {
-    "kfac": {
-        "damping": Field(float, "λ: factored Tikhonov damping", 1e-3, above=0),
-        "weight_decay": _WEIGHT_DECAY,
-        "momentum": _MOMENTUM,
-        "kl_clip": Field(float, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) (Eq. 14)",
-                         0.01, above=0),
-        "max_step_size": Field(float, "η_max: the largest step size", 1.0, above=0),
-        "kl_bound": Field(str, "update: the bound holds for the momentum-summed update (the buffer receives "
-                          "(1 − μ)·η·v, as in Ba's released code); increment: for η·v before momentum (our earlier "
-                          "rule: the update's KL reaches c/(1 − μ)²)", "increment", choices=("update", "increment")),
-        "decay_rate": Field(float, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", 0.96,
-                            above=0, maximum=1),
-        "decay_every": Field(int, "steps between decays (null: no decay)", None, minimum=1, maximum=MAX_STEPS,
-                             nullable=True),
-        "decay_every_epochs": Field(float, "`decay_every` in epochs (the paper: 0.5 on ImageNet)", None, above=0,
-                                    maximum=MAX_EPOCHS,
-                                    nullable=True, epochs_of="decay_every"),
-        "decay_target": Field(str, "kl: decay c (the paper); lr: decay η_max with c fixed (Fig. 8's decayLR)",
-                              "kl", choices=("kl", "lr")),
-        "stats_decay": Field(float, "largest decay of the factors' moving averages, min(1 − 1/k, ·)", 0.95,
-                             minimum=0, below=1),
-        "stats_every": Field(int, "steps between statistics updates", 1, minimum=1, maximum=MAX_STEPS),
-        "stats_batch_size": Field(int, "statistics from a separate pass on this many examples, standing in for the "
-                                  "dedicated stats worker (null: from the training pass)", None, minimum=1,
-                                  maximum=MAX_BATCH, nullable=True),
-        "inverse_every": Field(int, "steps between inverse refreshes (sync inversion)", 20, minimum=1,
-                               maximum=MAX_STEPS),
-        "inversion": Field(str, "sync: refresh every `inverse_every` steps; async: background inversions, "
-                           "used stale", "sync", choices=("sync", "async")),
-        "async_lag": Field(int, "async: steps between a factor snapshot and its inverse's use (null: the next "
-                           "step after every worker has finished its share)", None, minimum=1, maximum=MAX_STEPS,
-                           nullable=True),
-        "inversion_threads": Field(int, "BLAS/LAPACK threads of the host inversion; the runner gives TensorFlow "
-                                   "the other cores (null: no limit, no reservation)", None, minimum=1,
-                                   maximum=MAX_THREADS, nullable=True),
-        "inversion_device": Field(str, "host: numpy LAPACK; accelerator: tf.linalg on each replica's device",
-                                  "host", choices=("host", "accelerator")),
-        "conv_factors": Field(str, "conv blocks: cheap (App. A) or kfc", "cheap", choices=("cheap", "kfc")),
-        "sequence_factors": Field(str, "Dense/EinsumDense applied over sequence positions: expand or reduce "
-                                  "(Eschenhagen et al. 2023; convolutions follow conv_factors)", "expand",
-                                  choices=("expand", "reduce")),
-        "inverse_dtype": Field(str, "precision of the damped factors' Cholesky inverses (float32 retried in float64 "
-                               "on failure)", "float32", choices=("float32", "float64")),
-        "fisher_targets": Field(str, "sample: targets drawn from the model (true Fisher); exact: expectation over "
-                                "classes", "sample", choices=("sample", "exact")),
-        "likelihood": _LIKELIHOOD,
-        "from_logits": _FROM_LOGITS,
-        "exact_block_max": Field(int, "largest vector block kept exact (larger: diagonal)", 1024, minimum=0,
-                                 maximum=1 << 16),
-        "doubly_factored": Field(list, "layers given doubly-factored blocks (paper §4; AlexNet: [fc6])", ()),
-        "doubly_factored_min_inputs": Field(int, "also doubly-factor every eligible layer with at least this many "
-                                            "inputs (null: only the named ones)", None, minimum=1,
-                                            maximum=1 << 30, nullable=True),
-        "skip_layers": Field(list, "layers left unpreconditioned: names or glob patterns (fnmatch)", ()),
-        "polyak_decay": _POLYAK,
-    },
-    "sgd": {
-        "learning_rate": Field(float, "initial learning rate", 0.1, above=0),
-        "momentum": _MOMENTUM,
-        "weight_decay": _WEIGHT_DECAY,
-        "lr_decay_rate": Field(float, "the learning rate is multiplied by this every `lr_decay_every` steps", 1.0,
-                               above=0, maximum=1),
-        "lr_decay_every": Field(int, "steps between decays (null: constant)", None, minimum=1,
-                                maximum=MAX_STEPS, nullable=True),
-        "lr_decay_every_epochs": Field(float, "`lr_decay_every` in epochs (the paper: 0.5 with BN, 2 without)",
-                                       None, above=0, maximum=MAX_EPOCHS, nullable=True, epochs_of="lr_decay_every"),
-        "likelihood": _LIKELIHOOD,
-        "from_logits": _FROM_LOGITS,
-        "polyak_decay": _POLYAK,
-    },
-}
+    name: optimizer_fields(config, EPOCH_ALIASES.get(name)) for name, config in CONFIGS.items()}
 OPTIMIZER_NAME = Field(str, "the optimizer; its fields are listed below", choices=tuple(OPTIMIZERS))
 ARM_SECTIONS = (*SECTIONS, "optimizer")
 ARM_KEYS = ("label", *ARM_SECTIONS)
