@@ -20,7 +20,8 @@ def eigen_inverse(factor: np.ndarray, shift: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("size", "rank", "shift"), [(6, 3, 0.1), (40, 10, 1e-2), (200, 300, 1e-3)])
+@pytest.mark.parametrize(("size", "rank", "shift"), [(6, 3, 0.1), (40, 10, 1e-2), (200, 300, 1e-3),
+                                                     (256, 100, 1e-2), (384, 500, 1e-3)])  # padded by one
 def test_cholesky_inverse_equals_the_eigendecomposition_inverse(dtype: str, size: int, rank: int,
                                                                  shift: float) -> None:
     factor = random_factor(size, rank)
@@ -41,14 +42,14 @@ def test_an_asymmetric_round_off_is_symmetrised_before_inverting() -> None:
 
 
 def test_a_float32_factorisation_that_fails_is_retried_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = inverses._cholesky_inverse
+    real = inverses._damped_cholesky_inverse
     dtypes = []
 
-    def failing_in_float32(matrix: np.ndarray) -> np.ndarray | None:
+    def failing_in_float32(matrix: np.ndarray, shift: float) -> np.ndarray | None:
         dtypes.append(matrix.dtype)
-        return None if matrix.dtype == np.float32 else real(matrix)
+        return None if matrix.dtype == np.float32 else real(matrix, shift)
 
-    monkeypatch.setattr(inverses, "_cholesky_inverse", failing_in_float32)
+    monkeypatch.setattr(inverses, "_damped_cholesky_inverse", failing_in_float32)
     factor = random_factor(5, 5)
     got = damped_inverse(factor, shift=0.01, dtype="float32")
     assert dtypes == [np.float32, np.float64]

@@ -2,7 +2,9 @@
 of the cpu profile (alexnet-bs2048, K-FAC arm: doubly-factored fc6) with seeded random factors.
 
 Each worker computes its share of the damped inverses (assigned per factor) with one LAPACK thread and reports
-the median over `repeats` of its compute time (wall and thread CPU seconds) and of the sharing all-reduce;
+the median over `repeats` of its compute time (wall and thread CPU seconds) and of the sharing all-reduce. The
+workers compute in turns, one at a time between barriers, so that on a machine with fewer cores than workers no
+worker's time includes another's (the assignment, not the machine, is what is measured);
 `measure` launches the workers and collects their reports. Run per worker as
 `python -m kfac_repro.benchmarks.divided_inversion --out FILE` under TF_CONFIG.
 """
@@ -18,6 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SPEC, PROFILE, ARM = "alexnet-bs2048", "cpu", "kfac"
 
@@ -76,21 +82,37 @@ def _worker(out: Path, repeats: int) -> None:
             variable.assign(root @ root.T / dim if root is not None else rng.random(dim, dtype=np.float32))
     inversion = optimizer.inversion
     factors = {b.name: b.factors for b in optimizer.blocks}
+    cluster = cluster_from_environment()
+    index, workers = (cluster.index, len(cluster.workers)) if cluster else (0, 1)
+    barrier = _barrier(strategy)
     walls, cpus, shares = [], [], []
     for _ in range(repeats):
-        cpu = time.thread_time()
-        computed = inversion.compute(factors, 0)
-        cpus.append(time.thread_time() - cpu)
-        walls.append(computed.seconds)
+        for turn in range(workers):
+            barrier()
+            if turn == index:
+                cpu = time.thread_time()
+                computed = inversion.compute(factors, 0)
+                cpus.append(time.thread_time() - cpu)
+                walls.append(computed.seconds)
+        barrier()
         start = time.perf_counter()
         inversion.install(computed)
         shares.append(time.perf_counter() - start)
-    cluster = cluster_from_environment()
     timing = WorkerTiming(
-        worker=cluster.index if cluster else 0, parts=sorted(inversion.local_parts()), cost=inversion.local_cost(),
+        worker=index, parts=sorted(inversion.local_parts()), cost=inversion.local_cost(),
         compute_seconds=statistics.median(walls), compute_cpu_seconds=statistics.median(cpus),
         share_seconds=statistics.median(shares))
     out.write_text(json.dumps(dataclasses.asdict(timing)))
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> Callable[[], object]:
+    """A collective that returns once every worker has called it (a one-number all-reduce)."""
+    import tensorflow as tf
+
+    if strategy.num_replicas_in_sync == 1:
+        return lambda: None
+    return tf.function(lambda: strategy.run(
+        lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0))), autograph=False)
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
 """Step-time benchmarks, all measured in one process on one fixed random batch so that the ratios are comparable:
 SGD against K-FAC variants (statistics every step, no inversion) and one full inversion on a conv net; and the
-update of K-FAC as it trains (factors every step, inverses every few steps) against SGD on an MLP."""
+update of K-FAC as it trains (factors every step, inverses every few steps) against SGD on an MLP.
+
+The methods take turns (a step of each, or a refresh period of each, round after round): a machine that drifts
+(clock, caches, a neighbour) then slows every method alike, instead of whichever was timed first or last."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import functools
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import keras
@@ -48,14 +51,27 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int) -> floa
 
 def timed(run: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float, float]:
     """(median, min, max) seconds of `repeats` calls of `run` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+    times = in_turns({"run": run}, repeats, warmup)["run"]
     return statistics.median(times), min(times), max(times)
+
+
+def in_turns(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each timed call of every run: `warmup` untimed rounds, then `repeats` rounds in which every run
+    is called once, in order."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(_seconds(run))
+    return times
+
+
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def measure_step_times(
@@ -67,21 +83,20 @@ def measure_step_times(
     warmup: int = 3,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[Timing], dict[str, int]]:
-    """Time SGD, each K-FAC variant and one inversion on one fixed random batch (no input pipeline); also the
-    bytes a replica all-reduces (of the last variant's optimizer)."""
+    """Time SGD and each K-FAC variant in turns, then one inversion, on one fixed random batch (no input
+    pipeline); also the bytes a replica all-reduces (of the last variant's optimizer)."""
     keras.utils.set_random_seed(0)
     x = tf.random.normal((batch_size, *input_shape))
     y = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
-
-    progress("SGD step")
     sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
-    sgd_seconds = median_seconds(functools.partial(sgd.train_step, x, y), repeats, warmup)
-    timings = [Timing("SGD step, momentum 0.9", sgd_seconds, 1.0)]
+    runs: dict[str, Callable[[], object]] = {"SGD step, momentum 0.9": functools.partial(sgd.train_step, x, y)}
     for what, config in kfac_variants(batch_size):
-        progress(what)
         optimizer = KFAC(build_model(), config)
-        seconds = median_seconds(functools.partial(optimizer.train_step, x, y), repeats, warmup)
-        timings.append(Timing(what, seconds, seconds / sgd_seconds))
+        runs[what] = functools.partial(optimizer.train_step, x, y)
+    progress(f"SGD and {len(runs) - 1} K-FAC variants, in turns")
+    medians = {what: statistics.median(times) for what, times in in_turns(runs, repeats, warmup).items()}
+    sgd_seconds = medians["SGD step, momentum 0.9"]
+    timings = [Timing(what, seconds, seconds / sgd_seconds) for what, seconds in medians.items()]
     progress("inversion")
     inversion = median_seconds(optimizer.refresh_inverses, max(3, repeats // 3), 1)
     timings.append(Timing("one full inversion (all blocks, Cholesky)", inversion, inversion / sgd_seconds))
@@ -109,25 +124,29 @@ def measure_update_times(
 ) -> list[Timing]:
     """SGD's update against K-FAC's as it trains (factors every step, synchronous inverses every `inverse_every`
     steps): the median update without and with an inversion, and the mean over whole refresh periods (amortised).
-    K-FAC is timed over ⌈repeats / inverse_every⌉ periods, at least two, after a warm-up period."""
+    Timed over ⌈repeats / inverse_every⌉ periods (at least two) after a warm-up period, SGD and K-FAC taking
+    turns period by period."""
     keras.utils.set_random_seed(0)
     x = tf.random.normal((batch_size, *input_shape))
     y = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
-    progress("SGD update")
     sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
-    sgd_seconds = median_seconds(functools.partial(sgd.train_step, x, y), repeats, warmup)
-    progress("K-FAC updates")
     kfac = KFAC(build_model(), KFACConfig(stats_every=1, inverse_every=inverse_every))
-    for _ in range(inverse_every + 1):  # tracing, the first inversion and the first periodic refresh
+    progress("warm-up: tracing, the first inversion and the first periodic refresh")
+    for _ in range(max(warmup, inverse_every + 1)):
+        sgd.train_step(x, y)
+    for _ in range(inverse_every + 1):
         kfac.train_step(x, y)
+    progress("SGD and K-FAC updates, in turns by refresh period")
+    sgd_times: list[float] = []
     plain: list[float] = []
     inverting: list[float] = []
-    for _ in range(max(2, math.ceil(repeats / inverse_every)) * inverse_every):
-        refreshes = int(kfac.iterations.numpy()) % inverse_every == 0
-        start = time.perf_counter()
-        kfac.train_step(x, y)
-        (inverting if refreshes else plain).append(time.perf_counter() - start)
+    for _ in range(max(2, math.ceil(repeats / inverse_every))):
+        sgd_times += [_seconds(functools.partial(sgd.train_step, x, y)) for _ in range(inverse_every)]
+        for _ in range(inverse_every):
+            refreshes = int(kfac.iterations.numpy()) % inverse_every == 0
+            (inverting if refreshes else plain).append(_seconds(functools.partial(kfac.train_step, x, y)))
     kfac.close()
+    sgd_seconds = statistics.median(sgd_times)
     amortised = statistics.fmean(plain + inverting)
     return [
         Timing("SGD update, momentum 0.9", sgd_seconds, 1.0),

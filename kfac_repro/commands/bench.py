@@ -80,7 +80,8 @@ def step(model_name: str, batch_size: int, repeats: int) -> None:
     from kfac_repro.benchmarks.step_time import measure_step_times
     from kfac_repro.models.cifar10_net import cifar10_net
 
-    click.echo(f"model: {model_name} net, batch {batch_size}, random inputs; median of {repeats} steps")
+    click.echo(f"model: {model_name} net, batch {batch_size}, random inputs; median of {repeats} steps, the "
+               "methods in turns")
     timings, volumes = measure_step_times(
         cifar10_net, (32, 32, 3), 10, batch_size, repeats=repeats,
         progress=lambda what: click.echo(f"  timing {what} ...", err=True),
@@ -96,7 +97,7 @@ def _mlp_updates(batch_size: int, repeats: int) -> None:
     from kfac_repro.benchmarks.step_time import deep_mlp, measure_update_times
 
     click.echo(f"model: MLP 784-1000-500-250-30-10 tanh, batch {batch_size}, random inputs; SGD: median of {repeats} "
-               "steps; K-FAC: factors every step, inverses every 10, whole periods")
+               "steps; K-FAC: factors every step, inverses every 10, whole periods; the two in turns")
     timings = measure_update_times(deep_mlp, (784,), 10, batch_size, repeats=repeats,
                                    progress=lambda what: click.echo(f"  timing {what} ...", err=True))
     click.echo(f"{'':58}{'seconds':>10}{'× SGD':>9}")
