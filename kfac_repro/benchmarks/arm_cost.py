@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import os
 import platform
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -23,9 +23,12 @@ import tensorflow as tf
 
 from kfac_repro.benchmarks.cost_table import Measurement
 from kfac_repro.benchmarks.step_time import timed
-from kfac_repro.kfac import KFAC, SGD
+from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 from kfac_repro.models.registry import build_model
 from kfac_repro.runner.experiment import optimizer_config
+
+if TYPE_CHECKING:
+    from kfac_repro.specs.resolve import ArmConfig
 
 NEVER = 10**9
 SHARDS = (1, 2, 4)
@@ -39,32 +42,31 @@ def machine_record() -> dict[str, Any]:
             "cpus": os.cpu_count(), "tensorflow": tf.__version__, "load_before": round(os.getloadavg()[0], 2)}
 
 
-def _build(arm: Mapping[str, Any]) -> tuple[keras.Model, tuple[int, ...], int]:
-    model_section = arm["model"]
+def _build(arm: ArmConfig) -> tuple[keras.Model, tuple[int, ...], int]:
+    model_section = arm.model
     size, classes = int(model_section["input_size"]), int(model_section["num_classes"])
-    channels = 1 if arm["data"]["name"] == "fashion_mnist" else 3
+    channels = 1 if arm.data["name"] == "fashion_mnist" else 3
     knobs = {k: v for k, v in model_section.items() if k not in ("name", "input_size", "num_classes")}
     shape = (size, size, channels)
     return build_model(model_section["name"], input_shape=shape, num_classes=classes, **knobs), shape, classes
 
 
-def measure_arm(name: str, arm: Mapping[str, Any], blocks: int,
+def measure_arm(name: str, arm: ArmConfig, blocks: int,
                 progress: Callable[[str], None] = lambda _: None) -> list[Measurement]:
     """The arm's seconds per update (as configured) and its components; see the module docstring."""
     from kfac_repro.distribute.strategy import make_strategy
 
     keras.utils.set_random_seed(0)
-    batch = int(arm["training"]["batch_size"])
-    replicas = int(arm.get("distribution", {}).get("workers", 1))
-    method, config = optimizer_config(arm["optimizer"], 0)
-    strategy = make_strategy(local_replicas=replicas)
+    batch = int(arm.training["batch_size"])
+    _, config = optimizer_config(arm.optimizer, 0)
+    strategy = make_strategy(local_replicas=int(arm.distribution["workers"]))
     with strategy.scope():
         model, shape, classes = _build(arm)
-        optimizer = KFAC(model, config) if method == "kfac" else SGD(model, config)  # type: ignore[arg-type]
+        optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)
     x = tf.random.normal((batch, *shape))
     y = tf.random.uniform((batch,), 0, classes, dtype=tf.int32)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
-    period = int(arm["optimizer"].get("inverse_every") or 20) if method == "kfac" else 20
+    period = config.inverse_every if isinstance(config, KFACConfig) else 20
     block = max(20, period)
 
     def updates() -> None:
@@ -77,10 +79,10 @@ def measure_arm(name: str, arm: Mapping[str, Any], blocks: int,
         optimizer.close()
     found = [Measurement(name, "update", batch, median / block, low / block, high / block, "seconds", blocks)]
     progress(f"{name}: components")
-    return found + _components(name, arm, method, config, x, y)
+    return found + _components(name, arm, config, x, y)
 
 
-def _components(name: str, arm: Mapping[str, Any], method: str, config: Any, x: tf.Tensor,
+def _components(name: str, arm: ArmConfig, config: KFACConfig | SGDConfig, x: tf.Tensor,
                 y: tf.Tensor) -> list[Measurement]:
     """Gradient pass on B/n examples, and for K-FAC the statistics pass, preconditioning and one inversion."""
     keras.utils.set_random_seed(0)
@@ -103,7 +105,7 @@ def _components(name: str, arm: Mapping[str, Any], method: str, config: Any, x: 
     gradient_bytes = 4 * sum(int(np.prod(p.shape)) for p in params)
     found.append(Measurement(name, "gradient_bytes", batch, gradient_bytes, gradient_bytes, gradient_bytes, "bytes",
                              1))
-    if method != "kfac":
+    if not isinstance(config, KFACConfig):
         return found
     kfac = KFAC(model, dataclasses.replace(config, inverse_every=NEVER, inversion="sync"))
     stats_batch = config.stats_batch_size or batch

@@ -35,10 +35,9 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
         spec = load_spec(name, profile=profile, overrides=overrides, arms=arms)
     except SpecError as error:
         raise click.UsageError(str(error)) from error
-    resolved = {arm: config.to_dict() for arm, config in spec.arms.items()}
     from kfac_repro.distribute.strategy import reserve_cpu_replicas
 
-    reserve_cpu_replicas(max(int(a.get("distribution", {}).get("workers", 1)) for a in resolved.values()))
+    reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
     from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_LOAD, write_costs
     from kfac_repro.runner import layout
@@ -49,7 +48,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     click.echo(f"{spec.name} [{profile}] on {machine['host']}, {machine['device']}, {machine['cpus']} cores; "
                f"load average before: {machine['load_before']}")
     measurements = []
-    for arm, config in resolved.items():
+    for arm, config in spec.arms.items():
         measurements += measure_arm(arm, config, blocks, progress=lambda what: click.echo(f"  {what} ...", err=True))
     machine["load_after"] = round(os.getloadavg()[0], 2)
     path = layout.profile_dir(out, spec.name, profile) / FILE_NAME
