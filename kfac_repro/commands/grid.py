@@ -100,15 +100,15 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
                 click.echo(f"  finished {label} (exit {process.returncode})")
     entries = [(combo, run_dir(combo)) for combo in combos]
     rows = leaderboard(entries, target_error)
-    write_leaderboard(root / "leaderboard.csv", rows, list(axes))
+    write_leaderboard(root / layout.LEADERBOARD, rows, list(axes))
     best: dict[str, Any] = rows[0]
-    (root / "best.json").write_text(json.dumps({
+    (root / layout.GRID_BEST).write_text(json.dumps({
         "spec": spec.name, "profile": profile, "arm": arm, "params": {k: best[k] for k in axes},
         "best_val_error": best["best_val_error"], "run_dir": best["run_dir"]}, indent=2) + "\n")
     for row in rows:
         settings = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in axes)
         click.echo(f"  #{row['rank']} {settings}: best val error {row['best_val_error']:.4f}, "
                    f"final val loss {row['final_val_loss']:.4f}{'  ← best' if row['best'] else ''}")
-    click.echo(f"leaderboard: {root / 'leaderboard.csv'}")
+    click.echo(f"leaderboard: {root / layout.LEADERBOARD}")
     if failures:
         sys.exit(1)

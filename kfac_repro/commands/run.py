@@ -261,7 +261,7 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
     """The best combination ({section.field: value}) of the arm's grid search under `out`."""
-    path = layout.grid_dir(out, spec.name, spec.profile, arm) / "best.json"
+    path = layout.grid_dir(out, spec.name, spec.profile, arm) / layout.GRID_BEST
     try:
         return dict(json.loads(path.read_text())["params"])
     except (OSError, ValueError, KeyError, TypeError) as error:

@@ -14,7 +14,7 @@ from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, 
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, seed_runs
 from kfac_repro.plotting.seeds import best, final, per_seed
-from kfac_repro.runner.layout import grid_dirs, profile_dir, spec_dir
+from kfac_repro.runner.layout import LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
 
@@ -56,7 +56,7 @@ def grid_sizes(directory: Path) -> dict[str, int]:
     """arm → the settings its grid search tried (rows of its leaderboard.csv under a spec's profile directory)."""
     sizes = {}
     for arm, grid in grid_dirs(directory).items():
-        board = grid / "leaderboard.csv"
+        board = grid / LEADERBOARD
         if board.is_file():
             with board.open(newline="") as handle:
                 sizes[arm] = sum(1 for _ in csv.DictReader(handle))

@@ -134,7 +134,7 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
     if status != "complete":
         return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
     try:
-        metrics = pd.read_csv(run_dir / "metrics.csv")
+        metrics = pd.read_csv(run_dir / layout.METRICS)
     except (OSError, ValueError) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
         return None, f"metrics.csv unreadable ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
     missing = [c for c in _NEEDED if c not in metrics.columns]

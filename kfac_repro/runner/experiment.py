@@ -139,7 +139,7 @@ def run_arm(
                             checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
                             divergence_factor=float(training["divergence_factor"]))
     iterator = iter(train_data)
-    refresh_log = logging.FileHandler(run_dir / "refreshes.log") if chief and method == "kfac" else None
+    refresh_log = logging.FileHandler(run_dir / layout.REFRESH_LOG) if chief and method == "kfac" else None
     if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
         refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)

@@ -44,7 +44,7 @@ def parse_param(text: str) -> tuple[str, list[Any]]:
 def summarise(run_dir: Path) -> dict[str, Any]:
     """Final and best losses and errors of one finished run (its metrics.csv and run.json)."""
     try:
-        rows = read_rows(run_dir / "metrics.csv")
+        rows = read_rows(run_dir / layout.METRICS)
     except (OSError, ValueError):  # missing, or not a CSV (binary): the run counts as having no rows
         rows = []
     status = layout.run_status(run_dir) or "missing"

@@ -25,6 +25,10 @@ from typing import IO, Any
 GRID_PREFIX = "grid-"
 GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
 RUN_RECORD = "run.json"
+METRICS = "metrics.csv"  # a run's rows (runner/loop.py writes, plotting reads)
+REFRESH_LOG = "refreshes.log"  # a K-FAC run's inverse hand-overs
+LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
+GRID_BEST = "best.json"  # a grid's best combination, which `run --tuned` applies
 MAX_NAME = 128
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
 SAFE_NAME_RULE = ("letters, digits and . _ - + = , only, starting with a letter, digit or _, no '..', "

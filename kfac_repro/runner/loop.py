@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.replicas import backing_variable
-from kfac_repro.runner import interrupts
+from kfac_repro.runner import interrupts, layout
 from kfac_repro.runner.metrics_log import MetricsLog
 
 
@@ -70,7 +70,7 @@ def train(
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         optimizer.restored()
         start = int(optimizer.iterations.numpy())
-    log = MetricsLog(run_dir / "metrics.csv", resume_step=start if resume else None)
+    log = MetricsLog(run_dir / layout.METRICS, resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     window: list[Metrics] = []  # tensors: converted only when a row is logged
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
