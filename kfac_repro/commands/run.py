@@ -163,7 +163,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
             try:
                 code = interrupts.wait_child(child, STOP_GRACE)
             except interrupts.Interrupted as stop:
-                click.echo(f"stopped by {stop}: {what} interrupted; later runs not started", err=True)
+                click.echo(f"{stop}: {what} interrupted; later runs not started", err=True)
                 sys.exit(stop.exit_code)
             if code != 0:
                 failed.append(what)
