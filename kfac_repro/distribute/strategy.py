@@ -1,5 +1,7 @@
-"""Choosing the tf.distribute strategy: MultiWorkerMirroredStrategy when a cluster is configured, else
-MirroredStrategy over the local GPUs (or `local_replicas` logical CPU devices), else the default strategy.
+"""Choosing the tf.distribute strategy: MultiWorkerMirroredStrategy when a cluster is configured (one replica per
+process), else MirroredStrategy over `local_replicas` local devices (the first GPUs, or logical CPU devices on a
+host without GPUs), else the default strategy. A spec's `distribution.workers` is that replica count: one gradient
+worker per replica.
 
 Collectives time out after $KFAC_REPRO_COLLECTIVE_TIMEOUT seconds (default 600), so that a worker whose host
 vanished without closing its connections cannot leave the others waiting forever."""
@@ -31,6 +33,19 @@ def cluster_from_environment() -> ClusterSpec | None:
     return parse_tf_config(text) if text else None
 
 
+def local_devices(replicas: int, gpus: int) -> list[str]:
+    """The devices of `replicas` replicas in one process on a host with `gpus` GPUs: the first `replicas` GPUs, or,
+    without GPUs, as many logical CPU devices. ValueError when the host has GPUs but fewer than `replicas`."""
+    if gpus == 0:
+        return [f"/device:CPU:{index}" for index in range(replicas)]
+    if replicas > gpus:
+        raise ValueError(
+            f"distribution.workers is {replicas} but this host has {gpus} GPU(s), one per gradient worker: pass "
+            f"--set distribution.workers={gpus} to train on this host's GPUs (the per-worker batch grows), or run "
+            f"one `kfac-repro worker` process per GPU across hosts (docs/distributed.md)")
+    return [f"/device:GPU:{index}" for index in range(replicas)]
+
+
 def make_strategy(local_replicas: int = 1) -> tf.distribute.Strategy:
     """The strategy for this process (see the module docstring)."""
     if cluster_from_environment() is not None:
@@ -39,10 +54,10 @@ def make_strategy(local_replicas: int = 1) -> tf.distribute.Strategy:
             timeout_seconds=float(os.environ.get("KFAC_REPRO_COLLECTIVE_TIMEOUT", "600")),
         )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    if local_replicas > 1:
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    devices = local_devices(local_replicas, gpus)
+    if local_replicas == 1:
+        return tf.distribute.get_strategy()
+    if not gpus:
         reserve_cpu_replicas(local_replicas)  # before anything lists logical devices (that freezes them)
-        cpus = tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in cpus[:local_replicas]])
-    return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(devices)
