@@ -95,3 +95,4 @@ def test_training_with_asynchronous_inversion_converges_on_fashion_mnist() -> No
     sgd_loss = final_loss(SGD(mlp(), SGDConfig(learning_rate=0.03)))
     print(f"\nFashion-MNIST 100 steps: K-FAC async (lag 5) {async_loss:.4f}, SGD {sgd_loss:.4f}")
     assert async_loss < 0.5 and async_loss < sgd_loss
+

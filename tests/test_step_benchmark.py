@@ -1,4 +1,5 @@
-"""`bench step --model mlp`: K-FAC's update as it trains against SGD's, every figure printed as a ratio."""
+"""`bench step --model mlp`: K-FAC's update as it trains against SGD's, every figure printed as a ratio; `bench async`:
+asynchronous and synchronous refresh against never inverting."""
 
 from __future__ import annotations
 
@@ -35,3 +36,17 @@ def test_bench_step_mlp_prints_the_ratios() -> None:
     assert "MLP 784-1000-500-250-30-10 tanh, batch 8" in result.output
     for line in ("K-FAC update without inversion", "K-FAC update with inversion", "K-FAC amortised"):
         assert line in result.output
+
+
+def test_bench_async_prints_each_arm_against_never_inverting() -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "async", "--batch-size", "8", "--steps", "4"])
+    assert result.exit_code == 0, result.output
+    ratios = {}
+    for line in result.output.splitlines():
+        for arm in ("never inverting", "asynchronous inversion (free-running)", "synchronous inversion every 20"):
+            if line.startswith(f"K-FAC, {arm}"):
+                seconds, ratio = (float(v) for v in line[52:].split()[:2])
+                assert seconds > 0
+                ratios[arm] = ratio
+    assert ratios["never inverting"] == 1.0 and len(ratios) == 3, result.output
+    assert "async refresh interval achieved" in result.output and "(goal ≤ 1.05)" in result.output

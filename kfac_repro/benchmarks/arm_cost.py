@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.benchmarks.cost_table import Measurement
-from kfac_repro.benchmarks.step_time import timed
+from kfac_repro.benchmarks.step_time import NEVER, random_batch, timed
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 from kfac_repro.models.registry import build_model
 from kfac_repro.runner.experiment import optimizer_config
@@ -30,7 +30,6 @@ from kfac_repro.runner.experiment import optimizer_config
 if TYPE_CHECKING:
     from kfac_repro.specs.resolve import ArmConfig
 
-NEVER = 10**9
 SHARDS = (1, 2, 4)
 
 
@@ -63,8 +62,7 @@ def measure_arm(name: str, arm: ArmConfig, blocks: int,
     with strategy.scope():
         model, shape, classes = _build(arm)
         optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)
-    x = tf.random.normal((batch, *shape))
-    y = tf.random.uniform((batch,), 0, classes, dtype=tf.int32)
+    x, y = random_batch(batch, shape, classes)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
     period = config.inverse_every if isinstance(config, KFACConfig) else 20
     block = max(20, period)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SPEC, PROFILE = "cifar10-async", "paper"
-NEVER = 10**9
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,8 @@ class AsyncTiming:
 def measure_async(batch_size: int = 512, steps: int = 60, warmup: int = 3, inversion_threads: int = 1,
                   progress: Callable[[str], None] = lambda _: None) -> AsyncTiming:
     """Time the three arms; TensorFlow's thread pools must already be sized (`reserve_inversion_cores`)."""
-    import keras
-    import tensorflow as tf
 
+    from kfac_repro.benchmarks.step_time import NEVER, random_batch
     from kfac_repro.kfac import KFAC, KFACConfig
     from kfac_repro.models.cifar10_net import cifar10_net
     from kfac_repro.runner.experiment import optimizer_config
@@ -42,9 +40,7 @@ def measure_async(batch_size: int = 512, steps: int = 60, warmup: int = 3, inver
     arm = load_spec(SPEC, PROFILE, arms=["async-gpu1"]).arms["async-gpu1"]
     _, base = optimizer_config(arm.optimizer, seed=0)
     assert isinstance(base, KFACConfig)
-    keras.utils.set_random_seed(0)
-    x = tf.random.normal((batch_size, 32, 32, 3))
-    y = tf.random.uniform((batch_size,), 0, 10, dtype=tf.int32)
+    x, y = random_batch(batch_size, (32, 32, 3), 10)
 
     def mean_seconds(config: KFACConfig) -> tuple[float, KFAC, list[float]]:
         optimizer = KFAC(cifar10_net(), config)

@@ -19,7 +19,14 @@ import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 
-NEVER = 10**9
+NEVER = 10**9  # a refresh or statistics period that never comes while timing
+
+
+def random_batch(batch_size: int, input_shape: tuple[int, ...], num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One fixed batch (Keras seeded with 0): standard normal inputs and uniform integer labels."""
+    keras.utils.set_random_seed(0)
+    x = tf.random.normal((batch_size, *input_shape))
+    return x, tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,7 @@ def measure_step_times(
 ) -> tuple[list[Timing], dict[str, int]]:
     """Time SGD and each K-FAC variant in turns, then one inversion, on one fixed random batch (no input
     pipeline); also the bytes a replica all-reduces (of the last variant's optimizer)."""
-    keras.utils.set_random_seed(0)
-    x = tf.random.normal((batch_size, *input_shape))
-    y = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+    x, y = random_batch(batch_size, input_shape, num_classes)
     sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
     runs: dict[str, Callable[[], object]] = {"SGD step, momentum 0.9": functools.partial(sgd.train_step, x, y)}
     for what, config in kfac_variants(batch_size):
@@ -126,9 +131,7 @@ def measure_update_times(
     steps): the median update without and with an inversion, and the mean over whole refresh periods (amortised).
     Timed over ⌈repeats / inverse_every⌉ periods (at least two) after a warm-up period, SGD and K-FAC taking
     turns period by period."""
-    keras.utils.set_random_seed(0)
-    x = tf.random.normal((batch_size, *input_shape))
-    y = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+    x, y = random_batch(batch_size, input_shape, num_classes)
     sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
     kfac = KFAC(build_model(), KFACConfig(stats_every=1, inverse_every=inverse_every))
     progress("warm-up: tracing, the first inversion and the first periodic refresh")
