@@ -50,15 +50,14 @@ def _build(arm: ArmConfig) -> tuple[keras.Model, tuple[int, ...], int]:
     return build_model(model_section["name"], input_shape=shape, num_classes=classes, **knobs), shape, classes
 
 
-def measure_arm(name: str, arm: ArmConfig, blocks: int,
+def measure_arm(name: str, arm: ArmConfig, blocks: int, strategy: tf.distribute.Strategy,
                 progress: Callable[[str], None] = lambda _: None) -> list[Measurement]:
-    """The arm's seconds per update (as configured) and its components; see the module docstring."""
-    from kfac_repro.distribute.strategy import make_strategy
-
+    """The arm's seconds per update (as configured) and its components; see the module docstring. `strategy` has
+    the arm's replicas; arms with as many replicas must share one strategy in a process (a second strategy over the
+    same devices reuses the first one's collective keys, and TensorFlow then refuses its all-reduces)."""
     keras.utils.set_random_seed(0)
     batch = int(arm.training["batch_size"])
     _, config = optimizer_config(arm.optimizer, 0)
-    strategy = make_strategy(local_replicas=int(arm.distribution["workers"]))
     with strategy.scope():
         model, shape, classes = _build(arm)
         optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)

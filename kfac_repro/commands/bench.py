@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @click.group()
@@ -35,7 +38,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
         spec = load_spec(name, profile=profile, overrides=overrides, arms=arms)
     except SpecError as error:
         raise click.UsageError(str(error)) from error
-    from kfac_repro.distribute.strategy import reserve_cpu_replicas
+    from kfac_repro.distribute.strategy import make_strategy, reserve_cpu_replicas
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
@@ -48,8 +51,13 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     click.echo(f"{spec.name} [{profile}] on {machine['host']}, {machine['device']}, {machine['cpus']} cores; "
                f"load average before: {machine['load_before']}")
     measurements = []
+    strategies: dict[int, tf.distribute.Strategy] = {}  # one per replica count (see measure_arm)
     for arm, config in spec.arms.items():
-        measurements += measure_arm(arm, config, blocks, progress=lambda what: click.echo(f"  {what} ...", err=True))
+        replicas = int(config.distribution["workers"])
+        if replicas not in strategies:
+            strategies[replicas] = make_strategy(local_replicas=replicas)
+        measurements += measure_arm(arm, config, blocks, strategies[replicas],
+                                    progress=lambda what: click.echo(f"  {what} ...", err=True))
     machine["load_after"] = round(os.getloadavg()[0], 2)
     path = layout.profile_dir(out, spec.name, profile) / FILE_NAME
     write_costs(path, spec.name, profile, measurements, machine)
