@@ -109,6 +109,18 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
     assert again.verdict == claims.INCONCLUSIVE and "shared machine" in again.measured
 
 
+@pytest.mark.parametrize(("before", "after", "shared"), [
+    (0.1, 0.2, False), (0.3, 2.4, False),  # the benchmark alone keeps the 2 cores busy: load up to 2 after
+    (0.7, 1.0, True), (0.1, 2.6, True),    # other work before it, or more than the 2 cores' worth after
+])
+def test_a_machine_is_shared_when_its_load_exceeds_what_the_benchmark_itself_adds(tmp_path: Path, before: float,
+                                                                                   after: float, shared: bool) -> None:
+    path = tmp_path / FILE_NAME
+    write_costs(path, "s", "cpu", [Measurement("a", "update", 8, 0.1, 0.1, 0.1, "seconds", 3)],
+                {**IDLE, "load_before": before, "load_after": after})
+    assert read_costs(path)["a"].shared is shared
+
+
 @pytest.mark.parametrize(("faster", "slower", "verdict"), [
     ([10, 11, 12], [25, 26, 27], claims.REPRODUCED),        # 2.17× ≥ 0.75·2, ranges apart
     ([10, 11, 30], [25, 26, 27], claims.INCONCLUSIVE),      # 1.53× on the mean but the ranges overlap

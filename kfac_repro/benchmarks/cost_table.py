@@ -18,7 +18,9 @@ from typing import Any
 FILE_NAME = "bench-arms.csv"
 MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "commit", "time_utc")
 COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
-SHARED_LOAD = 0.5  # a 1-minute load average above this before or after timing: other work shared the machine
+SHARED_LOAD = 0.5  # other work shared the machine: a 1-minute load average above this before timing, or above the
+# core count plus this after it (the benchmark itself keeps up to every core busy, so it alone can raise the load
+# average to the core count, never past it)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class ArmCosts:
 
     @property
     def shared(self) -> bool:
-        """Whether other work ran on the machine while it was timed (load average above SHARED_LOAD)."""
-        loads = [float(self.machine.get(k) or "nan") for k in ("load_before", "load_after")]
-        return any(math.isnan(v) or v > SHARED_LOAD for v in loads)
+        """Whether other work ran on the machine while it was timed (see SHARED_LOAD)."""
+        before, after, cores = (float(self.machine.get(k) or "nan") for k in ("load_before", "load_after", "cpus"))
+        return any(math.isnan(v) for v in (before, after, cores)) or before > SHARED_LOAD or \
+            after > cores + SHARED_LOAD
 
 
 def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurement],

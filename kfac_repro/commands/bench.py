@@ -67,8 +67,9 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
         else:
             click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value * 1e3:12.2f} ms   "
                        f"[{m.low * 1e3:.2f}, {m.high * 1e3:.2f}]")
-    click.echo(f"load average after: {machine['load_after']} (above {SHARED_LOAD} before or after: the report "
-               f"treats these timings as taken on a shared machine)\nwrote {path}")
+    click.echo(f"load average after: {machine['load_after']} (above {SHARED_LOAD} before, or above the "
+               f"{machine['cpus']} cores + {SHARED_LOAD} after: the report treats these timings as taken on a shared "
+               f"machine)\nwrote {path}")
 
 
 @bench.command("step")
