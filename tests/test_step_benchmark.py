@@ -50,3 +50,11 @@ def test_bench_async_prints_each_arm_against_never_inverting() -> None:
                 ratios[arm] = ratio
     assert ratios["never inverting"] == 1.0 and len(ratios) == 3, result.output
     assert "async refresh interval achieved" in result.output and "(goal ≤ 1.05)" in result.output
+
+
+def test_each_workers_share_of_the_divided_inversion_is_timed_alone() -> None:
+    from kfac_repro.benchmarks.divided_inversion import shares_alone
+
+    shares = shares_alone((1, 2, 4), repeats=1)
+    assert {count: len(seconds) for count, seconds in shares.items()} == {1: 1, 2: 2, 4: 4}
+    assert all(value > 0 for seconds in shares.values() for value in seconds)

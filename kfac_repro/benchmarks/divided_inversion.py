@@ -17,13 +17,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kfac_repro.benchmarks.step_time import timed
+
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from kfac_repro.kfac import KFAC
 
 SPEC, PROFILE, ARM = "alexnet-bs2048", "cpu", "kfac"
 
@@ -53,12 +57,14 @@ def measure(workers: int, repeats: int = 3, emit: Callable[[str], None] = lambda
         return [WorkerTiming(**json.loads((out / f"{i}.json").read_text())) for i in range(workers)]
 
 
-def _worker(out: Path, repeats: int) -> None:
+def _reduced_alexnet_kfac(strategy: tf.distribute.Strategy | None = None) -> KFAC:
+    """K-FAC of the cpu profile's reduced AlexNet (sync inversion, one LAPACK thread) with seeded random PSD
+    factors, built under `strategy` (default: this process's)."""
     import dataclasses
 
     import numpy as np
 
-    from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
+    from kfac_repro.distribute.strategy import make_strategy
     from kfac_repro.kfac import KFAC, KFACConfig
     from kfac_repro.models.registry import build_model
     from kfac_repro.runner.experiment import optimizer_config
@@ -70,7 +76,7 @@ def _worker(out: Path, repeats: int) -> None:
     config = dataclasses.replace(base, inversion="sync", inversion_threads=1)
     size, classes = int(arm.model["input_size"]), int(arm.model["num_classes"])
     knobs = {k: v for k, v in arm.model.items() if k not in ("name", "input_size", "num_classes")}
-    strategy = make_strategy()
+    strategy = strategy or make_strategy()
     with strategy.scope():
         model = build_model(arm.model["name"], input_shape=(size, size, 1), num_classes=classes, **knobs)
         optimizer = KFAC(model, config)
@@ -80,6 +86,43 @@ def _worker(out: Path, repeats: int) -> None:
             dim = variable.shape[0]
             root = rng.standard_normal((dim, dim), dtype=np.float32) if len(variable.shape) == 2 else None
             variable.assign(root @ root.T / dim if root is not None else rng.random(dim, dtype=np.float32))
+    return optimizer
+
+
+def shares_alone(counts: Sequence[int], repeats: int = 3) -> dict[int, list[float]]:
+    """N → the median seconds of each worker's share of the assignment for N workers, every share computed alone in
+    this process on one LAPACK thread: the division of the work, free of workers sharing cores on a small machine."""
+    import numpy as np
+
+    from kfac_repro.kfac.inversion_assignment import assign_work
+
+    optimizer = _reduced_alexnet_kfac()
+    inversion = optimizer.inversion
+    arrays = {b.name: {n: np.asarray(v.numpy()) for n, v in b.factors.items()} for b in optimizer.blocks}
+    result: dict[int, list[float]] = {}
+    for count in counts:
+        owners = assign_work(inversion.costs, count)
+        result[count] = []
+        for worker in range(count):
+            mine = [(block, name) for (block, name), owner in zip(inversion.parts, owners, strict=True)
+                    if owner == worker]
+
+            def compute(parts: list = mine) -> None:
+                for block, name in parts:
+                    block.compute_inverse(arrays[block.name], inversion.damping, inversion.dtype, (name,))
+
+            result[count].append(timed(compute, repeats, 1)[0])
+    optimizer.close()
+    return result
+
+
+def _worker(out: Path, repeats: int) -> None:
+    import dataclasses
+
+    from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
+
+    strategy = make_strategy()
+    optimizer = _reduced_alexnet_kfac(strategy)
     inversion = optimizer.inversion
     factors = {b.name: b.factors for b in optimizer.blocks}
     cluster = cluster_from_environment()

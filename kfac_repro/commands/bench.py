@@ -196,7 +196,7 @@ def layers(model_names: tuple[str, ...], batch_size: int, repeats: int) -> None:
 
 
 def _divided_inversion(counts: tuple[int, ...], repeats: int) -> None:
-    from kfac_repro.benchmarks.divided_inversion import ARM, PROFILE, SPEC, measure
+    from kfac_repro.benchmarks.divided_inversion import ARM, PROFILE, SPEC, measure, shares_alone
 
     click.echo(f"model: {SPEC} {PROFILE} profile, arm {ARM} (reduced AlexNet), seeded random factors; damped "
                "inverses divided per factor among N worker processes on 127.0.0.1, one LAPACK thread each; "
@@ -216,6 +216,13 @@ def _divided_inversion(counts: tuple[int, ...], repeats: int) -> None:
         if single is not None:
             click.echo(f"    N={count}: slowest worker's CPU seconds = {slowest * count / single:.2f} × time(1)/N "
                        "(goal ≤ 1.3)")
+    click.echo("each worker's share timed alone in this process (one LAPACK thread; no worker shares a core with "
+               "another):")
+    alone = shares_alone(counts, repeats)
+    for count, seconds in alone.items():
+        ratio = max(seconds) * count / sum(alone[1]) if 1 in alone else float("nan")
+        shares = ", ".join(f"{value:.3f}" for value in seconds)
+        click.echo(f"    N={count}: shares {shares} s; slowest = {ratio:.2f} × time(1)/N (goal ≤ 1.3)")
 
 
 @bench.command("async")
