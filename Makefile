@@ -31,7 +31,9 @@ bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an 
 bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle machine), read by the report
 	$(KFAC_REPRO) bench arms cifar10-async --profile cpu --out $(RESULTS)
 
-reproduce-fig2-cpu:  ## Fig. 2's cpu profile with 3 seeds, seed by seed; resumable (run it again to continue)
+reproduce-fig2-cpu:  ## Fig. 2's cpu profile: both opponents' 10-setting grids (1 seed each), then 3 seeds of every arm; resumable
+	for arm in sgd-bn sync-gpu1; do $(KFAC_REPRO) grid cifar10-async --arm $$arm --profile cpu --parallel 2 \
+		--set training.seeds=1 --out $(RESULTS) || exit 1; done
 	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
 		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) \
 			$$([ -d "$$($(PYTHON) -m kfac_repro.runner.layout run-dir $(RESULTS) cifar10-async cpu $$arm $(RUN_ID) \
