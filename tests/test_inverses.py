@@ -66,3 +66,20 @@ def test_a_non_finite_factor_is_an_error_naming_its_shape() -> None:
     factor[1, 2] = np.nan
     with pytest.raises(FloatingPointError, match="4×4 Kronecker factor has NaN or infinite entries"):
         damped_inverse(factor, shift=0.1)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "4"), ("10", "10")])
+def test_scipy_openblas_threads_sleep_at_once_unless_the_environment_says_otherwise(given: str | None,
+                                                                                   expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    probe = ("import os, sys; import kfac_repro.kfac.inverses; assert 'scipy.linalg' in sys.modules; "
+             "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
