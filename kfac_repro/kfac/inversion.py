@@ -83,10 +83,11 @@ class BlockInversion:
             if not mine:
                 continue
             arrays = {name: np.asarray(var.numpy()) for name, var in factors[block.name].items()}
+            recipes = block.inverse_recipes(arrays, self.damping, self.dtype)  # the damping split once per block
             inverses[block.name] = {}
             for part, device in mine.items():
                 with on_device(device):
-                    inverses[block.name].update(block.compute_inverse(arrays, self.damping, self.dtype, (part,)))
+                    inverses[block.name][part] = recipes[part]()
         return Computed(snapshot_step, inverses, time.perf_counter() - start)
 
     def install(self, computed: Computed) -> None:
