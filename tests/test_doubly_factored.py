@@ -106,3 +106,18 @@ def test_conv_with_one_by_one_output_is_doubly_factored_and_trains() -> None:
     y = tf.random.uniform((16,), 0, 3, tf.int32, seed=2)
     losses = [optimizer.train_step(x, y)["loss"] for _ in range(6)]
     assert losses[-1] < losses[0]
+
+
+def test_the_bias_keeps_a_cholesky_factor_costed_at_a_third_of_an_inverse() -> None:
+    _, optimizer = fc_over_map()
+    block = optimizer.blocks[0]
+    rng = np.random.default_rng(5)
+    m = rng.normal(size=(OUT, OUT + 2))
+    block.factors["G"].assign((m @ m.T / OUT).astype(np.float32))
+    optimizer.refresh_inverses()
+    g = block.factors["G"].numpy().astype(np.float64)
+    np.testing.assert_allclose(block.inverse["bias_cholesky"].numpy(), np.linalg.cholesky(g + DAMPING * np.eye(OUT)),
+                               rtol=1e-4, atol=1e-6)
+    costs = block.inverse_costs()
+    assert costs["bias_cholesky"] == pytest.approx(OUT**3 / 3)
+    assert costs["G_inverse"] == OUT**3 and costs["K_inverse"] == (H * W) ** 3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kfac_repro.kfac import inverses
-from kfac_repro.kfac.inverses import damped_inverse
+from kfac_repro.kfac.inverses import damped_cholesky, damped_inverse
 
 
 def random_factor(size: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -32,6 +32,42 @@ def test_cholesky_inverse_equals_the_eigendecomposition_inverse(dtype: str, size
     np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
     np.testing.assert_allclose(got, np.linalg.inv(factor + shift * np.eye(size)), rtol=tolerance,
                                atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("size", "rank", "shift"), [(6, 3, 0.1), (200, 300, 1e-3), (256, 100, 1e-2)])  # 256: padded
+def test_cholesky_factor_is_lower_triangular_and_equals_numpy_cholesky(dtype: str, size: int, rank: int,
+                                                                      shift: float) -> None:
+    factor = random_factor(size, rank, seed=3)
+    damped = factor + shift * np.eye(size)
+    got = damped_cholesky(factor, shift=shift, dtype=dtype)
+    assert got.dtype == np.float32 and got.shape == (size, size)
+    np.testing.assert_array_equal(got, np.tril(got))
+    expected = np.linalg.cholesky(damped)
+    tolerance = 1e-5 if dtype == "float64" else 2e-3
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+    vector = np.random.default_rng(4).normal(size=size)  # what the bias block does with it: solve L Lᵀ x = v
+    solved = np.linalg.solve(got.T.astype(np.float64), np.linalg.solve(got.astype(np.float64), vector))
+    np.testing.assert_allclose(solved, np.linalg.solve(damped, vector), rtol=10 * tolerance,
+                               atol=10 * tolerance * np.abs(solved).max())
+
+
+def test_cholesky_factor_retries_in_float64_and_refuses_an_indefinite_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = inverses._damped_cholesky_factor
+    dtypes = []
+
+    def failing_in_float32(matrix: np.ndarray, shift: float) -> np.ndarray | None:
+        dtypes.append(matrix.dtype)
+        return None if matrix.dtype == np.float32 else real(matrix, shift)
+
+    monkeypatch.setattr(inverses, "_damped_cholesky_factor", failing_in_float32)
+    factor = random_factor(5, 5)
+    np.testing.assert_allclose(damped_cholesky(factor, 0.01), np.linalg.cholesky(factor + 0.01 * np.eye(5)),
+                               rtol=1e-5, atol=1e-6)
+    assert dtypes == [np.float32, np.float64]
+    monkeypatch.undo()
+    with pytest.raises(FloatingPointError, match="damped 3×3 factor is not positive definite"):
+        damped_cholesky(np.diag([2.0, 0.0, -1.0]), shift=0.5)
 
 
 def test_an_asymmetric_round_off_is_symmetrised_before_inverting() -> None:

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.kfac.inversion_assignment import inverse_cost
+
 Arrays = dict[str, np.ndarray]
 InverseRecipes = dict[str, Callable[[], np.ndarray]]
 
@@ -41,7 +43,17 @@ class FisherBlock(abc.ABC):
         self._add_inverse(name, tf.eye(dim))
 
     def _add_inverse(self, name: str, initial: tf.Tensor) -> None:
-        self.inverse[f"{name}_inverse"] = tf.Variable(initial, trainable=False, name=f"{self.name}_{name}_inverse")
+        self._add_inverse_state(f"{name}_inverse", initial)
+
+    def _add_inverse_state(self, key: str, initial: tf.Tensor) -> None:
+        """A variable `inverse[key]` that each refresh recomputes (an inverse, or a factorisation standing in
+        for one), `initial` until then."""
+        self.inverse[key] = tf.Variable(initial, trainable=False, name=f"{self.name}_{key}")
+
+    def inverse_costs(self) -> dict[str, float]:
+        """Each inverse variable's relative compute cost (`inversion_assignment.inverse_cost` of its shape), by
+        key; a block whose refresh does less for a variable than an explicit inverse says so here."""
+        return {key: inverse_cost(tuple(var.shape)) for key, var in self.inverse.items()}
 
     @property
     def factor_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -1,11 +1,12 @@
 """Computing the damped inverses of every Fisher block, divided among the replicas, and installing them on all.
 
 The unit of work is one inverse variable of one block ("part", e.g. fc6's "A_inverse"): part p is computed by
-replica `owners[p]` (greedy longest-first on its d³ cost, `inversion_assignment`); a process computes the parts of
-its own replicas only. Installing shares them through the strategy's collectives: each process first writes its
-parts into its copies of the inverse variables, then every replica contributes its own parts and zeros elsewhere to
-one all-reduced sum, which every replica assigns. x + 0 = x exactly, so the result equals single-worker inversion
-bit for bit. An inverse is opaque here: whatever `compute_inverse` returns and `install_inverse` writes.
+replica `owners[p]` (greedy longest-first on its cost, `FisherBlock.inverse_costs`, `inversion_assignment`); a
+process computes the parts of its own replicas only. Installing shares them through the strategy's collectives: each
+process first writes its parts into its copies of the inverse variables, then every replica contributes its own
+parts and zeros elsewhere to one all-reduced sum, which every replica assigns. x + 0 = x exactly, so the result
+equals single-worker inversion bit for bit. An inverse is opaque here: whatever `compute_inverse` returns and
+`install_inverse` writes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.blocks import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inversion_assignment import assign_work, inverse_cost
+from kfac_repro.kfac.inversion_assignment import assign_work
 from kfac_repro.kfac.inversion_resources import limit_lapack_threads, on_device
 from kfac_repro.kfac.replicas import assign_all
 
@@ -50,7 +51,7 @@ class BlockInversion:
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         self.parts = [(block, name) for block in blocks for name in block.inverse]
-        self.costs = [inverse_cost(tuple(block.inverse[name].shape)) for block, name in self.parts]
+        self.costs = [block.inverse_costs()[name] for block, name in self.parts]
         self.owners = assign_work(self.costs, self.replicas)
         local = _local_replica_ids(strategy)
         devices = _worker_devices(strategy)

@@ -4,8 +4,10 @@
 The unit of work is one inverse variable of a block (one factor's damped inverse), not the whole block: the
 inverses of a block's factors are independent once the damping split π is known (from traces, which every worker
 has), and one large factor (a reduced AlexNet's fc6 input factor) alone can outweigh 1/N of the total.
-Cost of a d × d inverse: d³ (Cholesky is O(d³)); c·d³ for c stacked d × d ones (depthwise convolutions, one per
-channel); d for a length-d diagonal one. Pure Python, no TensorFlow: the assignment is the same on every worker.
+Cost of a d × d inverse: d³ (Cholesky potrf d³/3, then potri 2d³/3); c·d³ for c stacked d × d ones (depthwise
+convolutions, one per channel); d for a length-d diagonal one. A block whose refresh keeps a Cholesky factor
+instead of an inverse counts d³/3 for it (`FisherBlock.inverse_costs`). Pure Python, no TensorFlow: the
+assignment is the same on every worker.
 """
 
 from __future__ import annotations

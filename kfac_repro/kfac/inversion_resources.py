@@ -48,6 +48,20 @@ def cholesky_inverse_on_device(matrix: np.ndarray) -> np.ndarray | None:
     return result if np.all(np.isfinite(result)) else None
 
 
+def cholesky_on_device(matrix: np.ndarray) -> np.ndarray | None:
+    """The lower Cholesky factor of a symmetric positive definite M by tf.linalg on `current_device()`, or None when
+    M is not numerically positive definite."""
+    import tensorflow as tf
+
+    with tf.device(current_device()):
+        try:
+            lower = tf.linalg.cholesky(tf.constant(matrix))
+        except tf.errors.InvalidArgumentError:
+            return None
+    result = lower.numpy()
+    return result if np.all(np.isfinite(result)) else None
+
+
 def limit_lapack_threads(threads: int) -> None:
     """Let numpy's BLAS/LAPACK use at most `threads` threads (process-wide)."""
     from threadpoolctl import threadpool_limits
