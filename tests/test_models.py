@@ -30,6 +30,18 @@ def test_paper_scale_parameter_count(name: str) -> None:
     assert model.count_params() == pytest.approx(expected, rel=tolerance)
 
 
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet50"])
+def test_untrained_paper_scale_model_predicts_nearly_uniformly(name: str) -> None:
+    """First training-mode loss ≈ ln(1000) = 6.91 on unit-variance inputs (Glorot logits gave 27, 17 and 7.8)."""
+    keras.utils.set_random_seed(0)
+    model = build_model(name, input_shape=PAPER_SHAPE, num_classes=1000, batch_norm=name.startswith("resnet"))
+    x = tf.random.normal((8, *PAPER_SHAPE))
+    logits = model(x, training=True)
+    loss = keras.losses.sparse_categorical_crossentropy(tf.range(8), logits, from_logits=True)
+    assert float(tf.math.reduce_std(logits)) < 1.0
+    assert float(tf.reduce_mean(loss)) == pytest.approx(np.log(1000), abs=0.35)
+
+
 def test_cifar10_net_paper_scale() -> None:
     model = build_model("cifar10_net", input_shape=(32, 32, 3), num_classes=10)
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [32, 32, 64]

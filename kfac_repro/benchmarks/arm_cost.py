@@ -41,7 +41,8 @@ def machine_record() -> dict[str, Any]:
             "cpus": os.cpu_count(), "tensorflow": tf.__version__, "load_before": round(os.getloadavg()[0], 2)}
 
 
-def _build(arm: ArmConfig) -> tuple[keras.Model, tuple[int, ...], int]:
+def build_arm_model(arm: ArmConfig) -> tuple[keras.Model, tuple[int, ...], int]:
+    """(the arm's model, its input shape (S, S, C), its class count)."""
     model_section = arm.model
     size, classes = int(model_section["input_size"]), int(model_section["num_classes"])
     channels = 1 if arm.data["name"] == "fashion_mnist" else 3
@@ -59,7 +60,7 @@ def measure_arm(name: str, arm: ArmConfig, blocks: int, strategy: tf.distribute.
     batch = int(arm.training["batch_size"])
     _, config = optimizer_config(arm.optimizer, 0)
     with strategy.scope():
-        model, shape, classes = _build(arm)
+        model, shape, classes = build_arm_model(arm)
         optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)
     x, y = random_batch(batch, shape, classes)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
@@ -83,7 +84,7 @@ def _components(name: str, arm: ArmConfig, config: KFACConfig | SGDConfig, x: tf
                 y: tf.Tensor) -> list[Measurement]:
     """Gradient pass on B/n examples, and for K-FAC the statistics pass, preconditioning and one inversion."""
     keras.utils.set_random_seed(0)
-    model, _, _ = _build(arm)
+    model, _, _ = build_arm_model(arm)
     params = model.trainable_variables
     batch = int(x.shape[0])
 

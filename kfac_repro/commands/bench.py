@@ -251,3 +251,65 @@ def async_(batch_size: int, steps: int, inversion_threads: int) -> None:
     interval = f"{timing.steps / timing.refreshes:.1f} updates" if timing.refreshes else "none in the timed updates"
     click.echo(f"async refresh interval achieved: {interval} ({timing.refreshes} refreshes in {timing.steps}); "
                f"mean staleness {timing.mean_staleness:.1f} updates")
+
+
+@bench.command("paper-scale")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--arm", "arms", multiple=True, help="only this arm (repeatable; default: all)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--updates", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the rows (with every update's loss) to this CSV file")
+@click.option("--result-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
+def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, updates: int,
+                csv_path: Path | None, result_file: Path | None) -> None:
+    """Each paper-profile arm of experiments NAMES at full size: a few updates on one batch of synthetic data, each
+    arm in a process of its own (first loss, last loss, s/update, peak MB)."""
+    import dataclasses
+    import json
+    import sys
+    import tempfile
+
+    from kfac_repro.benchmarks.paper_scale import PaperScaleResult, check_arm, small_batch_overrides, table
+    from kfac_repro.runner import interrupts
+    from kfac_repro.specs import SpecError, load_spec
+
+    jobs = []
+    try:
+        for name in names:
+            spec = load_spec(name, arms=arms if len(names) == 1 else ())
+            jobs += [(name, arm, small_batch_overrides(config, batch_size)) for arm, config in spec.arms.items()]
+    except SpecError as error:
+        raise click.UsageError(str(error)) from error
+    if result_file is not None:  # the child: one arm, its result as JSON
+        ((name, arm, overrides),) = jobs
+        adapted = load_spec(name, overrides=overrides, arms=(arm,)).arms[arm]
+        result_file.write_text(json.dumps(dataclasses.asdict(check_arm(name, arm, adapted, updates))))
+        return
+    interrupts.install()
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (name, arm, overrides) in enumerate(jobs, 1):
+            click.echo(f"[{index}/{len(jobs)}] {name} {arm}: {' '.join(overrides)}", err=True)
+            path = Path(scratch) / f"{index}.json"
+            child = interrupts.start_child([sys.executable, "-m", "cli", "bench", "paper-scale", name, "--arm", arm,
+                                            "--batch-size", str(batch_size), "--updates", str(updates),
+                                            "--result-file", str(path)])
+            try:
+                code = interrupts.wait_child(child, grace=10.0)
+            except interrupts.Interrupted as stop:
+                click.echo(f"{stop}: {name} {arm} stopped; the arms after it not checked", err=True)
+                sys.exit(stop.exit_code)
+            if code != 0 or not path.exists():
+                raise click.ClickException(f"{name} {arm}: the check failed (its output above)")
+            fields = json.loads(path.read_text())
+            results.append(PaperScaleResult(**{**fields, "losses": tuple(fields["losses"])}))
+    click.echo(table(results))
+    if csv_path is not None:
+        import csv
+
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([field.name for field in dataclasses.fields(PaperScaleResult)])
+            writer.writerows([*dataclasses.astuple(r)[:5], " ".join(f"{x:.4f}" for x in r.losses),
+                              *dataclasses.astuple(r)[6:]] for r in results)

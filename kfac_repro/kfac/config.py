@@ -172,7 +172,7 @@ class KFACConfig:
                              "(Eq. 14)", above=0)
     max_step_size: float = setting(1.0, "η_max: the largest step size", above=0)
     kl_bound: Literal["update", "increment"] = setting(
-        "increment", "update: the bound holds for the momentum-summed update (the buffer receives (1 − μ)·η·v, as "
+        "update", "update: the bound holds for the momentum-summed update (the buffer receives (1 − μ)·η·v, as "
         "in Ba's released code); increment: for η·v before momentum (our earlier rule: the update's KL reaches "
         "c/(1 − μ)²)")
     decay_rate: float = setting(0.96, "ζ: c (or η_max) is multiplied by ζ every `decay_every` steps", above=0,
