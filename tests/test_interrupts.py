@@ -263,3 +263,37 @@ def test_sigterm_to_the_worker_launcher_stops_both_workers_and_marks_the_run(tmp
     assert code == 143, stderr[-3000:]
     wait_gone(workers, timeout=10)
     assert status(run_dir) == "interrupted"
+
+
+INSISTING = """\
+import json, os, signal, sys
+from pathlib import Path
+from kfac_repro.runner import interrupts, layout
+
+run_dir = Path(sys.argv[1])
+layout.write_run_record(run_dir, {"status": "running"})
+interrupts.install()
+os.kill(os.getpid(), signal.SIGTERM)  # the stop request: the run is being marked
+replace = Path.replace
+
+
+def replace_after_a_second_signal(self, target):
+    os.kill(os.getpid(), signal.SIGTERM)  # the person insists while run.json is being written
+    return replace(self, target)
+
+
+Path.replace = replace_after_a_second_signal
+try:
+    layout.write_run_record(run_dir, {"status": "interrupted"})
+    print("not aborted")
+except KeyboardInterrupt as abort:
+    print(f"aborted: {abort}")
+"""
+
+
+def test_a_second_signal_aborts_after_the_run_record_is_written_not_during(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", INSISTING, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "aborted: second signal (SIGTERM): aborting\n", done.stderr[-3000:]
+    assert status(tmp_path) == "interrupted"
+    assert not (tmp_path / "run.json.tmp").exists()

@@ -1,5 +1,6 @@
 """SIGTERM and SIGINT, in every process: the first one is recorded (`requested()`), and the training loop stops
-at its next step boundary, saves a checkpoint and marks the run `interrupted`; a second one aborts at once.
+at its next step boundary, saves a checkpoint and marks the run `interrupted`; a second one aborts at once (though
+not in the middle of a `shielded` block, such as the write of run.json).
 Parents (multi-arm `run`, `grid`, the worker launcher) pass the stop on to their children and wait for them within
 a bound; children are started in their own session with a parent-death signal (SIGHUP), so that they never
 outlive a parent that was killed outright: it is a stop like the others, but it may arrive several times for one
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -34,6 +36,8 @@ _PR_SET_PDEATHSIG = 1
 PARENT_VAR = "KFAC_REPRO_PARENT_PID"
 _received: list[int] = []
 _follows_parent = False  # set by follow_parent: this process handles PARENT_DEATH too
+_shielding = False  # a `shielded` block is running
+_deferred_abort: str | None = None  # the abort a `shielded` block held back
 
 
 class Interrupted(Exception):
@@ -50,7 +54,31 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if not _received:
         _received.append(signum)
     elif signum != PARENT_DEATH:
-        raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): aborting")
+        _abort(f"second signal ({signal.Signals(signum).name}): aborting")
+
+
+def _abort(message: str) -> None:
+    """Raise KeyboardInterrupt(message) now, or at the end of the `shielded` block running."""
+    global _deferred_abort
+    if _shielding:
+        _deferred_abort = message
+        return
+    raise KeyboardInterrupt(message)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A block (not nested) that an abort by a second signal does not cut short: the KeyboardInterrupt is raised
+    when the block ends. For short writes that must be whole, such as a run's final status in run.json."""
+    global _shielding, _deferred_abort
+    _shielding = True
+    try:
+        yield
+    finally:
+        _shielding = False
+        deferred, _deferred_abort = _deferred_abort, None
+    if deferred is not None:
+        raise KeyboardInterrupt(deferred)
 
 
 def install() -> None:
