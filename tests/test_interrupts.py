@@ -145,6 +145,15 @@ def test_sigterm_to_a_multi_arm_run_stops_its_child_and_starts_no_further_arm(tm
     assert not (base / "sgd-bn").exists()
 
 
+def assert_stopped_at_a_step_boundary(run_dir: Path, stderr: str) -> None:
+    """The run stopped as a stop request asks: a checkpoint of every logged step, run.json `interrupted`, and no
+    abort by a second signal on the way."""
+    assert "second signal" not in stderr and "interrupted" in stderr, stderr[-3000:]
+    assert status(run_dir) == "interrupted"
+    saved = [int(path.stem.split("-")[1]) for path in run_dir.glob("checkpoints/ckpt-*.index")]
+    assert saved and max(saved) >= steps(run_dir / "metrics.csv")[-1], "the checkpoint holds every logged step"
+
+
 def test_a_killed_parent_takes_its_training_child_down(tmp_path: Path) -> None:
     process = start([*RUN, "--arm", "sync-gpu1", "--arm", "sgd-bn", *ENDLESS, "--out", str(tmp_path)])
     base = tmp_path / "cifar10-async" / "smoke"
@@ -153,9 +162,76 @@ def test_a_killed_parent_takes_its_training_child_down(tmp_path: Path) -> None:
     assert child
     process.send_signal(signal.SIGKILL)
     process.wait()
-    wait_gone(child)  # the child got SIGTERM (parent-death signal): it checkpoints and exits
+    wait_gone(child)  # the child got the parent-death signal (once per thread of the parent): it checkpoints, exits
     (run_dir,) = (base / "sync-gpu1").iterdir()
-    assert status(run_dir) == "interrupted"
+    assert process.stderr is not None
+    assert_stopped_at_a_step_boundary(run_dir, process.stderr.read())  # the pipe's writers are all gone: EOF
+
+
+def two_step_parent(out: Path, release: Path, final: Path, argv: list[str]) -> tuple[subprocess.Popen[str], Path]:
+    """Start tests/two_step_parent.py, which starts `argv` from a thread that exits once `release` exists (first
+    parent-death signal), then SIGKILLs itself once `final` exists (the second); the child's pid and stderr file."""
+    helper = Path(__file__).with_name("two_step_parent.py")
+    pid, err = out / "child.pid", out / "child.err"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, str(helper), str(pid), str(err), str(release), str(final), *argv],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    _started.append(process.pid)
+    wait_until(pid.exists, process, timeout=30)
+    _started.append(int(pid.read_text()))
+    return process, err
+
+
+FOLLOWER = """\
+import os, sys, time
+from pathlib import Path
+from kfac_repro.runner import interrupts
+
+out = Path(sys.argv[1])
+interrupts.follow_parent()
+interrupts.install()  # as every command does
+parent = os.getppid()
+(out / "ready").touch()
+try:
+    while interrupts.requested() is None:
+        time.sleep(0.01)
+    (out / "stopping").touch()
+    while os.getppid() == parent:  # until the parent process is gone, not just the thread that started us
+        time.sleep(0.01)
+    for _ in range(50):  # the handler of any further signal runs here
+        time.sleep(0.01)
+    result = str(interrupts.Interrupted(interrupts.requested() or 0))
+except KeyboardInterrupt as abort:
+    result = f"aborted: {abort}"
+(out / "result").write_text(result)
+"""
+
+
+def test_a_parent_death_signalled_twice_is_one_stop_request(tmp_path: Path) -> None:
+    """Linux sends the parent-death signal once per reparenting: when the parent thread that started the child
+    exits, then when the parent process dies. The repeat must not abort the child's orderly stop."""
+    process, _ = two_step_parent(tmp_path, tmp_path / "ready", tmp_path / "stopping",
+                                 [sys.executable, "-c", FOLLOWER, str(tmp_path)])
+    process.wait(timeout=60)
+    wait_gone([int((tmp_path / "child.pid").read_text())], timeout=30)
+    assert (tmp_path / "result").read_text() == "stopped by SIGHUP (the parent process died)"
+
+
+def test_a_training_child_signalled_twice_by_its_parents_death_stops_once(tmp_path: Path) -> None:
+    """The same with a training run, the second signal coming while the child saves its checkpoint and marks the
+    run: before the repeat was ignored, it aborted that (exit 130, once leaving run.json at `running`)."""
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sync-gpu1" / "r"
+    release = tmp_path / "release"
+    process, err = two_step_parent(tmp_path, release, run_dir / "checkpoints" / "checkpoint",
+                                   [*RUN, "--arm", "sync-gpu1", *ENDLESS, "--out", str(tmp_path), "--run-id", "r"])
+    wait_until(lambda: logged_rows(run_dir / "metrics.csv") >= 4, process)
+    child = int((tmp_path / "child.pid").read_text())
+    release.touch()
+    process.wait(timeout=BOUND)
+    wait_gone([child])
+    assert_stopped_at_a_step_boundary(run_dir, err.read_text())
+    assert "stopped by SIGHUP (the parent process died)" in err.read_text()
 
 
 @pytest.mark.slow
@@ -187,3 +263,37 @@ def test_sigterm_to_the_worker_launcher_stops_both_workers_and_marks_the_run(tmp
     assert code == 143, stderr[-3000:]
     wait_gone(workers, timeout=10)
     assert status(run_dir) == "interrupted"
+
+
+INSISTING = """\
+import json, os, signal, sys
+from pathlib import Path
+from kfac_repro.runner import interrupts, layout
+
+run_dir = Path(sys.argv[1])
+layout.write_run_record(run_dir, {"status": "running"})
+interrupts.install()
+os.kill(os.getpid(), signal.SIGTERM)  # the stop request: the run is being marked
+replace = Path.replace
+
+
+def replace_after_a_second_signal(self, target):
+    os.kill(os.getpid(), signal.SIGTERM)  # the person insists while run.json is being written
+    return replace(self, target)
+
+
+Path.replace = replace_after_a_second_signal
+try:
+    layout.write_run_record(run_dir, {"status": "interrupted"})
+    print("not aborted")
+except KeyboardInterrupt as abort:
+    print(f"aborted: {abort}")
+"""
+
+
+def test_a_second_signal_aborts_after_the_run_record_is_written_not_during(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", INSISTING, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "aborted: second signal (SIGTERM): aborting\n", done.stderr[-3000:]
+    assert status(tmp_path) == "interrupted"
+    assert not (tmp_path / "run.json.tmp").exists()

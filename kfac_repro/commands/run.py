@@ -2,8 +2,9 @@
 run, started by `run --workers N` on this machine or by the user on each host of a cluster).
 
 Exit codes: 0 success, 1 the run failed (or its data is missing), 2 bad usage or spec (or a run directory taken,
-missing or in use), 3 the run diverged, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM: a checkpoint was
-saved at the step boundary and the run marked `interrupted`; `--resume` continues it).
+missing or in use), 3 the run diverged, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP: the
+parent of a child process died; a checkpoint was saved at the step boundary and the run marked `interrupted`;
+`--resume` continues it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 A SIGTERM or SIGINT to the launcher (see runner.interrupts) is passed to worker 0 alone: it stops at its next step
 boundary (which every worker has reached: steps end with an all-reduce), saves the checkpoint and marks the run
 interrupted; the others, left waiting in the next all-reduce, are then stopped. Workers run in their own session
-and get SIGTERM if the launcher dies."""
+and get SIGHUP (see interrupts.PARENT_DEATH) if the launcher dies."""
 
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from kfac_repro.runner import interrupts
+
 GRID_PREFIX = "grid-"
 GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
 RUN_RECORD = "run.json"
@@ -199,10 +201,12 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
-    """Replace a run's run.json atomically (readers never see half a record)."""
+    """Replace a run's run.json atomically (readers never see half a record), and wholly: an abort by a second
+    signal comes after the write, not in the middle of it (which left the old record, often `running`)."""
     temporary = run_dir / (RUN_RECORD + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(run_dir / RUN_RECORD)
+    with interrupts.shielded():
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.replace(run_dir / RUN_RECORD)
 
 
 def run_status(run_dir: Path) -> str | None:
