@@ -212,6 +212,12 @@ def run_status(run_dir: Path) -> str | None:
     return None if status is None else str(status)
 
 
+def run_complete(run_dir: Path, steps: int) -> bool:
+    """Whether `run_dir` holds a complete run of at least `steps` updates (a shorter one is resumed, to `steps`)."""
+    record = read_run_record(run_dir)
+    return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m kfac_repro.runner.layout run-dir OUT SPEC PROFILE ARM RUN_ID [SEED]` prints the run directory."""
     parser = argparse.ArgumentParser(prog="python -m kfac_repro.runner.layout", description=main.__doc__)
