@@ -93,6 +93,12 @@ def test_the_cost_table_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         plan.load_costs("cpu")
 
 
+def test_every_cpu_arm_has_a_measured_cost() -> None:
+    costs = plan.load_costs("cpu")
+    for name in spec_names():
+        assert set(costs[name]) == set(load_spec(name, "cpu").arms), name
+
+
 def test_tuned_names_arms_that_have_a_grid(tmp_path: Path) -> None:
     def spec(extra: str) -> Path:
         path = tmp_path / "t.yaml"
@@ -125,7 +131,7 @@ def test_dry_run_prints_the_plan_without_importing_tensorflow(tmp_path: Path) ->
     assert "| cifar10-async | grid-sgd-bn | 10 settings × 1 |" in result.stdout
     assert "| cifar10-async | sgd-bn (tuned) | 0,1,2 |" in result.stdout
     total = len(plan.build(spec_names(), "cpu", tmp_path, "reproduce"))
-    assert f"{total} jobs ({total} todo); estimated " in result.stdout
+    assert f"{total} jobs ({total} todo); estimated " in result.stdout and " h) on this machine" in result.stdout
     assert not tmp_path.joinpath("cifar10-async").exists()  # nothing written
 
 
