@@ -2,8 +2,6 @@ PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest
 KFAC_REPRO ?= kfac-repro
 RESULTS ?= results
-FIG2_ARMS = sync-gpu1 async-gpu1 sgd-bn sync-gpu4 async-gpu4
-RUN_ID ?= rerun
 
 .PHONY: install data test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
 
@@ -31,20 +29,11 @@ bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an 
 bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle machine), read by the report
 	$(KFAC_REPRO) bench arms cifar10-async --profile cpu --out $(RESULTS)
 
-reproduce-fig2-cpu:  ## Fig. 2's cpu profile: both opponents' 10-setting grids (1 seed each), then 3 seeds of every arm; resumable
-	for arm in sgd-bn sync-gpu1; do $(KFAC_REPRO) grid cifar10-async --arm $$arm --profile cpu --parallel 2 \
-		--set training.seeds=1 --out $(RESULTS) || exit 1; done
-	for seed in 0 1 2; do for arm in $(FIG2_ARMS); do \
-		$(KFAC_REPRO) run cifar10-async --profile cpu --arm $$arm --seeds $$seed --run-id $(RUN_ID) \
-			$$([ -d "$$($(PYTHON) -m kfac_repro.runner.layout run-dir $(RESULTS) cifar10-async cpu $$arm $(RUN_ID) \
-				$$seed)" ] && echo --resume) \
-			--out $(RESULTS) $$([ $$arm = sgd-bn ] && echo --tuned) || exit 1; done; done
+reproduce-fig2-cpu:  ## Fig. 2's cpu profile: the grids its spec names, then every arm with each seed; resumable
+	$(KFAC_REPRO) reproduce --profile cpu --only cifar10-async --out $(RESULTS)
 
-reproduce-cpu:  ## rerun every experiment's cpu profile into results/ (hours on 2 cores)
-	for spec in $$(ls experiments/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//'); do \
-		kfac-repro run $$spec --profile cpu || exit 1; done
-	kfac-repro grid cifar10-async --arm sgd-bn --profile cpu --parallel 2
-	kfac-repro run cifar10-async --arm sgd-bn --profile cpu --tuned
+reproduce-cpu:  ## every spec's cpu profile (grids, then each arm × seed) into results/, resumable, with an ETA
+	$(KFAC_REPRO) reproduce --profile cpu --out $(RESULTS)
 
 figures:  ## Figures 2-8 from the CSVs under results/ into plots/ (PNG and PDF); no training
 	kfac-repro plot all

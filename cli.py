@@ -24,6 +24,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("kfac_repro.commands.run", "run", "Train the arms of an experiment."),
     "worker": ("kfac_repro.commands.run", "worker", "One worker process of a multi-worker run (TF_CONFIG)."),
     "grid": ("kfac_repro.commands.grid", "grid", "Grid-search an arm's settings and rank them."),
+    "reproduce": ("kfac_repro.commands.reproduce", "reproduce",
+                  "Every spec's grids and seeded runs in one profile, resumably, with progress and ETA."),
     "plot": ("kfac_repro.commands.plotting", "plot", "Regenerate the paper's figures from results/."),
     "report": ("kfac_repro.commands.plotting", "report", "Write the Markdown reproduction report."),
     "data": ("kfac_repro.commands.data", "data", "Data sets: list, verify, download, benchmark the input pipeline."),

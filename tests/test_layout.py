@@ -131,14 +131,3 @@ def test_a_taken_run_id_is_refused_before_training(tmp_path: Path) -> None:
                         "--run-id", "r")
     assert result.returncode == 2 and "already exists: give another --run-id, or --resume" in result.stderr
     assert (tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r" / "metrics.csv").read_text() == "precious\n"
-
-
-def test_the_makefile_asks_the_layout_for_a_run_directory(tmp_path: Path) -> None:
-    query = [sys.executable, "-m", "kfac_repro.runner.layout", "run-dir", str(tmp_path), "cifar10-async", "cpu"]
-    printed = subprocess.run([*query, "sgd-bn", "rerun", "2"], capture_output=True, text=True, check=True).stdout
-    assert Path(printed.strip()) == layout.run_dir(tmp_path, "cifar10-async", "cpu", "sgd-bn", "rerun", 2)
-    assert Path(printed.strip()) == tmp_path / "cifar10-async" / "cpu" / "sgd-bn" / "rerun-seed2"
-    bad = subprocess.run([*query, "../x", "rerun"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "arm: '../x' cannot be a directory name" in bad.stderr
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
-    assert "-m kfac_repro.runner.layout run-dir $(RESULTS) cifar10-async cpu $$arm $(RUN_ID)" in makefile

@@ -1,7 +1,8 @@
 """`kfac-repro grid`: run every combination of a grid for one arm (in parallel processes if asked) and write
 the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<arm>/leaderboard.csv, best.json).
 
-A grid run again keeps its finished combinations and resumes the interrupted ones from their checkpoints.
+A grid run again keeps its finished combinations (complete, with the arm's number of updates) and resumes the
+others from their checkpoints (one finished at fewer updates is continued to them).
 SIGTERM or SIGINT stops the combinations in training (each checkpoints and is marked interrupted) and exits with
 128 + the signal number; the combinations' processes never outlive the grid command."""
 
@@ -68,7 +69,7 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     click.echo(f"{len(combos)} combinations of {', '.join(axes)} for {name} [{profile}] arm {arm} → {root}")
     pending = []
     for combo in combos:
-        if layout.run_status(run_dir(combo)) == "complete":
+        if layout.run_complete(run_dir(combo), int(spec.arms[arm].training["steps"])):
             click.echo(f"  kept {combination_id(combo)} (finished earlier)")
         else:
             pending.append((combo, layout.combination_dir(root, combination_id(combo)), run_dir(combo).exists()))

@@ -187,7 +187,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     except layout.LayoutError as error:
         raise click.UsageError(str(error)) from error
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
-    if resume and _finished(run_dir, int(spec.arms[arm].training["steps"])):
+    if resume and layout.run_complete(run_dir, int(spec.arms[arm].training["steps"])):
         lock.close()
         click.echo("   complete already: kept")  # as it is, with the commit and machine that made it
         return
@@ -252,12 +252,6 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
         raise click.UsageError(str(error)) from error
     spec = _load(name, profile, overrides, seed, (arm,))
     _train_or_exit(lambda: _train_here(spec, arm, run_dir, resume), "worker")
-
-
-def _finished(run_dir: Path, steps: int) -> bool:
-    """Whether the run directory holds a complete run of at least `steps` updates."""
-    record = layout.read_run_record(run_dir)
-    return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
 
 
 def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:

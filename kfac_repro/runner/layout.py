@@ -1,8 +1,7 @@
 """The results layout, in one place: a run lives in OUT/<spec>/<profile>/<arm>/<run-id>/ (its record in run.json),
 a grid search of an arm in OUT/<spec>/<profile>/grid-<arm>/ (not an arm of any figure), each of its combinations
 in grid-<arm>/<combination>/<spec>/<profile>/<arm>/run/. Every reader and writer of that layout goes through this
-module; so does the Makefile, through `python -m kfac_repro.runner.layout run-dir OUT SPEC PROFILE ARM RUN_ID
-[SEED]`, which prints a run's directory.
+module.
 
 Every name that becomes a path component (spec, profile, arm, run ID, grid combination) is checked against a safe
 character set, so nothing is ever written outside OUT. A new run directory is claimed with an exclusive mkdir (two
@@ -12,12 +11,10 @@ second process cannot resume a run that is still being written.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -216,20 +213,8 @@ def run_status(run_dir: Path) -> str | None:
     return None if status is None else str(status)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m kfac_repro.runner.layout run-dir OUT SPEC PROFILE ARM RUN_ID [SEED]` prints the run directory."""
-    parser = argparse.ArgumentParser(prog="python -m kfac_repro.runner.layout", description=main.__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    query = commands.add_parser("run-dir", help="the directory of a run with a given ID")
-    for name in ("out", "spec", "profile", "arm", "run_id"):
-        query.add_argument(name)
-    query.add_argument("seed", type=int, nargs="?", default=None)
-    args = parser.parse_args(argv)
-    try:
-        print(run_dir(Path(args.out), args.spec, args.profile, args.arm, args.run_id, args.seed))
-    except LayoutError as error:
-        parser.error(str(error))
+def run_complete(run_dir: Path, steps: int) -> bool:
+    """Whether `run_dir` holds a complete run of at least `steps` updates (a shorter one is resumed, to `steps`)."""
+    record = read_run_record(run_dir)
+    return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
 
-
-if __name__ == "__main__":
-    main()

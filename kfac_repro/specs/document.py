@@ -60,6 +60,9 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
     for name, profile in profiles.items():
         _check_dir_name(name, path, f"profiles.{name}")
         _check_profile(profile, arms, path, f"profiles.{name}")
+    tuned = document.get("tuned") or []
+    if not isinstance(tuned, list) or not all(isinstance(arm, str) for arm in tuned):
+        raise SpecError(path, "tuned", f"expected a list of arm names, found {tuned!r}")
     grid = check_mapping(document.get("grid") or {}, path, "grid")
     for key, values in grid.items():
         if "." not in str(key) and isinstance(values, Mapping):  # one arm's own grid

@@ -27,7 +27,12 @@ profiles:                        # paper (default), cpu, smoke, or your own
   PROFILE: {description: ..., defaults: {...}, arms: {ARM: {...}}}
 grid: {ARM: {section.field: [v1, ...]}}  # optional: what `kfac-repro grid --arm ARM` searches (or one shared
                                        # grid for every arm: {section.field: [v1, ...]})
+tuned: [ARM, ...]                # optional: arms trained with their grid's best settings (`run --tuned`)
 ```
+
+`kfac-repro reproduce --profile P` derives its plan from these fields: for each spec, the grid of every arm that
+has one (one seed per setting), then every arm once per seed (`training.seeds` seeds from `training.seed`), the
+arms named in `tuned` with their grid's best settings. `tuned` may name only arms that have a grid.
 
 An arm resolves as defaults ← profile defaults ← arm ← profile arm overrides ← `--set section.field=value`
 (`kfac-repro show NAME --profile P` prints the result). Mappings merge key by key; lists and scalars replace; an

@@ -53,6 +53,7 @@ class ResolvedSpec:
     source: Path
     arms: dict[str, ArmConfig]
     grid: Mapping[str, Any] = field(default_factory=dict)  # {section.field: values} or {arm: {section.field: …}}
+    tuned: tuple[str, ...] = ()  # arms trained with their grid's best (`run --tuned`) by `kfac-repro reproduce`
 
     def grid_for(self, arm: str) -> dict[str, list[Any]]:
         """The axes `kfac-repro grid` searches for the arm: its own grid (grid: {ARM: {...}}), else the shared one."""
@@ -105,9 +106,16 @@ def resolve(
     for override in overrides:
         if override.key not in used:
             raise SpecError("--set", override.key, "no selected arm's optimizer has this field")
-    return ResolvedSpec(name=document["name"], description=document.get("description", ""),
+    spec = ResolvedSpec(name=document["name"], description=document.get("description", ""),
                         figure=document.get("figure", ""), profile=profile, profiles=profiles, source=path,
-                        arms=resolved, grid=MappingProxyType(dict(document.get("grid") or {})))
+                        arms=resolved, grid=MappingProxyType(dict(document.get("grid") or {})),
+                        tuned=tuple(document.get("tuned") or ()))
+    for arm_name in spec.tuned:
+        if arm_name not in document["arms"]:
+            raise SpecError(path, "tuned", f"no arm named {arm_name!r}; arms: {known}")
+        if not spec.grid_for(arm_name):
+            raise SpecError(path, "tuned", f"arm {arm_name!r} has no grid to take its best settings from")
+    return spec
 
 
 def _resolve_arm(document: Mapping[str, Any], name: str, profile: str, overrides: Sequence[Override],

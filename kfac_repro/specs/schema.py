@@ -11,7 +11,7 @@ from kfac_repro.kfac.config import MAX_BATCH, MAX_STEPS, KFACConfig, SGDConfig, 
 from kfac_repro.models.registry import MODEL_NAMES
 from kfac_repro.specs.fields import Field
 
-TOP_KEYS = ("name", "description", "figure", "extends", "defaults", "arms", "profiles", "grid")
+TOP_KEYS = ("name", "description", "figure", "extends", "defaults", "arms", "profiles", "grid", "tuned")
 PROFILE_KEYS = ("description", "defaults", "arms")
 DEFAULT_PROFILE = "paper"
 # Upper bounds no machine could run beyond (a typo such as batch_size 1e20 is refused before any work starts);
