@@ -216,3 +216,27 @@ def test_a_child_command_line_gives_the_child_the_parents_parameters(argv: list[
     worker_argv = ["cifar10-async", "--arm", "a", "--run-dir", "d", "--seed", "5", "--set", "x.y=1", "--resume"]
     worker_params = worker.make_context("worker", worker_argv).params
     assert worker.make_context("worker", child_command(worker, worker_params)[4:]).params == worker_params
+
+
+def test_a_run_that_fails_after_starting_is_marked_failed_not_left_running(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error between the `running` record and the first update (here building the evaluator) marks the run."""
+    from kfac_repro.runner import experiment
+    from kfac_repro.specs import load_spec
+
+    spec = load_spec("cifar10-async", "smoke", arms=["sgd-bn"])
+    run_dir = tmp_path / "run"
+    identity = experiment.RunIdentity(spec.name, spec.figure, spec.profile, "sgd-bn", "SGD+BN", run_dir)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("no evaluator")
+
+    monkeypatch.setattr(experiment, "_evaluator", broken)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with pytest.raises(RuntimeError, match="no evaluator"):
+            experiment.run_arm(spec.arms["sgd-bn"], identity, resume=False)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"

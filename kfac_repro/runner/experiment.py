@@ -133,21 +133,24 @@ def run_arm(
               "batch_size": global_batch, "workers": replicas, "steps": int(training["steps"]), "seed": seed,
               "holdout": holdout}
     _write_status(run_dir, record, "running", chief)
-    evaluate = _evaluator(optimizer, val_data, int(training["eval_batches"]))
-    settings = LoopSettings(steps=int(training["steps"]), log_every=int(training["log_every"]),
-                            eval_every=int(training["eval_every"]),
-                            checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
-                            divergence_factor=float(training["divergence_factor"]))
-    iterator = iter(train_data)
     refresh_log = logging.FileHandler(run_dir / layout.REFRESH_LOG) if chief and method == "kfac" else None
-    if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
-        refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
-        logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
-    try:
+    try:  # from here on, whatever stops the run marks it (interrupted, diverged or failed): never left `running`
+        evaluate = _evaluator(optimizer, val_data, int(training["eval_batches"]))
+        settings = LoopSettings(steps=int(training["steps"]), log_every=int(training["log_every"]),
+                                eval_every=int(training["eval_every"]),
+                                checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
+                                divergence_factor=float(training["divergence_factor"]))
+        iterator = iter(train_data)
+        if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
+            refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
+            logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
         extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
         final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
                       progress=progress)
+        if holdout:
+            test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
+            record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
     except BaseException as error:
         status = ("interrupted" if isinstance(error, interrupts.Interrupted | KeyboardInterrupt) else
                   "diverged" if isinstance(error, TrainingDiverged) else "failed")
@@ -159,9 +162,6 @@ def run_arm(
         if refresh_log is not None:
             logging.getLogger("kfac_repro.kfac").removeHandler(refresh_log)
             refresh_log.close()
-    if holdout:
-        test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
-        record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
     _write_status(run_dir, record, "complete", chief)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
