@@ -34,7 +34,8 @@ def assert_same_training(reference: dict[str, np.ndarray], other: dict[str, np.n
             np.testing.assert_array_equal(other[key], reference[key], err_msg=key)
 
 
-@pytest.mark.parametrize("options", [("--optimizer", "sgd"), ("--optimizer", "kfac")], ids=["sgd", "kfac"])
+@pytest.mark.parametrize("options", [pytest.param(("--optimizer", "sgd"), marks=pytest.mark.slow),
+                                     ("--optimizer", "kfac")], ids=["sgd", "kfac"])
 def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[str, ...]) -> None:
     import subprocess
 
@@ -52,7 +53,7 @@ ASYNC_FREE = ("--optimizer", "kfac", "--inversion", "async", "--steps", "12")
 
 @pytest.mark.parametrize(
     "options",
-    [("--optimizer", "sgd"), ("--optimizer", "kfac"),
+    [pytest.param(("--optimizer", "sgd"), marks=pytest.mark.slow), ("--optimizer", "kfac"),
      ("--optimizer", "kfac", "--inversion", "async", "--async-lag", "2"), ASYNC_FREE],
     ids=["sgd", "kfac-sync", "kfac-async-lag2", "kfac-async-free"],
 )

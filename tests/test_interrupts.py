@@ -218,6 +218,7 @@ def test_a_parent_death_signalled_twice_is_one_stop_request(tmp_path: Path) -> N
     assert (tmp_path / "result").read_text() == "stopped by SIGHUP (the parent process died)"
 
 
+@pytest.mark.slow  # ~14 s; test_a_parent_death_signalled_twice_is_one_stop_request checks the mechanism in 1 s
 def test_a_training_child_signalled_twice_by_its_parents_death_stops_once(tmp_path: Path) -> None:
     """The same with a training run, the second signal coming while the child saves its checkpoint and marks the
     run: before the repeat was ignored, it aborted that (exit 130, once leaving run.json at `running`)."""

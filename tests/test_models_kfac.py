@@ -17,7 +17,8 @@ def layers_of(model: keras.Model, kind: type) -> set[str]:
 
 
 HEAVY_BN = {"googlenet", "resnet50", "resnet101"}  # ~60-120 s each here, mostly tracing ~100 BN blocks
-CASES = [pytest.param(name, False, id=f"plain-{name}") for name in MODEL_NAMES] + [
+CASES = [pytest.param(name, False, id=f"plain-{name}", marks=[pytest.mark.slow] if name == "resnet101" else [])
+         for name in MODEL_NAMES] + [
     pytest.param(name, True, id=f"bn-{name}", marks=[pytest.mark.slow] if name in HEAVY_BN else [])
     for name in MODEL_NAMES
 ]

@@ -113,6 +113,7 @@ def test_workers_not_matching_the_arms_are_refused_before_any_process_starts(tmp
     assert partly.returncode == 2 and "distribution.workers is 1 for sgd-bn (cifar10-async" in partly.stderr
 
 
+@pytest.mark.slow  # ~50 s: three runs, one killed
 def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_path: Path) -> None:
     common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu1", "--set", "training.steps=120",
               "--set", "training.log_every=1", "--set", "training.eval_every=10", "--set",

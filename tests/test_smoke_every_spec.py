@@ -35,7 +35,8 @@ def run_smoke(name: str, arms: list[str], out: Path) -> None:
             "steps"] // load_spec(name, "smoke").arms[arm].training["log_every"]  # header, step 0, logged steps
 
 
-SLOWEST_TO_TRACE = {"resnet50-bs512", "googlenet-batch-scaling"}  # 30–50 s each on 2 cores
+# the slowest to trace (30–50 s each on 2 cores), and GoogLeNet specs whose model the other GoogLeNet spec covers
+SLOWEST_TO_TRACE = {"resnet50-bs512", "googlenet-batch-scaling", "googlenet-bs256", "googlenet-kl-decay"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOWEST_TO_TRACE else n
