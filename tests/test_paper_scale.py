@@ -21,6 +21,15 @@ def test_every_imagenet_experiment_is_checked() -> None:
     assert set(IMAGENET_SPECS) == set(spec_names()) - {"cifar10-async"}
 
 
+def test_arm_with_several_experiments_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "cli", "bench", "paper-scale", "alexnet-bs2048", "resnet50-bs512",
+                             "--arm", "kfac", "--csv", str(tmp_path / "t.csv")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "--arm selects arms of one experiment; 2 were named: alexnet-bs2048, resnet50-bs512" in result.stderr
+    assert not (tmp_path / "t.csv").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET_SPECS)
 def test_paper_scale_arms_start_near_chance_and_learn(name: str, tmp_path: Path,

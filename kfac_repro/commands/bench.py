@@ -274,10 +274,12 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
     from kfac_repro.runner import interrupts
     from kfac_repro.specs import SpecError, load_spec
 
+    if arms and len(names) > 1:
+        raise click.UsageError(f"--arm selects arms of one experiment; {len(names)} were named: {', '.join(names)}")
     jobs = []
     try:
         for name in names:
-            spec = load_spec(name, arms=arms if len(names) == 1 else ())
+            spec = load_spec(name, arms=arms)
             jobs += [(name, arm, small_batch_overrides(config, batch_size)) for arm, config in spec.arms.items()]
     except SpecError as error:
         raise click.UsageError(str(error)) from error
@@ -309,7 +311,7 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
         import csv
 
         with csv_path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([field.name for field in dataclasses.fields(PaperScaleResult)])
-            writer.writerows([*dataclasses.astuple(r)[:5], " ".join(f"{x:.4f}" for x in r.losses),
-                              *dataclasses.astuple(r)[6:]] for r in results)
+            writer = csv.DictWriter(handle, [field.name for field in dataclasses.fields(PaperScaleResult)])
+            writer.writeheader()
+            writer.writerows({**dataclasses.asdict(r), "losses": " ".join(f"{x:.4f}" for x in r.losses)}
+                             for r in results)

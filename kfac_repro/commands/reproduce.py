@@ -22,7 +22,7 @@ import click
 
 from kfac_repro.commands.child import child_command
 from kfac_repro.commands.grid import grid
-from kfac_repro.commands.run import DIVERGED_EXIT, STOP_GRACE, _check_data, run
+from kfac_repro.commands.run import DIVERGED_EXIT, STOP_GRACE, check_data, run
 from kfac_repro.runner import interrupts, layout, plan
 from kfac_repro.specs import SpecError, load_spec, spec_names
 
@@ -71,7 +71,7 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
         return
     for name in names:
         spec = load_spec(name, profile)
-        _check_data(spec, list(spec.arms))
+        check_data(spec, list(spec.arms))
     finished: list[tuple[plan.Job, float]] = []
     failed: list[str] = []
     for index, job in enumerate(jobs, start=1):

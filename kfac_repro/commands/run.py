@@ -59,7 +59,8 @@ def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool, s
         raise click.UsageError(str(error)) from error
 
 
-def _check_data(spec: Any, arms: list[str]) -> None:
+def check_data(spec: Any, arms: list[str]) -> None:
+    """Exit 1, saying where it looked and what to do, when an arm's data set is not on this machine."""
     from kfac_repro.data.registry import dataset_available, describe
 
     for arm in arms:
@@ -146,7 +147,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     spec = _load(name, profile, overrides, seed, arms)
     selected = list(arms) or list(spec.arms)  # load_spec rejected unknown arms
     _check_workers(spec, selected, workers)
-    _check_data(spec, selected)
+    check_data(spec, selected)
     jobs: list[tuple[str, int | None]] = []
     for arm in selected:
         seeds = _seeds_of(spec, arm, chosen)
