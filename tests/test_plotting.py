@@ -16,7 +16,7 @@ from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs,
 from kfac_repro.plotting import claims
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
 from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
-from kfac_repro.plotting.seeds import Spread, band, spread, updates_to_target
+from kfac_repro.plotting.seeds import Spread, band, late_share, spread, updates_to_target
 from kfac_repro.runner.metrics_log import MetricsLog
 
 IDLE = {"host": "h", "device": "CPU (test)", "cpus": 2, "load_before": 0.1, "load_after": 0.2, "commit": "c"}
@@ -145,6 +145,57 @@ def test_bn_generalisation_is_the_gap_at_equal_training_loss(tmp_path: Path) -> 
     # (0.6 + 0.03 s) − (0.4 + 0.02 s) = 0.20–0.22; K-FAC+BN at step 30 (train 0.2, val 0.3): gap 0.1 → apart
     assert "at train loss 0.440" in row.measured and "K-FAC 0.210 [0.200, 0.220]" in row.measured
     assert row.verdict == claims.REPRODUCED
+
+
+def test_late_progress_is_the_last_stretch_share_of_the_whole_decrease(tmp_path: Path) -> None:
+    write_run(tmp_path, "s", "flat", "r", [0.9, 0.5, 0.3] + [0.2] * 8)
+    write_run(tmp_path, "s", "linear", "r", [0.9 - 0.08 * i for i in range(11)])
+    write_run(tmp_path, "s", "short", "r", [0.9, 0.5])
+    arms = seed_runs(tmp_path, "s", "cpu")
+    assert late_share(arms["flat"][0]) == pytest.approx(0.0)
+    # train loss 2e at steps 10..100: first 1.64; steps 70, 80 → mean 0.60; steps 90, 100 → mean 0.28
+    assert late_share(arms["linear"][0]) == pytest.approx((0.60 - 0.28) / (1.64 - 0.28))
+    assert math.isnan(late_share(arms["short"][0]))  # one logged training loss: no curve to judge
+
+
+def test_report_says_which_arms_flattened_within_their_budget(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "cifar10-async", "sync-gpu1", f"k{seed}", [0.9, 0.5, 0.3] + [0.2 + 0.001 * seed] * 8,
+                  seed=seed)
+        write_run(tmp_path, "cifar10-async", "sgd-bn", f"s{seed}", [0.9 - 0.08 * i for i in range(11)], seed=seed,
+                  method="sgd")
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split(" | ")[0]: line for line in out.read_text().splitlines() if " label | 0, 1, 2 |" in line}
+    assert "| 0.0 [0.0, 0.0]% flat |" in rows["| sync-gpu1 label"]
+    assert f"| {100 * 0.32 / 1.36:.1f} [" in rows["| sgd-bn label"] and "**still falling**" in rows["| sgd-bn label"]
+    assert all(f"C{n}" in out.read_text() for n in range(1, 9))
+
+
+@pytest.mark.parametrize(("sgd_spread", "verdict"), [(0.0, claims.REPRODUCED), (0.5, claims.INCONCLUSIVE)])
+def test_batch_scaling_compares_per_seed_ratios_across_batch_sizes(tmp_path: Path, sgd_spread: float,
+                                                                    verdict: str) -> None:
+    # batch b, 10·i updates: examples 10·i·b, the loss linear in them (exact under interpolation). K-FAC's depends on
+    # the examples only (ratio 1 in every seed); SGD+BN's larger batch is worse at equal examples, by a factor that
+    # varies over the seeds with sgd_spread (0.5: seed 0 as flat as K-FAC, so the ranges touch). The batch-100 runs
+    # end at 10,000 examples: all arms are compared there.
+    def errors(batch: int, factor: float) -> list[float]:
+        return [factor * (1 - 10 * i * batch / 40_000) + 0.05 for i in range(11)]
+
+    for seed in range(3):
+        for batch in (100, 400):
+            write_run(tmp_path, "googlenet-batch-scaling", f"kfac-bs{batch}", f"r{seed}", errors(batch, 1.0),
+                      seed=seed, batch=batch)
+            worse = 1.5 + sgd_spread * (seed - 1) if batch == 400 else 1.0
+            write_run(tmp_path, "googlenet-batch-scaling", f"sgd-bn-bs{batch}", f"r{seed}", errors(batch, worse),
+                      seed=seed, batch=batch, method="sgd")
+    row = claims.batch_scaling(seed_runs(tmp_path, "googlenet-batch-scaling", "cpu"))
+    assert "at 10,000 examples" in row.measured and "K-FAC 1.00 [1.00, 1.00]" in row.measured
+    at_batch_400 = [(1.5 + sgd_spread * (seed - 1)) * 0.75 + 0.05 for seed in range(3)]  # batch 100: 0.8
+    ratios = [max(loss, 0.8) / min(loss, 0.8) for loss in at_batch_400]
+    assert f"SGD+BN {sum(ratios) / 3:.2f} [{min(ratios):.2f}, {max(ratios):.2f}]" in row.measured
+    assert row.verdict == verdict and "per seed" in row.rule
 
 
 def test_cluster_clock_on_hand_computed_layouts() -> None:

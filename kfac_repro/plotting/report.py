@@ -4,6 +4,7 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
 from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, components, layout
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, seed_runs
-from kfac_repro.plotting.seeds import best, final, per_seed
+from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_share, per_seed
 from kfac_repro.runner.layout import LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
@@ -32,9 +33,21 @@ distributed claims (C1 asynchronous inversion, C2 gradient workers) are judged o
 for sync or on its own device for async), never presented as measured wall-clock. A speed-up is *reproduced* when
 the mean effect reaches 75% of the claimed factor and the arms' seed ranges are apart; *inconclusive* when they
 overlap or an arm has fewer than {seeds} seeds; *not reproduced* when the opposite holds beyond the ranges. Figures
-marked *old method* come from single-seed runs validated on the test split, before this report's rules (their rerun
-is the next step). Why the verdicts come out as they do is discussed by hand in
-[reproduction-discussion.md](reproduction-discussion.md).
+marked *old method* come from single-seed runs validated on the test split, before this report's rules. Why the
+verdicts come out as they do is discussed by hand in [reproduction-discussion.md](reproduction-discussion.md).
+
+The claims, numbered as in the rows: C1 asynchronous inversion ≈1.5× faster than synchronous at comparable
+per-update progress (Fig. 2); C2 near-linear speed-up from 1 to 4 gradient workers (Fig. 2); C3 K-FAC ≈3.5× faster
+than standard SGD+BN and ≈2× faster than improved BN (Fig. 3, and §6.2's claim on Fig. 2's net), with BN helping
+K-FAC generalise; C4 AlexNet with inverses refreshed every ~200 updates ≈1.5× faster than improved BN (Fig. 4); C5
+ResNet-50 faster early on (Fig. 5); C6 per-example progress nearly constant across batch sizes for K-FAC (Fig. 6);
+C7 the cheap App. A factors as good per update as KFC and 20–30% cheaper (Fig. 7); C8 decaying the KL threshold
+beats decaying the learning rate (Fig. 8).
+
+Budgets: each arm's *late progress* (tables below) is the share of its training-loss decrease that came in the last
+{tail:.0%} of its updates (the mean over that stretch against the mean over the stretch before it, as a share of
+the whole decrease; per seed). Below {flat:.0%} in every seed the curve has flattened; otherwise the comparison
+holds at the budget shown, not at convergence.
 """
 
 
@@ -143,8 +156,16 @@ def _arm_row(runs: Sequence[Run]) -> str:
     return (f"| {first.label} | {', '.join(str(r.seed) for r in runs)} | {int(first.metrics['step'].max())} | "
             f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | "
-            f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | "
+            f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | {_flatness(runs)} | "
             f"{', '.join(sorted({r.commit[:10] for r in runs}))} | `{first.directory.parent}` |")
+
+
+def _flatness(runs: Sequence[Run]) -> str:
+    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened."""
+    share = per_seed(runs, late_share)
+    if share.n == 0 or math.isnan(share.mean):
+        return "—"
+    return share.scaled(100).text(1, "%") + (" flat" if share.high < FLAT else " **still falling**")
 
 
 def runs_section(results: Path) -> list[str]:
@@ -166,14 +187,15 @@ def runs_section(results: Path) -> list[str]:
                   f"{provenance(commits)}{bn}.", ""]
         lines += _costs_table(arms, read_costs(profile_dir(results, figure.spec, profile) / FILE_NAME))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
-                  "commit | runs |", "|---|---|---|---|---|---|---|---|---|"]
+                  "late progress | commit | runs |", "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]
         lines.append("")
     return lines
 
 
 def report_text(results: Path, allow_mixed: bool = False) -> str:
-    lines = [INTRODUCTION.format(date=datetime.now(UTC).strftime("%Y-%m-%d"), label=LABEL, seeds=MIN_SEEDS),
+    lines = [INTRODUCTION.format(date=datetime.now(UTC).strftime("%Y-%m-%d"), label=LABEL, seeds=MIN_SEEDS,
+                                 tail=TAIL, flat=FLAT),
              "| Fig. | claim | measured | verdict | rule | scale |", "|---|---|---|---|---|---|"]
     for claim, scale in claims_for(results, allow_mixed):
         lines.append(f"| {claim.figure} | {claim.claim} | {claim.measured} | **{claim.verdict}** | {claim.rule} | "

@@ -62,6 +62,26 @@ def final(run: Run, column: str) -> float:
     return float(values.iloc[-1]) if len(values) else math.nan
 
 
+TAIL = 0.2
+FLAT = 0.05
+
+
+def late_share(run: Run, column: str = "train_loss", tail: float = TAIL) -> float:
+    """How much of a run's decrease of `column` came in its last `tail` of updates: (m₁ − m₂) / (first − m₂), with
+    m₂ the mean over steps in ((1 − tail)·T, T] and m₁ over ((1 − 2·tail)·T, (1 − tail)·T] (window means, as
+    single logged values are noisy); T the last step. Below FLAT the curve has flattened; NaN without a decrease."""
+    rows = run.metrics.dropna(subset=[column])
+    if len(rows) < 3:
+        return math.nan
+    last_step = float(rows["step"].iloc[-1])
+    late = rows[rows["step"] > (1 - tail) * last_step][column].mean()
+    before = rows[(rows["step"] > (1 - 2 * tail) * last_step) & (rows["step"] <= (1 - tail) * last_step)][column]
+    decrease = float(rows[column].iloc[0]) - late
+    if not len(before) or not decrease > 0:
+        return math.nan
+    return float((before.mean() - late) / decrease)
+
+
 def band(runs: Sequence[Run], x: str, column: str) -> pd.DataFrame:
     """Columns x, mean, low, high: `column` at every step that all seeds logged it, x averaged over seeds at that
     step (steps: the same for every seed of an arm; seconds: each seed's own)."""
