@@ -26,8 +26,10 @@ lint:  ## ruff and mypy over the library and the CLI
 bench:  ## step-time benchmark of the paper's CIFAR-10 net (prints ratios to an SGD step)
 	kfac-repro bench step --model cifar10 --batch-size 512
 
-bench-arms:  ## every arm's cost per update for Fig. 2's cpu profile (on an idle machine), read by the report
-	$(KFAC_REPRO) bench arms cifar10-async --profile cpu --out $(RESULTS)
+bench-arms:  ## every arm's cost per update, each experiment's cpu profile (on an idle machine), read by the report
+	for spec in $$($(KFAC_REPRO) list --names); do \
+		$(KFAC_REPRO) bench arms $$spec --profile cpu --out $(RESULTS) || exit 1; \
+	done
 
 reproduce-fig2-cpu:  ## Fig. 2's cpu profile: the grids its spec names, then every arm with each seed; resumable
 	$(KFAC_REPRO) reproduce --profile cpu --only cifar10-async --out $(RESULTS)

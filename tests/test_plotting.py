@@ -198,6 +198,26 @@ def test_batch_scaling_compares_per_seed_ratios_across_batch_sizes(tmp_path: Pat
     assert row.verdict == verdict and "per seed" in row.rule
 
 
+@pytest.mark.parametrize(("cheap", "kfc", "verdict"), [
+    ((0.70, 0.68, 0.72), (1.0, 0.95, 1.05), claims.REPRODUCED),    # 30% cheaper, ranges apart
+    ((0.90, 0.88, 0.92), (1.0, 0.98, 1.02), claims.PARTLY),        # apart, but only 10%
+    ((0.95, 0.90, 1.00), (1.0, 0.97, 1.03), claims.INCONCLUSIVE),  # 5% on the medians, the block ranges overlap
+    ((1.10, 1.08, 1.12), (1.0, 0.98, 1.02), claims.NOT_REPRODUCED),
+])
+def test_cheap_factors_saving_needs_the_timing_ranges_apart(tmp_path: Path, cheap: tuple, kfc: tuple,
+                                                            verdict: str) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "googlenet-kfc-vs-cheap", "kfc", f"k{seed}", [0.9, 0.5, 0.30 + 0.01 * seed], seed=seed)
+        write_run(tmp_path, "googlenet-kfc-vs-cheap", "cheap", f"c{seed}", [0.9, 0.5, 0.31 + 0.01 * seed], seed=seed)
+    costs = [Measurement(arm, "update", 128, *timing, "seconds", 3) for arm, timing in (("cheap", cheap), ("kfc", kfc))]
+    path = tmp_path / "googlenet-kfc-vs-cheap" / "cpu" / FILE_NAME
+    write_costs(path, "googlenet-kfc-vs-cheap", "cpu", costs, IDLE)
+    row = claims.cheap_factors(seed_runs(tmp_path, "googlenet-kfc-vs-cheap", "cpu"), read_costs(path))
+    assert row.verdict == verdict
+    assert f"cheap saves {100 * (1 - cheap[0] / kfc[0]):.0f}% per update" in row.measured
+    assert "final val error cheap 0.320 [0.310, 0.330], KFC 0.310 [0.300, 0.320] (cheap − KFC +0.010" in row.measured
+
+
 def test_cluster_clock_on_hand_computed_layouts() -> None:
     from kfac_repro.benchmarks.cluster_clock import (
         Components,

@@ -102,6 +102,9 @@ def test_list_shows_figures_arms_profiles_and_data(monkeypatch: pytest.MonkeyPat
     assert "--profile paper    data: cifar10 (present)" in result.output
     assert "--profile cpu      data: fashion_mnist (present)" in result.output
     assert set(looked_up) == {"cifar10", "imagenet", "fashion_mnist", "synthetic"}
+    names = invoke("list", "--names")
+    assert names.exit_code == 0 and names.output.split() == sorted(
+        spec.stem for spec in (Path(cli.__file__).parent / "experiments").glob("*.yaml"))
 
 
 def test_spec_commands_do_not_import_tensorflow() -> None:

@@ -38,8 +38,12 @@ def _data_line(spec: ResolvedSpec) -> str:
 
 
 @click.command("list")
-def list_specs() -> None:
+@click.option("--names", is_flag=True, help="only the experiment names, one per line (for scripts)")
+def list_specs(names: bool) -> None:
     """Experiments: figure, arms, profiles, and whether the data each profile needs is present."""
+    if names:
+        click.echo("\n".join(spec_names()))
+        return
     invalid = 0
     for name in spec_names():
         try:
