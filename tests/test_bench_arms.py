@@ -25,4 +25,5 @@ def test_bench_arms_writes_every_arm_and_component_with_the_machine(tmp_path: Pa
     update = kfac.get("update")
     assert update is not None and 0 < update.low <= update.value <= update.high
     assert kfac.machine["cpus"] and kfac.machine["load_before"] and kfac.machine["commit"]
+    assert 0 <= float(kfac.machine["other_cpu"]) <= 1
     assert "wrote" in result.stdout

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "bench-arms.csv"
-MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "commit", "time_utc")
+MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "other_cpu", "commit", "time_utc")
 COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
-SHARED_LOAD = 0.5  # other work shared the machine: a 1-minute load average above this before timing, or above the
-# core count plus this after it (the benchmark itself keeps up to every core busy, so it alone can raise the load
-# average to the core count, never past it)
+SHARED_OTHER = 0.05  # other work shared the machine: other processes used more than this share of its CPU time
+# while the benchmark ran (benchmarks/other_cpu.py)
+SHARED_LOAD = 0.5  # tables without other_cpu (older): a 1-minute load average above this before timing, or above
+# the core count plus this after it (the benchmark alone can raise the load average to the core count, not past it)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,21 @@ class ArmCosts:
 
     @property
     def shared(self) -> bool:
-        """Whether other work ran on the machine while it was timed (see SHARED_LOAD)."""
+        """Whether other work ran on the machine while it was timed (SHARED_OTHER; SHARED_LOAD for older tables)."""
+        other = self.machine.get("other_cpu")
+        if other:
+            return float(other) > SHARED_OTHER
         before, after, cores = (float(self.machine.get(k) or "nan") for k in ("load_before", "load_after", "cpus"))
         return any(math.isnan(v) for v in (before, after, cores)) or before > SHARED_LOAD or \
             after > cores + SHARED_LOAD
+
+    @property
+    def load(self) -> str:
+        """What the machine did besides the benchmark, in words."""
+        other = self.machine.get("other_cpu")
+        if other:
+            return f"other processes used {100 * float(other):.1f}% of its CPU time while timing"
+        return f"load {self.machine.get('load_before')} before, {self.machine.get('load_after')} after"
 
 
 def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurement],

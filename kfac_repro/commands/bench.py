@@ -42,7 +42,8 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
-    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_LOAD, write_costs
+    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_OTHER, write_costs
+    from kfac_repro.benchmarks.other_cpu import OtherCPU
     from kfac_repro.runner import layout
     from kfac_repro.runner.environment import git_commit
 
@@ -51,6 +52,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     click.echo(f"{spec.name} [{profile}] on {machine['host']}, {machine['device']}, {machine['cpus']} cores; "
                f"load average before: {machine['load_before']}")
     measurements = []
+    others = OtherCPU()
     strategies: dict[int, tf.distribute.Strategy] = {}  # one per replica count (see measure_arm)
     for arm, config in spec.arms.items():
         replicas = int(config.distribution["workers"])
@@ -59,6 +61,8 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
         measurements += measure_arm(arm, config, blocks, strategies[replicas],
                                     progress=lambda what: click.echo(f"  {what} ...", err=True))
     machine["load_after"] = round(os.getloadavg()[0], 2)
+    share = others.share()
+    machine["other_cpu"] = "" if share is None else round(share, 4)
     path = layout.profile_dir(out, spec.name, profile) / FILE_NAME
     write_costs(path, spec.name, profile, measurements, machine)
     for m in measurements:
@@ -67,9 +71,10 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
         else:
             click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value * 1e3:12.2f} ms   "
                        f"[{m.low * 1e3:.2f}, {m.high * 1e3:.2f}]")
-    click.echo(f"load average after: {machine['load_after']} (above {SHARED_LOAD} before, or above the "
-               f"{machine['cpus']} cores + {SHARED_LOAD} after: the report treats these timings as taken on a shared "
-               f"machine)\nwrote {path}")
+    other = "unknown (no /proc/stat)" if share is None else f"{100 * share:.1f}%"
+    click.echo(f"other processes' share of the CPU time while timing: {other} (above {100 * SHARED_OTHER:.0f}%, the "
+               f"report treats these timings as taken on a shared machine); load average after: "
+               f"{machine['load_after']}\nwrote {path}")
 
 
 @bench.command("step")

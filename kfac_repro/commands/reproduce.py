@@ -4,7 +4,9 @@ specs themselves, each job run as `kfac-repro grid` / `kfac-repro run` would run
 Resumable: a finished job is kept, a partial one resumed (`run --resume`; a grid keeps its finished settings), so
 running the command again does nothing twice. Before each job one progress line gives the time elapsed and an
 estimate of the time left (runner/plan.py: `eta`); at the end one line gives the wall-clock and CPU time (user +
-system, of this process and its children). SIGTERM or SIGINT stops the job in training, which saves a checkpoint
+system, of this process and its children) of this invocation, and of every invocation into the same results root,
+profile and run id (each appends a line to OUT/reproduce.jsonl), so a reproduction resumed several times still
+reports its total. SIGTERM or SIGINT stops the job in training, which saves a checkpoint
 and is marked interrupted; the command then exits with 128 + the signal number, and a rerun resumes it.
 
 Exit codes: 0 every job finished (a diverged run is a result, and kept), 1 a job failed, 2 bad usage or spec,
@@ -13,9 +15,12 @@ Exit codes: 0 every job finished (a diverged run is a result, and kept), 1 a job
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -88,19 +93,63 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
         except interrupts.Interrupted as stop:
             click.echo(f"{stop}: {job.describe()} interrupted (its state is saved); run the same command again to "
                        "resume", err=True)
-            _report(index - 1, started, cpu_before)
+            _report(out, Invocation(profile, run_id, index - 1, started, cpu_before, "stopped"))
             sys.exit(stop.exit_code)
         finished.append((job, time.monotonic() - begun))
         if code == DIVERGED_EXIT:
             click.echo(f"   {job.describe()} diverged: kept as a result")
         elif code != 0:
             failed.append(f"{job.describe()} (exit {code})")
-    _report(len(jobs), started, cpu_before)
+    _report(out, Invocation(profile, run_id, len(jobs), started, cpu_before, "failed" if failed else "finished"))
     if failed:
         click.echo(f"error: failed: {'; '.join(failed)}", err=True)
         sys.exit(1)
 
 
-def _report(jobs: int, started: float, cpu_before: float) -> None:
-    click.echo(f"reproduce: {jobs} jobs, wall {plan.clock(time.monotonic() - started)}, CPU time "
-               f"{plan.clock(_cpu_seconds() - cpu_before)} (user+sys of this process and its children)")
+@dataclass(frozen=True)
+class Invocation:
+    """One `reproduce` command: its profile and run id, the jobs it went through, when it started (monotonic
+    seconds), its CPU seconds then, and how it ended (finished, failed, stopped)."""
+
+    profile: str
+    run_id: str
+    jobs: int
+    started: float
+    cpu_before: float
+    outcome: str
+
+
+def _report(out: Path, invocation: Invocation) -> None:
+    """The invocation's wall-clock and CPU time, appended to OUT/reproduce.jsonl, and the totals of every
+    invocation there with the same profile and run id."""
+    wall, cpu = time.monotonic() - invocation.started, _cpu_seconds() - invocation.cpu_before
+    log = out / layout.REPRODUCE_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"profile": invocation.profile, "run_id": invocation.run_id, "jobs": invocation.jobs,
+             "outcome": invocation.outcome, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+             "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    with log.open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    same = [e for e in _entries(log) if (e.get("profile"), e.get("run_id")) == (invocation.profile,
+                                                                               invocation.run_id)]
+    click.echo(f"reproduce: {invocation.jobs} jobs, wall {plan.clock(wall)}, CPU time {plan.clock(cpu)} (user+sys "
+               f"of this process and its children); all {len(same)} invocation(s) into {out} (profile "
+               f"{invocation.profile}, run id {invocation.run_id}): wall {plan.clock(_total(same, 'wall_seconds'))}, "
+               f"CPU time {plan.clock(_total(same, 'cpu_seconds'))}")
+
+
+def _entries(log: Path) -> list[dict]:
+    """The log's entries; a line that is not a JSON object (cut by a crash) is left out."""
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _total(entries: list[dict], key: str) -> float:
+    return sum(float(e.get(key) or 0.0) for e in entries)

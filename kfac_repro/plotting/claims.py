@@ -136,8 +136,7 @@ def measured_cost(costs: Costs) -> Callable[[str], tuple[float | None, str]]:
         found, machine = costs[arm].get("update"), costs[arm].machine
         where = f"bench arms on {machine.get('device')}, {machine.get('cpus')} cores"
         if costs[arm].shared:
-            where += (f", a shared machine (load {machine.get('load_before')} before, {machine.get('load_after')} "
-                      "after): no verdict")
+            where += f", a shared machine ({costs[arm].load}): no verdict"
         return (found.value if found else None), where
 
     return seconds

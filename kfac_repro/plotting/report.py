@@ -128,8 +128,8 @@ def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
     machine = next(iter(costs.values())).machine
     shared = any(c.shared for c in costs.values())
     lines = [f"Cost per update, `kfac-repro bench arms` on {machine.get('host')} ({machine.get('device')}, "
-             f"{machine.get('cpus')} cores, commit {machine.get('commit')}, {machine.get('time_utc')}; load "
-             f"{machine.get('load_before')} before, {machine.get('load_after')} after"
+             f"{machine.get('cpus')} cores, commit {machine.get('commit')}, {machine.get('time_utc')}; "
+             f"{next(iter(costs.values())).load}"
              + (": **a shared machine, no verdict rests on these timings**" if shared else ": idle") + "). "
              f"Cluster clock: {LABEL}.", "",
              "| arm | measured s/update [range] | gradient pass (B) | statistics pass | inversion | apply | "

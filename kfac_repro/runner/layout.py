@@ -28,6 +28,7 @@ METRICS = "metrics.csv"  # a run's rows (runner/loop.py writes, plotting reads)
 REFRESH_LOG = "refreshes.log"  # a K-FAC run's inverse hand-overs
 LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
 GRID_BEST = "best.json"  # a grid's best combination, which `run --tuned` applies
+REPRODUCE_LOG = "reproduce.jsonl"  # one line per `reproduce` invocation into a results root: its wall and CPU time
 MAX_NAME = 128
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
 SAFE_NAME_RULE = ("letters, digits and . _ - + = , only, starting with a letter, digit or _, no '..', "
