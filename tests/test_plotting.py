@@ -164,11 +164,14 @@ def test_report_says_which_arms_flattened_within_their_budget(tmp_path: Path) ->
                   seed=seed)
         write_run(tmp_path, "cifar10-async", "sgd-bn", f"s{seed}", [0.9 - 0.08 * i for i in range(11)], seed=seed,
                   method="sgd")
+        rising = [0.5, 0.4, 0.6, 0.7] if seed == 2 else [0.9, 0.5, 0.3, 0.2]  # seed 2's loss never decreased
+        write_run(tmp_path, "cifar10-async", "sync-gpu4", f"r{seed}", rising, seed=seed)
     out = tmp_path / "report.md"
     result = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = {line.split(" | ")[0]: line for line in out.read_text().splitlines() if " label | 0, 1, 2 |" in line}
     assert "| 0.0 [0.0, 0.0]% flat |" in rows["| sync-gpu1 label"]
+    assert "| 0.3767 [0.2100, 0.7100] | — |" in rows["| sync-gpu4 label"]  # test error, then no late progress
     assert f"| {100 * 0.32 / 1.36:.1f} [" in rows["| sgd-bn label"] and "**still falling**" in rows["| sgd-bn label"]
     assert all(f"C{n}" in out.read_text() for n in range(1, 9))
 

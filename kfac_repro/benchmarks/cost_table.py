@@ -52,19 +52,23 @@ class ArmCosts:
     @property
     def shared(self) -> bool:
         """Whether other work ran on the machine while it was timed (SHARED_OTHER; SHARED_LOAD for older tables)."""
-        other = self.machine.get("other_cpu")
-        if other:
-            return float(other) > SHARED_OTHER
+        if self.other_cpu is not None:
+            return self.other_cpu > SHARED_OTHER
         before, after, cores = (float(self.machine.get(k) or "nan") for k in ("load_before", "load_after", "cpus"))
         return any(math.isnan(v) for v in (before, after, cores)) or before > SHARED_LOAD or \
             after > cores + SHARED_LOAD
 
     @property
+    def other_cpu(self) -> float | None:
+        """Other processes' share of the machine's CPU time while it was timed; None in older tables."""
+        other = self.machine.get("other_cpu")
+        return float(other) if other else None
+
+    @property
     def load(self) -> str:
         """What the machine did besides the benchmark, in words."""
-        other = self.machine.get("other_cpu")
-        if other:
-            return f"other processes used {100 * float(other):.1f}% of its CPU time while timing"
+        if self.other_cpu is not None:
+            return f"other processes used {100 * self.other_cpu:.1f}% of its CPU time while timing"
         return f"load {self.machine.get('load_before')} before, {self.machine.get('load_after')} after"
 
 

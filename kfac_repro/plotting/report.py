@@ -14,7 +14,7 @@ from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
 from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, components, layout
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, seed_runs
-from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_share, per_seed
+from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_share, per_seed, spread
 from kfac_repro.runner.layout import LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
@@ -125,11 +125,12 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
 def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
     if not costs:
         return ["Cost per update: not measured (`kfac-repro bench arms` writes it).", ""]
-    machine = next(iter(costs.values())).machine
+    first = next(iter(costs.values()))
+    machine = first.machine
     shared = any(c.shared for c in costs.values())
     lines = [f"Cost per update, `kfac-repro bench arms` on {machine.get('host')} ({machine.get('device')}, "
              f"{machine.get('cpus')} cores, commit {machine.get('commit')}, {machine.get('time_utc')}; "
-             f"{next(iter(costs.values())).load}"
+             f"{first.load}"
              + (": **a shared machine, no verdict rests on these timings**" if shared else ": idle") + "). "
              f"Cluster clock: {LABEL}.", "",
              "| arm | measured s/update [range] | gradient pass (B) | statistics pass | inversion | apply | "
@@ -161,10 +162,12 @@ def _arm_row(runs: Sequence[Run]) -> str:
 
 
 def _flatness(runs: Sequence[Run]) -> str:
-    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened."""
-    share = per_seed(runs, late_share)
-    if share.n == 0 or math.isnan(share.mean):
+    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
+    when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
+    shares = [late_share(run) for run in runs]
+    if not shares or any(math.isnan(value) for value in shares):
         return "—"
+    share = spread(shares)
     return share.scaled(100).text(1, "%") + (" flat" if share.high < FLAT else " **still falling**")
 
 
