@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import cli
 from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
-from kfac_repro.plotting import claims
+from kfac_repro.plotting import claims, report
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
 from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
 from kfac_repro.plotting.seeds import Spread, band, late_share, spread, updates_to_target
@@ -97,6 +97,8 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
     equal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
                            tuning={"sgd-bn": 4, "sync-gpu1": 4})
     assert equal.verdict == claims.NOT_REPRODUCED and "equal size" in equal.rule
+    untuned = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read), tuning={})
+    assert "neither arm grid-searched" in untuned.measured and "grids of 0" not in untuned.measured
     run_json = arms["sgd-bn"][0].directory / "run.json"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "holdout": 0}))  # validated on test
     split = claims.speedup(2, "test", seed_runs(tmp_path, "cifar10-async", "cpu"), "sync-gpu1", "sgd-bn", 2.0,
@@ -145,6 +147,18 @@ def test_bn_generalisation_is_the_gap_at_equal_training_loss(tmp_path: Path) -> 
     # (0.6 + 0.03 s) − (0.4 + 0.02 s) = 0.20–0.22; K-FAC+BN at step 30 (train 0.2, val 0.3): gap 0.1 → apart
     assert "at train loss 0.440" in row.measured and "K-FAC 0.210 [0.200, 0.220]" in row.measured
     assert row.verdict == claims.REPRODUCED
+
+
+def test_a_figure_short_of_seeds_says_so_and_only_test_split_runs_are_old_method(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "s", "a", f"a{seed}", [0.9, 0.5], seed=seed)
+    write_run(tmp_path, "s", "b", "b0", [0.9, 0.4])
+    arms = seed_runs(tmp_path, "s", "cpu")
+    assert report.method_of(arms).startswith("**only 1 seed(s) in some arm**") and not report.old_method(arms)
+    assert report.method_of({"a": arms["a"]}).startswith(f"{report.MIN_SEEDS}+ seeds")
+    run_json = arms["b"][0].directory / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "holdout": 0}))
+    assert report.method_of(seed_runs(tmp_path, "s", "cpu")).startswith("**old method**")
 
 
 def test_late_progress_is_the_last_stretch_share_of_the_whole_decrease(tmp_path: Path) -> None:
@@ -344,8 +358,8 @@ def test_unusable_runs_are_skipped_with_a_warning_naming_them(tmp_path: Path) ->
     result = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert f"warning: skipped run {cut}: incomplete" in result.output
-    report = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")])
-    assert report.exit_code == 0, report.output
+    reported = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert reported.exit_code == 0, reported.output
     written = (tmp_path / "r.md").read_text()
     assert "## Runs left out\n\n- skipped run " in written and f"- skipped run {empty}: " in written
     assert f"- skipped run {cut}: incomplete" in written and f"`{good.parent}`" in written

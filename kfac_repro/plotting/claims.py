@@ -120,7 +120,8 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
             INCONCLUSIVE
     if tuning is not None:
         sizes = {a: int(tuning.get(a, 0)) for a in (faster, slower)}
-        measured += f"; tuned with grids of {sizes[faster]} ({faster}) and {sizes[slower]} ({slower}) settings"
+        measured += (f"; tuned with grids of {sizes[faster]} ({faster}) and {sizes[slower]} ({slower}) settings"
+                     if any(sizes.values()) else "; neither arm grid-searched: both run the spec's settings")
         if sizes[faster] != sizes[slower] and verdict != NO_DATA:
             measured, verdict = measured + ": unequal, no verdict", INCONCLUSIVE
     return Claim(figure, claim, measured, verdict, rule + "; both arms tuned with grids of equal size"
