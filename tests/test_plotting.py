@@ -161,6 +161,25 @@ def test_a_figure_short_of_seeds_says_so_and_only_test_split_runs_are_old_method
     assert report.method_of(seed_runs(tmp_path, "s", "cpu")).startswith("**old method**")
 
 
+def test_diagnostic_variants_are_listed_with_their_changed_settings_and_one_target(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "alexnet-bs2048", "kfac", f"r-seed{seed}", [0.9, 0.5, 0.3, 0.2], seed=seed)
+        write_run(tmp_path, "alexnet-bs2048", "sgd", f"r-seed{seed}", [0.9, 0.6, 0.4, 0.25], seed=seed, method="sgd")
+    assert "## Diagnostic runs" not in report.report_text(tmp_path)
+    changed = {"training": {"batch_size": 100}, "distribution": {"workers": 1}, "model": {},
+               "optimizer": {"inversion": "sync", "inverse_every": 5}}
+    for seed, errors in ((0, [0.9, 0.4, 0.2, 0.15]), (1, [0.9, 0.5, 0.3, 0.24])):
+        write_run(tmp_path / "diagnostics", "alexnet-bs2048", "kfac", f"every5-seed{seed}", errors, seed=seed,
+                  resolved={**changed, "training": {"batch_size": 100, "seed": seed}})
+    text = report.report_text(tmp_path)
+    section = text[text.index("## Diagnostic runs"):]
+    assert "updates to val_error ≤ 0.2400" in section  # the worst best over the kfac rows (a variant seed's 0.24)
+    rows = [line for line in section.splitlines() if line.startswith("| kfac") or line.startswith("| sgd")]
+    assert rows[0].startswith("| kfac | — | — (the figure's runs) | 0, 1, 2 | 30 [30, 30] |")
+    assert rows[1].startswith("| kfac | every5 | optimizer.inverse_every 20 → 5 | 0, 1 | 25 [20, 30] |")
+    assert rows[2].startswith("| sgd | — | — (the figure's runs, to compare) | 0, 1, 2 | inf [inf, inf] |")
+
+
 def test_late_progress_is_the_last_stretch_share_of_the_whole_decrease(tmp_path: Path) -> None:
     write_run(tmp_path, "s", "flat", "r", [0.9, 0.5, 0.3] + [0.2] * 8)
     write_run(tmp_path, "s", "linear", "r", [0.9 - 0.08 * i for i in range(11)])

@@ -4,7 +4,6 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +11,10 @@ from pathlib import Path
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
 from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
 from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, components, layout
+from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, seed_runs
-from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_share, per_seed, spread
+from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_progress, per_seed
 from kfac_repro.runner.layout import LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
@@ -166,18 +166,8 @@ def _arm_row(runs: Sequence[Run]) -> str:
     return (f"| {first.label} | {', '.join(str(r.seed) for r in runs)} | {int(first.metrics['step'].max())} | "
             f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | "
-            f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | {_flatness(runs)} | "
+            f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | {late_progress(runs)} | "
             f"{', '.join(sorted({r.commit[:10] for r in runs}))} | `{first.directory.parent}` |")
-
-
-def _flatness(runs: Sequence[Run]) -> str:
-    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
-    when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
-    shares = [late_share(run) for run in runs]
-    if not shares or any(math.isnan(value) for value in shares):
-        return "—"
-    share = spread(shares)
-    return share.scaled(100).text(1, "%") + (" flat" if share.high < FLAT else " **still falling**")
 
 
 def runs_section(results: Path) -> list[str]:
@@ -211,4 +201,4 @@ def report_text(results: Path, allow_mixed: bool = False) -> str:
     for claim, scale in claims_for(results, allow_mixed):
         lines.append(f"| {claim.figure} | {claim.claim} | {claim.measured} | **{claim.verdict}** | {claim.rule} | "
                      f"{scale} |")
-    return "\n".join(lines + runs_section(results)) + "\n"
+    return "\n".join(lines + runs_section(results) + diagnostics_section(results, figure_runs(results))) + "\n"

@@ -88,19 +88,41 @@ def seed_runs(results: Path, spec: str, profile: str) -> dict[str, list[Run]]:
     warning."""
     arms: dict[str, list[Run]] = {}
     for arm_dir in layout.arm_dirs(results, spec, profile):
-        loaded = [(run_dir, *_load_run(arm_dir.name, run_dir)) for run_dir in layout.run_dirs(arm_dir)]
-        newest: dict[int, Run] = {}
-        for run_dir, run, problem, seed in sorted(loaded, key=lambda item: (_started(item[0]), item[0].name),
-                                                  reverse=True):
-            if seed in newest:
-                continue
-            if run is None:
-                _skip(run_dir, problem)
-            else:
-                newest[seed] = run
-        if newest:
-            arms[arm_dir.name] = [newest[seed] for seed in sorted(newest)]
+        runs = _newest_per_seed(arm_dir.name, layout.run_dirs(arm_dir))
+        if runs:
+            arms[arm_dir.name] = runs
     return arms
+
+
+def variant_runs(results: Path, spec: str, profile: str) -> dict[tuple[str, str], list[Run]]:
+    """(arm, variant) → the newest complete run of each seed, for runs grouped by their run ID less its '-seed<S>'
+    (`layout.variant_of`): the diagnostic runs of `run --run-id VARIANT --seeds ...`, by arm and variant name."""
+    found: dict[tuple[str, str], list[Run]] = {}
+    for arm_dir in layout.arm_dirs(results, spec, profile):
+        variants: dict[str, list[Path]] = {}
+        for run_dir in layout.run_dirs(arm_dir):
+            variants.setdefault(layout.variant_of(run_dir.name), []).append(run_dir)
+        for variant in sorted(variants):
+            runs = _newest_per_seed(arm_dir.name, variants[variant])
+            if runs:
+                found[(arm_dir.name, variant)] = runs
+    return found
+
+
+def _newest_per_seed(arm: str, run_dirs: list[Path]) -> list[Run]:
+    """The newest complete run of each seed among `run_dirs`, by seed; newer unusable runs are skipped with a
+    warning."""
+    loaded = [(run_dir, *_load_run(arm, run_dir)) for run_dir in run_dirs]
+    newest: dict[int, Run] = {}
+    for run_dir, run, problem, seed in sorted(loaded, key=lambda item: (_started(item[0]), item[0].name),
+                                              reverse=True):
+        if seed in newest:
+            continue
+        if run is None:
+            _skip(run_dir, problem)
+        else:
+            newest[seed] = run
+    return [newest[seed] for seed in sorted(newest)]
 
 
 def _started(run_dir: Path) -> str:

@@ -82,6 +82,16 @@ def late_share(run: Run, column: str = "train_loss", tail: float = TAIL) -> floa
     return float((before.mean() - late) / decrease)
 
 
+def late_progress(runs: Sequence[Run]) -> str:
+    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
+    when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
+    shares = [late_share(run) for run in runs]
+    if not shares or any(math.isnan(value) for value in shares):
+        return "—"
+    share = spread(shares)
+    return share.scaled(100).text(1, "%") + (" flat" if share.high < FLAT else " **still falling**")
+
+
 def band(runs: Sequence[Run], x: str, column: str) -> pd.DataFrame:
     """Columns x, mean, low, high: `column` at every step that all seeds logged it, x averaged over seeds at that
     step (steps: the same for every seed of an arm; seconds: each seed's own)."""

@@ -28,6 +28,7 @@ METRICS = "metrics.csv"  # a run's rows (runner/loop.py writes, plotting reads)
 REFRESH_LOG = "refreshes.log"  # a K-FAC run's inverse hand-overs
 LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
 GRID_BEST = "best.json"  # a grid's best combination, which `run --tuned` applies
+DIAGNOSTICS = "diagnostics"  # results/diagnostics/: runs that vary a figure's arm, in the same layout
 REPRODUCE_LOG = "reproduce.jsonl"  # one line per `reproduce` invocation into a results root: its wall and CPU time
 MAX_NAME = 128
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
@@ -115,6 +116,11 @@ _SEED_SUFFIX = re.compile(r"-seed[0-9]+$")
 def seed_suffix(seed: int | None) -> str:
     """The run-ID suffix of one run of a seed list: '-seed<S>' ('' for a run without one)."""
     return "" if seed is None else f"-seed{seed}"
+
+
+def variant_of(run_id: str) -> str:
+    """A run ID without its seed suffix: the name shared by the seeds of one `run --run-id ID --seeds ...`."""
+    return _SEED_SUFFIX.sub("", run_id)
 
 
 def run_dir(out: Path, spec: str, profile: str, arm: str, run_id: str, seed: int | None = None) -> Path:

@@ -1,0 +1,91 @@
+"""Diagnostic runs: an arm of a figure rerun with some settings changed, to test why the figure comes out as it does.
+
+They are made with `kfac-repro run SPEC --arm ARM --set KEY=VALUE ... --run-id VARIANT --seeds S1,S2,...
+--out results/diagnostics` (`layout.DIAGNOSTICS`, the usual layout below it). The report lists each variant under
+the figure's own runs of that arm: the settings that differ (from the runs' resolved.yaml), and for every row the
+updates each seed needed to one validation-error target that every seed of every row reaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kfac_repro.plotting.claims import Arms
+from kfac_repro.plotting.figures import FIGURES
+from kfac_repro.plotting.results import Run, variant_runs
+from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, updates_to_target
+from kfac_repro.runner.layout import DIAGNOSTICS
+
+UNCOMPARED = ("label", "training.seed")  # settings every seed or variant may differ in without changing the method
+
+Row = tuple[str, str, Sequence[Run]]  # arm, variant ('' for the figure's own runs), its runs over seeds
+
+
+def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested resolved settings as dotted keys: {'optimizer': {'kl_clip': 0.01}} → {'optimizer.kl_clip': 0.01}."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def changes(run: Run, reference: Run) -> str:
+    """The resolved settings in which `run` differs from `reference`, as 'key old → new' ('(none)' if none)."""
+    ours, theirs = flatten(run.resolved), flatten(reference.resolved)
+    keys = sorted(k for k in set(ours) | set(theirs) if k not in UNCOMPARED and ours.get(k) != theirs.get(k))
+    return "; ".join(f"{k} {theirs.get(k, '(absent)')} → {ours.get(k, '(absent)')}" for k in keys) or "(none)"
+
+
+def diagnostics_section(results: Path, figures: Mapping[int, tuple[str, Arms]]) -> list[str]:
+    """Markdown: per figure with diagnostic runs under results/diagnostics (same profile), a table of the figure's
+    runs of each varied arm followed by its variants."""
+    root = results / DIAGNOSTICS
+    lines: list[str] = []
+    for number, (profile, arms) in figures.items():
+        spec = FIGURES[number].spec
+        variants = variant_runs(root, spec, profile)
+        varied: list[Row] = []
+        for arm in dict.fromkeys(arm for arm, _ in variants):
+            varied += ([(arm, "", arms[arm])] if arm in arms else []) + [
+                (arm, variant, runs) for (name, variant), runs in variants.items() if name == arm]
+        if varied:
+            others = [(arm, "", runs) for arm, runs in arms.items() if arm not in {row[0] for row in varied}]
+            lines += _table(number, spec, profile, varied, others, arms)
+    if not lines:
+        return []
+    return ["", "## Diagnostic runs", "",
+            f"Arms rerun with settings changed (`kfac-repro run SPEC --arm ARM --set ... --run-id VARIANT --seeds ... "
+            f"--out results/{DIAGNOSTICS}`), to test explanations of the verdicts above: each variant under the "
+            "figure's own runs of its arm, then the figure's other arms to compare. They are part of no verdict.", "",
+            *lines]
+
+
+def _table(number: int, spec: str, profile: str, varied: Sequence[Row], others: Sequence[Row], arms: Arms) -> list[str]:
+    """The varied arms' rows, then the figure's other arms for comparison; the target is the worst best val_error
+    over every seed of the varied arms' rows (the figure's own and the variants)."""
+    target = max(best(run, "val_error") for _, _, runs in varied for run in runs)
+    lines = [f"**Fig. {number}** (`{spec}`, profile {profile}): updates to val_error ≤ {target:.4f}, the worst best "
+             "val_error over every seed of the varied arm's rows (inf: a seed never reached it).", "",
+             "| arm | variant | change from the figure's arm | seeds | updates to target | best val error | "
+             "final train loss | final val loss | late progress | commit |", "|---" * 10 + "|"]
+    for index, (arm, variant, runs) in enumerate([*varied, *others]):
+        if not variant:
+            change = "— (the figure's runs)" if index < len(varied) else "— (the figure's runs, to compare)"
+        else:
+            change = changes(runs[0], arms[arm][0]) if arm in arms else "— (the figure has no runs of this arm)"
+            if any(changes(run, runs[0]) != "(none)" for run in runs[1:]):
+                change += " (**its seeds differ in other settings**)"
+        lines.append(
+            f"| {arm} | {variant or '—'} | {change} | {', '.join(str(r.seed) for r in runs)} | "
+            f"{per_seed(runs, lambda r: updates_to_target(r, 'val_error', target)).text(0)} | "
+            f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | "
+            f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
+            f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | {late_progress(runs)} | "
+            f"{', '.join(sorted({r.commit[:10] for r in runs}))} |")
+    return [*lines, ""]
