@@ -91,12 +91,17 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
     assert "updates to target: sgd-bn label 50 [50, 50], sync-gpu1 label 30 [30, 30]" in row.measured
     assert "12.5 [12.5, 12.5] s vs 15.0 [15.0, 15.0] s → 0.83×" in row.measured
     assert row.verdict == claims.NOT_REPRODUCED and "75%" in row.rule
-    unequal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
-                             tuning={"sgd-bn": 10})
-    assert unequal.verdict == claims.INCONCLUSIVE and "grids of 0 (sync-gpu1) and 10 (sgd-bn)" in unequal.measured
-    equal = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read),
-                           tuning={"sgd-bn": 4, "sync-gpu1": 4})
-    assert equal.verdict == claims.NOT_REPRODUCED and "equal size" in equal.rule
+    def tuned(**uses: claims.GridUse) -> claims.Claim:
+        return claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read), tuning=uses)
+
+    winner_tuned = tuned(**{"sgd-bn": claims.GridUse(10, True)})  # SGD+BN won, and only it ran a grid's best
+    assert winner_tuned.verdict == claims.INCONCLUSIVE and "the winner was tuned more" in winner_tuned.measured
+    assert "sync-gpu1 not grid-searched, sgd-bn runs the best of its grid of 10" in winner_tuned.measured
+    loser_tuned = tuned(**{"sync-gpu1": claims.GridUse(10, True), "sgd-bn": claims.GridUse(10, False, 3)})
+    assert loser_tuned.verdict == claims.NOT_REPRODUCED and "equally large grids" in loser_tuned.rule
+    assert "sgd-bn runs the spec's settings (rank 3 of 10 in its grid)" in loser_tuned.measured
+    equal = tuned(**{"sgd-bn": claims.GridUse(4, True), "sync-gpu1": claims.GridUse(4, True)})
+    assert equal.verdict == claims.NOT_REPRODUCED
     untuned = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read), tuning={})
     assert "neither arm grid-searched" in untuned.measured and "grids of 0" not in untuned.measured
     run_json = arms["sgd-bn"][0].directory / "run.json"
@@ -147,6 +152,25 @@ def test_bn_generalisation_is_the_gap_at_equal_training_loss(tmp_path: Path) -> 
     # (0.6 + 0.03 s) − (0.4 + 0.02 s) = 0.20–0.22; K-FAC+BN at step 30 (train 0.2, val 0.3): gap 0.1 → apart
     assert "at train loss 0.440" in row.measured and "K-FAC 0.210 [0.200, 0.220]" in row.measured
     assert row.verdict == claims.REPRODUCED
+
+
+def test_grid_use_says_whether_an_arms_runs_ran_its_grids_best(tmp_path: Path) -> None:
+    def settings(rate: float, seed: int) -> dict:
+        return {"training": {"batch_size": 100, "seed": seed}, "optimizer": {"learning_rate": rate}}
+
+    for seed in range(2):
+        write_run(tmp_path, "s", "tuned", f"r-seed{seed}", [0.9, 0.5], seed=seed, resolved=settings(0.01, seed))
+        write_run(tmp_path, "s", "spec", f"r-seed{seed}", [0.9, 0.5], seed=seed, resolved=settings(0.3, seed))
+    profile = tmp_path / "s" / "cpu"
+    for arm in ("tuned", "spec"):
+        grid = profile / f"grid-{arm}"
+        grid.mkdir()
+        (grid / "leaderboard.csv").write_text("rank,best,optimizer.learning_rate,status\n1,True,0.01,complete\n"
+                                              "2,False,0.1,complete\n3,False,0.3,complete\n")
+        (grid / "best.json").write_text(json.dumps({"params": {"optimizer.learning_rate": 0.01}}))
+    uses = report.grid_use(profile, seed_runs(tmp_path, "s", "cpu"))
+    assert uses == {"tuned": claims.GridUse(3, True), "spec": claims.GridUse(3, False, 3)}
+    assert uses["spec"].tuned == 0 and uses["tuned"].tuned == 3
 
 
 def test_a_figure_short_of_seeds_says_so_and_only_test_split_runs_are_old_method(tmp_path: Path) -> None:

@@ -36,7 +36,32 @@ SPEED_RULE = ("effect = mean of the slower arm / mean of the faster, over seeds;
 
 Arms = Mapping[str, Sequence[Run]]
 Costs = Mapping[str, ArmCosts]
-Tuning = Mapping[str, int]  # arm → settings its grid search tried (`kfac-repro grid`; 0: not tuned here)
+
+
+@dataclass(frozen=True)
+class GridUse:
+    """An arm's grid search (`kfac-repro grid`): the settings it tried, whether the arm's runs use its best, and
+    where their settings ranked in it when they do not (None: not among the grid's settings)."""
+
+    size: int
+    applied: bool
+    rank: int | None = None
+
+    @property
+    def tuned(self) -> int:
+        """The grid size the runs actually benefit from: 0 unless they run its best."""
+        return self.size if self.applied else 0
+
+    def text(self, arm: str) -> str:
+        if self.applied:
+            return f"{arm} runs the best of its grid of {self.size}"
+        where = f"rank {self.rank} of {self.size}" if self.rank else f"not among the {self.size}"
+        return f"{arm} runs the spec's settings ({where} in its grid)"
+
+
+Tuning = Mapping[str, GridUse]  # arm → its grid search, for the arms that have one
+TUNING_RULE = ("tuning: a verdict needs both arms to run the best of equally large grids, or else the less tuned "
+               "arm to be the one that won")
 
 
 @dataclass(frozen=True)
@@ -119,13 +144,22 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
         measured, verdict = measured + f"; validated on different splits (held out: {splits}), no verdict", \
             INCONCLUSIVE
     if tuning is not None:
-        sizes = {a: int(tuning.get(a, 0)) for a in (faster, slower)}
-        measured += (f"; tuned with grids of {sizes[faster]} ({faster}) and {sizes[slower]} ({slower}) settings"
-                     if any(sizes.values()) else "; neither arm grid-searched: both run the spec's settings")
-        if sizes[faster] != sizes[slower] and verdict != NO_DATA:
-            measured, verdict = measured + ": unequal, no verdict", INCONCLUSIVE
-    return Claim(figure, claim, measured, verdict, rule + "; both arms tuned with grids of equal size"
-                 if tuning is not None else rule)
+        measured, verdict = _judge_tuning(measured, verdict, tuning, faster, slower)
+    return Claim(figure, claim, measured, verdict, f"{rule}; {TUNING_RULE}" if tuning is not None else rule)
+
+
+def _judge_tuning(measured: str, verdict: str, tuning: Tuning, faster: str, slower: str) -> tuple[str, str]:
+    """The tuning each arm ran with appended; the verdict withdrawn when the better-tuned arm is the one that won."""
+    uses = {a: tuning.get(a) for a in (faster, slower)}
+    if not any(uses.values()):
+        return measured + "; neither arm grid-searched: both run the spec's settings", verdict
+    parts = [use.text(a) if use else f"{a} not grid-searched" for a, use in uses.items()]
+    measured += "; " + ", ".join(parts)
+    tuned = {a: use.tuned if use else 0 for a, use in uses.items()}
+    winner = {REPRODUCED: faster, PARTLY: faster, NOT_REPRODUCED: slower}.get(verdict)
+    if tuned[faster] != tuned[slower] and winner is not None and tuned[winner] > min(tuned.values()):
+        return measured + ": the winner was tuned more, no verdict", INCONCLUSIVE
+    return measured, verdict
 
 
 def measured_cost(costs: Costs) -> Callable[[str], tuple[float | None, str]]:

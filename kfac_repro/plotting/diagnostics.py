@@ -10,29 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from kfac_repro.plotting.claims import Arms
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import Run, variant_runs
+from kfac_repro.plotting.results import Run, flatten, variant_runs
 from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, updates_to_target
 from kfac_repro.runner.layout import DIAGNOSTICS
 
 UNCOMPARED = ("label", "training.seed")  # settings every seed or variant may differ in without changing the method
 
 Row = tuple[str, str, Sequence[Run]]  # arm, variant ('' for the figure's own runs), its runs over seeds
-
-
-def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested resolved settings as dotted keys: {'optimizer': {'kl_clip': 0.01}} → {'optimizer.kl_clip': 0.01}."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def changes(run: Run, reference: Run) -> str:

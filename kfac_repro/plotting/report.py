@@ -4,18 +4,19 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
 from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
-from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, components, layout
+from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, GridUse, components, layout
 from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
-from kfac_repro.plotting.results import Run, available_profiles, seed_runs
+from kfac_repro.plotting.results import Run, available_profiles, flatten, seed_runs
 from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_progress, per_seed
-from kfac_repro.runner.layout import LEADERBOARD, grid_dirs, profile_dir, spec_dir
+from kfac_repro.runner.layout import GRID_BEST, LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
 
@@ -65,15 +66,36 @@ def figure_runs(results: Path) -> dict[int, tuple[str, Arms]]:
     return found
 
 
-def grid_sizes(directory: Path) -> dict[str, int]:
-    """arm → the settings its grid search tried (rows of its leaderboard.csv under a spec's profile directory)."""
-    sizes = {}
+def grid_use(directory: Path, arms: Arms) -> dict[str, GridUse]:
+    """arm → its grid search under a spec's profile directory (leaderboard.csv rows, best.json's settings): whether
+    every run of the arm resolved the grid's best settings, and else the leaderboard rank of the settings they ran."""
+    uses = {}
     for arm, grid in grid_dirs(directory).items():
-        board = grid / LEADERBOARD
-        if board.is_file():
-            with board.open(newline="") as handle:
-                sizes[arm] = sum(1 for _ in csv.DictReader(handle))
-    return sizes
+        board, best_file = grid / LEADERBOARD, grid / GRID_BEST
+        if not board.is_file():
+            continue
+        with board.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        try:
+            best_params = json.loads(best_file.read_text()).get("params", {})
+        except (OSError, ValueError, AttributeError):
+            best_params = {}
+        runs = arms.get(arm, [])
+        ran = flatten(runs[0].resolved) if runs else {}
+        applied = bool(runs and best_params) and all(
+            _same(flatten(run.resolved).get(key), value) for run in runs for key, value in best_params.items())
+        rank = next((int(row["rank"]) for row in rows if best_params and all(
+            _same(ran.get(key), row.get(key)) for key in best_params)), None)
+        uses[arm] = GridUse(len(rows), applied, None if applied else rank)
+    return uses
+
+
+def _same(ran: object, value: object) -> bool:
+    """A resolved setting equals a grid's value (numbers compared as numbers: the leaderboard holds text)."""
+    try:
+        return float(str(ran)) == float(str(value))
+    except (TypeError, ValueError):
+        return str(ran) == str(value)
 
 
 def commits_of(arms: Arms) -> list[str]:
@@ -127,7 +149,7 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
         scale = (f"{scale_of(arms, profile)}; {', '.join(map(str, steps))} updates; "
                  f"{'/'.join(map(str, seeds))} seed(s)" + ("; old method" if old_method(arms) else ""))
         costs = read_costs(profile_dir(results, spec, profile) / FILE_NAME)
-        rows += [(claim, scale) for claim in measure(arms, costs, grid_sizes(profile_dir(results, spec, profile)))]
+        rows += [(claim, scale) for claim in measure(arms, costs, grid_use(profile_dir(results, spec, profile), arms))]
     return rows
 
 

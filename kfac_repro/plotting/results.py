@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,18 @@ class Run:
     def setting(self, section: str, name: str) -> Any:
         """A resolved field of the run (None when absent)."""
         return (self.resolved.get(section) or {}).get(name)
+
+
+def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested resolved settings as dotted keys: {'optimizer': {'kl_clip': 0.01}} → {'optimizer.kl_clip': 0.01}."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _seed_of(record: dict[str, Any], resolved: dict[str, Any]) -> int:
