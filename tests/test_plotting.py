@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import cli
 from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
 from kfac_repro.plotting import claims, report
+from kfac_repro.plotting.clock import figure_clock
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
 from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
 from kfac_repro.plotting.seeds import Spread, band, late_share, spread, updates_to_target
@@ -336,7 +337,7 @@ def test_every_figure_draws_each_arm_with_a_band_on_fitted_axes(tmp_path: Path, 
         x, y = figure.x_axes[index % len(figure.x_axes)], ("loss", "error")[index // len(figure.x_axes)]
         lines = {line.get_label(): line for line in panel.get_lines()}
         assert set(lines) == {f"{arm} ({split})" for arm in ("arm-a", "arm-b") for split in figure.splits}
-        curve = band(arms["arm-a"], x, f"{figure.splits[-1]}_{y}")
+        curve = band(arms["arm-a"], "seconds" if x == "time" else x, f"{figure.splits[-1]}_{y}")  # no clock
         line = lines[f"arm-a ({figure.splits[-1]})"]
         assert list(line.get_ydata()) == pytest.approx(list(curve["mean"]))
         assert len(panel.collections) == 2 * len(figure.splits)  # one band per arm and split
@@ -344,6 +345,27 @@ def test_every_figure_draws_each_arm_with_a_band_on_fitted_axes(tmp_path: Path, 
         low, high = panel.get_ylim()
         assert low >= min(values) - 0.1 * (max(values) - min(values)) and high <= max(values) * 1.1 + 1e-9
     assert drawn.legends and drawn.legends[0].get_bbox_to_anchor().x0 >= drawn.bbox.x1 - 1  # outside the panels
+
+
+def test_the_time_axis_is_updates_times_each_arms_measured_cost_not_the_logged_seconds(tmp_path: Path) -> None:
+    figure = FIGURES[4]
+    for arm in ("kfac", "sgd"):
+        write_run(tmp_path, figure.spec, arm, "r", [0.5, 0.4, 0.3], method=arm)  # logs 2 s per update
+    arms = seed_runs(tmp_path, figure.spec, "cpu")
+    path = tmp_path / figure.spec / "cpu" / FILE_NAME
+    write_costs(path, figure.spec, "cpu", [Measurement("kfac", "update", 100, 0.6, 0.5, 0.7, "seconds", 3),
+                                           Measurement("sgd", "update", 100, 0.3, 0.2, 0.4, "seconds", 3)], IDLE)
+    clock = figure_clock(arms, read_costs(path), modelled=False)
+    assert clock is not None and clock.seconds == {"kfac": 0.6, "sgd": 0.3}
+    drawn = draw(figure, arms, "cpu", clock)
+    time_panel = drawn.axes[1]
+    assert "updates × s/update from bench arms" in time_panel.get_xlabel()
+    lines = {line.get_label(): line for line in time_panel.get_lines()}
+    assert list(lines["kfac (val)"].get_xdata()) == pytest.approx([0.0, 10 * 0.6 / 60, 20 * 0.6 / 60])
+    assert list(lines["sgd (val)"].get_xdata()) == pytest.approx([0.0, 10 * 0.3 / 60, 20 * 0.3 / 60])
+    write_costs(path, figure.spec, "cpu", [Measurement("kfac", "update", 100, 0.6, 0.5, 0.7, "seconds", 3)], IDLE)
+    assert figure_clock(arms, read_costs(path), modelled=False) is None  # sgd has no cost: logged seconds
+    assert "logged wall-clock" in draw(figure, arms, "cpu", None).axes[1].get_xlabel()
 
 
 def test_report_refuses_mixed_commits_unless_told_and_then_says_so(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
 
 
 def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
+    from kfac_repro.benchmarks.cost_table import FILE_NAME, read_costs
+    from kfac_repro.plotting.clock import figure_clock
     from kfac_repro.plotting.figures import render
 
     made = 0
@@ -57,11 +59,14 @@ def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
             click.echo(f"fig {number}: no complete runs under {where} "
                        f"(run `kfac-repro run {spec} --profile {profile or 'cpu'}`)", err=True)
             continue
-        paths = render(FIGURES[number], runs, profiles[0], out)
+        costs = read_costs(layout.profile_dir(results, spec, profiles[0]) / FILE_NAME)
+        clock = figure_clock(runs, costs, FIGURES[number].modelled_clock)
+        paths = render(FIGURES[number], runs, profiles[0], out, clock)
         made += 1
         seeds = "/".join(str(n) for n in sorted({len(r) for r in runs.values()}))
+        time_axis = clock.label if clock else "logged wall-clock: no bench arms cost for every arm"
         click.echo(f"fig {number}: {', '.join(str(p) for p in paths)} ({len(runs)} arms, {seeds} seed(s), "
-                   f"profile {profiles[0]})")
+                   f"profile {profiles[0]}; time axis: {time_axis})")
     return made
 
 

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfac_repro.plotting.clock import Clock
 from kfac_repro.plotting.results import Run
 from kfac_repro.plotting.seeds import band
 
-X_LABELS = {"step": "updates", "seconds": "wall-clock from the first update", "examples": "examples consumed"}
+X_LABELS = {"step": "updates", "examples": "examples consumed",
+            "seconds": "logged wall-clock from the first update (not an idle-machine cost)"}
 Y_LABELS = {"loss": "cross-entropy", "error": "error"}
 DATA_NAMES = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "synthetic": "synthetic"}
 Arms = Mapping[str, Sequence[Run]]
@@ -22,21 +24,24 @@ Arms = Mapping[str, Sequence[Run]]
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """Which experiment a figure shows, on which axes, and what the paper ran (for the caption).
-    colour_by "batch_size": one colour per batch size across methods, methods told apart by marker (Fig. 6)."""
+    """Which experiment a figure shows, on which axes, and what the paper ran (for the caption). The "time" axis is
+    updates × each arm's seconds per update (`clock.Clock`; the modelled cluster clock's when `modelled_clock`),
+    or the runs' logged wall-clock without one. colour_by "batch_size": one colour per batch size across methods,
+    methods told apart by marker (Fig. 6)."""
 
     number: int
     spec: str
     title: str
     paper: str
-    x_axes: tuple[str, ...] = ("step", "seconds")
+    x_axes: tuple[str, ...] = ("step", "time")
     splits: tuple[str, ...] = ("train", "val")
     colour_by: str = "arm"
+    modelled_clock: bool = False
 
 
 FIGURES = {
     2: FigureSpec(2, "cifar10-async", "CIFAR-10 net: asynchronous vs synchronous inversion, 1 and 4 workers",
-                  "paper: CIFAR-10, batch 512, 1 or 4 GPUs as gradient workers, 3000 updates"),
+                  "paper: CIFAR-10, batch 512, 1 or 4 GPUs as gradient workers, 3000 updates", modelled_clock=True),
     3: FigureSpec(3, "googlenet-bs256", "GoogLeNet: SGD+BN (two rbz) vs K-FAC (± BN)",
                   "paper: ImageNet, batch 256, SGD+BN rbz 32 and 128, 4 GPUs"),
     4: FigureSpec(4, "alexnet-bs2048", "AlexNet: SGD, SGD+BN, K-FAC (doubly-factored fc6)",
@@ -87,8 +92,11 @@ def _colours(arms: Arms, order: list[str], figure: FigureSpec) -> dict[str, str]
     return {a: f"C{sizes.index(int(arms[a][0].setting('training', 'batch_size') or 0)) % 10}" for a in order}
 
 
-def caption(figure: FigureSpec, arms: Arms) -> str:
+def caption(figure: FigureSpec, arms: Arms, clock: Clock | None = None) -> str:
     commits = sorted({run.commit[:10] for runs in arms.values() for run in runs})
+    mixing = f"mixes commits {', '.join(commits)}" if len(commits) > 1 else f"commit {commits[0] if commits else '?'}"
+    if clock is not None or "time" not in figure.x_axes:
+        return f"{figure.paper}. Ours: lines are seed means, bands the range over seeds; {mixing}."
     first_updates = [float(v) for runs in arms.values() for run in runs if "first_update_seconds" in run.metrics
                      for v in run.metrics["first_update_seconds"].dropna()]
     older = any("first_update_seconds" not in run.metrics for runs in arms.values() for run in runs)
@@ -96,13 +104,13 @@ def caption(figure: FigureSpec, arms: Arms) -> str:
         ([f"first update (tracing) {min(first_updates):.1f}–{max(first_updates):.1f} s, not on the wall-clock axis"]
          if first_updates else []) + (["older runs' wall-clock includes their first update's tracing"] if older
                                       else []))
-    mixing = f"mixes commits {', '.join(commits)}" if len(commits) > 1 else f"commit {commits[0] if commits else '?'}"
     return f"{figure.paper}. Ours: lines are seed means, bands the range over seeds; {tracing}; {mixing}."
 
 
-def draw(figure: FigureSpec, arms: Arms, profile: str) -> Any:
+def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = None) -> Any:
     """The matplotlib Figure: rows cross-entropy and error, one column per x axis; per arm a mean line and a
-    band for each split; x in minutes for wall-clock; axes fitted to the plotted data; the legend outside."""
+    band for each split; time in minutes (updates × the clock's s/update, else logged wall-clock); axes fitted to
+    the plotted data; the legend outside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,10 +128,10 @@ def draw(figure: FigureSpec, arms: Arms, profile: str) -> Any:
             low, high = math.inf, -math.inf
             for arm in order:
                 for split in figure.splits:
-                    curve = band(arms[arm], x, f"{split}_{y}")
+                    curve = band(arms[arm], _source(x, clock), f"{split}_{y}")
                     if curve.empty:
                         continue
-                    xs = curve["x"] / 60.0 if x == "seconds" else curve["x"]
+                    xs = _x_values(curve["x"], x, arm, clock)
                     axis.plot(xs, curve["mean"], color=colours[arm], linestyle="--" if split == "train" else "-",
                               marker=markers.get(arms[arm][0].method) if figure.colour_by == "batch_size" else None,
                               markersize=3, label=f"{arm} ({split})")
@@ -132,7 +140,7 @@ def draw(figure: FigureSpec, arms: Arms, profile: str) -> Any:
             if math.isfinite(low):
                 margin = 0.05 * (high - low or 1.0)
                 axis.set_ylim(max(0.0, low - margin), high + margin)
-            axis.set_xlabel(X_LABELS[x] + (" (minutes)" if x == "seconds" else ""))
+            axis.set_xlabel(_x_label(x, clock))
             axis.set_ylabel(Y_LABELS[y])
             axis.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[a], marker=markers.get(arms[a][0].method)
@@ -141,16 +149,33 @@ def draw(figure: FigureSpec, arms: Arms, profile: str) -> Any:
                 Line2D([], [], color="grey", linestyle="-", label="validation")][: 2 if len(figure.splits) > 1 else 1]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"Fig. {figure.number} (paper): {figure.title}\n{scale_of(arms, profile)}", fontsize=10)
-    fig.text(0.5, 0.005, caption(figure, arms), ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.text(0.5, 0.005, caption(figure, arms, clock), ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def render(figure: FigureSpec, arms: Arms, profile: str, out_dir: Path) -> list[Path]:
+def _source(x: str, clock: Clock | None) -> str:
+    """The metrics column behind an axis: time is steps × s/update with a clock, the logged seconds without."""
+    return ("step" if clock else "seconds") if x == "time" else x
+
+
+def _x_values(values: Any, x: str, arm: str, clock: Clock | None) -> Any:
+    if x != "time":
+        return values
+    return values * clock.seconds[arm] / 60.0 if clock else values / 60.0
+
+
+def _x_label(x: str, clock: Clock | None) -> str:
+    if x != "time":
+        return X_LABELS[x]
+    return f"time: {clock.label} (minutes)" if clock else X_LABELS["seconds"] + " (minutes)"
+
+
+def render(figure: FigureSpec, arms: Arms, profile: str, out_dir: Path, clock: Clock | None = None) -> list[Path]:
     """Draw the figure and write it as plots/fig<N>-<profile>.png and .pdf."""
     import matplotlib.pyplot as plt
 
-    fig = draw(figure, arms, profile)
+    fig = draw(figure, arms, profile, clock)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"fig{figure.number}-{profile}.{ext}" for ext in ("png", "pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results leaves the files unchanged
