@@ -368,6 +368,27 @@ def test_the_time_axis_is_updates_times_each_arms_measured_cost_not_the_logged_s
     assert "logged wall-clock" in draw(figure, arms, "cpu", None).axes[1].get_xlabel()
 
 
+def test_async_against_sync_pools_the_components_both_arms_compute_alike(tmp_path: Path) -> None:
+    for arm, inversion in (("async-gpu1", "async"), ("sync-gpu1", "sync")):
+        write_run(tmp_path, "cifar10-async", arm, "r", [0.5, 0.4], resolved={
+            "training": {"batch_size": 100}, "distribution": {"workers": 1},
+            "optimizer": {"inversion": inversion, "inverse_every": 20}})
+    path = tmp_path / "cifar10-async" / "cpu" / FILE_NAME
+
+    def timed(arm: str, gradient: float, inversion: float) -> list[Measurement]:
+        return [Measurement(arm, "gradient_pass", 100, gradient, gradient, gradient, "seconds", 3),
+                Measurement(arm, "apply", 100, 0.01, 0.01, 0.01, "seconds", 3),
+                Measurement(arm, "inversion", 100, inversion, inversion, inversion, "seconds", 3)]
+
+    write_costs(path, "cifar10-async", "cpu", timed("async-gpu1", 0.10, 0.8) + timed("sync-gpu1", 0.14, 0.6), IDLE)
+    arms, costs = seed_runs(tmp_path, "cifar10-async", "cpu"), read_costs(path)
+    seconds = claims.pooled_modelled_cost(arms, costs, ("async-gpu1", "sync-gpu1"))
+    # both arms get the mean gradient pass (0.12) and apply; only sync adds its inline inversion, 0.6 / 20
+    assert seconds("async-gpu1")[0] == pytest.approx(0.12 + 0.01)
+    assert seconds("sync-gpu1")[0] == pytest.approx(0.12 + 0.01 + 0.6 / 20)
+    assert "pooled over both arms" in seconds("sync-gpu1")[1]
+
+
 def test_report_refuses_mixed_commits_unless_told_and_then_says_so(tmp_path: Path) -> None:
     for seed in range(3):
         write_run(tmp_path, "cifar10-async", "sync-gpu1", f"k{seed}", [0.9, 0.5, 0.3], seed=seed, commit="aaa")

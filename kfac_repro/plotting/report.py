@@ -31,7 +31,8 @@ the training runs, one value per seed, shown as mean [min, max]; the cost of an 
 timings from a shared machine give no verdict); time to target = updates × seconds per update. The paper's
 distributed claims (C1 asynchronous inversion, C2 gradient workers) are judged on a cluster clock **{label}**
 (gradient pass on B/n examples, all-reduce at a stated bandwidth, inversion inline every `inverse_every` updates
-for sync or on its own device for async), never presented as measured wall-clock. A speed-up is *reproduced* when
+for sync or on its own device for async; for C1 the gradient pass and apply are pooled over the two arms, which
+compute them alike), never presented as measured wall-clock. A speed-up is *reproduced* when
 the mean effect reaches 75% of the claimed factor and the arms' seed ranges are apart; *inconclusive* when they
 overlap or an arm has fewer than {seeds} seeds; *not reproduced* when the opposite holds beyond the ranges. Figures
 marked *old method* were validated on the test split, before this report's rules. Why the
