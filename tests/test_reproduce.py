@@ -195,7 +195,9 @@ def test_a_stop_ends_after_the_interrupted_job_and_a_failure_is_reported(tmp_pat
     assert "error: failed: googlenet-kl-decay decay-kl seed 0 (exit 1)" in result.output
     entries = [json.loads(line) for line in (tmp_path / layout.REPRODUCE_LOG).read_text().splitlines()]
     assert [(e["outcome"], e["jobs"], e["profile"], e["run_id"]) for e in entries] == [
-        ("stopped", 0, "smoke", "reproduce"), ("failed", 2, "smoke", "reproduce")]
+        ("stopped", 0, "smoke", "reproduce"), ("running", 1, "smoke", "reproduce"),
+        ("running", 2, "smoke", "reproduce"), ("failed", 2, "smoke", "reproduce")]  # a line after every job
+    assert len({e["invocation"] for e in entries[1:]}) == 1 and entries[0]["invocation"] != entries[1]["invocation"]
     assert f"all 2 invocation(s) into {tmp_path} (profile smoke, run id reproduce): wall 0:00:0" in result.output
     with (tmp_path / layout.REPRODUCE_LOG).open("a") as log:  # a line cut short by a crash, and another run id
         log.write('{"profile": "smo\n' + json.dumps({**entries[0], "run_id": "other", "cpu_seconds": 3600}) + "\n")
@@ -203,6 +205,12 @@ def test_a_stop_ends_after_the_interrupted_job_and_a_failure_is_reported(tmp_pat
     result = CliRunner().invoke(cli.main, args)
     assert f"all 3 invocation(s) into {tmp_path} (profile smoke, run id reproduce)" in result.output
     assert "CPU time 1:00:0" not in result.output  # the other run id's hour is not counted
+    with (tmp_path / layout.REPRODUCE_LOG).open("a") as log:  # an invocation killed outright after its first job
+        log.write(json.dumps({**entries[1], "invocation": "killed", "cpu_seconds": 7200, "wall_seconds": 7200}) + "\n")
+    started_commands(monkeypatch, [0, 0])
+    result = CliRunner().invoke(cli.main, args)
+    assert f"all 5 invocation(s) into {tmp_path} (profile smoke, run id reproduce): wall 2:00:" in result.output
+    assert "CPU time 2:00:" in result.output.split("all 5 invocation(s)")[1]
 
 
 def test_unknown_only_is_a_usage_error() -> None:

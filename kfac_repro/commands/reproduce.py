@@ -5,9 +5,11 @@ Resumable: a finished job is kept, a partial one resumed (`run --resume`; a grid
 running the command again does nothing twice. Before each job one progress line gives the time elapsed and an
 estimate of the time left (runner/plan.py: `eta`); at the end one line gives the wall-clock and CPU time (user +
 system, of this process and its children) of this invocation, and of every invocation into the same results root,
-profile and run id (each appends a line to OUT/reproduce.jsonl), so a reproduction resumed several times still
-reports its total. SIGTERM or SIGINT stops the job in training, which saves a checkpoint
-and is marked interrupted; the command then exits with 128 + the signal number, and a rerun resumes it.
+profile and run id, so a reproduction resumed several times still reports its total. Each invocation appends its
+running totals to OUT/reproduce.jsonl after every job (its last line counts), so an invocation killed outright
+(SIGKILL, a machine going away) still counts up to its last finished job. SIGTERM or SIGINT stops the job in
+training, which saves a checkpoint and is marked interrupted; the command then exits with 128 + the signal
+number, and a rerun resumes it.
 
 Exit codes: 0 every job finished (a diverged run is a result, and kept), 1 a job failed, 2 bad usage or spec,
 128 + N stopped by signal N.
@@ -16,6 +18,7 @@ Exit codes: 0 every job finished (a diverged run is a result, and kept), 1 a job
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -61,6 +64,11 @@ def _cpu_seconds() -> float:
 def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run_id: str, parallel: int) -> None:
     """Run every spec's grids and every arm with each of its seeds, resumably, in one profile."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
+    invocation = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%f')}-{os.getpid()}"  # its entries in the log
+
+    def state(jobs_done: int, outcome: str) -> Invocation:
+        return Invocation(invocation, profile, run_id, jobs_done, started, cpu_before, outcome)
+
     interrupts.install()
     unknown = sorted(set(only) - set(spec_names()))
     if unknown:
@@ -93,14 +101,15 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
         except interrupts.Interrupted as stop:
             click.echo(f"{stop}: {job.describe()} interrupted (its state is saved); run the same command again to "
                        "resume", err=True)
-            _report(out, Invocation(profile, run_id, index - 1, started, cpu_before, "stopped"))
+            _report(out, state(index - 1, "stopped"))
             sys.exit(stop.exit_code)
         finished.append((job, time.monotonic() - begun))
+        _log(out, state(index, "running"))
         if code == DIVERGED_EXIT:
             click.echo(f"   {job.describe()} diverged: kept as a result")
         elif code != 0:
             failed.append(f"{job.describe()} (exit {code})")
-    _report(out, Invocation(profile, run_id, len(jobs), started, cpu_before, "failed" if failed else "finished"))
+    _report(out, state(len(jobs), "failed" if failed else "finished"))
     if failed:
         click.echo(f"error: failed: {'; '.join(failed)}", err=True)
         sys.exit(1)
@@ -108,9 +117,11 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
 
 @dataclass(frozen=True)
 class Invocation:
-    """One `reproduce` command: its profile and run id, the jobs it went through, when it started (monotonic
-    seconds), its CPU seconds then, and how it ended (finished, failed, stopped)."""
+    """One `reproduce` command: its id in the log, its profile and run id, the jobs it went through, when it started
+    (monotonic seconds), its CPU seconds then, and where it is (running, or how it ended: finished, failed,
+    stopped)."""
 
+    id: str
     profile: str
     run_id: str
     jobs: int
@@ -119,36 +130,43 @@ class Invocation:
     outcome: str
 
 
-def _report(out: Path, invocation: Invocation) -> None:
-    """The invocation's wall-clock and CPU time, appended to OUT/reproduce.jsonl, and the totals of every
-    invocation there with the same profile and run id."""
+def _log(out: Path, invocation: Invocation) -> tuple[float, float]:
+    """Append the invocation's wall-clock and CPU time so far to OUT/reproduce.jsonl; return them."""
     wall, cpu = time.monotonic() - invocation.started, _cpu_seconds() - invocation.cpu_before
     log = out / layout.REPRODUCE_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"profile": invocation.profile, "run_id": invocation.run_id, "jobs": invocation.jobs,
-             "outcome": invocation.outcome, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-             "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    entry = {"invocation": invocation.id, "profile": invocation.profile, "run_id": invocation.run_id,
+             "jobs": invocation.jobs, "outcome": invocation.outcome, "wall_seconds": round(wall, 1),
+             "cpu_seconds": round(cpu, 1), "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     with log.open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
-    same = [e for e in _entries(log) if (e.get("profile"), e.get("run_id")) == (invocation.profile,
-                                                                               invocation.run_id)]
+    return wall, cpu
+
+
+def _report(out: Path, invocation: Invocation) -> None:
+    """Log the invocation's end, and print its wall-clock and CPU time and the totals of every invocation into
+    OUT with the same profile and run id (each invocation's last entry)."""
+    wall, cpu = _log(out, invocation)
+    same = [e for e in _last_entries(out / layout.REPRODUCE_LOG)
+            if (e.get("profile"), e.get("run_id")) == (invocation.profile, invocation.run_id)]
     click.echo(f"reproduce: {invocation.jobs} jobs, wall {plan.clock(wall)}, CPU time {plan.clock(cpu)} (user+sys "
                f"of this process and its children); all {len(same)} invocation(s) into {out} (profile "
                f"{invocation.profile}, run id {invocation.run_id}): wall {plan.clock(_total(same, 'wall_seconds'))}, "
                f"CPU time {plan.clock(_total(same, 'cpu_seconds'))}")
 
 
-def _entries(log: Path) -> list[dict]:
-    """The log's entries; a line that is not a JSON object (cut by a crash) is left out."""
-    entries = []
-    for line in log.read_text().splitlines():
+def _last_entries(log: Path) -> list[dict]:
+    """The last entry of each invocation in the log (entries without an invocation id, from older versions, each
+    count alone); a line that is not a JSON object (cut by a crash) is left out."""
+    last: dict[object, dict] = {}
+    for number, line in enumerate(log.read_text().splitlines()):
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+            last[(entry.get("invocation") or number, entry.get("profile"), entry.get("run_id"))] = entry
+    return list(last.values())
 
 
 def _total(entries: list[dict], key: str) -> float:
