@@ -389,6 +389,19 @@ def test_async_against_sync_pools_the_components_both_arms_compute_alike(tmp_pat
     assert "pooled over both arms" in seconds("sync-gpu1")[1]
 
 
+def test_the_cost_table_shows_the_gradient_pass_a_worker_computes(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "cifar10-async", "async-gpu4", f"r-seed{seed}", [0.5, 0.4], seed=seed, resolved={
+            "training": {"batch_size": 100, "seed": seed}, "distribution": {"workers": 4},
+            "optimizer": {"inversion": "async", "inverse_every": 20}})
+    write_costs(tmp_path / "cifar10-async" / "cpu" / FILE_NAME, "cifar10-async", "cpu", [
+        Measurement("async-gpu4", "update", 100, 0.3, 0.3, 0.3, "seconds", 3),
+        Measurement("async-gpu4", "gradient_pass", 100, 0.2, 0.2, 0.2, "seconds", 3),
+        Measurement("async-gpu4", "gradient_pass", 25, 0.06, 0.06, 0.06, "seconds", 3)], IDLE)
+    row = next(line for line in report.report_text(tmp_path).splitlines() if line.startswith("| async-gpu4 | 0.3"))
+    assert "| 200.0 ms (60.0 ms on B/4) |" in row and row.endswith("| 0.0600 |")  # modelled: the B/4 pass
+
+
 def test_report_refuses_mixed_commits_unless_told_and_then_says_so(tmp_path: Path) -> None:
     for seed in range(3):
         write_run(tmp_path, "cifar10-async", "sync-gpu1", f"k{seed}", [0.9, 0.5, 0.3], seed=seed, commit="aaa")

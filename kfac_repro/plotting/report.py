@@ -165,19 +165,23 @@ def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
              f"{first.load}"
              + (": **a shared machine, no verdict rests on these timings**" if shared else ": idle") + "). "
              f"Cluster clock: {LABEL}.", "",
-             "| arm | measured s/update [range] | gradient pass (B) | statistics pass | inversion | apply | "
-             "modelled s/update (its workers) |", "|---|---|---|---|---|---|---|"]
+             "| arm | measured s/update [range] | gradient pass: B (B/n for n workers) | statistics pass | inversion "
+             "| apply | modelled s/update (its workers) |", "|---|---|---|---|---|---|---|"]
     for arm, cost in costs.items():
-        def ms(quantity: str, c: ArmCosts = cost) -> str:
-            found = c.get(quantity)
+        def ms(quantity: str, examples: int | None = None, c: ArmCosts = cost) -> str:
+            found = c.get(quantity, examples)
             return "—" if found is None else f"{found.value * 1e3:.1f} ms"
 
         update = cost.get("update")
-        modelled = "—"
+        modelled, gradient = "—", ms("gradient_pass", update.examples if update else None)
         if arm in arms:
-            modelled = f"{per_update_seconds(components(cost), layout(arms[arm][0])):.4f}"
+            shape = layout(arms[arm][0])
+            modelled = f"{per_update_seconds(components(cost), shape):.4f}"
+            gradient = ms("gradient_pass", shape.batch_size)
+            if shape.workers > 1:
+                gradient += f" ({ms('gradient_pass', shape.batch_size // shape.workers)} on B/{shape.workers})"
         measured = "—" if update is None else f"{update.value:.4f} [{update.low:.4f}, {update.high:.4f}]"
-        lines.append(f"| {arm} | {measured} | {ms('gradient_pass')} | {ms('statistics_pass')} | {ms('inversion')} "
+        lines.append(f"| {arm} | {measured} | {gradient} | {ms('statistics_pass')} | {ms('inversion')} "
                      f"| {ms('apply')} | {modelled} |")
     return [*lines, ""]
 
