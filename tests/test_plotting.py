@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -17,7 +18,7 @@ from kfac_repro.plotting import claims, report
 from kfac_repro.plotting.clock import figure_clock
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
 from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
-from kfac_repro.plotting.seeds import Spread, band, late_share, spread, updates_to_target
+from kfac_repro.plotting.seeds import Spread, band, capped_share, late_share, spread, updates_to_target
 from kfac_repro.runner.metrics_log import MetricsLog
 
 IDLE = {"host": "h", "device": "CPU (test)", "cpus": 2, "load_before": 0.1, "load_after": 0.2, "commit": "c"}
@@ -203,6 +204,21 @@ def test_diagnostic_variants_are_listed_with_their_changed_settings_and_one_targ
     assert rows[0].startswith("| kfac | — | — (the figure's runs) | 0, 1, 2 | 30 [30, 30] |")
     assert rows[1].startswith("| kfac | every5 | optimizer.inverse_every 20 → 5 | 0, 1 | inf [20, inf] |")
     assert rows[2].startswith("| sgd | — | — (the figure's runs, to compare) | 0, 1, 2 | inf [inf, inf] |")
+
+
+def test_the_share_of_updates_at_the_step_size_cap_is_reported_for_kfac_arms(tmp_path: Path) -> None:
+    for arm, method in (("kfac", "kfac"), ("sgd", "sgd")):
+        run_dir = write_run(tmp_path, "alexnet-bs2048", arm, "r", [0.5, 0.4, 0.3, 0.2], method=method)
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        metrics["learning_rate"] = 1.0
+        metrics["step_size"] = [None, 1.0, 0.2, 0.3] if method == "kfac" else 1.0  # capped once of three
+        metrics.to_csv(run_dir / "metrics.csv", index=False)
+    arms = seed_runs(tmp_path, "alexnet-bs2048", "cpu")
+    assert capped_share(arms["kfac"][0]) == pytest.approx(1 / 3) and math.isnan(capped_share(arms["sgd"][0]))
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in report.report_text(tmp_path).splitlines())
+            if cells[0] in ("kfac label", "sgd label")}
+    assert rows["kfac label"][8] == "33%" and rows["sgd label"][8] == "—"  # the 'step size at η_max' column
 
 
 def test_late_progress_is_the_last_stretch_share_of_the_whole_decrease(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, 
 from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, flatten, seed_runs
-from kfac_repro.plotting.seeds import FLAT, TAIL, best, final, late_progress, per_seed
+from kfac_repro.plotting.seeds import FLAT, TAIL, best, capped_share, final, late_progress, per_seed
 from kfac_repro.runner.layout import GRID_BEST, LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 INTRODUCTION = """# Reproduction report
@@ -194,7 +195,13 @@ def _arm_row(runs: Sequence[Run]) -> str:
             f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | {late_progress(runs)} | "
-            f"{', '.join(sorted({r.commit[:10] for r in runs}))} | `{first.directory.parent}` |")
+            f"{_capped(runs)} | {', '.join(sorted({r.commit[:10] for r in runs}))} | `{first.directory.parent}` |")
+
+
+def _capped(runs: Sequence[Run]) -> str:
+    """The share of logged updates whose step size was η_max, not the KL bound (over seeds); a dash for SGD."""
+    shares = [capped_share(run) for run in runs]
+    return "—" if any(math.isnan(v) for v in shares) else per_seed(runs, capped_share).scaled(100).text(0, "%")
 
 
 def runs_section(results: Path) -> list[str]:
@@ -215,7 +222,7 @@ def runs_section(results: Path) -> list[str]:
                   f"{provenance(commits)}{bn}.", ""]
         lines += _costs_table(arms, read_costs(profile_dir(results, figure.spec, profile) / FILE_NAME))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
-                  "late progress | commit | runs |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "late progress | step size at η_max | commit | runs |", "|---" * 11 + "|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]
         lines.append("")
     return lines

@@ -82,6 +82,17 @@ def late_share(run: Run, column: str = "train_loss", tail: float = TAIL) -> floa
     return float((before.mean() - late) / decrease)
 
 
+def capped_share(run: Run) -> float:
+    """The share of a K-FAC run's logged updates whose step size η = min(η_max, √(c / vᵀg)) (Eq. 14) was the cap
+    η_max rather than the KL bound; NaN for a run that logs no step size (SGD)."""
+    if run.method != "kfac" or "step_size" not in run.metrics or "learning_rate" not in run.metrics:
+        return math.nan
+    rows = run.metrics.dropna(subset=["step_size", "learning_rate"])
+    if not len(rows):
+        return math.nan
+    return float((rows["step_size"] >= 0.999 * rows["learning_rate"]).mean())
+
+
 def late_progress(runs: Sequence[Run]) -> str:
     """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
     when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
