@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -273,6 +274,34 @@ def test_batch_scaling_compares_per_seed_ratios_across_batch_sizes(tmp_path: Pat
     ratios = [max(loss, 0.8) / min(loss, 0.8) for loss in at_batch_400]
     assert f"SGD+BN {sum(ratios) / 3:.2f} [{min(ratios):.2f}, {max(ratios):.2f}]" in row.measured
     assert row.verdict == verdict and "per seed" in row.rule
+
+
+def test_a_diverged_run_is_a_result_in_figures_tables_and_claims(tmp_path: Path) -> None:
+    def errors(batch: int) -> list[float]:
+        return [1 - 10 * i * batch / 40_000 + 0.05 for i in range(11)]
+
+    for seed in range(3):
+        for batch in (100, 400):
+            for method in ("kfac", "sgd-bn"):
+                write_run(tmp_path, "googlenet-batch-scaling", f"{method}-bs{batch}", f"r{seed}", errors(batch),
+                          seed=seed, batch=batch, method=method.split("-")[0])
+    run_dir = tmp_path / "googlenet-batch-scaling" / "cpu" / "kfac-bs100" / "r0"  # diverged at step 50 of 100
+    (run_dir / "run.json").write_text(json.dumps({**json.loads((run_dir / "run.json").read_text()),
+                                                  "status": "diverged"}))
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics[metrics["step"] <= 50].to_csv(run_dir / "metrics.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arms = seed_runs(tmp_path, "googlenet-batch-scaling", "cpu")
+    assert not [w for w in caught if w.category is SkippedRunWarning]  # the diverged run is not left out
+    assert [r.seed for r in arms["kfac-bs100"]] == [0, 1, 2] and arms["kfac-bs100"][0].diverged
+    assert arm_label(arms["kfac-bs100"]).endswith("3 seed(s), 1 diverged (mean only up to the first divergence)")
+    row = claims.batch_scaling(arms)
+    assert "at 10,000 examples" in row.measured  # the diverged run's 5,000 do not set the comparison point
+    assert "K-FAC inf [1.00, inf]" in row.measured and "(seed 0 diverged at step 50)" in row.measured
+    assert row.verdict == claims.INCONCLUSIVE
+    table = report.report_text(tmp_path)
+    assert "| kfac-bs100 label | 0, 1, 2 (seed 0 diverged at step 50) | 100 |" in table
 
 
 @pytest.mark.parametrize(("cheap", "kfc", "verdict"), [

@@ -95,7 +95,14 @@ def common_target(arms: Arms, names: Sequence[str], column: str) -> float:
 
 
 def seeds_note(arms: Arms, names: Sequence[str]) -> str:
-    return ", ".join(f"{arms[name][0].label}: {len(arms[name])} seed(s)" for name in names)
+    """'label: 3 seed(s)' per arm, with how many diverged."""
+    return ", ".join(f"{arms[name][0].label}: {len(arms[name])} seed(s)" + diverged_note(arms[name]) for name in names)
+
+
+def diverged_note(runs: Sequence[Run]) -> str:
+    """' (seed 0 diverged at step 5740)' for the runs that diverged, '' if none did."""
+    diverged = [f"seed {r.seed} diverged at step {r.last_step}" for r in runs if r.diverged]
+    return f" ({', '.join(diverged)})" if diverged else ""
 
 
 def components(costs: ArmCosts) -> Components:
@@ -294,7 +301,8 @@ def batch_scaling(arms: Arms) -> Claim:
     for method, names in groups.items():
         if len(names) < 2:
             return Claim(6, claim, f"fewer than two {method} batch sizes", NO_DATA, rule)
-    examples = min(float(r.metrics["examples"].max()) for names in groups.values() for a in names for r in arms[a])
+    runs = [r for names in groups.values() for a in names for r in arms[a]]
+    examples = min(float(r.metrics["examples"].max()) for r in ([r for r in runs if not r.diverged] or runs))
     ratios = {method: spread(_ratios_by_seed(arms, names, examples)) for method, names in groups.items()}
     verdict, _ = compare(ratios["kfac"], ratios["sgd-bn"], 1.0)
     measured = (f"train loss max/min across batch sizes at {examples:,.0f} examples, per seed: K-FAC "
@@ -303,7 +311,8 @@ def batch_scaling(arms: Arms) -> Claim:
 
 
 def _ratios_by_seed(arms: Arms, names: Sequence[str], examples: float) -> list[float]:
-    """max/min over the named arms of the training loss at `examples`, for each seed every arm ran."""
+    """max/min over the named arms of the training loss at `examples`, for each seed every arm ran (+∞ for a seed
+    whose run at some batch size diverged before it got there)."""
     losses: dict[int, list[float]] = {}
     for name in names:
         for run in arms[name]:
@@ -313,6 +322,8 @@ def _ratios_by_seed(arms: Arms, names: Sequence[str], examples: float) -> list[f
 
 def _loss_at(run: Run, examples: float) -> float:
     rows = run.metrics.dropna(subset=["train_loss"])
+    if run.diverged and float(rows["examples"].max()) < examples:
+        return math.inf
     return float(np.interp(examples, rows["examples"], rows["train_loss"]))
 
 

@@ -73,7 +73,9 @@ def arm_label(runs: Sequence[Run]) -> str:
     batch = first.setting("training", "batch_size") or first.record.get("batch_size")
     workers = first.setting("distribution", "workers") or first.record.get("workers", 1)
     rbz = f" rbz {first.setting('model', 'bn_chunk_size')}" if first.setting("model", "batch_norm") else ""
-    return f"{name}: bs {batch}{rbz}, {workers} worker(s), {len(runs)} seed(s)"
+    diverged = sum(run.diverged for run in runs)
+    return f"{name}: bs {batch}{rbz}, {workers} worker(s), {len(runs)} seed(s)" + (
+        f", {diverged} diverged (mean only up to the first divergence)" if diverged else "")
 
 
 def _order(arms: Arms, figure: FigureSpec) -> list[str]:

@@ -12,7 +12,17 @@ from pathlib import Path
 
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
 from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
-from kfac_repro.plotting.claims import CLAIMS, MIN_SEEDS, NO_DATA, Arms, Claim, GridUse, components, layout
+from kfac_repro.plotting.claims import (
+    CLAIMS,
+    MIN_SEEDS,
+    NO_DATA,
+    Arms,
+    Claim,
+    GridUse,
+    components,
+    diverged_note,
+    layout,
+)
 from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, flatten, seed_runs
@@ -191,7 +201,8 @@ def _arm_row(runs: Sequence[Run]) -> str:
     first = runs[0]
     test = per_seed(runs, lambda r: float(r.record.get("test_error", "nan")))
     test_text = test.text(4) if first.record.get("holdout") else "— (val is test)"
-    return (f"| {first.label} | {', '.join(str(r.seed) for r in runs)} | {int(first.metrics['step'].max())} | "
+    return (f"| {first.label} | {', '.join(str(r.seed) for r in runs)}{diverged_note(runs)} | "
+            f"{int(first.record.get('steps') or first.last_step)} | "
             f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | {test_text} | {late_progress(runs)} | "

@@ -3,9 +3,10 @@ newest complete run (run ids sort by start time), or the newest complete run of 
 are not arms of a figure.
 
 A run newer than the one chosen that cannot be used is skipped with a SkippedRunWarning naming it and saying why:
-not finished (its status: running, interrupted, diverged, failed), or marked complete with a metrics.csv that is
-unreadable, empty, lacks columns, or ends before the run's last step (cut short); for seeds, a run newer than
-the one chosen for its seed (or of a seed with no usable run)."""
+not finished (its status: running, interrupted, failed), or marked complete with a metrics.csv that is unreadable,
+empty, lacks columns, or ends before the run's last step (cut short); for seeds, a run newer than the one chosen for
+its seed (or of a seed with no usable run). A diverged run is a result, not skipped: its metrics end where the
+divergence bound stopped it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import yaml
 from kfac_repro.runner import layout
 
 PROFILE_PREFERENCE = ("paper", "cpu", "smoke")
+DIVERGED = "diverged"  # run.json status of a run stopped at the divergence bound: a result, plotted and reported
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ class Run:
     @property
     def method(self) -> str:
         return str(self.record.get("method", ""))
+
+    @property
+    def diverged(self) -> bool:
+        """Whether training stopped at the divergence bound (a result, kept: its metrics end where it stopped)."""
+        return self.record.get("status") == DIVERGED
+
+    @property
+    def last_step(self) -> int:
+        return int(self.metrics["step"].max())
 
     @property
     def seed(self) -> int:
@@ -166,7 +177,7 @@ _NEEDED = ("step", "examples", "seconds", "train_loss", "train_error", "val_loss
 def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
     """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used)."""
     status = record.get("status")
-    if status != "complete":
+    if status not in ("complete", DIVERGED):
         return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
     try:
         metrics = pd.read_csv(run_dir / layout.METRICS)
@@ -181,7 +192,7 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
     if garbled or metrics["step"].isna().any():
         return None, f"metrics.csv has non-numeric values in {', '.join(garbled or ['step'])}"
     last, expected = int(metrics["step"].iloc[-1]), record.get("steps")
-    if isinstance(expected, int) and last < expected:
+    if isinstance(expected, int) and last < expected and status != DIVERGED:
         return None, f"incomplete: metrics.csv ends at step {last} of {expected} (cut short)"
     return metrics, ""
 

@@ -96,6 +96,8 @@ def capped_share(run: Run) -> float:
 def late_progress(runs: Sequence[Run]) -> str:
     """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
     when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
+    if any(run.diverged for run in runs):
+        return "— (a seed diverged)"
     shares = [late_share(run) for run in runs]
     if not shares or any(math.isnan(value) for value in shares):
         return "—"
