@@ -72,8 +72,9 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
             click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value * 1e3:12.2f} ms   "
                        f"[{m.low * 1e3:.2f}, {m.high * 1e3:.2f}]")
     other = "unknown (no /proc/stat)" if share is None else f"{100 * share:.1f}%"
-    click.echo(f"other processes' share of the CPU time while timing: {other} (above {100 * SHARED_OTHER:.0f}%, the "
-               f"report treats these timings as taken on a shared machine); load average after: "
+    kind = "an unknown" if share is None else "a shared" if share > SHARED_OTHER else "an idle"
+    click.echo(f"other processes' share of the CPU time while timing: {other}, so the report reads these timings as "
+               f"taken on {kind} machine (shared above {100 * SHARED_OTHER:.0f}%); load average after: "
                f"{machine['load_after']}\nwrote {path}")
 
 
@@ -237,7 +238,7 @@ def _divided_inversion(counts: tuple[int, ...], repeats: int) -> None:
               help="cores given to the inversion; TensorFlow gets the others")
 def async_(batch_size: int, steps: int, inversion_threads: int) -> None:
     """Update time of asynchronous K-FAC and of synchronous refresh every 20, against never inverting."""
-    from kfac_repro.kfac.inversion_resources import reserve_inversion_cores
+    from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
 
     tf_threads = reserve_inversion_cores(inversion_threads)  # before TensorFlow runs anything
     from kfac_repro.benchmarks.async_inversion import PROFILE, SPEC, measure_async
