@@ -93,14 +93,14 @@ def test_a_failing_worker_stops_the_others_quickly() -> None:
 
 DIE_IN_INVERSION = """
 import json, os, runpy, sys, threading
-from kfac_repro.kfac import inversion
-compute = inversion.BlockInversion.compute
+from kfac_repro.kfac.inversion import divided
+compute = divided.BlockInversion.compute
 def dying(self, *args):
     if threading.current_thread().name.startswith("kfac-inverses"):
         os._exit(17)  # this worker dies in its background inversion, holding its assigned blocks
     return compute(self, *args)
 if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
-    inversion.BlockInversion.compute = dying
+    divided.BlockInversion.compute = dying
 sys.argv = sys.argv[:1] + sys.argv[2:]
 runpy.run_module("kfac_repro.distribute.consistency", run_name="__main__")
 """

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, KFACConfig
-from kfac_repro.kfac import fisher_factors as ff
+from kfac_repro.kfac.blocks import fisher_factors as ff
 from tests.numpy_reference import exact_logit_cotangents, patches_by_loops, with_ones
 
 GEOMETRIES = [  # (kernel, stride, padding, dilation)

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, KFACConfig
-from kfac_repro.kfac.inverses import damped_inverse
-from kfac_repro.kfac.inversion_resources import on_device
+from kfac_repro.kfac.inversion.inverses import damped_inverse
+from kfac_repro.kfac.inversion.resources import on_device
 
 
 def test_device_inverse_matches_lapack() -> None:
@@ -46,7 +46,7 @@ def test_inversion_threads_limit_lapack_and_leave_tensorflow_the_other_cores() -
 import os
 import tensorflow as tf
 from threadpoolctl import threadpool_info
-from kfac_repro.kfac.inversion_resources import limit_lapack_threads, reserve_inversion_cores
+from kfac_repro.kfac.inversion.resources import limit_lapack_threads, reserve_inversion_cores
 reserve_inversion_cores(1)
 print(tf.config.threading.get_intra_op_parallelism_threads(), os.cpu_count())
 limit_lapack_threads(1)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac import kfc_offsets
-from kfac_repro.kfac.kfc_offsets import kfc_input_factor, offsets_cheaper
+from kfac_repro.kfac.blocks import fisher_factors as ff
+from kfac_repro.kfac.blocks import kfc_offsets
+from kfac_repro.kfac.blocks.kfc_offsets import kfc_input_factor, offsets_cheaper
 from tests.numpy_reference import patches_by_loops, with_ones
 
 KERNELS = [(1, 1), (2, 2), (3, 3), (5, 5), (3, 2), (1, 3)]

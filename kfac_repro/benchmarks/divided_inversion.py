@@ -94,7 +94,7 @@ def shares_alone(counts: Sequence[int], repeats: int = 3) -> dict[int, list[floa
     this process on one LAPACK thread: the division of the work, free of workers sharing cores on a small machine."""
     import numpy as np
 
-    from kfac_repro.kfac.inversion_assignment import assign_work
+    from kfac_repro.kfac.inversion.assignment import assign_work
 
     optimizer = _reduced_alexnet_kfac()
     inversion = optimizer.inversion

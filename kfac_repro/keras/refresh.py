@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
 from kfac_repro.kfac.preconditioner import Preconditioner
 
 

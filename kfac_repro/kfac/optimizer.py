@@ -6,7 +6,7 @@ layers, all-reduced, folded into moving averages); precondition each block with 
 η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on (1 − μ)·η·v, so that the update it sums to meets the KL bound
 (`kl_bound: increment`: on η·v). Between steps the inverses are refreshed synchronously every `inverse_every`
 steps or asynchronously in a background thread (paper §3.1), each block inverted by one replica and shared
-(`kfac_repro.kfac.inversion`).
+(`kfac_repro.kfac.inversion.divided`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inverse_refresh import AsyncRefresh, SyncRefresh
-from kfac_repro.kfac.inversion import BlockInversion
+from kfac_repro.kfac.inversion.divided import BlockInversion
+from kfac_repro.kfac.inversion.refresh import AsyncRefresh, SyncRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
 from kfac_repro.kfac.replicas import all_reduce_mean
 
@@ -137,6 +137,6 @@ class KFAC(ModelOptimizer):
         step_size = scale["step_size"]
         increment = step_size * (1.0 - self.momentum) if self.config.kl_bound == "update" else step_size
         self.commit(pairs + self.update_assignments(direction, increment))
-        ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inverse_refresh)
+        ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
         return {"loss": loss, "error": error, **scale, "inverses_ready": ready}

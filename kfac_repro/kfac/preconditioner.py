@@ -4,8 +4,8 @@ It owns the Fisher blocks of an unmodified Keras model and their life cycle: cap
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
 block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
 v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). `KFAC` computes
-and installs the inverses with `kfac_repro.kfac.inversion` (divided among the replicas); `invert` inverts every
-block in the calling thread (the Keras optimizer's refresh, inside a traced step). Update rules
+and installs the inverses with `kfac_repro.kfac.inversion.divided` (divided among the replicas); `invert` inverts
+every block in the calling thread (the Keras optimizer's refresh, inside a traced step). Update rules
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.base import scheduled
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps, in_float32
 from kfac_repro.kfac.registration import build_blocks, skipped_layers, summary

@@ -20,13 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import FisherBlock
-from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.depthwise_blocks import DepthwiseBlock, SeparableBlock, depthwise_supported
-from kfac_repro.kfac.doubly_factored import DoublyFactoredBlock, spatial_input_shape
-from kfac_repro.kfac.embedding_block import EmbeddingBlock
-from kfac_repro.kfac.kronecker_blocks import KroneckerBlock
-from kfac_repro.kfac.shared_weight_blocks import (
+from kfac_repro.kfac.blocks.base import FisherBlock
+from kfac_repro.kfac.blocks.depthwise import DepthwiseBlock, SeparableBlock, depthwise_supported
+from kfac_repro.kfac.blocks.doubly_factored import DoublyFactoredBlock, spatial_input_shape
+from kfac_repro.kfac.blocks.embedding import EmbeddingBlock
+from kfac_repro.kfac.blocks.kronecker import KroneckerBlock
+from kfac_repro.kfac.blocks.shared_weight import (
     Conv1DBlock,
     Conv3DBlock,
     EinsumDenseBlock,
@@ -35,7 +34,8 @@ from kfac_repro.kfac.shared_weight_blocks import (
     conv3d_supported,
     einsum_support,
 )
-from kfac_repro.kfac.vector_blocks import GenericBlock, ScaleShiftBlock
+from kfac_repro.kfac.blocks.vector import GenericBlock, ScaleShiftBlock
+from kfac_repro.kfac.config import KFACConfig
 
 
 def leaf_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from kfac_repro.kfac.kfc_offsets import kfc_input_factor, offsets_cheaper
+from kfac_repro.kfac.blocks.kfc_offsets import kfc_input_factor, offsets_cheaper
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes, kronecker_solve
-from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import damped_inverse
-from kfac_repro.kfac.kronecker_blocks import ConvFactors, KroneckerFactoredBlock
+from kfac_repro.kfac.blocks import fisher_factors as ff
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes, kronecker_solve
+from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerFactoredBlock
+from kfac_repro.kfac.inversion.damping import factored_damping
+from kfac_repro.kfac.inversion.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 

@@ -24,8 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac import fisher_factors as ff
-from kfac_repro.kfac.kronecker_blocks import ConvFactors, KroneckerBlock, KroneckerFactoredBlock
+from kfac_repro.kfac.blocks import fisher_factors as ff
+from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerBlock, KroneckerFactoredBlock
 from kfac_repro.kfac.layer_capture import LayerCall
 
 SequenceFactors = Literal["expand", "reduce"]

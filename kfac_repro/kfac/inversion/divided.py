@@ -1,7 +1,7 @@
 """Computing the damped inverses of every Fisher block, divided among the replicas, and installing them on all.
 
 The unit of work is one inverse variable of one block ("part", e.g. fc6's "A_inverse"): part p is computed by
-replica `owners[p]` (greedy longest-first on its cost, `FisherBlock.inverse_costs`, `inversion_assignment`); a
+replica `owners[p]` (greedy longest-first on its cost, `FisherBlock.inverse_costs`, `inversion.assignment`); a
 process computes the parts of its own replicas only. Installing shares them through the strategy's collectives: each
 process first writes its parts into its copies of the inverse variables, then every replica contributes its own
 parts and zeros elsewhere to one all-reduced sum, which every replica assigns. x + 0 = x exactly, so the result
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
-from kfac_repro.kfac.inversion_assignment import assign_work
-from kfac_repro.kfac.inversion_resources import limit_lapack_threads, on_device
+from kfac_repro.kfac.inversion.assignment import assign_work
+from kfac_repro.kfac.inversion.resources import limit_lapack_threads, on_device
 from kfac_repro.kfac.replicas import assign_all
 
 FactorSource = Mapping[str, Mapping[str, tf.Variable]]

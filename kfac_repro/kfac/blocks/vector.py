@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
-from kfac_repro.kfac.inverses import damped_inverse, diagonal_inverse
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
+from kfac_repro.kfac.inversion.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from kfac_repro.kfac.inversion import BlockInversion, Computed
+from kfac_repro.kfac.inversion.divided import BlockInversion, Computed
 
 log = logging.getLogger("kfac_repro.kfac")
 

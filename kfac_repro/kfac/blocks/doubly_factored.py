@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
-from kfac_repro.kfac.damping import geometric_mean_pis
-from kfac_repro.kfac.fisher_factors import covariance
-from kfac_repro.kfac.inverses import damped_cholesky, damped_inverse
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
+from kfac_repro.kfac.blocks.fisher_factors import covariance
+from kfac_repro.kfac.inversion.damping import geometric_mean_pis
+from kfac_repro.kfac.inversion.inverses import damped_cholesky, damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 

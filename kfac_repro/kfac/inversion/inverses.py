@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np
 from scipy.linalg import lapack
 
-from kfac_repro.kfac.inversion_resources import cholesky_inverse_on_device, cholesky_on_device, current_device
+from kfac_repro.kfac.inversion.resources import cholesky_inverse_on_device, cholesky_on_device, current_device
 
 InverseDtype = str  # "float32" or "float64"
 

@@ -14,9 +14,9 @@ import functools
 import keras
 import tensorflow as tf
 
-from kfac_repro.kfac.blocks import Arrays, FisherBlock, InverseRecipes
-from kfac_repro.kfac.damping import factored_damping
-from kfac_repro.kfac.inverses import damped_inverse, diagonal_inverse
+from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
+from kfac_repro.kfac.inversion.damping import factored_damping
+from kfac_repro.kfac.inversion.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 if TYPE_CHECKING:  # fisher_factors imports this module
-    from kfac_repro.kfac.fisher_factors import ConvGeometry
+    from kfac_repro.kfac.blocks.fisher_factors import ConvGeometry
 
 
 def kfc_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf.Tensor:

@@ -1,0 +1,6 @@
+"""Fisher blocks, one per layer kind, and the Kronecker-factor statistics they are built from.
+
+`base` defines the block life cycle (statistics → EMA factors → damped inverses → preconditioned gradient);
+`kronecker` (Dense, Conv2D: F̂ = A ⊗ G), `shared_weight`, `depthwise`, `doubly_factored` (paper §4), `embedding` and
+`vector` implement it; `fisher_factors` and `kfc_offsets` compute a mini-batch's factor statistics (paper Eq. 15).
+"""
