@@ -207,6 +207,31 @@ def test_diagnostic_variants_are_listed_with_their_changed_settings_and_one_targ
     assert rows[2].startswith("| sgd | — | — (the figure's runs, to compare) | 0, 1, 2 | inf [inf, inf] |")
 
 
+def test_a_variant_recomputes_the_claims_it_changes_with_its_runs_in_place_of_its_arms(tmp_path: Path) -> None:
+    for seed in range(3):
+        write_run(tmp_path, "alexnet-bs2048", "kfac", f"r-seed{seed}", [0.9, 0.5, 0.3, 0.2], seed=seed)
+        write_run(tmp_path, "alexnet-bs2048", "sgd-bn-rbz256", f"r-seed{seed}", [0.9, 0.6, 0.4, 0.3, 0.2], seed=seed,
+                  method="sgd")
+        write_run(tmp_path, "alexnet-bs2048", "sgd", f"r-seed{seed}", [0.9, 0.7, 0.5], seed=seed, method="sgd")
+        write_run(tmp_path / "diagnostics", "alexnet-bs2048", "kfac", f"fast-seed{seed}", [0.9, 0.2, 0.1, 0.1],
+                  seed=seed)
+        write_run(tmp_path / "diagnostics", "alexnet-bs2048", "sgd", f"other-seed{seed}", [0.9, 0.6, 0.4], seed=seed,
+                  method="sgd")
+    costs = [Measurement(arm, quantity, 100, value, 0.9 * value, 1.1 * value, "seconds", 3)
+             for arm, value in (("kfac", 0.5), ("sgd-bn-rbz256", 0.25)) for quantity in ("update", "gradient_pass")]
+    write_costs(tmp_path / "alexnet-bs2048" / "cpu" / FILE_NAME, "alexnet-bs2048", "cpu", costs, IDLE)
+    text = report.report_text(tmp_path)
+    # the figure's own runs: target 0.2; K-FAC 30 updates × 0.5 s = 15 s against SGD+BN's 40 × 0.25 s = 10 s
+    own = next(line for line in text.splitlines() if line.startswith("| 4 | C4"))
+    assert "15.0 [15.0, 15.0] s → 0.67×" in own and f"**{claims.NOT_REPRODUCED}**" in own
+    section = text[text.index("## Diagnostic runs"):]
+    rows = [line for line in section.splitlines() if line.startswith("| fast") or line.startswith("| other")]
+    # with 'fast' in place of K-FAC's runs: the target stays 0.2 (SGD+BN's best), reached at update 10 → 5 s, 2.0×
+    assert len(rows) == 1 and rows[0].startswith("| fast (in place of kfac) | C4: ")  # 'other' changes no claim
+    assert "10.0 [10.0, 10.0] s vs 5.0 [5.0, 5.0] s → 2.00×" in rows[0]
+    assert rows[0].endswith(f"| {claims.REPRODUCED} |")
+
+
 def test_the_share_of_updates_at_the_step_size_cap_is_reported_for_kfac_arms(tmp_path: Path) -> None:
     for arm, method in (("kfac", "kfac"), ("sgd", "sgd")):
         run_dir = write_run(tmp_path, "alexnet-bs2048", arm, "r", [0.5, 0.4, 0.3, 0.2], method=method)

@@ -4,14 +4,16 @@ They are made with `kfac-repro run SPEC --arm ARM --set KEY=VALUE ... --run-id V
 --out results/diagnostics` (`layout.DIAGNOSTICS`, the usual layout below it). The report lists each variant under
 the figure's own runs of that arm: the settings that differ (from the runs' resolved.yaml), and for every row the
 updates each seed needed to the validation error that every seed of the figure's own runs of that arm reached.
+Then the figure's claims are recomputed with each variant's runs in place of its arms' runs (every arm the variant
+varies at once), by the same rules, each arm keeping its own cost per update: the rows the variant changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kfac_repro.plotting.claims import Arms
+from kfac_repro.plotting.claims import Arms, Claim
 from kfac_repro.plotting.figures import FIGURES
 from kfac_repro.plotting.results import Run, flatten, variant_runs
 from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, updates_to_target
@@ -20,6 +22,7 @@ from kfac_repro.runner.layout import DIAGNOSTICS
 UNCOMPARED = ("label", "training.seed")  # settings every seed or variant may differ in without changing the method
 
 Row = tuple[str, str, Sequence[Run]]  # arm, variant ('' for the figure's own runs), its runs over seeds
+ClaimsOf = Callable[[int, str, Arms], Sequence[Claim]]  # (figure, profile, arm → runs) → the figure's claim rows
 
 
 def changes(run: Run, reference: Run) -> str:
@@ -29,9 +32,9 @@ def changes(run: Run, reference: Run) -> str:
     return "; ".join(f"{k} {theirs.get(k, '(absent)')} → {ours.get(k, '(absent)')}" for k in keys) or "(none)"
 
 
-def diagnostics_section(results: Path, figures: Mapping[int, tuple[str, Arms]]) -> list[str]:
+def diagnostics_section(results: Path, figures: Mapping[int, tuple[str, Arms]], claims_of: ClaimsOf) -> list[str]:
     """Markdown: per figure with diagnostic runs under results/diagnostics (same profile), a table of the figure's
-    runs of each varied arm followed by its variants."""
+    runs of each varied arm followed by its variants, then the claims each variant changes (`claims_of`)."""
     root = results / DIAGNOSTICS
     lines: list[str] = []
     for number, (profile, arms) in figures.items():
@@ -44,6 +47,7 @@ def diagnostics_section(results: Path, figures: Mapping[int, tuple[str, Arms]]) 
         if varied:
             others = [(arm, "", runs) for arm, runs in arms.items() if arm not in {row[0] for row in varied}]
             lines += _table(number, spec, profile, varied, others, arms)
+            lines += _variant_claims(number, profile, arms, variants, claims_of)
     if not lines:
         return []
     return ["", "## Diagnostic runs", "",
@@ -79,3 +83,22 @@ def _table(number: int, spec: str, profile: str, varied: Sequence[Row], others: 
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | {late_progress(runs)} | "
             f"{', '.join(sorted({r.commit[:10] for r in runs}))} |")
     return [*lines, ""]
+
+
+def _variant_claims(number: int, profile: str, arms: Arms, variants: Mapping[tuple[str, str], Sequence[Run]],
+                    claims_of: ClaimsOf) -> list[str]:
+    """Markdown: the figure's claims recomputed with each variant's runs in place of the runs of the arms it varies,
+    the rows whose measurement differs from the figure's own."""
+    own = {claim.claim: claim.measured for claim in claims_of(number, profile, arms)}
+    replacements: dict[str, dict[str, Sequence[Run]]] = {}
+    for (arm, variant), runs in variants.items():
+        if arm in arms:
+            replacements.setdefault(variant, {})[arm] = runs
+    rows = [f"| {variant} (in place of {', '.join(replaced)}) | {claim.claim} | {claim.measured} | {claim.verdict} |"
+            for variant, replaced in replacements.items()
+            for claim in claims_of(number, profile, {**arms, **replaced}) if own.get(claim.claim) != claim.measured]
+    if not rows:
+        return []
+    return [f"Fig. {number}'s claims with a variant's runs in place of its arms' runs: what the same rule gives (not a "
+            "verdict of this reproduction; each arm keeps its own cost per update from `bench arms`).", "",
+            "| variant | claim | measured | the rule gives |", "|---|---|---|---|", *rows, ""]

@@ -4,6 +4,7 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -160,9 +161,14 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
         seeds = sorted({len(rs) for rs in arms.values()})
         scale = (f"{scale_of(arms, profile)}; {', '.join(map(str, steps))} updates; "
                  f"{'/'.join(map(str, seeds))} seed(s)" + ("; old method" if old_method(arms) else ""))
-        costs = read_costs(profile_dir(results, spec, profile) / FILE_NAME)
-        rows += [(claim, scale) for claim in measure(arms, costs, grid_use(profile_dir(results, spec, profile), arms))]
+        rows += [(claim, scale) for claim in figure_claims(results, number, profile, arms)]
     return rows
+
+
+def figure_claims(results: Path, number: int, profile: str, arms: Arms) -> list[Claim]:
+    """Figure `number`'s claim rows from the given runs of its arms, its cost table and its grids."""
+    directory = profile_dir(results, FIGURES[number].spec, profile)
+    return CLAIMS[number](arms, read_costs(directory / FILE_NAME), grid_use(directory, arms))
 
 
 def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
@@ -246,4 +252,5 @@ def report_text(results: Path, allow_mixed: bool = False) -> str:
     for claim, scale in claims_for(results, allow_mixed):
         lines.append(f"| {claim.figure} | {claim.claim} | {claim.measured} | **{claim.verdict}** | {claim.rule} | "
                      f"{scale} |")
-    return "\n".join(lines + runs_section(results) + diagnostics_section(results, figure_runs(results))) + "\n"
+    diagnostics = diagnostics_section(results, figure_runs(results), functools.partial(figure_claims, results))
+    return "\n".join(lines + runs_section(results) + diagnostics) + "\n"
