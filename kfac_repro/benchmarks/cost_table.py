@@ -24,6 +24,11 @@ SHARED_LOAD = 0.5  # tables without other_cpu (older): a 1-minute load average a
 # the core count plus this after it (the benchmark alone can raise the load average to the core count, not past it)
 
 
+def shared_by_other_cpu(share: float) -> bool:
+    """Whether other processes' share of the machine's CPU time while timing makes it a shared machine."""
+    return share > SHARED_OTHER
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One measured quantity of one arm: value (seconds or bytes), its range over repeats, and its unit."""
@@ -53,7 +58,7 @@ class ArmCosts:
     def shared(self) -> bool:
         """Whether other work ran on the machine while it was timed (SHARED_OTHER; SHARED_LOAD for older tables)."""
         if self.other_cpu is not None:
-            return self.other_cpu > SHARED_OTHER
+            return shared_by_other_cpu(self.other_cpu)
         before, after, cores = (float(self.machine.get(k) or "nan") for k in ("load_before", "load_after", "cpus"))
         return any(math.isnan(v) for v in (before, after, cores)) or before > SHARED_LOAD or \
             after > cores + SHARED_LOAD

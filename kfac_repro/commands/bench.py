@@ -42,7 +42,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
-    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_OTHER, write_costs
+    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_OTHER, shared_by_other_cpu, write_costs
     from kfac_repro.benchmarks.other_cpu import OtherCPU
     from kfac_repro.runner import layout
     from kfac_repro.runner.environment import git_commit
@@ -72,7 +72,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
             click.echo(f"{m.arm:14}{m.quantity:17}{m.examples:>7}{m.value * 1e3:12.2f} ms   "
                        f"[{m.low * 1e3:.2f}, {m.high * 1e3:.2f}]")
     other = "unknown (no /proc/stat)" if share is None else f"{100 * share:.1f}%"
-    kind = "an unknown" if share is None else "a shared" if share > SHARED_OTHER else "an idle"
+    kind = "an unknown" if share is None else "a shared" if shared_by_other_cpu(share) else "an idle"
     click.echo(f"other processes' share of the CPU time while timing: {other}, so the report reads these timings as "
                f"taken on {kind} machine (shared above {100 * SHARED_OTHER:.0f}%); load average after: "
                f"{machine['load_after']}\nwrote {path}")
