@@ -23,7 +23,6 @@ import yaml
 from kfac_repro.runner import layout
 
 PROFILE_PREFERENCE = ("paper", "cpu", "smoke")
-DIVERGED = "diverged"  # run.json status of a run stopped at the divergence bound: a result, plotted and reported
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Run:
     @property
     def diverged(self) -> bool:
         """Whether training stopped at the divergence bound (a result, kept: its metrics end where it stopped)."""
-        return self.record.get("status") == DIVERGED
+        return self.record.get("status") == layout.DIVERGED
 
     @property
     def last_step(self) -> int:
@@ -177,7 +176,7 @@ _NEEDED = ("step", "examples", "seconds", "train_loss", "train_error", "val_loss
 def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
     """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used)."""
     status = record.get("status")
-    if status not in ("complete", DIVERGED):
+    if status not in (layout.COMPLETE, layout.DIVERGED):
         return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
     try:
         metrics = pd.read_csv(run_dir / layout.METRICS)
@@ -192,7 +191,7 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
     if garbled or metrics["step"].isna().any():
         return None, f"metrics.csv has non-numeric values in {', '.join(garbled or ['step'])}"
     last, expected = int(metrics["step"].iloc[-1]), record.get("steps")
-    if isinstance(expected, int) and last < expected and status != DIVERGED:
+    if isinstance(expected, int) and last < expected and status != layout.DIVERGED:
         return None, f"incomplete: metrics.csv ends at step {last} of {expected} (cut short)"
     return metrics, ""
 

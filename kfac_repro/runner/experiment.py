@@ -153,7 +153,7 @@ def run_arm(
             record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
     except BaseException as error:
         status = ("interrupted" if isinstance(error, interrupts.Interrupted | KeyboardInterrupt) else
-                  "diverged" if isinstance(error, TrainingDiverged) else "failed")
+                  layout.DIVERGED if isinstance(error, TrainingDiverged) else "failed")
         _write_status(run_dir, record, status, chief)
         raise
     finally:
@@ -162,7 +162,7 @@ def run_arm(
         if refresh_log is not None:
             logging.getLogger("kfac_repro.kfac").removeHandler(refresh_log)
             refresh_log.close()
-    _write_status(run_dir, record, "complete", chief)
+    _write_status(run_dir, record, layout.COMPLETE, chief)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return final

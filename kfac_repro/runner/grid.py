@@ -78,7 +78,7 @@ def leaderboard(entries: list[tuple[dict[str, Any], Path]], target_error: float 
 
     rows.sort(key=rank_key)
     for rank, row in enumerate(rows, start=1):
-        row["rank"], row["best"] = rank, rank == 1 and row["status"] == "complete"
+        row["rank"], row["best"] = rank, rank == 1 and row["status"] == layout.COMPLETE
     return rows
 
 

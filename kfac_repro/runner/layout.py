@@ -24,6 +24,8 @@ from kfac_repro.runner import interrupts
 GRID_PREFIX = "grid-"
 GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
 RUN_RECORD = "run.json"
+COMPLETE, DIVERGED = "complete", "diverged"  # run.json statuses of a run that is a result (a diverged run stopped
+# at the divergence bound and is kept: plotted, reported, never trained again); others: running, interrupted, failed
 METRICS = "metrics.csv"  # a run's rows (runner/loop.py writes, plotting reads)
 REFRESH_LOG = "refreshes.log"  # a K-FAC run's inverse hand-overs
 LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
@@ -223,5 +225,5 @@ def run_status(run_dir: Path) -> str | None:
 def run_complete(run_dir: Path, steps: int) -> bool:
     """Whether `run_dir` holds a complete run of at least `steps` updates (a shorter one is resumed, to `steps`)."""
     record = read_run_record(run_dir)
-    return record.get("status") == "complete" and int(record.get("steps", 0)) >= steps
+    return record.get("status") == COMPLETE and int(record.get("steps", 0)) >= steps
 

@@ -91,7 +91,7 @@ def run_state(run_dir: Path, steps: int) -> tuple[str, int]:
     if not run_dir.is_dir():
         return TODO, steps
     status = layout.run_status(run_dir)
-    if status == "diverged":
+    if status == layout.DIVERGED:
         return DIVERGED, 0
     if layout.run_complete(run_dir, steps):
         return DONE, 0
