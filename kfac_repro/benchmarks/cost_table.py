@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kfac_repro.runner import layout
+
 FILE_NAME = "bench-arms.csv"
 MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "other_cpu", "commit", "time_utc")
 COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
@@ -22,6 +24,11 @@ SHARED_OTHER = 0.05  # other work shared the machine: other processes used more 
 # while the benchmark ran (benchmarks/other_cpu.py)
 SHARED_LOAD = 0.5  # tables without other_cpu (older): a 1-minute load average above this before timing, or above
 # the core count plus this after it (the benchmark alone can raise the load average to the core count, not past it)
+
+
+def table_path(results: Path, spec: str, profile: str) -> Path:
+    """Where `bench arms` writes an experiment profile's table: RESULTS/<spec>/<profile>/bench-arms.csv."""
+    return layout.profile_dir(results, spec, profile) / FILE_NAME
 
 
 def shared_by_other_cpu(share: float) -> bool:

@@ -42,9 +42,8 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
-    from kfac_repro.benchmarks.cost_table import FILE_NAME, SHARED_OTHER, shared_by_other_cpu, write_costs
+    from kfac_repro.benchmarks.cost_table import SHARED_OTHER, shared_by_other_cpu, table_path, write_costs
     from kfac_repro.benchmarks.other_cpu import OtherCPU
-    from kfac_repro.runner import layout
     from kfac_repro.runner.environment import git_commit
 
     machine = {**machine_record(), "commit": git_commit(Path(__file__).resolve().parent),
@@ -63,7 +62,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     machine["load_after"] = round(os.getloadavg()[0], 2)
     share = others.share()
     machine["other_cpu"] = "" if share is None else round(share, 4)
-    path = layout.profile_dir(out, spec.name, profile) / FILE_NAME
+    path = table_path(out, spec.name, profile)
     write_costs(path, spec.name, profile, measurements, machine)
     for m in measurements:
         if m.unit == "bytes":

@@ -45,7 +45,7 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
 
 
 def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
-    from kfac_repro.benchmarks.cost_table import FILE_NAME, read_costs
+    from kfac_repro.benchmarks.cost_table import read_costs, table_path
     from kfac_repro.plotting.clock import figure_clock
     from kfac_repro.plotting.figures import render
 
@@ -59,7 +59,7 @@ def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
             click.echo(f"fig {number}: no complete runs under {where} "
                        f"(run `kfac-repro run {spec} --profile {profile or 'cpu'}`)", err=True)
             continue
-        costs = read_costs(layout.profile_dir(results, spec, profiles[0]) / FILE_NAME)
+        costs = read_costs(table_path(results, spec, profiles[0]))
         clock = figure_clock(runs, costs, FIGURES[number].modelled_clock)
         paths = render(FIGURES[number], runs, profiles[0], out, clock)
         made += 1

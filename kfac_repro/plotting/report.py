@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
-from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, read_costs
+from kfac_repro.benchmarks.cost_table import ArmCosts, read_costs, table_path
 from kfac_repro.plotting.claims import (
     CLAIMS,
     MIN_SEEDS,
@@ -167,8 +167,9 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
 
 def figure_claims(results: Path, number: int, profile: str, arms: Arms) -> list[Claim]:
     """Figure `number`'s claim rows from the given runs of its arms, its cost table and its grids."""
-    directory = profile_dir(results, FIGURES[number].spec, profile)
-    return CLAIMS[number](arms, read_costs(directory / FILE_NAME), grid_use(directory, arms))
+    spec = FIGURES[number].spec
+    costs = read_costs(table_path(results, spec, profile))
+    return CLAIMS[number](arms, costs, grid_use(profile_dir(results, spec, profile), arms))
 
 
 def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
@@ -237,7 +238,7 @@ def runs_section(results: Path) -> list[str]:
         bn = f"; **BN arms with different BN momenta: {', '.join(momenta)}**" if len(momenta) > 1 else ""
         lines += [f"**Fig. {number}** (`{figure.spec}`, {scale_of(arms, profile)}): {method}; "
                   f"{provenance(commits)}{bn}.", ""]
-        lines += _costs_table(arms, read_costs(profile_dir(results, figure.spec, profile) / FILE_NAME))
+        lines += _costs_table(arms, read_costs(table_path(results, figure.spec, profile)))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
                   "late progress | step size at η_max | commit | runs |", "|---" * 11 + "|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]
