@@ -1,7 +1,8 @@
 """Data-parallel training equals single-process training on the same global batches (weights and loss), for SGD
 and K-FAC, under MirroredStrategy (2 replicas in one process) and MultiWorkerMirroredStrategy (2 processes on
 loopback); K-FAC's inversion divided among them equals single-worker inversion exactly and every worker hands
-over at the same steps; a failed worker stops the job, also one that dies holding an assigned inversion."""
+over at the same steps; a failed worker stops the job, also one that dies holding an assigned inversion; a long
+multi-worker run does not accumulate threads."""
 
 import json
 import sys
@@ -78,6 +79,29 @@ def test_two_workers_on_loopback_agree_and_equal_one_process(tmp_path: Path, opt
                 np.testing.assert_array_equal(worker0[key], reference[key], err_msg=key)
     else:
         assert_same_training(reference, worker0)
+
+
+THREADS_AFTER_TRAINING = """
+import sys
+from pathlib import Path
+from kfac_repro.distribute.consistency import train
+train("kfac", int(sys.argv[1]), 16)
+status = Path("/proc/self/status").read_text()
+Path(sys.argv[2]).write_text(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+"""
+
+
+@pytest.mark.slow
+def test_threads_of_a_multi_worker_run_do_not_grow_with_its_steps(tmp_path: Path) -> None:
+    # A timeout on collectives parks one TensorFlow thread per collective for the whole timeout: at ~20 per step,
+    # a 2-worker run on this machine could no longer start threads after ~400 s (std::system_error, exit -6).
+    threads = {}
+    for steps in (10, 130):
+        out = tmp_path / f"threads-{steps}"
+        run_local_workers(lambda spec, steps=steps, out=out: [
+            sys.executable, "-c", THREADS_AFTER_TRAINING, str(steps), f"{out}-{spec.index}"], 2, emit=lambda _: None)
+        threads[steps] = int(Path(f"{out}-0").read_text())
+    assert threads[130] - threads[10] < 40, threads
 
 
 def test_a_failing_worker_stops_the_others_quickly() -> None:

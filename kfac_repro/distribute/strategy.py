@@ -3,8 +3,10 @@ process), else MirroredStrategy over `local_replicas` local devices (the first G
 host without GPUs), else the default strategy. A spec's `distribution.workers` is that replica count: one gradient
 worker per replica.
 
-Collectives time out after $KFAC_REPRO_COLLECTIVE_TIMEOUT seconds (default 600), so that a worker whose host
-vanished without closing its connections cannot leave the others waiting forever."""
+Collectives have no timeout of their own: TensorFlow's coordination service, which MultiWorkerMirroredStrategy
+starts, aborts every worker's collectives once a peer stops sending heartbeats (a frozen or vanished host), and a peer
+that exits closes its connections. A per-collective timeout would park one of TensorFlow's `collective_ops` threads
+per collective for the whole timeout, about 20 per K-FAC step here, until the process cannot start threads."""
 
 from __future__ import annotations
 
@@ -50,9 +52,7 @@ def make_strategy(local_replicas: int = 1) -> tf.distribute.Strategy:
     """The strategy for this process (see the module docstring)."""
     if cluster_from_environment() is not None:
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=float(os.environ.get("KFAC_REPRO_COLLECTIVE_TIMEOUT", "600")),
-        )
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = len(tf.config.list_physical_devices("GPU"))
     devices = local_devices(local_replicas, gpus)
