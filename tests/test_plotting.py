@@ -266,11 +266,15 @@ def test_report_says_which_arms_flattened_within_their_budget(tmp_path: Path) ->
                   method="sgd")
         rising = [0.5, 0.4, 0.6, 0.7] if seed == 2 else [0.9, 0.5, 0.3, 0.2]  # seed 2's loss never decreased
         write_run(tmp_path, "cifar10-async", "sync-gpu4", f"r{seed}", rising, seed=seed)
+        climbing = [0.9, 0.5, 0.3] + [0.2] * 6 + [0.2 + 0.02 * seed] * 2  # seeds 1, 2 climb back in the last 20%
+        write_run(tmp_path, "cifar10-async", "async-gpu1", f"c{seed}", climbing, seed=seed)
     out = tmp_path / "report.md"
     result = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = {line.split(" | ")[0]: line for line in out.read_text().splitlines() if " label | 0, 1, 2 |" in line}
     assert "| 0.0 [0.0, 0.0]% flat |" in rows["| sync-gpu1 label"]
+    # train loss 2e: steps 70, 80 at 0.4, steps 90, 100 at 0.4 + 0.04·seed, first 1.0: seed 2 −0.08 / 0.52
+    assert f"[{-100 * 0.08 / 0.52:.1f}, 0.0]% **rising** |" in rows["| async-gpu1 label"]
     assert "| 0.3767 [0.2100, 0.7100] | — |" in rows["| sync-gpu4 label"]  # test error, then no late progress
     assert f"| {100 * 0.32 / 1.36:.1f} [" in rows["| sgd-bn label"] and "**still falling**" in rows["| sgd-bn label"]
     assert all(f"C{n}" in out.read_text() for n in range(1, 9))

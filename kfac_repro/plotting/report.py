@@ -60,8 +60,9 @@ beats decaying the learning rate (Fig. 8).
 
 Budgets: each arm's *late progress* (tables below) is the share of its training-loss decrease that came in the last
 {tail:.0%} of its updates (the mean over that stretch against the mean over the stretch before it, as a share of
-the whole decrease; per seed). Below {flat:.0%} in every seed the curve has flattened; otherwise the comparison
-holds at the budget shown, not at convergence.
+the whole decrease; per seed). Within ±{flat:.0%} in every seed the curve has flattened; otherwise the comparison
+holds at the budget shown, not at convergence: *still falling* where a seed's loss was still going down, *rising*
+where a seed's loss went back up by {flat:.0%} of its decrease or more.
 """
 
 

@@ -94,15 +94,18 @@ def capped_share(run: Run) -> float:
 
 
 def late_progress(runs: Sequence[Run]) -> str:
-    """`late_share` of the training loss over seeds, in per cent, and whether every seed has flattened; a dash
-    when a seed's loss did not decrease (its share is undefined, and `spread` would count it as +∞)."""
+    """`late_share` of the training loss over seeds, in per cent: flat within ±FLAT in every seed, **still falling**
+    when some seed's share reaches FLAT, else **rising** (some seed's loss climbed by FLAT of its decrease or more
+    in its last stretch); a dash when a seed's loss did not decrease (its share is undefined, and `spread` would
+    count it as +∞)."""
     if any(run.diverged for run in runs):
         return "— (a seed diverged)"
     shares = [late_share(run) for run in runs]
     if not shares or any(math.isnan(value) for value in shares):
         return "—"
     share = spread(shares)
-    return share.scaled(100).text(1, "%") + (" flat" if share.high < FLAT else " **still falling**")
+    trend = " **still falling**" if share.high >= FLAT else " **rising**" if share.low <= -FLAT else " flat"
+    return share.scaled(100).text(1, "%") + trend
 
 
 def band(runs: Sequence[Run], x: str, column: str) -> pd.DataFrame:
