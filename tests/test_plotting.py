@@ -91,7 +91,8 @@ def test_updates_to_target_and_time_is_updates_times_measured_seconds(tmp_path: 
                                                                          FILE_NAME)
     row = claims.speedup(2, "test", arms, "sync-gpu1", "sgd-bn", 2.0, claims.measured_cost(read))
     # target 0.2 (the worst best): K-FAC at 30 updates × 0.5 s = 15 s; SGD+BN at 50 × 0.25 = 12.5 s → 0.83×
-    assert "updates to target: sgd-bn label 50 [50, 50], sync-gpu1 label 30 [30, 30]" in row.measured
+    assert ("updates to target: sgd-bn label 50 [50, 50] (seeds 0, 1, 2: 50, 50, 50), sync-gpu1 label 30 [30, 30] "
+            "(seeds 0, 1, 2: 30, 30, 30)") in row.measured
     assert "12.5 [12.5, 12.5] s vs 15.0 [15.0, 15.0] s → 0.83×" in row.measured
     assert row.verdict == claims.NOT_REPRODUCED and "75%" in row.rule
     def tuned(**uses: claims.GridUse) -> claims.Claim:
@@ -202,9 +203,12 @@ def test_diagnostic_variants_are_listed_with_their_changed_settings_and_one_targ
     section = text[text.index("## Diagnostic runs"):]
     assert "updates to val_error ≤ 0.2000" in section  # the worst best of the figure's own kfac runs
     rows = [line for line in section.splitlines() if line.startswith("| kfac") or line.startswith("| sgd")]
-    assert rows[0].startswith("| kfac | — | — (the figure's runs) | 0, 1, 2 | 30 [30, 30] |")
-    assert rows[1].startswith("| kfac | every5 | optimizer.inverse_every 20 → 5 | 0, 1 | inf [20, inf] |")
-    assert rows[2].startswith("| sgd | — | — (the figure's runs, to compare) | 0, 1, 2 | inf [inf, inf] |")
+    assert rows[0].startswith("| kfac | — | — (the figure's runs) | 0, 1, 2 | 30 [30, 30] "
+                              "(seeds 0, 1, 2: 30, 30, 30) |")
+    assert rows[1].startswith("| kfac | every5 | optimizer.inverse_every 20 → 5 | 0, 1 | inf [20, inf] "
+                              "(seeds 0, 1: 20, inf) |")  # seed 1's best is 0.24: it never reached the target
+    assert rows[2].startswith("| sgd | — | — (the figure's runs, to compare) | 0, 1, 2 | inf [inf, inf] "
+                              "(seeds 0, 1, 2: inf, inf, inf) |")
 
 
 def test_a_variant_recomputes_the_claims_it_changes_with_its_runs_in_place_of_its_arms(tmp_path: Path) -> None:

@@ -23,7 +23,16 @@ import numpy as np
 from kfac_repro.benchmarks.cluster_clock import LABEL, Components, Layout, async_staleness, per_update_seconds
 from kfac_repro.benchmarks.cost_table import ArmCosts
 from kfac_repro.plotting.results import Run
-from kfac_repro.plotting.seeds import Spread, best, capped_share, final, per_seed, spread, updates_to_target
+from kfac_repro.plotting.seeds import (
+    Spread,
+    best,
+    capped_share,
+    final,
+    per_seed,
+    per_seed_text,
+    spread,
+    updates_to_target,
+)
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NO_DATA = "reproduced", "partly", "not reproduced", "no data"
 INCONCLUSIVE = "inconclusive"
@@ -133,9 +142,14 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
         missing = faster if faster not in arms else slower
         return Claim(figure, claim, f"no complete run of {missing}", NO_DATA, rule)
     target = common_target(arms, (faster, slower), column)
-    updates = {a: per_seed(arms[a], lambda run: updates_to_target(run, column, target)) for a in (faster, slower)}
+
+    def reached(run: Run) -> float:
+        return updates_to_target(run, column, target)
+
+    updates = {a: per_seed(arms[a], reached) for a in (faster, slower)}
     progress = (f"{column} target {target:.3f}; updates to target: {arms[slower][0].label} "
-                f"{updates[slower].text(0)}, {arms[faster][0].label} {updates[faster].text(0)}")
+                f"{per_seed_text(arms[slower], reached)}, {arms[faster][0].label} "
+                f"{per_seed_text(arms[faster], reached)}")
     costs = {a: seconds(a) for a in (faster, slower)}
     if any(value is None for value, _ in costs.values()):
         return Claim(figure, claim, f"{progress}; {costs[faster][1] or costs[slower][1]}", NO_DATA, rule)

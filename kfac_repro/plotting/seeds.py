@@ -44,6 +44,17 @@ def per_seed(runs: Sequence[Run], measure: Callable[[Run], float]) -> Spread:
     return spread([measure(run) for run in runs])
 
 
+def per_seed_text(runs: Sequence[Run], measure: Callable[[Run], float], digits: int = 0) -> str:
+    """The Spread of `measure` over the runs, then each seed's own value where there are several:
+    '347 [220, 420] (seeds 0, 1, 2: 400, 420, 220)' (inf: not reached)."""
+    values = [measure(run) for run in runs]
+    text = spread(values).text(digits)
+    if len(runs) < 2:
+        return text
+    own = ", ".join("inf" if math.isnan(v) else f"{v:.{digits}f}" for v in values)
+    return f"{text} (seeds {', '.join(str(run.seed) for run in runs)}: {own})"
+
+
 def updates_to_target(run: Run, column: str, target: float) -> float:
     """Updates at the first logged row where `column` (e.g. val_error, train_loss) is at or below the target;
     NaN if never."""
