@@ -125,14 +125,17 @@ def location_mean_patches(x: tf.Tensor, geometry: ConvGeometry) -> tf.Tensor:
     """Per-example mean over output locations of the im2col patch, [B, k_h·k_w·C], without materialising patches.
 
     The patch entry (i, j, c) at location (t_h, t_w) reads x[s_h t_h + d_h i − p_h, s_w t_w + d_w j − p_w, c] (zero
-    outside), so its sum over locations is Σ_{h,w} M_h[i,h] M_w[j,w] x[h,w,c] with 0/1 selector matrices M.
+    outside), so its sum over locations is Σ_{h,w} M_h[i,h] M_w[j,w] x[h,w,c] with 0/1 selector matrices M: two
+    batched products, over h on x viewed as [B, H, W·C], then over w on the result viewed as [B·k_h, W, C], neither
+    of which moves x in memory (a 3-operand einsum transposed x and took 3.5× as long on the CIFAR-10 net).
     """
-    height, width = x.shape[1], x.shape[2]
-    if height is None or width is None:
-        raise ValueError("conv K-FAC statistics need static spatial input dimensions")
-    select_h = _location_selector(height, 0, geometry)
-    select_w = _location_selector(width, 1, geometry)
-    sums = tf.einsum("ih,jw,bhwc->bijc", tf.cast(select_h, x.dtype), tf.cast(select_w, x.dtype), x)
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    if height is None or width is None or channels is None:
+        raise ValueError("conv K-FAC statistics need static spatial and channel input dimensions")
+    select_h = tf.cast(_location_selector(height, 0, geometry), x.dtype)
+    select_w = tf.cast(_location_selector(width, 1, geometry), x.dtype)
+    rows = tf.matmul(select_h, tf.reshape(x, [-1, height, width * channels]))  # [B, k_h, W·C]
+    sums = tf.matmul(select_w, tf.reshape(rows, [-1, width, channels]))  # [B·k_h, k_w, C]
     locations = geometry.output_size(height, 0) * geometry.output_size(width, 1)
     return tf.reshape(sums, [tf.shape(x)[0], -1]) / float(locations)
 
