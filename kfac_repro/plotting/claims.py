@@ -29,7 +29,7 @@ from kfac_repro.plotting.seeds import (
     capped_share,
     final,
     per_seed,
-    per_seed_text,
+    seeds_text,
     spread,
     updates_to_target,
 )
@@ -142,14 +142,11 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
         missing = faster if faster not in arms else slower
         return Claim(figure, claim, f"no complete run of {missing}", NO_DATA, rule)
     target = common_target(arms, (faster, slower), column)
-
-    def reached(run: Run) -> float:
-        return updates_to_target(run, column, target)
-
-    updates = {a: per_seed(arms[a], reached) for a in (faster, slower)}
+    reached = {a: [updates_to_target(run, column, target) for run in arms[a]] for a in (faster, slower)}
+    updates = {a: spread(values) for a, values in reached.items()}
     progress = (f"{column} target {target:.3f}; updates to target: {arms[slower][0].label} "
-                f"{per_seed_text(arms[slower], reached)}, {arms[faster][0].label} "
-                f"{per_seed_text(arms[faster], reached)}")
+                f"{seeds_text(arms[slower], reached[slower])}, {arms[faster][0].label} "
+                f"{seeds_text(arms[faster], reached[faster])}")
     costs = {a: seconds(a) for a in (faster, slower)}
     if any(value is None for value, _ in costs.values()):
         return Claim(figure, claim, f"{progress}; {costs[faster][1] or costs[slower][1]}", NO_DATA, rule)

@@ -16,7 +16,7 @@ from pathlib import Path
 from kfac_repro.plotting.claims import Arms, Claim
 from kfac_repro.plotting.figures import FIGURES
 from kfac_repro.plotting.results import Run, flatten, variant_runs
-from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, per_seed_text, updates_to_target
+from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, seeds_text, updates_to_target
 from kfac_repro.runner.layout import DIAGNOSTICS
 
 UNCOMPARED = ("label", "training.seed")  # settings every seed or variant may differ in without changing the method
@@ -77,7 +77,7 @@ def _table(number: int, spec: str, profile: str, varied: Sequence[Row], others: 
                 change += " (**its seeds differ in other settings**)"
         lines.append(
             f"| {arm} | {variant or '—'} | {change} | {', '.join(str(r.seed) for r in runs)} | "
-            f"{per_seed_text(runs, lambda r: updates_to_target(r, 'val_error', target))} | "
+            f"{seeds_text(runs, [updates_to_target(r, 'val_error', target) for r in runs])} | "
             f"{per_seed(runs, lambda r: best(r, 'val_error')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'train_loss')).text(4)} | "
             f"{per_seed(runs, lambda r: final(r, 'val_loss')).text(4)} | {late_progress(runs)} | "

@@ -44,10 +44,9 @@ def per_seed(runs: Sequence[Run], measure: Callable[[Run], float]) -> Spread:
     return spread([measure(run) for run in runs])
 
 
-def per_seed_text(runs: Sequence[Run], measure: Callable[[Run], float], digits: int = 0) -> str:
-    """The Spread of `measure` over the runs, then each seed's own value where there are several:
+def seeds_text(runs: Sequence[Run], values: Sequence[float], digits: int = 0) -> str:
+    """The Spread of per-seed `values` (one per run), then each seed's own value where there are several:
     '347 [220, 420] (seeds 0, 1, 2: 400, 420, 220)' (inf: not reached)."""
-    values = [measure(run) for run in runs]
     text = spread(values).text(digits)
     if len(runs) < 2:
         return text
