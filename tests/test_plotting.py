@@ -357,6 +357,27 @@ def test_cheap_factors_saving_needs_the_timing_ranges_apart(tmp_path: Path, chea
     assert "final val error cheap 0.320 [0.310, 0.330], KFC 0.310 [0.300, 0.320] (cheap − KFC +0.010" in row.measured
 
 
+@pytest.mark.parametrize(("kl_final", "lr_final", "lr_capped", "verdict"), [
+    ((0.30, 0.31, 0.32), (0.40, 0.41, 0.42), True, claims.REPRODUCED),      # decayKL's range wholly below
+    ((0.30, 0.36, 0.42), (0.34, 0.38, 0.40), True, claims.INCONCLUSIVE),    # ranges overlap
+    ((0.40, 0.41, 0.42), (0.30, 0.31, 0.32), True, claims.NOT_REPRODUCED),  # wholly above
+    ((0.30, 0.31, 0.32), (0.40, 0.41, 0.42), False, claims.INCONCLUSIVE),   # decayLR's cap never bound: nothing decayed
+])
+def test_kl_decay_compares_final_val_loss_ranges_once_the_decayed_cap_binds(
+        tmp_path: Path, kl_final: tuple, lr_final: tuple, lr_capped: bool, verdict: str) -> None:
+    for arm, finals in (("decay-kl", kl_final), ("decay-lr", lr_final)):
+        for seed, last in enumerate(finals):
+            run_dir = write_run(tmp_path, "googlenet-kl-decay", arm, f"r{seed}", [0.5, 0.3, last / 3], seed=seed)
+            metrics = pd.read_csv(run_dir / "metrics.csv")
+            metrics["learning_rate"] = 0.005 if arm == "decay-lr" else 10.0
+            metrics["step_size"] = [None, 0.004, 0.005 if lr_capped and arm == "decay-lr" else 0.004]
+            metrics.to_csv(run_dir / "metrics.csv", index=False)
+    row = claims.kl_decay(seed_runs(tmp_path, "googlenet-kl-decay", "cpu"))
+    assert row.verdict == verdict
+    assert ("never bound" in row.measured) is (not lr_capped)
+    assert "reproduced: decayKL's seed range wholly below decayLR's" in row.rule
+
+
 def test_cluster_clock_on_hand_computed_layouts() -> None:
     from kfac_repro.benchmarks.cluster_clock import (
         Components,
