@@ -4,6 +4,10 @@ reads it).
 
 Quantities: update (seconds per update as configured), gradient_pass (on `examples` examples), statistics_pass,
 apply (preconditioning), inversion (seconds), gradient_bytes (bytes). `value` is the median, low/high the range.
+
+Each `bench arms` is one sitting. A new sitting moves the previous table aside as bench-arms.<its time>.csv, so
+that the report can check every verdict with the costs of each earlier sitting of the same commit: timings of one
+machine drift between sittings by more than the block ranges of one sitting show.
 """
 
 from __future__ import annotations
@@ -84,9 +88,25 @@ class ArmCosts:
         return f"load {self.machine.get('load_before')} before, {self.machine.get('load_after')} after"
 
 
+def earlier_sittings(path: Path) -> list[Path]:
+    """The tables that newer sittings moved aside from `path`, oldest first."""
+    return sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
+
+
+def sitting_time(costs: Mapping[str, ArmCosts]) -> str:
+    """When a table's sitting began (its time_utc), '' for an empty table."""
+    return next((c.machine.get("time_utc", "") for c in costs.values()), "")
+
+
+def sitting_commit(costs: Mapping[str, ArmCosts]) -> str:
+    """The commit a table's sitting timed, '' for an empty table."""
+    return next((c.machine.get("commit", "") for c in costs.values()), "")
+
+
 def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurement],
                 machine: Mapping[str, Any]) -> None:
-    """All rows at once, through a temporary file (a killed benchmark leaves the previous table)."""
+    """All rows at once, through a temporary file (a killed benchmark leaves the previous table); a previous table
+    is kept as an earlier sitting (`earlier_sittings`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".csv.tmp")
     with temporary.open("w", newline="") as handle:
@@ -95,6 +115,9 @@ def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurem
         for m in measurements:
             writer.writerow({"spec": spec, "profile": profile, **asdict(m),
                              **{k: machine.get(k, "") for k in MACHINE}})
+    if path.is_file():
+        stamp = "".join(ch for ch in sitting_time(read_costs(path)) if ch.isalnum()) or "undated"
+        path.replace(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
     temporary.replace(path)
 
 

@@ -42,7 +42,13 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
     from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
-    from kfac_repro.benchmarks.cost_table import SHARED_OTHER, shared_by_other_cpu, table_path, write_costs
+    from kfac_repro.benchmarks.cost_table import (
+        SHARED_OTHER,
+        earlier_sittings,
+        shared_by_other_cpu,
+        table_path,
+        write_costs,
+    )
     from kfac_repro.benchmarks.other_cpu import OtherCPU
     from kfac_repro.runner.environment import git_commit
 
@@ -75,6 +81,10 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     click.echo(f"other processes' share of the CPU time while timing: {other}, so the report reads these timings as "
                f"taken on {kind} machine (shared above {100 * SHARED_OTHER:.0f}%); load average after: "
                f"{machine['load_after']}\nwrote {path}")
+    earlier = earlier_sittings(path)
+    if earlier:
+        click.echo(f"earlier sittings kept beside it ({len(earlier)}, the newest {earlier[-1].name}); the report "
+                   "checks every verdict with those of the same commit")
 
 
 @bench.command("step")

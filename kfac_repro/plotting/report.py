@@ -7,14 +7,23 @@ import csv
 import functools
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
-from kfac_repro.benchmarks.cost_table import ArmCosts, read_costs, table_path
+from kfac_repro.benchmarks.cost_table import (
+    ArmCosts,
+    earlier_sittings,
+    read_costs,
+    sitting_commit,
+    sitting_time,
+    table_path,
+)
 from kfac_repro.plotting.claims import (
     CLAIMS,
+    INCONCLUSIVE,
     MIN_SEEDS,
     NO_DATA,
     Arms,
@@ -29,6 +38,8 @@ from kfac_repro.plotting.figures import FIGURES, scale_of
 from kfac_repro.plotting.results import Run, available_profiles, flatten, seed_runs
 from kfac_repro.plotting.seeds import FLAT, TAIL, best, capped_share, final, late_progress, per_seed
 from kfac_repro.runner.layout import GRID_BEST, LEADERBOARD, grid_dirs, profile_dir, spec_dir
+
+SITTINGS_RULE = "the verdict must come out the same with the costs of each sitting of `bench arms` on the same commit"
 
 INTRODUCTION = """# Reproduction report
 
@@ -167,10 +178,36 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
 
 
 def figure_claims(results: Path, number: int, profile: str, arms: Arms) -> list[Claim]:
-    """Figure `number`'s claim rows from the given runs of its arms, its cost table and its grids."""
+    """Figure `number`'s claim rows from the given runs of its arms, its cost table and its grids, each row checked
+    with the costs of every earlier sitting of the same commit (`_agreeing`)."""
     spec = FIGURES[number].spec
-    costs = read_costs(table_path(results, spec, profile))
-    return CLAIMS[number](arms, costs, grid_use(profile_dir(results, spec, profile), arms))
+    path, tuning = table_path(results, spec, profile), grid_use(profile_dir(results, spec, profile), arms)
+    costs = read_costs(path)
+    rows = CLAIMS[number](arms, costs, tuning)
+    for earlier in same_commit_sittings(path, costs):
+        rows = [_agreeing(row, again, sitting_time(earlier))
+                for row, again in zip(rows, CLAIMS[number](arms, earlier, tuning), strict=True)]
+    return rows
+
+
+def same_commit_sittings(path: Path, costs: dict[str, ArmCosts]) -> list[dict[str, ArmCosts]]:
+    """The earlier sittings' tables that timed the same commit as the table at `path` (`costs`), oldest first."""
+    return [earlier for earlier in map(read_costs, earlier_sittings(path))
+            if costs and sitting_commit(earlier) == sitting_commit(costs)]
+
+
+def _agreeing(row: Claim, again: Claim, when: str) -> Claim:
+    """`row` as it stands when `again` (the same claim with an earlier sitting's costs) measured the same; else
+    what the earlier sitting gave added, and no verdict when the two verdicts differ."""
+    if again.measured == row.measured:
+        return row
+    rule = row.rule if SITTINGS_RULE in row.rule else f"{row.rule}; {SITTINGS_RULE}"
+    measured = f"{row.measured}; with the costs of the sitting of {when}: {again.verdict}"
+    if again.verdict == row.verdict:
+        return Claim(row.figure, row.claim, measured + " too", row.verdict, rule)
+    effect = re.search(r"→ [0-9.]+×", again.measured)
+    return Claim(row.figure, row.claim, f"{measured}{f' ({effect.group()})' if effect else ''}: the sittings "
+                 "disagree", INCONCLUSIVE if row.verdict != NO_DATA else NO_DATA, rule)
 
 
 def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
@@ -203,6 +240,19 @@ def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
         lines.append(f"| {arm} | {measured} | {gradient} | {ms('statistics_pass')} | {ms('inversion')} "
                      f"| {ms('apply')} | {modelled} |")
     return [*lines, ""]
+
+
+def _sittings_lines(sittings: Sequence[dict[str, ArmCosts]]) -> list[str]:
+    """Each earlier sitting of the cost table's commit: when, how idle, and every arm's measured s/update."""
+    lines = []
+    for earlier in sittings:
+        first = next(iter(earlier.values()))
+        updates = ", ".join(f"{arm} {update.value:.4f} [{update.low:.4f}, {update.high:.4f}]"
+                            for arm, cost in earlier.items() if (update := cost.get("update")) is not None)
+        lines += [f"Earlier sitting of the same commit, {sitting_time(earlier)} ({first.load}"
+                  + ("; shared" if any(c.shared for c in earlier.values()) else "; idle")
+                  + f"), with which every claim row above is checked too: measured s/update {updates}.", ""]
+    return lines
 
 
 def _arm_row(runs: Sequence[Run]) -> str:
@@ -239,7 +289,9 @@ def runs_section(results: Path) -> list[str]:
         bn = f"; **BN arms with different BN momenta: {', '.join(momenta)}**" if len(momenta) > 1 else ""
         lines += [f"**Fig. {number}** (`{figure.spec}`, {scale_of(arms, profile)}): {method}; "
                   f"{provenance(commits)}{bn}.", ""]
-        lines += _costs_table(arms, read_costs(table_path(results, figure.spec, profile)))
+        path = table_path(results, figure.spec, profile)
+        costs = read_costs(path)
+        lines += _costs_table(arms, costs) + _sittings_lines(same_commit_sittings(path, costs))
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
                   "late progress | step size at η_max | commit | runs |", "|---" * 11 + "|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]
