@@ -446,6 +446,21 @@ def test_every_figure_draws_each_arm_with_a_band_on_fitted_axes(tmp_path: Path, 
     assert drawn.legends and drawn.legends[0].get_bbox_to_anchor().x0 >= drawn.bbox.x1 - 1  # outside the panels
 
 
+@pytest.mark.parametrize(("first", "clipped"), [(90.0, True), (1.5, False)])
+def test_an_untrained_models_outlying_first_evaluation_does_not_flatten_the_loss_axes(
+        tmp_path: Path, first: float, clipped: bool) -> None:
+    for seed in range(3):  # validation loss 3 × error: 1.2, 0.9, 0.6 after step 0; training loss 2 × error below it
+        run_dir = write_run(tmp_path, "resnet50-bs512", "kfac", f"r{seed}", [0.5, 0.4, 0.3, 0.2], seed=seed)
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        metrics.loc[0, "val_loss"] = first + 0.01 * seed  # BN's initial moving statistics can put step 0 far above
+        metrics.to_csv(run_dir / "metrics.csv", index=False)
+    drawn = draw(FIGURES[5], seed_runs(tmp_path, "resnet50-bs512", "cpu"), "cpu")
+    top = drawn.axes[0].get_ylim()[1]  # the loss panel over updates
+    assert (1.2 < top < 1.3) if clipped else (top > first)
+    note = "The untrained models' first evaluation (up to 90) lies above the axes, which are fitted to the later"
+    assert any(note in t.get_text() for t in drawn.texts) is clipped
+
+
 def test_the_time_axis_is_updates_times_each_arms_measured_cost_not_the_logged_seconds(tmp_path: Path) -> None:
     figure = FIGURES[4]
     for arm in ("kfac", "sgd"):

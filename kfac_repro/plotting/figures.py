@@ -4,7 +4,6 @@ with a band (the range over seeds), training dashed and validation solid as in t
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -120,6 +119,7 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
     from matplotlib.lines import Line2D
 
     columns = len(figure.x_axes)
+    untrained: float | None = None  # the highest step-0 value left above a loss or error axis
     fig, axes = plt.subplots(2, columns, figsize=(5.0 * columns + 4.2, 7.4), squeeze=False)
     order = _order(arms, figure)
     colours = _colours(arms, order, figure)
@@ -127,7 +127,7 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
     for row, y in enumerate(("loss", "error")):
         for column, x in enumerate(figure.x_axes):
             axis = axes[row][column]
-            low, high = math.inf, -math.inf
+            drawn: list[tuple[Any, Any, Any]] = []  # (x, low, high) of every band, for the axis range
             for arm in order:
                 for split in figure.splits:
                     curve = band(arms[arm], _source(x, clock), f"{split}_{y}")
@@ -138,10 +138,13 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
                               marker=markers.get(arms[arm][0].method) if figure.colour_by == "batch_size" else None,
                               markersize=3, label=f"{arm} ({split})")
                     axis.fill_between(xs, curve["low"], curve["high"], color=colours[arm], alpha=0.15, linewidth=0)
-                    low, high = min(low, float(curve["low"].min())), max(high, float(curve["high"].max()))
-            if math.isfinite(low):
+                    drawn.append((curve["x"], curve["low"], curve["high"]))
+            if drawn:
+                low, high, above = _y_range(drawn)
                 margin = 0.05 * (high - low or 1.0)
                 axis.set_ylim(max(0.0, low - margin), high + margin)
+                if above is not None:
+                    untrained = max(untrained or 0.0, above)
             axis.set_xlabel(_x_label(x, clock))
             axis.set_ylabel(Y_LABELS[y])
             axis.grid(alpha=0.3)
@@ -151,9 +154,25 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
                 Line2D([], [], color="grey", linestyle="-", label="validation")][: 2 if len(figure.splits) > 1 else 1]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"Fig. {figure.number} (paper): {figure.title}\n{scale_of(arms, profile)}", fontsize=10)
-    fig.text(0.5, 0.005, caption(figure, arms, clock), ha="center", va="bottom", fontsize=7, wrap=True)
+    note = "" if untrained is None else (f" The untrained models' first evaluation (up to {untrained:.3g}) lies "
+                                         "above the axes, which are fitted to the later points.")
+    fig.text(0.5, 0.005, caption(figure, arms, clock) + note, ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
+
+
+def _y_range(bands: Sequence[tuple[Any, Any, Any]]) -> tuple[float, float, float | None]:
+    """(low, high) over every band's points, and None; but where the bands' step-0 points (x = 0, the untrained
+    model) reach above twice the highest later point, the range of the later points and that step-0 height."""
+    low = min(float(lows.min()) for _, lows, _ in bands)
+    high = max(float(highs.max()) for _, _, highs in bands)
+    later = [(lows[xs > 0], highs[xs > 0]) for xs, lows, highs in bands if (xs > 0).any()]
+    if not later:
+        return low, high, None
+    later_high = max(float(highs.max()) for _, highs in later)
+    if high <= 2.0 * later_high:
+        return low, high, None
+    return min(float(lows.min()) for lows, _ in later), later_high, high
 
 
 def _source(x: str, clock: Clock | None) -> str:
