@@ -41,4 +41,4 @@ figures:  ## Figures 2-8 from the CSVs under results/ into plots/ (PNG and PDF);
 	kfac-repro plot all
 
 report:  ## the reproduction report, docs/reproduction-report.md
-	kfac-repro report --allow-mixed  # older figures mix commits; each says so
+	kfac-repro report
