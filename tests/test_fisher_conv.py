@@ -73,6 +73,14 @@ def test_kfc_and_cheap_factors_equal_loop_computation(
     np.testing.assert_allclose(cheap_g, cheap_g_expected, rtol=1e-4, atol=1e-5)
 
 
+def test_location_sums_equal_numpy_with_static_and_unknown_spatial_sizes() -> None:
+    maps = np.random.default_rng(2).normal(size=(3, 5, 4, 6)).astype(np.float32)
+    expected = maps.sum(axis=(1, 2))
+    np.testing.assert_allclose(ff.location_sums(tf.constant(maps)), expected, rtol=1e-5, atol=1e-5)
+    unknown = tf.function(ff.location_sums, input_signature=[tf.TensorSpec([None, None, None, 6], tf.float32)])
+    np.testing.assert_allclose(unknown(tf.constant(maps)), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("conv_factors", ["kfc", "cheap"])
 def test_conv_model_factors_captured_end_to_end(conv_factors: str) -> None:
     """Through the optimizer: conv → flatten → dense logits, derivatives computed by hand in numpy."""

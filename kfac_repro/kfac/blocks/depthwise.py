@@ -51,7 +51,7 @@ class _PerChannel:
             derivatives = [tf.reshape(d, [-1, self.channels, self.multiplier]) for d in ds]
         else:
             rows = tf.reshape(ff.location_mean_patches(x, self.geometry), [-1, self.taps, self.channels])
-            derivatives = [tf.reshape(tf.reduce_sum(d, axis=[1, 2]), [-1, self.channels, self.multiplier])
+            derivatives = [tf.reshape(ff.location_sums(d), [-1, self.channels, self.multiplier])
                            for d in ds]
         if self.use_bias:
             rows = tf.concat([rows, tf.ones_like(rows[:, :1])], axis=1)
@@ -159,7 +159,7 @@ class SeparableBlock(KroneckerFactoredBlock):
             ds = [tf.reshape(d, [-1, self.filters]) for d in derivatives]
         else:
             rows = tf.reduce_mean(z, axis=[1, 2])
-            ds = [tf.reduce_sum(d, axis=[1, 2]) for d in derivatives]
+            ds = [ff.location_sums(d) for d in derivatives]
         if self.use_bias:
             rows = ff.append_homogeneous(rows)
         a = ff.covariance(rows, tf.shape(rows)[0])

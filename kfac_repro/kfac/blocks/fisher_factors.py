@@ -117,8 +117,20 @@ def conv_cheap_factors(
     if use_bias:
         mean_patch = append_homogeneous(mean_patch)
     input_factor = covariance(mean_patch, tf.shape(mean_patch)[0])
-    output_factor = tf.add_n([covariance(tf.reduce_sum(d, axis=[1, 2]), batch_size) for d in ds])
+    output_factor = tf.add_n([covariance(location_sums(d), batch_size) for d in ds])
     return input_factor, output_factor
+
+
+def location_sums(maps: tf.Tensor) -> tf.Tensor:
+    """Σ_t maps[:, t, :] over the locations of [N, H, W, C] maps: [N, C].
+
+    Computed as 1ᵀ M for each example's [H·W, C] view M (one broadcast product), which on TensorFlow's CPU kernels
+    reads a large map about twice as fast as reduce_sum over the two middle axes (see the commit that added it).
+    """
+    height, width, channels = (tf.shape(maps)[axis] if maps.shape[axis] is None else maps.shape[axis]
+                               for axis in (1, 2, 3))
+    rows = tf.reshape(maps, [-1, height * width, channels])
+    return tf.matmul(tf.ones([1, height * width], maps.dtype), rows)[:, 0, :]
 
 
 def location_mean_patches(x: tf.Tensor, geometry: ConvGeometry) -> tf.Tensor:
