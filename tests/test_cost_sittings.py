@@ -62,3 +62,19 @@ def test_every_claim_row_is_checked_with_each_earlier_sitting_of_the_same_commit
     assert ("Earlier sitting of the same commit, 2026-12-03" in text) is (older_commit == "c")
     if older_commit == "c":
         assert f"cheap {older[0][0]:.4f} [{older[0][1]:.4f}, {older[0][2]:.4f}]" in text
+
+
+def test_a_speed_up_whose_sittings_disagree_names_the_earlier_sittings_effect(tmp_path: Path) -> None:
+    spec = "resnet50-bs512"  # Fig. 5: C5, a speed-up in time to a training loss
+    for seed in range(3):
+        write_run(tmp_path, spec, "kfac", f"k{seed}", [0.9, 0.5, 0.2 - 0.01 * seed, 0.1], seed=seed)
+        write_run(tmp_path, spec, "sgd-bn-rbz64", f"s{seed}", [0.9, 0.7, 0.5, 0.3 - 0.01 * seed], seed=seed)
+    path = tmp_path / spec / "cpu" / FILE_NAME
+    for when, kfac_seconds in (("2026-12-03", 1.0), ("2026-12-06", 1.5)):
+        costs = [Measurement(arm, quantity, 100, value, value, value, "seconds", 3)
+                 for arm, value in (("kfac", kfac_seconds), ("sgd-bn-rbz64", 1.0))
+                 for quantity in ("update", "gradient_pass")]
+        write_costs(path, spec, "cpu", costs, {**IDLE, "commit": "c", "time_utc": when})
+    (row,) = report.figure_claims(tmp_path, 5, "cpu", seed_runs(tmp_path, spec, "cpu"))
+    assert row.effect == "1.00×" and row.verdict == claims.INCONCLUSIVE
+    assert "with the costs of the sitting of 2026-12-03: reproduced (→ 1.50×): the sittings disagree" in row.measured

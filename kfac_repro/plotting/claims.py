@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,6 +82,7 @@ class Claim:
     measured: str
     verdict: str
     rule: str = ""
+    effect: str = ""  # the headline effect as `measured` prints it (a speed-up's "1.23×"), where the rule has one
 
 
 def compare(faster: Spread, slower: Spread, claimed: float) -> tuple[str, float]:
@@ -163,7 +164,8 @@ def speedup(figure: int, claim: str, arms: Arms, faster: str, slower: str, claim
             INCONCLUSIVE
     if tuning is not None:
         measured, verdict = _judge_tuning(measured, verdict, tuning, faster, slower)
-    return Claim(figure, claim, measured, verdict, f"{rule}; {TUNING_RULE}" if tuning is not None else rule)
+    return Claim(figure, claim, measured, verdict, f"{rule}; {TUNING_RULE}" if tuning is not None else rule,
+                 f"{effect:.2f}×" if math.isfinite(effect) else "")
 
 
 def _judge_tuning(measured: str, verdict: str, tuning: Tuning, faster: str, slower: str) -> tuple[str, str]:
@@ -243,8 +245,8 @@ def async_claims(arms: Arms, costs: Costs) -> list[Claim]:
             run = arms[f"async-gpu{n}"][0]
             stale = async_staleness(components(costs[f"async-gpu{n}"]), layout(run))
             ran = per_seed(arms[f"async-gpu{n}"], lambda r: float(r.metrics["inverse_staleness"].mean()))
-            row = Claim(row.figure, row.claim, row.measured + f"; modelled async staleness {stale} updates, mean "
-                        f"staleness in the runs {ran.text(1)}", row.verdict, row.rule)
+            row = replace(row, measured=row.measured + f"; modelled async staleness {stale} updates, mean "
+                          f"staleness in the runs {ran.text(1)}")
         claims.append(row)
     return claims
 
@@ -262,8 +264,7 @@ def stale_inverses(arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     row = speedup(4, "C4: K-FAC with inverses refreshed every ~200 updates ≈1.5× faster than improved SGD+BN "
                   "(rbz 256) on AlexNet", arms, "kfac", "sgd-bn-rbz256", 1.5, measured_cost(costs), tuning=tuning)
     stale = per_seed(arms.get("kfac", []), lambda r: float(r.metrics["inverse_staleness"].max()))
-    return Claim(row.figure, row.claim, f"K-FAC's largest inverse staleness {stale.text(0)} updates; "
-                 + row.measured, row.verdict, row.rule)
+    return replace(row, measured=f"K-FAC's largest inverse staleness {stale.text(0)} updates; " + row.measured)
 
 
 def bn_generalisation(arms: Arms) -> Claim:
@@ -296,7 +297,7 @@ def early_speedup(arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
         return Claim(5, claim, "missing runs", NO_DATA, SPEED_RULE)
     row = speedup(5, claim, arms, "kfac", "sgd-bn-rbz64", 1.0, measured_cost(costs), column="train_loss",
                   tuning=tuning)
-    return Claim(5, claim, row.measured, row.verdict, row.rule + "; any speed-up beyond the seed ranges counts")
+    return replace(row, rule=row.rule + "; any speed-up beyond the seed ranges counts")
 
 
 def batch_scaling(arms: Arms) -> Claim:
@@ -389,8 +390,7 @@ def _seeded(arms: Arms, claim: Claim) -> Claim:
     fewest = min(len(runs) for runs in arms.values())
     if fewest >= MIN_SEEDS or claim.verdict == NO_DATA:
         return claim
-    return Claim(claim.figure, claim.claim, claim.measured + f" ({fewest} seed(s): needs ≥ {MIN_SEEDS})",
-                 INCONCLUSIVE, claim.rule)
+    return replace(claim, measured=claim.measured + f" ({fewest} seed(s): needs ≥ {MIN_SEEDS})", verdict=INCONCLUSIVE)
 
 
 CLAIMS: dict[int, Callable[[Arms, Costs, Tuning], list[Claim]]] = {

@@ -7,8 +7,8 @@ import csv
 import functools
 import json
 import math
-import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -204,10 +204,9 @@ def _agreeing(row: Claim, again: Claim, when: str) -> Claim:
     rule = row.rule if SITTINGS_RULE in row.rule else f"{row.rule}; {SITTINGS_RULE}"
     measured = f"{row.measured}; with the costs of the sitting of {when}: {again.verdict}"
     if again.verdict == row.verdict:
-        return Claim(row.figure, row.claim, measured + " too", row.verdict, rule)
-    effect = re.search(r"→ [0-9.]+×", again.measured)
-    return Claim(row.figure, row.claim, f"{measured}{f' ({effect.group()})' if effect else ''}: the sittings "
-                 "disagree", INCONCLUSIVE if row.verdict != NO_DATA else NO_DATA, rule)
+        return replace(row, measured=measured + " too", rule=rule)
+    return replace(row, measured=f"{measured}{f' (→ {again.effect})' if again.effect else ''}: the sittings disagree",
+                   verdict=INCONCLUSIVE if row.verdict != NO_DATA else NO_DATA, rule=rule)
 
 
 def _costs_table(arms: Arms, costs: dict[str, ArmCosts]) -> list[str]:
