@@ -52,7 +52,8 @@ def test_every_claim_row_is_checked_with_each_earlier_sitting_of_the_same_commit
     path = fig7_runs(tmp_path)
     sitting(path, "2026-12-03", *older, commit=older_commit)
     sitting(path, "2026-12-06", *newer)
-    (row,) = report.figure_claims(tmp_path, 7, "cpu", seed_runs(tmp_path, SPEC, "cpu"))
+    sittings = report.cost_sittings(tmp_path, SPEC, "cpu")
+    (row,) = report.figure_claims(tmp_path, sittings, 7, "cpu", seed_runs(tmp_path, SPEC, "cpu"))
     assert row.verdict == verdict
     if note is None:
         assert "sitting of" not in row.measured and report.SITTINGS_RULE not in row.rule
@@ -75,6 +76,7 @@ def test_a_speed_up_whose_sittings_disagree_names_the_earlier_sittings_effect(tm
                  for arm, value in (("kfac", kfac_seconds), ("sgd-bn-rbz64", 1.0))
                  for quantity in ("update", "gradient_pass")]
         write_costs(path, spec, "cpu", costs, {**IDLE, "commit": "c", "time_utc": when})
-    (row,) = report.figure_claims(tmp_path, 5, "cpu", seed_runs(tmp_path, spec, "cpu"))
+    (row,) = report.figure_claims(tmp_path, report.cost_sittings(tmp_path, spec, "cpu"), 5, "cpu",
+                                  seed_runs(tmp_path, spec, "cpu"))
     assert row.effect == "1.00×" and row.verdict == claims.INCONCLUSIVE
     assert "with the costs of the sitting of 2026-12-03: reproduced (→ 1.50×): the sittings disagree" in row.measured

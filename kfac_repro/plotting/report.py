@@ -4,11 +4,10 @@ the scale; then, per figure, the commits behind it, the cost of each arm's updat
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,10 +152,27 @@ def method_of(arms: Arms) -> str:
     return f"{seeds}, validation held out of the training data, test split reported only"
 
 
-def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, str]]:
+@dataclass(frozen=True)
+class CostSittings:
+    """A figure's cost table (the newest sitting of `bench arms`) and the earlier sittings of the same commit, oldest
+    first."""
+
+    costs: dict[str, ArmCosts]
+    earlier: list[dict[str, ArmCosts]]
+
+
+def cost_sittings(results: Path, spec: str, profile: str) -> CostSittings:
+    """The cost sittings under a spec's profile directory (read once per report)."""
+    path = table_path(results, spec, profile)
+    costs = read_costs(path)
+    return CostSittings(costs, [earlier for earlier in map(read_costs, earlier_sittings(path))
+                                if costs and sitting_commit(earlier) == sitting_commit(costs)])
+
+
+def claims_for(results: Path, runs: dict[int, tuple[str, Arms]], sittings: dict[int, CostSittings],
+               allow_mixed: bool = False) -> list[tuple[Claim, str]]:
     """Every claim with the scale it was measured at; MixedCommits for a figure mixing commits unless allowed."""
     rows = []
-    runs = figure_runs(results)
     for number, measure in CLAIMS.items():
         spec = FIGURES[number].spec
         if number not in runs:
@@ -173,27 +189,20 @@ def claims_for(results: Path, allow_mixed: bool = False) -> list[tuple[Claim, st
         seeds = sorted({len(rs) for rs in arms.values()})
         scale = (f"{scale_of(arms, profile)}; {', '.join(map(str, steps))} updates; "
                  f"{'/'.join(map(str, seeds))} seed(s)" + ("; old method" if old_method(arms) else ""))
-        rows += [(claim, scale) for claim in figure_claims(results, number, profile, arms)]
+        rows += [(claim, scale) for claim in figure_claims(results, sittings[number], number, profile, arms)]
     return rows
 
 
-def figure_claims(results: Path, number: int, profile: str, arms: Arms) -> list[Claim]:
-    """Figure `number`'s claim rows from the given runs of its arms, its cost table and its grids, each row checked
-    with the costs of every earlier sitting of the same commit (`_agreeing`)."""
+def figure_claims(results: Path, sittings: CostSittings, number: int, profile: str, arms: Arms) -> list[Claim]:
+    """Figure `number`'s claim rows from the given runs of its arms, its cost sittings and its grids, each row
+    checked with the costs of every earlier sitting of the same commit (`_agreeing`)."""
     spec = FIGURES[number].spec
-    path, tuning = table_path(results, spec, profile), grid_use(profile_dir(results, spec, profile), arms)
-    costs = read_costs(path)
-    rows = CLAIMS[number](arms, costs, tuning)
-    for earlier in same_commit_sittings(path, costs):
+    tuning = grid_use(profile_dir(results, spec, profile), arms)
+    rows = CLAIMS[number](arms, sittings.costs, tuning)
+    for earlier in sittings.earlier:
         rows = [_agreeing(row, again, sitting_time(earlier))
                 for row, again in zip(rows, CLAIMS[number](arms, earlier, tuning), strict=True)]
     return rows
-
-
-def same_commit_sittings(path: Path, costs: dict[str, ArmCosts]) -> list[dict[str, ArmCosts]]:
-    """The earlier sittings' tables that timed the same commit as the table at `path` (`costs`), oldest first."""
-    return [earlier for earlier in map(read_costs, earlier_sittings(path))
-            if costs and sitting_commit(earlier) == sitting_commit(costs)]
 
 
 def _agreeing(row: Claim, again: Claim, when: str) -> Claim:
@@ -272,10 +281,9 @@ def _capped(runs: Sequence[Run]) -> str:
     return "—" if any(math.isnan(v) for v in shares) else per_seed(runs, capped_share).scaled(100).text(0, "%")
 
 
-def runs_section(results: Path) -> list[str]:
+def runs_section(runs: dict[int, tuple[str, Arms]], sittings: dict[int, CostSittings]) -> list[str]:
     """Markdown: per figure, its commits, its arms' costs and each arm's runs over seeds."""
     lines = ["", "## The runs behind each figure", ""]
-    runs = figure_runs(results)
     for number, figure in FIGURES.items():
         if number not in runs:
             lines += [f"**Fig. {number}** (`{figure.spec}`): no complete runs.", ""]
@@ -288,9 +296,7 @@ def runs_section(results: Path) -> list[str]:
         bn = f"; **BN arms with different BN momenta: {', '.join(momenta)}**" if len(momenta) > 1 else ""
         lines += [f"**Fig. {number}** (`{figure.spec}`, {scale_of(arms, profile)}): {method}; "
                   f"{provenance(commits)}{bn}.", ""]
-        path = table_path(results, figure.spec, profile)
-        costs = read_costs(path)
-        lines += _costs_table(arms, costs) + _sittings_lines(same_commit_sittings(path, costs))
+        lines += _costs_table(arms, sittings[number].costs) + _sittings_lines(sittings[number].earlier)
         lines += ["| arm | seeds | updates | final train loss | final val loss | best val error | test error | "
                   "late progress | step size at η_max | commit | runs |", "|---" * 11 + "|"]
         lines += [_arm_row(arm_runs) for arm_runs in arms.values()]
@@ -302,8 +308,13 @@ def report_text(results: Path, allow_mixed: bool = False) -> str:
     lines = [INTRODUCTION.format(date=datetime.now(UTC).strftime("%Y-%m-%d"), label=LABEL, seeds=MIN_SEEDS,
                                  tail=TAIL, flat=FLAT),
              "| Fig. | claim | measured | verdict | rule | scale |", "|---|---|---|---|---|---|"]
-    for claim, scale in claims_for(results, allow_mixed):
+    runs = figure_runs(results)
+    sittings = {number: cost_sittings(results, FIGURES[number].spec, profile) for number, (profile, _) in runs.items()}
+    for claim, scale in claims_for(results, runs, sittings, allow_mixed):
         lines.append(f"| {claim.figure} | {claim.claim} | {claim.measured} | **{claim.verdict}** | {claim.rule} | "
                      f"{scale} |")
-    diagnostics = diagnostics_section(results, figure_runs(results), functools.partial(figure_claims, results))
-    return "\n".join(lines + runs_section(results) + diagnostics) + "\n"
+
+    def claims_of(number: int, profile: str, arms: Arms) -> list[Claim]:
+        return figure_claims(results, sittings[number], number, profile, arms)
+
+    return "\n".join(lines + runs_section(runs, sittings) + diagnostics_section(results, runs, claims_of)) + "\n"
