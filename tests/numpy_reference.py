@@ -88,3 +88,10 @@ def kron_solve(a: np.ndarray, g: np.ndarray, matrix: np.ndarray, damping: float)
     pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(g) / len(g)))
     damped = np.kron(a + pi * np.sqrt(damping) * np.eye(len(a)), g + np.sqrt(damping) / pi * np.eye(len(g)))
     return np.linalg.solve(damped, matrix.reshape(-1)).reshape(matrix.shape)
+
+
+def bfloat16_rounded(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float64: keep the top 16 bits."""
+    bits = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)

@@ -1,5 +1,5 @@
-"""`bench step --model mlp`: K-FAC's update as it trains against SGD's, every figure printed as a ratio; `bench async`:
-asynchronous and synchronous refresh against never inverting."""
+"""`bench step --model mlp`: K-FAC's update as it trains (float32 and bfloat16 products) against SGD's, every figure
+printed as a ratio; `bench async`: asynchronous and synchronous refresh against never inverting."""
 
 from __future__ import annotations
 
@@ -22,20 +22,23 @@ def test_update_times_split_the_steps_that_refresh_the_inverses(monkeypatch: pyt
     monkeypatch.setattr(KFAC, "_set_source", recording)
     timings = step_time.measure_update_times(lambda: step_time.deep_mlp((6, 5, 4, 3)), (6,), 3, 8,
                                              inverse_every=3, repeats=4, warmup=1)
-    assert [t.what for t in timings] == ["SGD update, momentum 0.9", "K-FAC update without inversion",
-                                         "K-FAC update with inversion", "K-FAC amortised (inverses every 3)"]
+    rows = ["update without inversion", "update with inversion", "amortised (inverses every 3)"]
+    assert [t.what for t in timings] == ["SGD update, momentum 0.9", *(f"K-FAC {row}" for row in rows),
+                                         *(f"K-FAC, bfloat16 products, {row}" for row in rows)]
     assert timings[0].ratio == 1.0
     assert all(t.seconds > 0 and t.ratio == pytest.approx(t.seconds / timings[0].seconds) for t in timings)
-    # the initial inversion, the warm-up refresh at 3, then two timed periods (steps 4–9) refreshing at 6 and 9
-    assert refreshed_at == [0, 3, 6, 9]
+    # per variant: the initial inversion and the warm-up refresh at 3; then two timed periods (steps 4–9), the
+    # variants in turns, refreshing at 6 and 9
+    assert refreshed_at == [0, 3, 0, 3, 6, 6, 9, 9]
 
 
 def test_bench_step_mlp_prints_the_ratios() -> None:
     result = CliRunner().invoke(cli.main, ["bench", "step", "--model", "mlp", "--batch-size", "8", "--repeats", "2"])
     assert result.exit_code == 0, result.output
     assert "MLP 784-1000-500-250-30-10 tanh, batch 8" in result.output
-    for line in ("K-FAC update without inversion", "K-FAC update with inversion", "K-FAC amortised"):
-        assert line in result.output
+    for label in ("K-FAC", "K-FAC, bfloat16 products,"):
+        for row in ("update without inversion", "update with inversion", "amortised"):
+            assert f"{label} {row}" in result.output
 
 
 def test_bench_async_prints_each_arm_against_never_inverting() -> None:

@@ -7,6 +7,7 @@ The methods take turns (a step of each, or a refresh period of each, round after
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -45,10 +46,14 @@ def kfac_variants(batch_size: int) -> list[tuple[str, KFACConfig]]:
         ("K-FAC, cheap conv factors, stats every step", KFACConfig(conv_factors="cheap", inverse_every=NEVER)),
         (f"K-FAC, cheap, stats every step on {quarter} of the batch",
          KFACConfig(conv_factors="cheap", inverse_every=NEVER, stats_batch_size=quarter)),
+        ("K-FAC, cheap, stats every step, bfloat16 products",
+         KFACConfig(conv_factors="cheap", inverse_every=NEVER, product_dtype="bfloat16")),
         ("K-FAC, no statistics (preconditioning only)", KFACConfig(inverse_every=NEVER, stats_every=NEVER)),
         ("K-FAC, KFC conv factors, stats every step", KFACConfig(conv_factors="kfc", inverse_every=NEVER)),
         (f"K-FAC, KFC, stats every step on {quarter} of the batch",
          KFACConfig(conv_factors="kfc", inverse_every=NEVER, stats_batch_size=quarter)),
+        ("K-FAC, KFC, stats every step, bfloat16 products",
+         KFACConfig(conv_factors="kfc", inverse_every=NEVER, product_dtype="bfloat16")),
     ]
 
 
@@ -117,6 +122,12 @@ def deep_mlp(widths: tuple[int, ...] = (784, 1000, 500, 250, 30, 10)) -> keras.M
     return keras.Model(inputs, keras.layers.Dense(widths[-1], name="logits")(x))
 
 
+def update_variants(inverse_every: int) -> list[tuple[str, KFACConfig]]:
+    """The K-FAC configurations `measure_update_times` times as they train: float32 products and bfloat16 ones."""
+    config = KFACConfig(stats_every=1, inverse_every=inverse_every)
+    return [("K-FAC", config), ("K-FAC, bfloat16 products,", dataclasses.replace(config, product_dtype="bfloat16"))]
+
+
 def measure_update_times(
     build_model: Callable[[], keras.Model],
     input_shape: tuple[int, ...],
@@ -127,35 +138,39 @@ def measure_update_times(
     warmup: int = 3,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Timing]:
-    """SGD's update against K-FAC's as it trains (factors every step, synchronous inverses every `inverse_every`
-    steps): the median update without and with an inversion, and the mean over whole refresh periods (amortised).
-    Timed over ⌈repeats / inverse_every⌉ periods (at least two) after a warm-up period, SGD and K-FAC taking
-    turns period by period."""
+    """SGD's update against K-FAC's as it trains (`update_variants`: factors every step, synchronous inverses every
+    `inverse_every` steps): the median update without and with an inversion, and the mean over whole refresh
+    periods (amortised). Timed over ⌈repeats / inverse_every⌉ periods (at least two) after a warm-up period, SGD
+    and each K-FAC variant taking turns period by period."""
     x, y = random_batch(batch_size, input_shape, num_classes)
     sgd = SGD(build_model(), SGDConfig(learning_rate=0.01))
-    kfac = KFAC(build_model(), KFACConfig(stats_every=1, inverse_every=inverse_every))
+    variants = [(label, KFAC(build_model(), config)) for label, config in update_variants(inverse_every)]
     progress("warm-up: tracing, the first inversion and the first periodic refresh")
     for _ in range(max(warmup, inverse_every + 1)):
         sgd.train_step(x, y)
-    for _ in range(inverse_every + 1):
-        kfac.train_step(x, y)
-    progress("SGD and K-FAC updates, in turns by refresh period")
+    for _, kfac in variants:
+        for _ in range(inverse_every + 1):
+            kfac.train_step(x, y)
+    progress(f"SGD and {len(variants)} K-FAC variants, in turns by refresh period")
     sgd_times: list[float] = []
-    plain: list[float] = []
-    inverting: list[float] = []
+    plain: dict[str, list[float]] = {label: [] for label, _ in variants}
+    inverting: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(max(2, math.ceil(repeats / inverse_every))):
         sgd_times += [_seconds(functools.partial(sgd.train_step, x, y)) for _ in range(inverse_every)]
-        for _ in range(inverse_every):
-            refreshes = int(kfac.iterations.numpy()) % inverse_every == 0
-            (inverting if refreshes else plain).append(_seconds(functools.partial(kfac.train_step, x, y)))
-    kfac.close()
+        for label, kfac in variants:
+            for _ in range(inverse_every):
+                refreshes = int(kfac.iterations.numpy()) % inverse_every == 0
+                times = inverting[label] if refreshes else plain[label]
+                times.append(_seconds(functools.partial(kfac.train_step, x, y)))
+    for _, kfac in variants:
+        kfac.close()
     sgd_seconds = statistics.median(sgd_times)
-    amortised = statistics.fmean(plain + inverting)
-    return [
-        Timing("SGD update, momentum 0.9", sgd_seconds, 1.0),
-        *(Timing(what, seconds, seconds / sgd_seconds) for what, seconds in (
-            ("K-FAC update without inversion", statistics.median(plain)),
-            ("K-FAC update with inversion", statistics.median(inverting)),
-            (f"K-FAC amortised (inverses every {inverse_every})", amortised),
-        )),
-    ]
+    timings = [Timing("SGD update, momentum 0.9", sgd_seconds, 1.0)]
+    for label, _ in variants:
+        for what, seconds in (
+            ("update without inversion", statistics.median(plain[label])),
+            ("update with inversion", statistics.median(inverting[label])),
+            (f"amortised (inverses every {inverse_every})", statistics.fmean(plain[label] + inverting[label])),
+        ):
+            timings.append(Timing(f"{label} {what}", seconds, seconds / sgd_seconds))
+    return timings

@@ -91,7 +91,8 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
 @click.option("--model", "model_name", type=click.Choice(["cifar10", "mlp"]), default="cifar10", show_default=True,
               help="cifar10: the paper's CIFAR-10 net (3 conv 5×5, 32-32-64, softmax) on 32×32×3 inputs, K-FAC "
                    "variants without inversion and one inversion; mlp: 784-1000-500-250-30-10 tanh, K-FAC as it "
-                   "trains (factors every step, inverses every 10).")
+                   "trains (factors every step, inverses every 10). Both time K-FAC with float32 and with bfloat16 "
+                   "products (KFACConfig.product_dtype).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
               help="timed steps per variant (the median is reported)")
@@ -120,7 +121,7 @@ def _mlp_updates(batch_size: int, repeats: int) -> None:
     from kfac_repro.benchmarks.step_time import deep_mlp, measure_update_times
 
     click.echo(f"model: MLP 784-1000-500-250-30-10 tanh, batch {batch_size}, random inputs; SGD: median of {repeats} "
-               "steps; K-FAC: factors every step, inverses every 10, whole periods; the two in turns")
+               "steps; K-FAC: factors every step, inverses every 10, whole periods; SGD and each K-FAC in turns")
     timings = measure_update_times(deep_mlp, (784,), 10, batch_size, repeats=repeats,
                                    progress=lambda what: click.echo(f"  timing {what} ...", err=True))
     click.echo(f"{'':58}{'seconds':>10}{'× SGD':>9}")

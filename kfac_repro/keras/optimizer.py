@@ -33,7 +33,8 @@ from kfac_repro.kfac.replicas import assign_all
 # summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36 steps.
 DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip": 0.01, "momentum": 0.9, "kl_bound": "increment",
                             "weight_decay": 0.0, "stats_decay": 0.95, "inverse_every": 10, "inversion": "sync",
-                            "conv_factors": "cheap", "inverse_dtype": "float32", "fisher_targets": "sample",
+                            "conv_factors": "cheap", "inverse_dtype": "float32", "product_dtype": "float32",
+                            "fisher_targets": "sample",
                             "exact_block_max": 1024, "doubly_factored": (), "doubly_factored_min_inputs": None,
                             "sequence_factors": "expand", "skip_layers": (), "seed": 0}
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config

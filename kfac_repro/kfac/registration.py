@@ -72,6 +72,8 @@ def build_blocks(model: keras.Model, config: KFACConfig) -> list[FisherBlock]:
         if factory is not None:
             block = factory()
             block.reason = reason
+            if block.rounds_products:
+                block.product_dtype = config.product_dtype
             blocks.append(block)
     return blocks
 
@@ -178,22 +180,22 @@ def uncovered_variables(model: keras.Model, blocks: list[FisherBlock]) -> list[t
 
 def summary(model: keras.Model, blocks: list[FisherBlock],
             skipped: Sequence[tuple[keras.layers.Layer, str]] = ()) -> str:
-    """A table: layer, layer class, block type, factor shapes, parameter count, inverse path, and why the layer
-    got that block."""
-    rows = [("layer", "class", "block", "factors", "params", "inverse", "why")]
+    """A table: layer, layer class, block type, factor shapes, parameter count, inverse path, precision of its
+    per-step products, and why the layer got that block."""
+    rows = [("layer", "class", "block", "factors", "params", "inverse", "products", "why")]
     for block in blocks:
         shapes = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in block.factor_shapes.items())
         params = sum(int(np.prod(v.shape)) for v in block.variables)
         rows.append((block.name, type(block.layer).__name__, block.kind, shapes, str(params), block.inverse_path,
-                     block.reason))
+                     block.product_dtype, block.reason))
     for layer, why in skipped:
         params = sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
-        rows.append((layer.name, type(layer).__name__, "none (unpreconditioned)", "-", str(params), "-", why))
+        rows.append((layer.name, type(layer).__name__, "none (unpreconditioned)", "-", str(params), "-", "-", why))
     in_skipped = {id(v) for layer, _ in skipped for v in layer.trainable_variables}
     for variable in uncovered_variables(model, blocks):
         if id(variable) not in in_skipped:
             rows.append((variable.path, "-", "none (unpreconditioned)", "-", str(int(np.prod(variable.shape))), "-",
-                         "owned by no layer"))
+                         "-", "owned by no layer"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.kfac.blocks.precision import ProductDtype, rounded
 from kfac_repro.kfac.inversion.assignment import inverse_cost
 
 Arrays = dict[str, np.ndarray]
@@ -29,6 +30,8 @@ class FisherBlock(abc.ABC):
     inverse_path: str = "cholesky"  # how compute_inverse inverts (shown by summary())
     taps_preactivation: bool = False  # True: statistics need the layer's pre-activation, else its output
     reason: str = ""  # why the layer got this block (set at registration, shown by summary())
+    rounds_products: bool = False  # its statistics' and preconditioning's products honour `product_dtype`
+    product_dtype: ProductDtype = "float32"  # set at registration from KFACConfig (where it rounds products)
 
     def __init__(self, layer: keras.layers.Layer, variables: Sequence[tf.Variable]):
         self.layer = layer
@@ -85,6 +88,8 @@ class FisherBlock(abc.ABC):
             self.inverse[name].assign(value)
 
 
-def kronecker_solve(matrix: tf.Tensor, left_inverse: tf.Tensor, right_inverse: tf.Tensor) -> tf.Tensor:
-    """(L ⊗ R)⁻¹ vec(M) as L⁻¹ M R⁻¹ for symmetric L, R: two matrix products."""
-    return tf.matmul(tf.matmul(left_inverse, matrix), right_inverse)
+def kronecker_solve(matrix: tf.Tensor, left_inverse: tf.Tensor, right_inverse: tf.Tensor,
+                    dtype: ProductDtype = "float32") -> tf.Tensor:
+    """(L ⊗ R)⁻¹ vec(M) as L⁻¹ M R⁻¹ for symmetric L, R: two matrix products in `dtype` (see `precision`)."""
+    left, middle, right = (rounded(t, dtype) for t in (left_inverse, matrix, right_inverse))
+    return tf.cast(tf.matmul(tf.matmul(left, middle), right), matrix.dtype)

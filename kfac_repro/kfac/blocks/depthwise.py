@@ -23,6 +23,7 @@ import tensorflow as tf
 from kfac_repro.kfac.blocks import fisher_factors as ff
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes, kronecker_solve
 from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerFactoredBlock
+from kfac_repro.kfac.blocks.precision import ProductDtype, rounded
 from kfac_repro.kfac.inversion.damping import factored_damping
 from kfac_repro.kfac.inversion.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
@@ -43,8 +44,10 @@ class _PerChannel:
         self.use_bias, self.geometry, self.conv_factors = use_bias, geometry, conv_factors
         self.input_dim = self.taps + int(use_bias)
 
-    def factors(self, x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """A [C, k(+1), k(+1)] from inputs x [N, H, W, C]; G [C, m, m] from each ds [N, H', W', C·m]."""
+    def factors(self, x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor,
+                dtype: ProductDtype) -> tuple[tf.Tensor, tf.Tensor]:
+        """A [C, k(+1), k(+1)] from inputs x [N, H, W, C]; G [C, m, m] from each ds [N, H', W', C·m]; the
+        products in `dtype`."""
         if self.conv_factors == "kfc":
             patches = ff.conv_patches(x, self.geometry)
             rows = tf.reshape(patches, [-1, self.taps, self.channels])
@@ -55,8 +58,10 @@ class _PerChannel:
                            for d in ds]
         if self.use_bias:
             rows = tf.concat([rows, tf.ones_like(rows[:, :1])], axis=1)
-        a = tf.einsum("nkc,nlc->ckl", rows, rows) / tf.cast(tf.shape(rows)[0], rows.dtype)
-        g = tf.add_n([tf.einsum("ncm,ncl->cml", d, d) for d in derivatives]) / tf.cast(batch_size, tf.float32)
+        rows, derivatives = rounded(rows, dtype), [rounded(d, dtype) for d in derivatives]
+        a = tf.cast(tf.einsum("nkc,nlc->ckl", rows, rows), x.dtype) / tf.cast(tf.shape(rows)[0], x.dtype)
+        g = tf.add_n([tf.cast(tf.einsum("ncm,ncl->cml", d, d), x.dtype) for d in derivatives])
+        g /= tf.cast(batch_size, tf.float32)
         return a, g
 
     def to_matrices(self, kernel: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
@@ -99,6 +104,7 @@ class DepthwiseBlock(FisherBlock):
     """DepthwiseConv2D: C blocks A_c ⊗ G_c (kernel and bias of channel c together)."""
 
     taps_preactivation = True
+    rounds_products = True
 
     def __init__(self, layer: keras.layers.DepthwiseConv2D, conv_factors: ConvFactors):
         bias = layer.bias if layer.use_bias else None
@@ -113,7 +119,8 @@ class DepthwiseBlock(FisherBlock):
         self, calls: list[LayerCall], cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor
     ) -> dict[str, tf.Tensor]:
         inputs = tf.concat([call.inputs for call in calls], axis=0)
-        a, g = self.algebra.factors(inputs, [tf.concat(p, axis=0) for p in cotangent_points], batch_size)
+        a, g = self.algebra.factors(inputs, [tf.concat(p, axis=0) for p in cotangent_points], batch_size,
+                                    self.product_dtype)
         return {"A": a, "G": g}
 
     def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
@@ -121,7 +128,8 @@ class DepthwiseBlock(FisherBlock):
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], grads[1] if len(grads) > 1 else None)
-        solved = kronecker_solve(matrices, self.inverse["A_inverse"], self.inverse["G_inverse"])  # per channel
+        solved = kronecker_solve(matrices, self.inverse["A_inverse"], self.inverse["G_inverse"],  # per channel
+                                 self.product_dtype)
         return self.algebra.from_matrices(solved, self.kernel_shape)
 
 
@@ -153,7 +161,7 @@ class SeparableBlock(KroneckerFactoredBlock):
                                    layer.padding.upper(), dilations=tuple(layer.dilation_rate))
         pointwise = tf.reshape(tf.cast(layer.pointwise_kernel, inputs.dtype), [self.intermediate, self.filters])
         dz = [tf.einsum("nhwf,cf->nhwc", d, pointwise) for d in derivatives]
-        a_dw, g_dw = self.algebra.factors(inputs, dz, batch_size)
+        a_dw, g_dw = self.algebra.factors(inputs, dz, batch_size, self.product_dtype)
         if self.conv_factors == "kfc":
             rows = tf.reshape(z, [-1, self.intermediate])
             ds = [tf.reshape(d, [-1, self.filters]) for d in derivatives]
@@ -162,8 +170,8 @@ class SeparableBlock(KroneckerFactoredBlock):
             ds = [ff.location_sums(d) for d in derivatives]
         if self.use_bias:
             rows = ff.append_homogeneous(rows)
-        a = ff.covariance(rows, tf.shape(rows)[0])
-        g = tf.add_n([ff.covariance(d, batch_size) for d in ds])
+        a = ff.covariance(rows, tf.shape(rows)[0], self.product_dtype, centre=True)
+        g = tf.add_n([ff.covariance(d, batch_size, self.product_dtype) for d in ds])
         return {"A": a, "G": g, "A_depthwise": a_dw, "G_depthwise": g_dw}
 
     def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
@@ -173,7 +181,8 @@ class SeparableBlock(KroneckerFactoredBlock):
 
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         matrices = self.algebra.to_matrices(grads[0], None)
-        depthwise = kronecker_solve(matrices, self.inverse["A_depthwise_inverse"], self.inverse["G_depthwise_inverse"])
+        depthwise = kronecker_solve(matrices, self.inverse["A_depthwise_inverse"], self.inverse["G_depthwise_inverse"],
+                                    self.product_dtype)
         return [*self.algebra.from_matrices(depthwise, self.depthwise_shape), *super().precondition(grads)]
 
     def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:

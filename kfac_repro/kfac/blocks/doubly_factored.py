@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
 from kfac_repro.kfac.blocks.fisher_factors import covariance
+from kfac_repro.kfac.blocks.precision import rounded
 from kfac_repro.kfac.inversion.damping import geometric_mean_pis
 from kfac_repro.kfac.inversion.inverses import damped_cholesky, damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
@@ -62,6 +63,7 @@ class DoublyFactoredBlock(FisherBlock):
     kind = "doubly-factored"
     inverse_path = "cholesky, bias: cholesky factor"
     taps_preactivation = True
+    rounds_products = True
 
     def __init__(self, layer: keras.layers.Layer, spatial: tuple[int, int]):
         kernel = layer.kernel
@@ -88,9 +90,9 @@ class DoublyFactoredBlock(FisherBlock):
         rows = tf.shape(maps)[0]
         derivatives = [tf.reshape(tf.concat(points, axis=0), [-1, self.output_dim]) for points in cotangent_points]
         return {
-            "K": covariance(k, rows),
-            "Psi": covariance(psi, rows),
-            "G": tf.add_n([covariance(d, batch_size) for d in derivatives]),
+            "K": covariance(k, rows, self.product_dtype),
+            "Psi": covariance(psi, rows, self.product_dtype),
+            "G": tf.add_n([covariance(d, batch_size, self.product_dtype) for d in derivatives]),
         }
 
     def inverse_recipes(self, factors: Arrays, damping: float, dtype: str) -> InverseRecipes:
@@ -106,9 +108,13 @@ class DoublyFactoredBlock(FisherBlock):
     def precondition(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         """(K̃⁻¹ ⊗ Ψ̃⁻¹ ⊗ G̃⁻¹) vec(∇W) as three mode products of the [T, C, d_out] kernel gradient."""
         t, c, o = self.locations, self.channels, self.output_dim
-        tensor = tf.matmul(self.inverse["K_inverse"], tf.reshape(grads[0], [t, c * o]))
-        tensor = tf.einsum("jc,tco->tjo", self.inverse["Psi_inverse"], tf.reshape(tensor, [t, c, o]))
-        solved = tf.reshape(tf.matmul(tf.reshape(tensor, [t * c, o]), self.inverse["G_inverse"]), self.kernel_shape)
+        k_inverse, psi_inverse, g_inverse, gradient = (
+            rounded(v, self.product_dtype)
+            for v in (self.inverse["K_inverse"], self.inverse["Psi_inverse"], self.inverse["G_inverse"], grads[0]))
+        tensor = tf.matmul(k_inverse, tf.reshape(gradient, [t, c * o]))
+        tensor = tf.einsum("jc,tco->tjo", psi_inverse, tf.reshape(tensor, [t, c, o]))
+        solved = tf.matmul(tf.reshape(tensor, [t * c, o]), g_inverse)
+        solved = tf.reshape(tf.cast(solved, grads[0].dtype), self.kernel_shape)
         if not self.use_bias:
             return [solved]
         bias = tf.linalg.cholesky_solve(self.inverse[BIAS_CHOLESKY], tf.reshape(grads[1], [o, 1]))

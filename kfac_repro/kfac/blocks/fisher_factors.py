@@ -4,6 +4,7 @@ Conventions: a Keras kernel maps inputs to outputs as s = a W (+ b), W of shape 
 coordinate appends 1 to a (and the bias row to W), so the block of vec(DW) is approximated by A ⊗ G with
 A = E[a aᵀ] of shape [d_in+1, d_in+1] and G = E[ds dsᵀ] of shape [d_out, d_out] (paper Eq. 2). `ds` is the
 derivative of each example's own loss (sampled targets), so sums over examples are divided by the batch size B.
+Every function's `dtype` is the precision of its products (`precision`); the factors come back in the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks.kfc_offsets import kfc_input_factor, offsets_cheaper
+from kfac_repro.kfac.blocks.precision import ProductDtype, matmul
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,26 @@ def append_homogeneous(a: tf.Tensor) -> tf.Tensor:
     return tf.concat([a, tf.ones_like(a[:, :1])], axis=1)
 
 
-def covariance(rows: tf.Tensor, denominator: tf.Tensor | float) -> tf.Tensor:
-    """rowsᵀ rows / denominator, for rows of shape [N, d]."""
-    return tf.matmul(rows, rows, transpose_a=True) / tf.cast(denominator, rows.dtype)
+def covariance(rows: tf.Tensor, denominator: tf.Tensor | float, dtype: ProductDtype = "float32",
+               centre: bool = False) -> tf.Tensor:
+    """rowsᵀ rows / denominator, for rows of shape [N, d].
+
+    With `centre` and bfloat16 products it is computed as (R − 1μᵀ)ᵀ(R − 1μᵀ) + N μμᵀ, μ the mean row, with only the
+    centred product rounded: the rounding then errs relative to the rows' spread, not to their mean. Input factors
+    ask for it (the homogeneous column of ones, which centring makes exactly zero; post-ReLU activations); the
+    derivatives of sampled-target losses have mean about zero, so their factors do not.
+    """
+    if dtype == "float32" or not centre:
+        return matmul(rows, rows, dtype, transpose_a=True) / tf.cast(denominator, rows.dtype)
+    mean = tf.reduce_mean(rows, axis=0, keepdims=True)
+    centred = rows - mean
+    count = tf.cast(tf.shape(rows)[0], rows.dtype)
+    gram = matmul(centred, centred, dtype, transpose_a=True) + count * tf.matmul(mean, mean, transpose_a=True)
+    return gram / tf.cast(denominator, rows.dtype)
 
 
 def dense_factors(
-    a: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, use_bias: bool
+    a: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, use_bias: bool, dtype: ProductDtype = "float32"
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """A = mean over rows of ā āᵀ; G = (1/B) Σ_rows ds dsᵀ, summed over the cotangent samples in `ds`.
 
@@ -62,8 +77,8 @@ def dense_factors(
     rows = tf.reshape(a, [-1, a.shape[-1]])
     if use_bias:
         rows = append_homogeneous(rows)
-    input_factor = covariance(rows, tf.shape(rows)[0])
-    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
+    input_factor = covariance(rows, tf.shape(rows)[0], dtype, centre=True)
+    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size, dtype) for d in ds])
     return input_factor, output_factor
 
 
@@ -79,7 +94,8 @@ def conv_patches(x: tf.Tensor, geometry: ConvGeometry) -> tf.Tensor:
 
 
 def conv_kfc_factors(
-    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool
+    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool,
+    dtype: ProductDtype = "float32",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """KFC (paper Eq. 15): F ≈ |T|·E_{x,t}[a aᵀ] ⊗ E_{x,t}[ds dsᵀ], the |T| folded into G.
 
@@ -89,24 +105,26 @@ def conv_kfc_factors(
     each ds: [N, H_out, W_out, C_out].
     """
     if offsets_cheaper(tuple(x.shape[1:]), geometry):
-        input_factor = kfc_input_factor(x, geometry, use_bias)
+        input_factor = kfc_input_factor(x, geometry, use_bias, dtype)
     else:
-        input_factor = im2col_input_factor(x, geometry, use_bias)
-    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size) for d in ds])
+        input_factor = im2col_input_factor(x, geometry, use_bias, dtype)
+    output_factor = tf.add_n([covariance(tf.reshape(d, [-1, d.shape[-1]]), batch_size, dtype) for d in ds])
     return input_factor, output_factor
 
 
-def im2col_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf.Tensor:
+def im2col_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool,
+                        dtype: ProductDtype = "float32") -> tf.Tensor:
     """KFC's A by im2col: the mean over examples and locations of ā ā for the materialised homogeneous patches."""
     patches = conv_patches(x, geometry)
     rows = tf.reshape(patches, [-1, patches.shape[-1]])
     if use_bias:
         rows = append_homogeneous(rows)
-    return covariance(rows, tf.shape(rows)[0])
+    return covariance(rows, tf.shape(rows)[0], dtype, centre=True)
 
 
 def conv_cheap_factors(
-    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool
+    x: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, geometry: ConvGeometry, use_bias: bool,
+    dtype: ProductDtype = "float32",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Appendix A (Eq. 16–19): F ≈ |T|²·E_x[Ā Āᵀ] ⊗ E_x[D̄ D̄ᵀ], the |T|² folded into G.
 
@@ -116,8 +134,8 @@ def conv_cheap_factors(
     mean_patch = location_mean_patches(x, geometry)
     if use_bias:
         mean_patch = append_homogeneous(mean_patch)
-    input_factor = covariance(mean_patch, tf.shape(mean_patch)[0])
-    output_factor = tf.add_n([covariance(location_sums(d), batch_size) for d in ds])
+    input_factor = covariance(mean_patch, tf.shape(mean_patch)[0], dtype, centre=True)
+    output_factor = tf.add_n([covariance(location_sums(d), batch_size, dtype) for d in ds])
     return input_factor, output_factor
 
 

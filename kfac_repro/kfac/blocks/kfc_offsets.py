@@ -5,7 +5,8 @@ tap), the factor's block between taps i and j = i + m is Σ_{n,t} x[u] x[u + d·
 is a sum, over the input positions u that tap i reads (and whose partner u + d·m lies inside), of the products
 P_m[u] = Σ_n x_n[u] x_n[u + d·m]ᵀ: one batched product per offset difference m ((2k−1)² of them, half by
 symmetry) instead of one per pair of taps (k⁴), and the border, stride and dilation corrections are 0/1
-selections over u, separable per axis. Exact: equal to im2col's E[ā āᵀ] up to round-off.
+selections over u, separable per axis. Exact: equal to im2col's E[ā āᵀ] up to round-off (the products P_m in
+`dtype`, see `precision`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.kfac.blocks.precision import ProductDtype, rounded
+
 if TYPE_CHECKING:  # fisher_factors imports this module
     from kfac_repro.kfac.blocks.fisher_factors import ConvGeometry
 
 
-def kfc_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf.Tensor:
+def kfc_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool,
+                     dtype: ProductDtype = "float32") -> tf.Tensor:
     """E over examples and output locations of ā ā (ā the homogeneous im2col patch, ordered (k_h, k_w, C)),
     for x [N, H, W, C] with static H, W, C: [k_h·k_w·C (+1), same]."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
@@ -27,7 +31,7 @@ def kfc_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf
         raise ValueError("conv K-FAC statistics need static spatial and channel input dimensions")
     (k_h, k_w), (d_h, d_w) = geometry.kernel_size, geometry.dilation
     select_h, select_w = _selectors(height, 0, geometry), _selectors(width, 1, geometry)
-    positions = tf.transpose(x, [1, 2, 0, 3])  # [H, W, N, C]: products over N, batched over positions
+    positions = rounded(tf.transpose(x, [1, 2, 0, 3]), dtype)  # [H, W, N, C]: products over N, batched over u
     half = _half_offsets(k_h, k_w)
     blocks = []
     for m_h, m_w in half:
@@ -39,6 +43,7 @@ def kfc_input_factor(x: tf.Tensor, geometry: ConvGeometry, use_bias: bool) -> tf
         here = positions[lo_h:hi_h, lo_w:hi_w]
         there = positions[lo_h + d_h * m_h : hi_h + d_h * m_h, lo_w + d_w * m_w : hi_w + d_w * m_w]
         products = tf.matmul(here, there, transpose_a=True)  # [h, w, C, C]: Σ_n x[u] x[u + d·m]ᵀ
+        products = tf.cast(products, x.dtype)
         rows = tf.constant(select_h[m_h + k_h - 1, :, lo_h:hi_h], x.dtype)
         cols = tf.constant(select_w[m_w + k_w - 1, :, lo_w:hi_w], x.dtype)
         blocks.append(tf.einsum("iu,jv,uvcd->ijcd", rows, cols, products))

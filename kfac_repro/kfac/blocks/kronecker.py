@@ -28,6 +28,7 @@ class KroneckerFactoredBlock(FisherBlock):
     Subclasses say how a batch gives A and G (`batch_statistics`) and how the gradients map to M and back."""
 
     taps_preactivation = True
+    rounds_products = True
 
     def __init__(self, layer: keras.layers.Layer, variables: list[tf.Variable], input_dim: int, output_dim: int):
         super().__init__(layer, variables)
@@ -45,7 +46,7 @@ class KroneckerFactoredBlock(FisherBlock):
 
     def solve(self, matrix: tf.Tensor) -> tf.Tensor:
         """(A + π√λ I)⁻¹ M (G + √λ/π I)⁻¹ with the installed inverse, M of shape [input_dim, output_dim]."""
-        return kronecker_solve(matrix, self.inverse["A_inverse"], self.inverse["G_inverse"])
+        return kronecker_solve(matrix, self.inverse["A_inverse"], self.inverse["G_inverse"], self.product_dtype)
 
     @abc.abstractmethod
     def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:
@@ -87,11 +88,13 @@ class KroneckerBlock(KroneckerFactoredBlock):
         inputs = tf.concat([call.inputs for call in calls], axis=0)
         derivatives = [tf.concat(points, axis=0) for points in cotangent_points]
         if self.geometry is None:
-            a, g = ff.dense_factors(inputs, derivatives, batch_size, self.use_bias)
+            a, g = ff.dense_factors(inputs, derivatives, batch_size, self.use_bias, self.product_dtype)
         elif self.conv_factors == "kfc":
-            a, g = ff.conv_kfc_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias)
+            a, g = ff.conv_kfc_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias,
+                                       self.product_dtype)
         else:
-            a, g = ff.conv_cheap_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias)
+            a, g = ff.conv_cheap_factors(inputs, derivatives, batch_size, self.geometry, self.use_bias,
+                                         self.product_dtype)
         return {"A": a, "G": g}
 
     def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:

@@ -26,13 +26,15 @@ import tensorflow as tf
 
 from kfac_repro.kfac.blocks import fisher_factors as ff
 from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerBlock, KroneckerFactoredBlock
+from kfac_repro.kfac.blocks.precision import ProductDtype
 from kfac_repro.kfac.layer_capture import LayerCall
 
 SequenceFactors = Literal["expand", "reduce"]
 
 
 def shared_weight_factors(
-    a: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, use_bias: bool, mode: SequenceFactors
+    a: tf.Tensor, ds: list[tf.Tensor], batch_size: tf.Tensor, use_bias: bool, mode: SequenceFactors,
+    dtype: ProductDtype = "float32",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(A, G) of the module docstring from a [N, R, d_in] and each ds [N, R, d_out] (R positions per example)."""
     if mode == "expand":
@@ -43,8 +45,8 @@ def shared_weight_factors(
         derivatives = [tf.reduce_sum(d, axis=1) for d in ds]
     if use_bias:
         rows = ff.append_homogeneous(rows)
-    input_factor = ff.covariance(rows, tf.shape(rows)[0])
-    output_factor = tf.add_n([ff.covariance(d, batch_size) for d in derivatives])
+    input_factor = ff.covariance(rows, tf.shape(rows)[0], dtype, centre=True)
+    output_factor = tf.add_n([ff.covariance(d, batch_size, dtype) for d in derivatives])
     return input_factor, output_factor
 
 
@@ -66,7 +68,7 @@ class SequenceDenseBlock(KroneckerBlock):
     ) -> dict[str, tf.Tensor]:
         inputs = tf.concat([_positions(call.inputs) for call in calls], axis=0)
         derivatives = [tf.concat([_positions(p) for p in points], axis=0) for points in cotangent_points]
-        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode)
+        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode, self.product_dtype)
         return {"A": a, "G": g}
 
 
@@ -111,7 +113,7 @@ class Conv3DBlock(KroneckerBlock):
                                              layer.padding.upper()) for call in calls]
         inputs = tf.concat([_positions(p) for p in patches], axis=0)
         derivatives = [tf.concat([_positions(p) for p in points], axis=0) for points in cotangent_points]
-        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode)
+        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode, self.product_dtype)
         return {"A": a, "G": g}
 
 
@@ -209,7 +211,7 @@ class EinsumDenseBlock(KroneckerFactoredBlock):
         inputs = tf.concat([flat(c.inputs, self.layout.input_permutation(), self.contracted_dim) for c in calls], 0)
         derivatives = [tf.concat([flat(p, self.layout.output_permutation(), self.output_dim) for p in points], 0)
                        for points in cotangent_points]
-        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode)
+        a, g = shared_weight_factors(inputs, derivatives, batch_size, self.use_bias, self.mode, self.product_dtype)
         return {"A": a, "G": g}
 
     def to_matrix(self, grads: list[tf.Tensor]) -> tf.Tensor:

@@ -1,0 +1,24 @@
+"""The precision of the products K-FAC adds to a step: `KFACConfig.product_dtype`.
+
+"float32" multiplies in the operands' own precision. "bfloat16" rounds the operands to bfloat16 (8-bit
+significand: relative rounding error at most 2⁻⁹), multiplies them (float32 accumulation in oneDNN's and the GPU
+kernels) and rounds the product to bfloat16 before handing it back in the operands' dtype. Where the hardware
+multiplies bfloat16 natively (AVX512_BF16 CPUs, tensor-core GPUs) that runs at about twice float32's rate. Factors,
+inverses and updates are still stored and accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from kfac_repro.kfac.config import ProductDtype
+
+
+def rounded(tensor: tf.Tensor, dtype: ProductDtype) -> tf.Tensor:
+    """The operand as the product will read it: unchanged for "float32", rounded to bfloat16 otherwise."""
+    return tensor if dtype == "float32" else tf.cast(tensor, tf.bfloat16)
+
+
+def matmul(a: tf.Tensor, b: tf.Tensor, dtype: ProductDtype, *, transpose_a: bool = False) -> tf.Tensor:
+    """a·b (aᵀ·b with `transpose_a`) computed in `dtype`, returned in a's dtype."""
+    return tf.cast(tf.matmul(rounded(a, dtype), rounded(b, dtype), transpose_a=transpose_a), a.dtype)
