@@ -119,3 +119,11 @@ def test_scipy_openblas_threads_sleep_at_once_unless_the_environment_says_otherw
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("size", [1, 5, 256, 257, 600])  # within one tile, exactly one, across three
+def test_the_lower_triangle_is_mirrored_onto_the_upper_in_place(size: int) -> None:
+    matrix = np.random.default_rng(size).normal(size=(size + 3, size + 3))[:size, :size]  # a strided view, too
+    expected = np.tril(matrix) + np.tril(matrix, -1).T
+    inverses._mirror_lower_triangle(matrix)
+    np.testing.assert_array_equal(matrix, expected)

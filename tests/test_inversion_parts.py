@@ -1,9 +1,11 @@
 """Each inverse of a block computed on its own (the unit the workers divide) equals, bit for bit, the same inverse
-computed with all of its block's others, for every kind of block."""
+computed with all of its block's others, for every kind of block; a refresh that spreads the parts over threads
+installs the same bits."""
 
 import keras
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from kfac_repro.kfac import KFAC, KFACConfig
 from tests.model_kinds import cnn, separable_net, text_cnn, transformer
@@ -41,3 +43,22 @@ def test_inverses_computed_part_by_part_equal_those_computed_together(build, dou
         kinds.add(block.kind)
     optimizer.close()
     assert len(kinds) >= 2 or doubly, kinds
+
+
+def test_a_refresh_spreading_its_parts_over_threads_installs_what_each_block_computes_alone() -> None:
+    keras.utils.set_random_seed(0)
+    optimizer = KFAC(cnn(), KFACConfig(damping=0.01, inversion_threads=2))
+    rng = np.random.default_rng(1)
+    expected = {}
+    with threadpool_limits(limits=1, user_api="blas"):  # the BLAS threads a part of this size gets in the refresh
+        for block in optimizer.blocks:
+            factors = {name: random_factors(shape, rng) for name, shape in block.factor_shapes.items()}
+            for name, value in factors.items():
+                block.factors[name].assign(value)
+            expected[block.name] = block.compute_inverse(factors, optimizer.inversion.damping, "float32")
+    assert len(optimizer.inversion.parts) > 2
+    optimizer.refresh_inverses()
+    for block in optimizer.blocks:
+        for part, value in expected[block.name].items():
+            np.testing.assert_array_equal(block.inverse[part].numpy(), value, err_msg=f"{block.name} {part}")
+    optimizer.close()

@@ -196,8 +196,8 @@ class KFACConfig:
                                     "next step after every worker has finished its share)", minimum=1,
                                     maximum=MAX_STEPS)
     inversion_threads: int | None = setting(
-        None, "BLAS/LAPACK threads of the host inversion; the runner gives TensorFlow the other cores (null: no "
-        "limit, no reservation)", minimum=1, maximum=MAX_THREADS)
+        None, "cores of the host inversion; the runner gives TensorFlow the other cores (null: all cores, no "
+        "reservation)", minimum=1, maximum=MAX_THREADS)
     inversion_device: Literal["host", "accelerator"] = setting(
         "host", "host: numpy LAPACK; accelerator: tf.linalg on each replica's device")
     conv_factors: Literal["cheap", "kfc"] = setting("cheap", "conv blocks: cheap (App. A) or kfc")

@@ -11,8 +11,9 @@ equals single-worker inversion bit for bit. An inverse is opaque here: whatever 
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ import tensorflow as tf
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inversion.assignment import assign_work
-from kfac_repro.kfac.inversion.resources import limit_lapack_threads, on_device
+from kfac_repro.kfac.inversion.resources import host_threads, on_device, run_parts
 from kfac_repro.kfac.replicas import assign_all
 
 FactorSource = Mapping[str, Mapping[str, tf.Variable]]
@@ -52,6 +53,7 @@ class BlockInversion:
         self.replicas = strategy.num_replicas_in_sync
         self.parts = [(block, name) for block in blocks for name in block.inverse]
         self.costs = [block.inverse_costs()[name] for block, name in self.parts]
+        self._cost = {(block.name, name): cost for (block, name), cost in zip(self.parts, self.costs, strict=True)}
         self.owners = assign_work(self.costs, self.replicas)
         local = _local_replica_ids(strategy)
         devices = _worker_devices(strategy)
@@ -61,8 +63,7 @@ class BlockInversion:
         for (block, name), owner in zip(self.parts, self.owners, strict=True):
             if owner in self.local_devices:
                 self._local.setdefault(block.name, {})[name] = self.local_devices[owner]
-        if config.inversion_threads is not None:
-            limit_lapack_threads(config.inversion_threads)
+        self.threads = host_threads(config.inversion_threads)
         variables = [block.inverse[name] for block, name in self.parts]
         self._shared = [(v, owner) for v, owner in zip(variables, self.owners, strict=True) if v.shape.num_elements()]
         self._share = tf.function(self._share_replica, autograph=False) if self.replicas > 1 else None
@@ -76,19 +77,23 @@ class BlockInversion:
         return sum(c for c, owner in zip(self.costs, self.owners, strict=True) if owner in self.local_devices)
 
     def compute(self, factors: FactorSource, snapshot_step: int) -> Computed:
-        """`compute_inverse` of this process's parts from `factors` (block name → factor variables)."""
+        """`compute_inverse` of this process's parts from `factors` (block name → factor variables), spread over
+        `threads` cores (`run_parts`)."""
         start = time.perf_counter()
-        inverses: dict[str, Arrays] = {}
+        keys: list[tuple[str, str]] = []
+        parts: list[tuple[float, Callable[[], np.ndarray]]] = []
         for block in self.blocks:
             mine = self._local.get(block.name)
             if not mine:
                 continue
             arrays = {name: np.asarray(var.numpy()) for name, var in factors[block.name].items()}
             recipes = block.inverse_recipes(arrays, self.damping, self.dtype)  # the damping split once per block
-            inverses[block.name] = {}
             for part, device in mine.items():
-                with on_device(device):
-                    inverses[block.name][part] = recipes[part]()
+                keys.append((block.name, part))
+                parts.append((self._cost[block.name, part], functools.partial(_on, device, recipes[part])))
+        inverses: dict[str, Arrays] = {}
+        for (block_name, part), inverse in zip(keys, run_parts(parts, self.threads), strict=True):
+            inverses.setdefault(block_name, {})[part] = inverse
         return Computed(snapshot_step, inverses, time.perf_counter() - start)
 
     def install(self, computed: Computed) -> None:
@@ -111,6 +116,12 @@ class BlockInversion:
         mine = [tf.where(tf.equal(replica, owner), var, tf.zeros_like(var)) for var, owner in self._shared]
         summed = context.all_reduce(tf.distribute.ReduceOp.SUM, mine)
         assign_all([var for var, _ in self._shared], summed)
+
+
+def _on(device: str | None, recipe: Callable[[], np.ndarray]) -> np.ndarray:
+    """`recipe()` with its factorisation on `device` (None: the host), in the calling thread."""
+    with on_device(device):
+        return recipe()
 
 
 def _local_replica_ids(strategy: tf.distribute.Strategy) -> list[int]:

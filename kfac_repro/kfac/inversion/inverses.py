@@ -1,26 +1,18 @@
-"""Explicit inverses of damped curvature factors, computed in numpy/LAPACK (which release the GIL).
+"""Explicit inverses of damped curvature factors, computed with numpy and LAPACK (`lapack`: without the GIL).
 
 A block's inverse is stored as (F + δI)⁻¹ for each of its factors, so that preconditioning a Kronecker block
 costs two matrix products, (A + δ_A I)⁻¹ ∇W (G + δ_G I)⁻¹ (paper Eq. 3); with factored Tikhonov damping no
 eigenvalue is needed, and a Cholesky factorisation (LAPACK potrf + potri) is several times cheaper than an
 eigendecomposition.
-
-SciPy's OpenBLAS is loaded by the import below; unless the environment says otherwise, its idle worker threads are
-told to sleep at once (OPENBLAS_THREAD_TIMEOUT=4, 2⁴ cycles) instead of spinning for about 0.1 s after each call,
-which took a core from the TensorFlow step that follows a synchronous refresh (measured on the MLP of `bench step
---model mlp`: that step 52 ms instead of 36). It has no effect where SciPy's LAPACK was loaded before this module.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 import numpy as np
-from scipy.linalg import lapack
 
+from kfac_repro.kfac.inversion.lapack import potrf_upper, potri_upper
 from kfac_repro.kfac.inversion.resources import cholesky_inverse_on_device, cholesky_on_device, current_device
 
 InverseDtype = str  # "float32" or "float64"
@@ -71,14 +63,27 @@ def _damped_cholesky_inverse(matrix: np.ndarray, shift: float) -> np.ndarray | N
     if factored is None:
         return None
     upper, size = factored
-    potri = lapack.get_lapack_funcs("potri", (upper,))
-    inverse, info = potri(upper, lower=False, overwrite_c=True)
-    if info != 0:
+    if potri_upper(upper) != 0:
         return None
-    lower = inverse.T[:size, :size]  # Fortran upper triangle = C-order lower triangle
-    result = np.tril(lower)
-    result += np.tril(lower, -1).T
+    result = upper.T[:size, :size]  # C-order view: potri's Fortran upper triangle is its lower triangle
+    _mirror_lower_triangle(result)
     return result if np.all(np.isfinite(result)) else None
+
+
+_TILE = 256
+_TILE_STRICT_UPPER = np.triu(np.ones((_TILE, _TILE), dtype=bool), 1)
+
+
+def _mirror_lower_triangle(matrix: np.ndarray) -> None:
+    """Copy a square matrix's strict lower triangle onto its strict upper triangle, in place, by tiles of rows: a
+    masked copy within each diagonal tile, a transposed copy right of it (a quarter of the time of np.tril(M) +
+    np.tril(M, -1).T)."""
+    size = len(matrix)
+    for start in range(0, size, _TILE):
+        stop = min(start + _TILE, size)
+        tile = matrix[start:stop, start:stop]
+        np.copyto(tile, tile.T, where=_TILE_STRICT_UPPER[:stop - start, :stop - start])
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].T
 
 
 def _damped_cholesky_factor(matrix: np.ndarray, shift: float) -> np.ndarray | None:
@@ -120,6 +125,5 @@ def _upper_cholesky_in_place(matrix: np.ndarray, shift: float) -> tuple[np.ndarr
         damped[size, :] = 0.0
         damped[:, size] = 0.0
         damped[size, size] = 1.0
-    potrf = lapack.get_lapack_funcs("potrf", (damped,))
-    upper, info = potrf(damped.T, lower=False, overwrite_a=True, clean=False)  # damped.T: Fortran order, no copy
-    return (upper, size) if info == 0 else None
+    upper = damped.T  # Fortran order, no copy
+    return (upper, size) if potrf_upper(upper) == 0 else None

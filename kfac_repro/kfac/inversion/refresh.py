@@ -1,7 +1,7 @@
 """When new inverses are installed: synchronously every T steps, or asynchronously (paper §3.1).
 
 Asynchronous: at a step boundary every worker copies the factors into snapshot variables and a background thread
-inverts its share of them (LAPACK releases the GIL, so it overlaps the TF steps). The result is
+inverts its share of them (LAPACK runs without the GIL, `lapack`, so it overlaps the TF steps). The result is
 installed at a step boundary that every worker agrees on, and the next snapshot is taken at that same boundary,
 so the inversion starts again as soon as its result is in use:
 - free-running (`async_lag` None): each step carries this worker's "my share is finished" flag in the step's

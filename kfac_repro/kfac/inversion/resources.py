@@ -1,19 +1,31 @@
 """Where the factor decompositions run and on how many threads.
 
-Host (the default on a CPU): numpy's LAPACK, on `inversion_threads` BLAS threads (threadpoolctl; OpenBLAS's
-count is process-wide and TensorFlow's own kernels do not use it), with TensorFlow's intra-op pool shrunk by as
-many cores (`reserve_inversion_cores`, before TensorFlow starts) so that the two do not fight over cores.
-Accelerator: tf.linalg Cholesky on a TensorFlow device, chosen per thread with `on_device`.
+Host (the default on a CPU): LAPACK (`lapack`, without the GIL) on `threads` cores, by default all of them, or
+`inversion_threads` with TensorFlow's intra-op pool shrunk by as many cores (`reserve_inversion_cores`, before
+TensorFlow starts) so that the two do not fight over cores. `run_parts` spreads one refresh's parts over those
+cores. Accelerator: tf.linalg Cholesky on a TensorFlow device, chosen per thread with `on_device`.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+T = TypeVar("T")
+
+ALONE_FROM_COST = 2048.0**3
+"""Parts costing at least this (`inversion.assignment.inverse_cost`: a 2048 × 2048 inverse) run one at a time on
+every BLAS thread. Measured on this project's 2-core machine (potrf + potri, OpenBLAS's threads sleeping between
+calls, see `inverses`): two BLAS threads take a 4097-wide factor 1.8× and a 2049-wide one 1.65× as fast as one, a
+1025-wide one 1.2× and a 513-wide one 0.9×, where two parts side by side on one BLAS thread each go 2× as fast."""
 
 _DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("kfac_inversion_device", default=None)
 
@@ -62,11 +74,39 @@ def cholesky_on_device(matrix: np.ndarray) -> np.ndarray | None:
     return result if np.all(np.isfinite(result)) else None
 
 
-def limit_lapack_threads(threads: int) -> None:
-    """Let numpy's BLAS/LAPACK use at most `threads` threads (process-wide)."""
-    from threadpoolctl import threadpool_limits
+def run_parts(parts: Sequence[tuple[float, Callable[[], T]]], threads: int) -> list[T]:
+    """The result of each (cost, computation) part, in order. Parts costing at least `ALONE_FROM_COST` run first,
+    one at a time on `threads` BLAS threads; the others on `threads` Python threads at one BLAS thread each,
+    costliest first. A part's BLAS threads depend on its cost alone, not on the other parts of the refresh, so a
+    worker computing a share of the parts gets the bits a single worker gets. The BLAS limit is process-wide
+    (OpenBLAS's count) while the parts run; TensorFlow's kernels do not use it."""
+    order = sorted(range(len(parts)), key=lambda index: -parts[index][0])
+    alone = [index for index in order if parts[index][0] >= ALONE_FROM_COST]
+    side_by_side = [index for index in order if parts[index][0] < ALONE_FROM_COST]
+    results: dict[int, T] = {}
+    if alone:
+        with _blas().limit(limits=threads, user_api="blas"):
+            results.update((index, parts[index][1]()) for index in alone)
+    if side_by_side:
+        with _blas().limit(limits=1, user_api="blas"):
+            workers = min(threads, len(side_by_side))
+            if workers == 1:
+                results.update((index, parts[index][1]()) for index in side_by_side)
+            else:
+                with ThreadPoolExecutor(workers, thread_name_prefix="kfac-inversion") as pool:
+                    futures = {index: pool.submit(parts[index][1]) for index in side_by_side}
+                    results.update((index, future.result()) for index, future in futures.items())
+    return [results[index] for index in range(len(parts))]
 
-    threadpool_limits(limits=threads, user_api="blas")
+
+def host_threads(inversion_threads: int | None) -> int:
+    """The cores a refresh computes on: `inversion_threads`, else all of them."""
+    return inversion_threads or os.cpu_count() or 1
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def reserve_inversion_cores(threads: int) -> int:
