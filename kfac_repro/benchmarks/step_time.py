@@ -113,7 +113,10 @@ def measure_step_times(
     return timings, optimizer.communication_bytes()
 
 
-def deep_mlp(widths: tuple[int, ...] = (784, 1000, 500, 250, 30, 10)) -> keras.Model:
+MLP_WIDTHS = (784, 1000, 500, 250, 30, 10)
+
+
+def deep_mlp(widths: tuple[int, ...] = MLP_WIDTHS) -> keras.Model:
     """The MLP of the K-FAC papers' autoencoder encoder as a classifier: tanh hidden layers, linear logits."""
     inputs = keras.Input((widths[0],))
     x = inputs

@@ -118,15 +118,32 @@ def step(model_name: str, batch_size: int, repeats: int) -> None:
 
 
 def _mlp_updates(batch_size: int, repeats: int) -> None:
-    from kfac_repro.benchmarks.step_time import deep_mlp, measure_update_times
+    from kfac_repro.benchmarks.arithmetic_floor import floor, mlp_multiply_adds
+    from kfac_repro.benchmarks.step_time import MLP_WIDTHS, deep_mlp, measure_update_times
 
-    click.echo(f"model: MLP 784-1000-500-250-30-10 tanh, batch {batch_size}, random inputs; SGD: median of {repeats} "
+    widths = "-".join(map(str, MLP_WIDTHS))
+    click.echo(f"model: MLP {widths} tanh, batch {batch_size}, random inputs; SGD: median of {repeats} "
                "steps; K-FAC: factors every step, inverses every 10, whole periods; SGD and each K-FAC in turns")
-    timings = measure_update_times(deep_mlp, (784,), 10, batch_size, repeats=repeats,
+    timings = measure_update_times(deep_mlp, MLP_WIDTHS[:1], MLP_WIDTHS[-1], batch_size, repeats=repeats,
                                    progress=lambda what: click.echo(f"  timing {what} ...", err=True))
     click.echo(f"{'':58}{'seconds':>10}{'× SGD':>9}")
     for timing in timings:
         click.echo(f"{timing.what:58}{timing.seconds:10.4f}{timing.ratio:9.2f}")
+    counts = mlp_multiply_adds(MLP_WIDTHS, batch_size)
+    click.echo("  timing TensorFlow's matrix product ...", err=True)
+    bound = floor(counts, timings[0].seconds)
+    update = next(t.seconds for t in timings if t.what == "K-FAC update without inversion")
+    giga = 1e9
+    click.echo(f"arithmetic (counted): SGD {counts.sgd / giga:.2f} G multiply-adds; K-FAC adds the sampled backward "
+               f"pass {counts.sampled_backward / giga:.2f} G, the factor products {counts.factor_products / giga:.2f} "
+               f"G and the preconditioning {counts.preconditioning / giga:.2f} G: {counts.kfac / giga:.2f} G, "
+               f"{counts.kfac / counts.sgd:.2f}× SGD's")
+    click.echo(f"TensorFlow's 2048² product here: float32 {bound.float32_rate / giga:.0f} G/s, bfloat16 "
+               f"{bound.bfloat16_rate / giga:.0f} G/s")
+    click.echo(f"floor of K-FAC's update without inversion at those rates: {bound.float32_ratio:.2f}× SGD's step in "
+               f"float32, {bound.bfloat16_ratio:.2f}× with bfloat16 products; the float32 update ran at "
+               f"{counts.kfac / update / giga:.0f} G/s, {counts.kfac / update / bound.float32_rate:.0%} of the "
+               "float32 product's rate")
 
 
 @bench.command("inversion")
