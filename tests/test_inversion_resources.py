@@ -2,9 +2,11 @@
 on one BLAS thread each, large ones alone on all; TensorFlow's pools are sized around the inversion's cores (in a
 fresh process)."""
 
+import functools
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import keras
@@ -96,9 +98,18 @@ def test_one_thread_runs_the_parts_in_order_of_cost_in_the_calling_thread() -> N
     assert order == [3.0, 2.0, 1.0]
 
 
-def test_a_failing_part_fails_the_refresh() -> None:
+def test_a_failing_part_fails_the_refresh_without_starting_the_parts_left() -> None:
     def fails() -> None:
         raise FloatingPointError("a damped 3×3 factor is not positive definite")
 
+    started: list[int] = []
+
+    def slow(index: int) -> int:
+        started.append(index)
+        time.sleep(0.05)
+        return index
+
+    parts = [(100.0, fails), *((1.0, functools.partial(slow, index)) for index in range(20))]
     with pytest.raises(FloatingPointError, match="not positive definite"):
-        run_parts([(1.0, lambda: 1), (2.0, fails), (3.0, lambda: 3)], threads=2)
+        run_parts(parts, threads=2)
+    assert len(started) < 20  # the parts not yet started when it failed were dropped

@@ -93,9 +93,12 @@ def run_parts(parts: Sequence[tuple[float, Callable[[], T]]], threads: int) -> l
             if workers == 1:
                 results.update((index, parts[index][1]()) for index in side_by_side)
             else:
-                with ThreadPoolExecutor(workers, thread_name_prefix="kfac-inversion") as pool:
+                pool = ThreadPoolExecutor(workers, thread_name_prefix="kfac-inversion")
+                try:
                     futures = {index: pool.submit(parts[index][1]) for index in side_by_side}
                     results.update((index, future.result()) for index, future in futures.items())
+                finally:  # a failed part or an interrupt (Ctrl-C) drops the parts not yet started
+                    pool.shutdown(wait=True, cancel_futures=True)
     return [results[index] for index in range(len(parts))]
 
 
