@@ -53,7 +53,10 @@ def mlp_multiply_adds(widths: Sequence[int], batch_size: int) -> MultiplyAdds:
     )
 
 
-def matmul_rate(dtype: tf.DType, size: int = 2048, repeats: int = 10) -> float:
+PRODUCT_SIZE = 2048  # side of the square product whose rate the floor uses
+
+
+def matmul_rate(dtype: tf.DType, size: int = PRODUCT_SIZE, repeats: int = 10) -> float:
     """Multiply-adds per second of TensorFlow's product of two size × size matrices of `dtype` (median of
     `repeats`, after one untimed product)."""
     a = tf.random.stateless_normal((size, size), seed=(0, 0), dtype=tf.float32)

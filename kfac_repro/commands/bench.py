@@ -118,7 +118,7 @@ def step(model_name: str, batch_size: int, repeats: int) -> None:
 
 
 def _mlp_updates(batch_size: int, repeats: int) -> None:
-    from kfac_repro.benchmarks.arithmetic_floor import floor, mlp_multiply_adds
+    from kfac_repro.benchmarks.arithmetic_floor import PRODUCT_SIZE, floor, mlp_multiply_adds
     from kfac_repro.benchmarks.step_time import MLP_WIDTHS, deep_mlp, measure_update_times
 
     widths = "-".join(map(str, MLP_WIDTHS))
@@ -138,7 +138,7 @@ def _mlp_updates(batch_size: int, repeats: int) -> None:
                f"pass {counts.sampled_backward / giga:.2f} G, the factor products {counts.factor_products / giga:.2f} "
                f"G and the preconditioning {counts.preconditioning / giga:.2f} G: {counts.kfac / giga:.2f} G, "
                f"{counts.kfac / counts.sgd:.2f}× SGD's")
-    click.echo(f"TensorFlow's 2048² product here: float32 {bound.float32_rate / giga:.0f} G/s, bfloat16 "
+    click.echo(f"TensorFlow's {PRODUCT_SIZE}² product here: float32 {bound.float32_rate / giga:.0f} G/s, bfloat16 "
                f"{bound.bfloat16_rate / giga:.0f} G/s")
     click.echo(f"floor of K-FAC's update without inversion at those rates: {bound.float32_ratio:.2f}× SGD's step in "
                f"float32, {bound.bfloat16_ratio:.2f}× with bfloat16 products; the float32 update ran at "

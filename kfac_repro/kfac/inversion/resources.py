@@ -24,7 +24,7 @@ T = TypeVar("T")
 ALONE_FROM_COST = 2048.0**3
 """Parts costing at least this (`inversion.assignment.inverse_cost`: a 2048 × 2048 inverse) run one at a time on
 every BLAS thread. Measured on this project's 2-core machine (potrf + potri, OpenBLAS's threads sleeping between
-calls, see `inverses`): two BLAS threads take a 4097-wide factor 1.8× and a 2049-wide one 1.65× as fast as one, a
+calls, see `lapack`): two BLAS threads take a 4097-wide factor 1.8× and a 2049-wide one 1.65× as fast as one, a
 1025-wide one 1.2× and a 513-wide one 0.9×, where two parts side by side on one BLAS thread each go 2× as fast."""
 
 _DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("kfac_inversion_device", default=None)
