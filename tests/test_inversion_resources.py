@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_info
 
 from kfac_repro.kfac import KFAC, KFACConfig
 from kfac_repro.kfac.inversion.inverses import damped_inverse
-from kfac_repro.kfac.inversion.resources import ALONE_FROM_COST, on_device, run_parts
+from kfac_repro.kfac.inversion.resources import ALONE_FROM_COST, host_threads, on_device, run_parts
 
 
 def test_device_inverse_matches_lapack() -> None:
@@ -113,3 +113,10 @@ def test_a_failing_part_fails_the_refresh_without_starting_the_parts_left() -> N
     with pytest.raises(FloatingPointError, match="not positive definite"):
         run_parts(parts, threads=2)
     assert len(started) < 20  # the parts not yet started when it failed were dropped
+
+
+def test_a_refresh_computes_on_inversion_threads_cores_else_on_all() -> None:
+    import os
+
+    assert host_threads(3) == 3
+    assert host_threads(None) == (os.cpu_count() or 1)
