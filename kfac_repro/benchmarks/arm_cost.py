@@ -5,7 +5,8 @@ An arm's update is timed exactly as configured (statistics every `stats_every` s
 every `inverse_every` steps or in the background thread, the arm's replicas) on one fixed batch of the arm's input
 shape, in blocks of updates long enough to contain a whole inversion period; seconds per update = block time /
 block length (median over blocks, with the range). Components, on one device: a gradient pass on B/n examples
-(n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced gradient.
+(n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced gradient and
+factors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.benchmarks.cost_table import Measurement
+from kfac_repro.benchmarks.cpu_identity import cpu_flags, cpu_model
 from kfac_repro.benchmarks.step_time import NEVER, random_batch, timed
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 from kfac_repro.models.registry import build_model
@@ -34,10 +36,11 @@ SHARDS = (1, 2, 4)
 
 
 def machine_record() -> dict[str, Any]:
-    """Where the timings are taken: host, device, cores, TensorFlow, and the 1-minute load average now (work
-    other than this benchmark: a load near 0 means an otherwise idle machine)."""
+    """Where the timings are taken: host, device, the CPU's model and instruction-set flags, cores, TensorFlow, and
+    the 1-minute load average now (work other than this benchmark: a load near 0 means an otherwise idle machine)."""
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"host": platform.node(), "device": ", ".join(gpus) or f"CPU ({platform.processor() or platform.machine()})",
+    device = ", ".join(gpus) or f"CPU ({platform.processor() or platform.machine()})"
+    return {"host": platform.node(), "device": device, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
             "cpus": os.cpu_count(), "tensorflow": tf.__version__, "load_before": round(os.getloadavg()[0], 2)}
 
 
@@ -109,6 +112,8 @@ def _components(name: str, arm: ArmConfig, config: KFACConfig | SGDConfig, x: tf
     stats_batch = config.stats_batch_size or batch
     median, low, high = timed(lambda: kfac.accumulate_statistics(x[:stats_batch]), 5, 2)
     found.append(Measurement(name, "statistics_pass", stats_batch, median, low, high, "seconds", 5))
+    factor_bytes = int(kfac.communication_bytes()["factors_per_refresh"])
+    found.append(Measurement(name, "factor_bytes", batch, factor_bytes, factor_bytes, factor_bytes, "bytes", 1))
     median, low, high = timed(kfac.refresh_inverses, 3, 1)
     found.append(Measurement(name, "inversion", batch, median, low, high, "seconds", 3))
     grads = gradient(x, y)

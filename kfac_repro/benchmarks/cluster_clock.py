@@ -2,12 +2,16 @@
 
 Layout: n gradient workers each compute the gradient of B/n examples; the gradients are all-reduced (ring:
 2(n − 1)/n · bytes over a link of the stated bandwidth); the update preconditions and applies them. Statistics
-run on their own worker, off the critical path. Synchronous inversion runs inline every `inverse_every` updates
+run where the paper ran them for the figure [P §3.2, §6]: *inline* (CIFAR-10: each gradient worker after its
+gradient, every `stats_every` updates, on its B/n examples, t_stats(m)·(B/n)/m from the pass measured on m
+examples, then its factors all-reduced like the gradient) or on a dedicated *worker* (ImageNet: off the critical
+path; its factors travel on its own link). Synchronous inversion runs inline every `inverse_every` updates
 (amortised: t_inv / inverse_every per update); asynchronous inversion runs on its own device, off the critical
 path, and its duration sets how many updates old the inverses are:
 
-    T_sync  = t_grad(B/n) + t_allreduce(n) + t_apply + t_inv / inverse_every
-    T_async = t_grad(B/n) + t_allreduce(n) + t_apply,     staleness = ⌈t_inv / T_async⌉ updates
+    T_sync  = t_grad(B/n) + t_allreduce(grad) + t_apply + S + t_inv / inverse_every
+    T_async = t_grad(B/n) + t_allreduce(grad) + t_apply + S,     staleness = ⌈t_inv / T_async⌉ updates
+    S       = (t_stats(B/n) + t_allreduce(factors)) / stats_every  inline, 0 on a dedicated worker
 
 Every number it gives is "modelled from measured components", never a measured wall-clock.
 """
@@ -29,12 +33,17 @@ class Components:
     apply_seconds: preconditioning and applying the all-reduced gradient (0 for SGD's update, which is negligible).
     inversion_seconds: one refresh of every block's inverse (0 for SGD).
     gradient_bytes: the gradient all-reduced per update.
+    statistics_seconds: one statistics pass on `statistics_examples` examples (0 for SGD).
+    factor_bytes: the Kronecker factors all-reduced per statistics step (0 for SGD).
     """
 
     gradient_seconds: Mapping[int, float]
     apply_seconds: float
     inversion_seconds: float
     gradient_bytes: int
+    statistics_seconds: float = 0.0
+    statistics_examples: int = 1
+    factor_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class Layout:
     inversion: str  # "sync", "async" or "none" (SGD)
     inverse_every: int
     bandwidth: float
+    statistics: str = "none"  # "inline" (on the gradient workers), "worker" (a dedicated one) or "none" (SGD)
+    stats_every: int = 1
 
 
 def allreduce_seconds(nbytes: int, workers: int, bandwidth: float) -> float:
@@ -61,6 +72,10 @@ def per_update_seconds(components: Components, layout: Layout) -> float:
                        f"measured: {sorted(components.gradient_seconds)}")
     critical = (components.gradient_seconds[shard] + allreduce_seconds(components.gradient_bytes, layout.workers,
                                                                        layout.bandwidth) + components.apply_seconds)
+    if layout.statistics == "inline":
+        statistics = components.statistics_seconds * shard / components.statistics_examples
+        critical += (statistics + allreduce_seconds(components.factor_bytes, layout.workers, layout.bandwidth)) / \
+            layout.stats_every
     if layout.inversion == "sync":
         return critical + components.inversion_seconds / layout.inverse_every
     return critical

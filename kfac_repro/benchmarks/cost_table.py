@@ -3,7 +3,8 @@
 reads it).
 
 Quantities: update (seconds per update as configured), gradient_pass (on `examples` examples), statistics_pass,
-apply (preconditioning), inversion (seconds), gradient_bytes (bytes). `value` is the median, low/high the range.
+apply (preconditioning), inversion (seconds), gradient_bytes and factor_bytes (bytes all-reduced per update and per
+statistics step). `value` is the median, low/high the range.
 
 Each `bench arms` is one sitting. A new sitting moves the previous table aside as bench-arms.<its time>.csv, so
 that the report can check every verdict with the costs of each earlier sitting of the same commit: timings of one
@@ -22,7 +23,8 @@ from typing import Any
 from kfac_repro.runner import layout
 
 FILE_NAME = "bench-arms.csv"
-MACHINE = ("host", "device", "cpus", "tensorflow", "load_before", "load_after", "other_cpu", "commit", "time_utc")
+MACHINE = ("host", "device", "cpu_model", "cpu_flags", "cpus", "tensorflow",
+           "load_before", "load_after", "other_cpu", "commit", "time_utc")
 COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
 SHARED_OTHER = 0.05  # other work shared the machine: other processes used more than this share of its CPU time
 # while the benchmark ran (benchmarks/other_cpu.py)
@@ -101,6 +103,13 @@ def sitting_time(costs: Mapping[str, ArmCosts]) -> str:
 def sitting_commit(costs: Mapping[str, ArmCosts]) -> str:
     """The commit a table's sitting timed, '' for an empty table."""
     return next((c.machine.get("commit", "") for c in costs.values()), "")
+
+
+def sitting_cpu(costs: Mapping[str, ArmCosts]) -> str:
+    """The CPU a table's sitting ran on, 'model [flags]' ('' for an empty table or one that predates the record)."""
+    machine = next((c.machine for c in costs.values()), {})
+    model, flags = machine.get("cpu_model", ""), machine.get("cpu_flags", "")
+    return f"{model} [{flags}]" if model else ""
 
 
 def write_costs(path: Path, spec: str, profile: str, measurements: list[Measurement],

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kfac_repro.plotting.claims import Arms, Costs, measured_cost, modelled_cost
+from kfac_repro.judging.clocks import Arms, Costs, measured_cost, modelled_cost
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kfac_repro.plotting.claims import Arms, Claim
+from kfac_repro.judging.claims import Claim
+from kfac_repro.judging.clocks import Arms
 from kfac_repro.plotting.figures import FIGURES
 from kfac_repro.plotting.results import Run, flatten, variant_runs
 from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, seeds_text, updates_to_target
