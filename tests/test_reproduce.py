@@ -37,15 +37,15 @@ def test_the_plan_has_every_spec_arm_and_seed_and_each_grid_before_its_tuned_arm
         for arm, config in spec.arms.items():
             seeds = [job.seed for job in own if job.arm == arm and not job.is_grid]
             assert seeds == list(range(config.training["seed"], config.training["seed"] + config.training["seeds"]))
-            assert config.training["seeds"] >= 3  # every arm behind a verdict runs with 3 seeds
+            assert config.training["seeds"] >= 5  # every arm behind a verdict runs with 5 paired seeds
         for index, job in enumerate(own):
             assert job.tuned == (not job.is_grid and job.arm in spec.tuned)
-            if job.tuned:
-                assert any(j.is_grid and j.arm == job.arm for j in own[:index])
+            if job.tuned:  # its grid (its own, or the arm's it takes its best from) comes before it
+                assert any(j.is_grid and j.arm == spec.tuned[job.arm] for j in own[:index])
     assert all(job.state == plan.TODO and job.left == job.updates * job.settings for job in jobs)
     fig2 = [job.describe() for job in jobs if job.spec == "cifar10-async"]
-    assert fig2[:2] == ["cifar10-async grid-sync-gpu1 (10 settings)", "cifar10-async grid-sgd-bn (10 settings)"]
-    assert "cifar10-async sgd-bn seed 2 (tuned)" in fig2 and "cifar10-async async-gpu4 seed 0" in fig2
+    assert fig2[:2] == ["cifar10-async grid-sync-gpu1 (6 settings)", "cifar10-async grid-sgd-bn (6 settings)"]
+    assert "cifar10-async sgd-bn seed 2 (tuned)" in fig2 and "cifar10-async async-gpu4 seed 4 (tuned)" in fig2
 
 
 def test_states_come_from_the_results_layout(tmp_path: Path) -> None:
@@ -114,9 +114,12 @@ def test_tuned_names_arms_that_have_a_grid(tmp_path: Path) -> None:
             """) + extra)
         return path
 
-    assert load_spec(str(spec("tuned: [a]\n"))).tuned == ("a",)
+    assert load_spec(str(spec("tuned: [a]\n"))).tuned == {"a": "a"}
+    assert load_spec(str(spec("tuned: {a: a, b: a}\n"))).tuned == {"a": "a", "b": "a"}  # b takes a's best
     for extra, message in [("tuned: [b]\n", "arm 'b' has no grid"), ("tuned: [c]\n", "no arm named 'c'"),
-                           ("tuned: a\n", "expected a list of arm names")]:
+                           ("tuned: {a: b}\n", "arm 'b' has no grid"), ("tuned: {c: a}\n", "no arm named 'c'"),
+                           ("tuned: a\n", "expected a list of arm names or a mapping"),
+                           ("tuned: {a: [b]}\n", "expected a list of arm names or a mapping")]:
         with pytest.raises(SpecError, match=message):
             load_spec(str(spec(extra)))
 

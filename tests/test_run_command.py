@@ -38,10 +38,23 @@ def test_smoke_run_writes_every_arm(tmp_path: Path) -> None:
         assert record["status"] == "complete" and record["data"] == "synthetic" and record["arm"] == arm
         assert (run_dir / "resolved.yaml").exists() and (run_dir / "environment.json").exists()
         assert any((run_dir / "tensorboard").iterdir()) and any((run_dir / "checkpoints").iterdir())
+        assert record["val_examples"] == 32  # the smoke profile's one validation batch
+        evaluated = [r for r in rows(run_dir / "metrics.csv") if r["val_loss"]]
+        assert evaluated and all(r["train_eval_loss"] and r["train_eval_error"] for r in evaluated)
         if arm != "sgd-bn":  # one line per refresh: async lag 1 hands over at steps 1, 2, 3; sync every 2 at 2
             refreshes = (run_dir / "refreshes.log").read_text().splitlines()
             assert len(refreshes) == (3 if arm.startswith("async") else 1), refreshes
             assert "installed at step" in refreshes[0] and "s)" in refreshes[0]
+
+
+def test_every_validation_pass_reads_the_whole_split_unless_told_otherwise(tmp_path: Path) -> None:
+    from kfac_repro.data.synthetic import SIZES
+
+    result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--set",
+                        "training.eval_batches=null", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "cifar10-async" / "smoke" / "sgd-bn").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["val_examples"] == SIZES["val"]
 
 
 def test_seeds_give_one_ordinary_run_directory_per_seed(tmp_path: Path) -> None:

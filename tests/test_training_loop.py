@@ -27,10 +27,11 @@ def setup(method: str) -> tuple[object, object, object]:
     y = rng.integers(0, 3, size=64).astype(np.int32)
     iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64, seed=1).repeat().batch(8))
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> dict[str, float]:
         logits = model(x)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        return float(loss), float(tf.reduce_mean(tf.cast(tf.argmax(logits, 1) != y, tf.float32)))
+        return {"val_loss": float(loss), "val_error": float(tf.reduce_mean(tf.cast(tf.argmax(logits, 1) != y,
+                                                                                  tf.float32)))}
 
     return optimizer, iterator, evaluate
 
@@ -67,7 +68,7 @@ def test_first_row_validates_the_initial_weights_and_the_first_update_is_timed_a
                                                      global_batch=8), run_dir, resume=False)
     rows = read_rows(run_dir / "metrics.csv")
     assert (rows[0]["step"], rows[0]["seconds"], rows[0]["train_loss"]) == ("0", "0", "")
-    assert float(rows[0]["val_loss"]) == pytest.approx(initial[0], rel=1e-5)
+    assert float(rows[0]["val_loss"]) == pytest.approx(initial["val_loss"], rel=1e-5)
     assert float(rows[1]["first_update_seconds"]) > 0 and rows[2]["first_update_seconds"] == ""
     assert 0 < float(rows[1]["seconds"]) < float(rows[2]["seconds"])
 

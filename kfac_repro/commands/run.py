@@ -155,7 +155,7 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     if len(jobs) > 1:  # every arm and seed in a fresh process: no TensorFlow state carries over between them
         if tuned:
             for arm in selected:
-                _grid_best(out, spec, arm)  # every arm's grid result exists before any training
+                _grid_best(out, spec, spec.tuned.get(arm, arm))  # every grid result exists before any training
         failed = []
         for arm, job_seed in jobs:
             what = f"arm {arm}" + ("" if job_seed is None else f" seed {job_seed}")
@@ -176,9 +176,10 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     arm, job_seed = jobs[0]
     seed = job_seed if job_seed is not None else seed
     spec = _load(name, profile, overrides, seed, arms)
-    label_suffix = ""
+    label_suffix, grid_arm = "", ""
     if tuned:
-        best = _grid_best(out, spec, arm)
+        grid_arm = spec.tuned.get(arm, arm)
+        best = _grid_best(out, spec, grid_arm)
         overrides = (*(f"{key}={value}" for key, value in best.items()), *overrides)
         spec = _load(name, profile, overrides, seed, arms)
         label_suffix = " (grid best: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items()) + ")"
@@ -194,14 +195,14 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         return
     with lock:
         _train_or_exit(lambda: _launch(name, arm, profile, overrides, seed, resume, run_dir, workers) if workers > 1
-                       else _train_single(spec, arm, run_dir, resume, label_suffix), f"arm {arm}")
+                       else _train_single(spec, arm, run_dir, resume, label_suffix, grid_arm), f"arm {arm}")
 
 
-def _train_single(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str) -> None:
+def _train_single(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str, grid_arm: str) -> None:
     from kfac_repro.distribute.strategy import reserve_cpu_replicas
 
     reserve_cpu_replicas(spec.arms[arm].distribution["workers"])
-    _train_here(spec, arm, run_dir, resume, label_suffix)
+    _train_here(spec, arm, run_dir, resume, label_suffix, grid_arm)
 
 
 def _train_or_exit(train: Any, what: str) -> None:
@@ -265,12 +266,13 @@ def _grid_best(out: Path, spec: Any, arm: str) -> dict[str, Any]:
                                f"{spec.name} --arm {arm} --profile {spec.profile} --out {out}` first") from error
 
 
-def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str = "") -> None:
+def _train_here(spec: Any, arm: str, run_dir: Path, resume: bool, label_suffix: str = "", grid_arm: str = "") -> None:
     from kfac_repro.distribute.cluster import parse_tf_config
     from kfac_repro.runner.experiment import RunIdentity, run_arm
 
     config = spec.arms[arm]
-    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, config.label + label_suffix, run_dir)
+    identity = RunIdentity(spec.name, spec.figure or "", spec.profile, arm, config.label + label_suffix, run_dir,
+                           grid_arm)
     steps = int(config.training["steps"])
     chief = "TF_CONFIG" not in os.environ or parse_tf_config(os.environ["TF_CONFIG"]).is_chief
     with click.progressbar(length=steps, label=f"{arm}", show_pos=True, file=sys.stderr) as bar:

@@ -9,6 +9,7 @@ Importing this module does not import TensorFlow or Keras (the CLI lists names i
 | googlenet   | googlenet     | 224×224×3, 1000 classes, 7.0 M  | stem, aux_heads (False), dropout (0.4)         |
 | resnet50    | resnet        | 224×224×3, 1000 classes, 25.6 M | stem                                           |
 | resnet101   | resnet        | 224×224×3, 1000 classes, 44.6 M | stem                                           |
+| standin     | standin       | 28×28, 10 classes (the cpu profile's stand-in for the ImageNet nets) | residual, fc6 |
 
 Reduced scale: a small `input_shape` (e.g. (32, 32, 3) or (28, 28, 3)), `width_multiplier` (e.g. 0.25) and
 `num_classes`; the "reduced" stem is chosen automatically below 112×112. All models are channels_last and output
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import keras
 
-MODEL_NAMES = ("cifar10_net", "alexnet", "googlenet", "resnet50", "resnet101")
+MODEL_NAMES = ("cifar10_net", "alexnet", "googlenet", "resnet50", "resnet101", "standin")
 
 # name -> (module, builder function, fixed keyword arguments, family knobs accepted)
 _FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
@@ -32,6 +33,7 @@ _FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
     "googlenet": ("kfac_repro.models.googlenet", "googlenet", {}, ("stem", "aux_heads", "dropout")),
     "resnet50": ("kfac_repro.models.resnet", "resnet", {"depth": 50}, ("stem",)),
     "resnet101": ("kfac_repro.models.resnet", "resnet", {"depth": 101}, ("stem",)),
+    "standin": ("kfac_repro.models.standin", "standin", {}, ("residual", "fc6")),
 }
 
 

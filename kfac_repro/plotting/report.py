@@ -85,8 +85,12 @@ def grid_use(directory: Path, arms: Arms) -> dict[str, GridUse]:
     """arm → its grid search under a spec's profile directory (leaderboard.csv rows, best.json's settings): whether
     every run of the arm resolved the grid's best settings, and else the leaderboard rank of the settings they ran."""
     uses = {}
-    for arm, grid in grid_dirs(directory).items():
-        board, best_file = grid / LEADERBOARD, grid / GRID_BEST
+    grids = grid_dirs(directory)
+    for arm in arms:
+        source = next((str(r.record["grid"]) for r in arms[arm] if r.record.get("grid")), arm)
+        if source not in grids:
+            continue
+        board, best_file = grids[source] / LEADERBOARD, grids[source] / GRID_BEST
         if not board.is_file():
             continue
         with board.open(newline="") as handle:

@@ -45,6 +45,7 @@ class RunIdentity:
     arm: str
     label: str
     run_dir: Path
+    grid: str = ""  # the arm whose grid's best settings the run trains with ('': the spec's own settings)
 
 
 def optimizer_config(section: Section, seed: int) -> tuple[str, KFACConfig | SGDConfig]:
@@ -135,7 +136,21 @@ def run_arm(
     _write_status(run_dir, record, "running", chief)
     refresh_log = logging.FileHandler(run_dir / layout.REFRESH_LOG) if chief and method == "kfac" else None
     try:  # from here on, whatever stops the run marks it (interrupted, diverged or failed): never left `running`
-        evaluate = _evaluator(optimizer, val_data, int(training["eval_batches"]))
+        batches = None if training.get("eval_batches") is None else int(training["eval_batches"])
+        validate = _Evaluator(optimizer, val_data, batches)
+        # the inference-mode loss on a fixed share of the training set as large as a validation pass: a train-
+        # validation gap measured the same way on both sides (Fig. 3's BN claim)
+        train_subset = make_dataset(data_section["name"], "train", global_batch, repeat=False, seed=seed,
+                                    augment=False, **data_args)
+        examples = validate.examples()
+        train_check = _Evaluator(optimizer, train_subset.take(-(-examples // global_batch)), None)
+        record["val_examples"] = examples
+
+        def evaluate() -> dict[str, float]:
+            (val_loss, val_error), (train_loss, train_error) = validate(), train_check()
+            return {"val_loss": val_loss, "val_error": val_error, "train_eval_loss": train_loss,
+                    "train_eval_error": train_error}
+
         settings = LoopSettings(steps=int(training["steps"]), log_every=int(training["log_every"]),
                                 eval_every=int(training["eval_every"]),
                                 checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
@@ -150,7 +165,7 @@ def run_arm(
                       progress=progress)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
-            record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
+            record["test_loss"], record["test_error"] = _Evaluator(optimizer, test_data, None)()
     except BaseException as error:
         status = ("interrupted" if isinstance(error, interrupts.Interrupted | KeyboardInterrupt) else
                   layout.DIVERGED if isinstance(error, TrainingDiverged) else "failed")
@@ -186,25 +201,35 @@ def _checkpointed_step(run_dir: Path) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-def _evaluator(optimizer: ModelOptimizer, dataset: Any, batches: int | None) -> Callable[[], tuple[float, float]]:
-    """Mean loss and error over the first `batches` batches (None: all), with Polyak-averaged weights if any."""
-    import tensorflow as tf
+class _Evaluator:
+    """Mean loss and error over the first `batches` batches of a dataset (None: all), in inference mode, with
+    Polyak-averaged weights if any."""
 
-    @tf.function(reduce_retracing=True)
-    def batch_metrics(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss, outputs = optimizer.loss_and_outputs(x, y, training=False)
-        return loss * tf.cast(tf.shape(x)[0], tf.float32), optimizer.error_rate(outputs, y) * tf.cast(
-            tf.shape(x)[0], tf.float32)
+    def __init__(self, optimizer: ModelOptimizer, dataset: Any, batches: int | None):
+        import tensorflow as tf
 
-    def evaluate() -> tuple[float, float]:
+        self.optimizer = optimizer
+        self.dataset = dataset if batches is None else dataset.take(batches)
+
+        @tf.function(reduce_retracing=True)
+        def batch_metrics(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, outputs = optimizer.loss_and_outputs(x, y, training=False)
+            return loss * tf.cast(tf.shape(x)[0], tf.float32), optimizer.error_rate(outputs, y) * tf.cast(
+                tf.shape(x)[0], tf.float32)
+
+        self._batch_metrics = batch_metrics
+
+    def examples(self) -> int:
+        """How many examples one pass reads (counted by reading the labels once)."""
+        return sum(len(y) for _, y in self.dataset)
+
+    def __call__(self) -> tuple[float, float]:
         total_loss = total_error = count = 0.0
-        with optimizer.averaged_weights():
-            for x, y in dataset if batches is None else dataset.take(batches):
-                loss, error = batch_metrics(x, y)
+        with self.optimizer.averaged_weights():
+            for x, y in self.dataset:
+                loss, error = self._batch_metrics(x, y)
                 total_loss, total_error, count = total_loss + float(loss), total_error + float(error), count + len(y)
         return total_loss / max(count, 1.0), total_error / max(count, 1.0)
-
-    return evaluate
 
 
 def _write_status(run_dir: Path, record: dict[str, Any], status: str, chief: bool) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,7 @@ class TrainingDiverged(ArithmeticError):
 def train(
     optimizer: ModelOptimizer,
     batches: Iterator,
-    evaluate: Callable[[], tuple[float, float]],
+    evaluate: Callable[[], Mapping[str, float]],
     settings: LoopSettings,
     run_dir: Path,
     resume: bool,
@@ -78,8 +78,7 @@ def train(
     first_loss = log.first_train_loss
     try:
         if start == 0 and not log.last:  # a run resumed before its first checkpoint keeps its step-0 row
-            val_loss, val_error = evaluate()
-            log.append({"step": 0, "examples": 0, "seconds": 0.0, "val_loss": val_loss, "val_error": val_error})
+            log.append({"step": 0, "examples": 0, "seconds": 0.0, **evaluate()})
         clock = time.perf_counter()
         for step in range(start + 1, settings.steps + 1):
             if interrupts.requested() is not None:
@@ -98,7 +97,7 @@ def train(
                 row = _row(step, settings.global_batch, float(elapsed.numpy()), window)
                 row["first_update_seconds"], first_update, window = first_update, None, []
                 if step % settings.eval_every == 0 or step == settings.steps:
-                    row["val_loss"], row["val_error"] = evaluate()
+                    row.update(evaluate())
                 log.append(row)
                 _summarise(writer, step, row)
                 progress(step, row)

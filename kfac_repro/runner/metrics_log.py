@@ -15,6 +15,7 @@ from pathlib import Path
 COLUMNS = (
     "step", "examples", "seconds", "train_loss", "train_error", "val_loss", "val_error",
     "step_size", "learning_rate", "kl_clip", "inverse_staleness", "first_update_seconds",
+    "train_eval_loss", "train_eval_error",
 )
 
 

@@ -61,8 +61,11 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
         _check_dir_name(name, path, f"profiles.{name}")
         _check_profile(profile, arms, path, f"profiles.{name}")
     tuned = document.get("tuned") or []
-    if not isinstance(tuned, list) or not all(isinstance(arm, str) for arm in tuned):
-        raise SpecError(path, "tuned", f"expected a list of arm names, found {tuned!r}")
+    names = list(tuned.items()) if isinstance(tuned, Mapping) else tuned if isinstance(tuned, list) else None
+    if names is None or not all(isinstance(n, str) or (isinstance(n, tuple) and all(isinstance(p, str) for p in n))
+                                for n in names):
+        raise SpecError(path, "tuned", f"expected a list of arm names or a mapping of arms to the arm whose grid "
+                        f"they take, found {tuned!r}")
     grid = check_mapping(document.get("grid") or {}, path, "grid")
     for key, values in grid.items():
         if "." not in str(key) and isinstance(values, Mapping):  # one arm's own grid

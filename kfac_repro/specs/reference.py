@@ -27,12 +27,14 @@ profiles:                        # paper (default), cpu, smoke, or your own
   PROFILE: {description: ..., defaults: {...}, arms: {ARM: {...}}}
 grid: {ARM: {section.field: [v1, ...]}}  # optional: what `kfac-repro grid --arm ARM` searches (or one shared
                                        # grid for every arm: {section.field: [v1, ...]})
-tuned: [ARM, ...]                # optional: arms trained with their grid's best settings (`run --tuned`)
+tuned: [ARM, ...]                # optional: arms trained with their grid's best settings (`run --tuned`), or
+                                 # {ARM: GRID_ARM, ...}: ARM trains with GRID_ARM's grid's best (for arms that
+                                 # differ only outside that grid, e.g. the same K-FAC on 1 and 4 workers)
 ```
 
 `kfac-repro reproduce --profile P` derives its plan from these fields: for each spec, the grid of every arm that
 has one (one seed per setting), then every arm once per seed (`training.seeds` seeds from `training.seed`), the
-arms named in `tuned` with their grid's best settings. `tuned` may name only arms that have a grid.
+arms named in `tuned` with the best settings of their grid (or of the arm `tuned` maps them to), which must exist.
 
 An arm resolves as defaults ← profile defaults ← arm ← profile arm overrides ← `--set section.field=value`
 (`kfac-repro show NAME --profile P` prints the result). Mappings merge key by key; lists and scalars replace; an

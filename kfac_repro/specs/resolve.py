@@ -53,7 +53,8 @@ class ResolvedSpec:
     source: Path
     arms: dict[str, ArmConfig]
     grid: Mapping[str, Any] = field(default_factory=dict)  # {section.field: values} or {arm: {section.field: …}}
-    tuned: tuple[str, ...] = ()  # arms trained with their grid's best (`run --tuned`) by `kfac-repro reproduce`
+    tuned: Mapping[str, str] = field(default_factory=dict)  # arm → the arm whose grid's best it trains with
+    # (`run --tuned`, by `kfac-repro reproduce`): itself, or another arm that differs only outside that grid
 
     def grid_for(self, arm: str) -> dict[str, list[Any]]:
         """The axes `kfac-repro grid` searches for the arm: its own grid (grid: {ARM: {...}}), else the shared one."""
@@ -109,13 +110,19 @@ def resolve(
     spec = ResolvedSpec(name=document["name"], description=document.get("description", ""),
                         figure=document.get("figure", ""), profile=profile, profiles=profiles, source=path,
                         arms=resolved, grid=MappingProxyType(dict(document.get("grid") or {})),
-                        tuned=tuple(document.get("tuned") or ()))
-    for arm_name in spec.tuned:
-        if arm_name not in document["arms"]:
-            raise SpecError(path, "tuned", f"no arm named {arm_name!r}; arms: {known}")
-        if not spec.grid_for(arm_name):
-            raise SpecError(path, "tuned", f"arm {arm_name!r} has no grid to take its best settings from")
+                        tuned=MappingProxyType(_tuned(document.get("tuned") or ())))
+    for arm_name, grid_arm in spec.tuned.items():
+        for name in (arm_name, grid_arm):
+            if name not in document["arms"]:
+                raise SpecError(path, "tuned", f"no arm named {name!r}; arms: {known}")
+        if not spec.grid_for(grid_arm):
+            raise SpecError(path, "tuned", f"arm {grid_arm!r} has no grid to take its best settings from")
     return spec
+
+
+def _tuned(tuned: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """`tuned` as arm → grid arm: a list names arms that take their own grid's best."""
+    return dict(tuned) if isinstance(tuned, Mapping) else {arm: arm for arm in tuned}
 
 
 def _resolve_arm(document: Mapping[str, Any], name: str, profile: str, overrides: Sequence[Override],

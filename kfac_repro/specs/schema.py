@@ -45,6 +45,10 @@ SECTIONS: dict[str, dict[str, Field]] = {
                          None, minimum=0, below=1, nullable=True),
         "aux_heads": Field(bool, "googlenet: auxiliary classifier heads (null: the model's own)", None,
                            nullable=True),
+        "residual": Field(bool, "standin: a residual stage 3 (ResNet-50's stand-in; null: plain)", None,
+                          nullable=True),
+        "fc6": Field(int, "standin: width of a Dense 'fc6' over the flattened map (AlexNet's stand-in; null: none)",
+                     None, minimum=1, maximum=1 << 16, nullable=True),
     },
     "data": {
         "name": Field(str, "the data set", choices=DATASET_NAMES),
@@ -65,7 +69,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "log_every": Field(int, "steps between metrics rows", 10, minimum=1, maximum=MAX_STEPS),
         "eval_every": Field(int, "steps between validation passes (a multiple of log_every)", 50, minimum=1,
                             maximum=MAX_STEPS),
-        "eval_batches": Field(int, "validation batches per pass", 10, minimum=1, maximum=MAX_STEPS),
+        "eval_batches": Field(int, "validation batches per pass (null: the whole validation split; each pass also "
+                              "evaluates as many whole batches of training examples in inference mode)", None,
+                              minimum=1, maximum=MAX_STEPS, nullable=True),
         "checkpoint_every": Field(int, "steps between checkpoints", 200, minimum=1, maximum=MAX_STEPS),
         "seed": Field(int, "random seed (weights, data order, sampled targets)", 0, minimum=0, maximum=2**32 - 1),
         "seeds": Field(int, "`kfac-repro run` trains each arm with this many seeds, seed, seed + 1, …, each in its "

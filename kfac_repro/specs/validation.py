@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kfac_repro.models.registry import family_knobs
+from kfac_repro.models.registry import MODEL_NAMES, family_knobs
 from kfac_repro.specs import schema
 from kfac_repro.specs.errors import SpecError
 from kfac_repro.specs.fields import Field
 
 Where = Path | str
-FAMILY_KNOBS = ("stem", "dropout", "aux_heads")  # model settings of some families only
+FAMILY_KNOBS = tuple(dict.fromkeys(k for name in MODEL_NAMES for k in family_knobs(name)))  # some families only
 
 
 def join(prefix: str, key: object) -> str:
