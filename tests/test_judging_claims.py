@@ -117,10 +117,9 @@ def test_bn_gap_compares_inference_mode_losses_at_equal_training_loss(tmp_path: 
     for seed in SEEDS:
         for arm, gap in (("kfac", 0.3), ("kfac-bn", 0.1)):
             run = write_run(tmp_path, "googlenet-bs256", arm, f"r{seed}", curve(0.5, seed), seed=seed)
-            metrics = (run / "metrics.csv").read_text().splitlines()
-            rows = [metrics[0] + ",train_eval_loss"] + [
-                f"{line},{float(line.split(',')[5]) - gap - 0.01 * seed:.4f}" for line in metrics[1:]]
-            (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+            metrics = pd.read_csv(run / "metrics.csv")
+            metrics["train_eval_loss"] = metrics["val_loss"] - gap - 0.01 * seed
+            metrics.to_csv(run / "metrics.csv", index=False)
     row = claims.judge(next(s for s in claims.TABLE if s.rule == claims.BN_GAP),
                        seed_runs(tmp_path, "googlenet-bs256", "cpu"), {}, {})
     assert row.verdict == paired.REPRODUCED and row.effect.startswith("+0.200")
@@ -229,3 +228,24 @@ def test_modelled_cost_names_the_layout(tmp_path: Path) -> None:
     arms = fig2(tmp_path, kfac_speed=0.9, sgd_speed=0.3)
     found = modelled_cost(arms, costs(tmp_path, "cifar10-async", {"sync-gpu1": 0.5, "sgd-bn": 0.5}))("sync-gpu1")
     assert found[0] == pytest.approx(0.5) and "statistics inline, inversion sync" in found[1]
+
+
+def test_async_against_sync_pools_the_components_both_arms_compute_alike(tmp_path: Path) -> None:
+    for arm, inversion in (("async-gpu1", "async"), ("sync-gpu1", "sync")):
+        write_run(tmp_path, "cifar10-async", arm, "r", [0.5, 0.4], resolved={
+            "training": {"batch_size": 100}, "distribution": {"workers": 1},
+            "optimizer": {"inversion": inversion, "inverse_every": 20}})
+    path = tmp_path / "cifar10-async" / "cpu" / FILE_NAME
+
+    def timed(arm: str, gradient: float, statistics: float, inversion: float) -> list[Measurement]:
+        return [Measurement(arm, quantity, 100, value, value, value, "seconds", 3) for quantity, value in (
+            ("gradient_pass", gradient), ("statistics_pass", statistics), ("apply", 0.01), ("inversion", inversion))]
+
+    write_costs(path, "cifar10-async", "cpu", timed("async-gpu1", 0.10, 0.06, 0.8) + timed("sync-gpu1", 0.14, 0.04,
+                                                                                            0.6), IDLE)
+    arms, found = seed_runs(tmp_path, "cifar10-async", "cpu"), read_costs(path)
+    seconds = modelled_cost(arms, found, ("async-gpu1", "sync-gpu1"))
+    # both get the mean gradient pass (0.12), statistics (0.05, inline) and apply; only sync adds its inversion / 20
+    assert seconds("async-gpu1")[0] == pytest.approx(0.12 + 0.05 + 0.01)
+    assert seconds("sync-gpu1")[0] == pytest.approx(0.12 + 0.05 + 0.01 + 0.6 / 20)
+    assert "statistics and apply pooled over both arms" in seconds("sync-gpu1")[1]

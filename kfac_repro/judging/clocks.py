@@ -62,15 +62,16 @@ def measured_cost(costs: Costs) -> Seconds:
 
 def modelled_cost(arms: Arms, costs: Costs, pooled: Sequence[str] = ()) -> Seconds:
     """Per-update seconds of the paper's layout for the arm (cluster clock), from its measured components. With
-    `pooled` (two arms that compute the gradient pass and preconditioning alike and differ only in how they
-    invert, C1), those components are the mean of the two arms' timings, so the modelled updates differ only where
-    the layouts do."""
-    shared: tuple[dict[int, float], float] | None = None
+    `pooled` (two arms that compute the gradient pass, statistics and preconditioning alike and differ only in how
+    they invert, C1), those components are the mean of the two arms' timings, so the modelled updates differ only
+    where the layouts do."""
+    shared: tuple[dict[int, float], float, float] | None = None
     if pooled and all(arm in costs and arm in arms for arm in pooled):
         parts = [components(costs[arm]) for arm in pooled]
         shards = set.intersection(*(set(part.gradient_seconds) for part in parts))
         shared = ({n: float(np.mean([part.gradient_seconds[n] for part in parts])) for n in shards},
-                  float(np.mean([part.apply_seconds for part in parts])))
+                  float(np.mean([part.apply_seconds for part in parts])),
+                  float(np.mean([part.statistics_seconds for part in parts])))
 
     def seconds(arm: str) -> tuple[float | None, str]:
         if arm not in costs or arm not in arms:
@@ -80,9 +81,9 @@ def modelled_cost(arms: Arms, costs: Costs, pooled: Sequence[str] = ()) -> Secon
         note = (f"{LABEL}: {shape.workers} worker(s), statistics {shape.statistics}, inversion {shape.inversion}, "
                 f"link {BANDWIDTH / 1e9:.2f} GB/s")
         if shared is not None:
-            own = Components(shared[0], shared[1], own.inversion_seconds, own.gradient_bytes, own.statistics_seconds,
+            own = Components(shared[0], shared[1], own.inversion_seconds, own.gradient_bytes, shared[2],
                              own.statistics_examples, own.factor_bytes)
-            note += ", gradient pass and apply pooled over both arms"
+            note += ", gradient pass, statistics and apply pooled over both arms"
         if costs[arm].shared:
             note += ", components from a shared machine: no verdict"
         try:
