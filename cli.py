@@ -62,7 +62,7 @@ class _LazyGroup(click.Group):
 @click.version_option(_package_version(), "--version", prog_name="kfac-repro")
 def main() -> None:
     """Distributed K-FAC for TensorFlow 2 / Keras 3, and the reproduction of Ba, Grosse & Martens (ICLR 2017)."""
-    from kfac_repro.runner.interrupts import follow_parent
+    from kfac_repro.distribute.interrupts import follow_parent
 
     follow_parent()  # a child of `run` or `grid` ends with its parent
 

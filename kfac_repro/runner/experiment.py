@@ -67,10 +67,10 @@ def run_arm(
     import tensorflow as tf
 
     from kfac_repro.data.registry import dataset_info, make_dataset
+    from kfac_repro.distribute import interrupts
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
-    from kfac_repro.runner import interrupts
     from kfac_repro.runner.environment import environment_record, write_environment
     from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 
