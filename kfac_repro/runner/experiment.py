@@ -170,12 +170,10 @@ def run_arm(
 
 def _optimizer(model: Any, config: KFACConfig | SGDConfig) -> tuple[ModelOptimizer, KFAC | None]:
     """The optimizer of `config`, and the same object again when it is K-FAC (summary, close), else None."""
-    from kfac_repro.kfac import KFAC, SGD
+    from kfac_repro.kfac import KFAC, optimizer_for
 
-    if isinstance(config, KFACConfig):
-        kfac = KFAC(model, config)
-        return kfac, kfac
-    return SGD(model, config), None
+    optimizer = optimizer_for(model, config)
+    return optimizer, optimizer if isinstance(optimizer, KFAC) else None
 
 
 def _checkpointed_step(run_dir: Path) -> int:
