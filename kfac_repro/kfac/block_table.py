@@ -96,7 +96,7 @@ def _named(pattern: str, layer: Layer, config: KFACConfig) -> bool:
 
 
 def _of_class(base: type[Layer], layer: Layer, config: KFACConfig) -> bool:
-    return keeps_call(layer, base)
+    return _keeps_call(layer, base)
 
 
 def _registered(factory: BlockFactory, key: type[Layer] | str, why: str, layer: Layer,
@@ -111,7 +111,7 @@ def _registered(factory: BlockFactory, key: type[Layer] | str, why: str, layer: 
     return build, why
 
 
-def keeps_call(layer: Layer, base: type[Layer]) -> bool:
+def _keeps_call(layer: Layer, base: type[Layer]) -> bool:
     """An instance of `base`, or of a subclass keeping its call (so that the statistics' reading is valid)."""
     return isinstance(layer, base) and type(layer).call is base.call
 
@@ -122,7 +122,7 @@ def _always(layer: Layer, config: KFACConfig) -> bool:
 
 def _class(base: type[Layer], choose: Callable[[Layer, KFACConfig], Decision],
            also: Callable[[Layer], bool] = lambda layer: True) -> BlockEntry:
-    return BlockEntry(base, lambda layer, config: keeps_call(layer, base) and also(layer), choose)
+    return BlockEntry(base, lambda layer, config: _keeps_call(layer, base) and also(layer), choose)
 
 
 def _generic(layer: Layer, config: KFACConfig, why: str) -> Decision:
@@ -138,7 +138,7 @@ def _quantized(layer: Layer, config: KFACConfig) -> bool:
 
 
 def _wants_doubly_factored(layer: Layer, config: KFACConfig) -> bool:
-    if not (keeps_call(layer, keras.layers.Dense) or keeps_call(layer, keras.layers.Conv2D)):
+    if not (_keeps_call(layer, keras.layers.Dense) or _keeps_call(layer, keras.layers.Conv2D)):
         return False
     if layer.name in config.doubly_factored:
         return True
