@@ -31,3 +31,19 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = run_cli("no-such-command")
     assert result.returncode == 2
     assert "No such command" in result.stdout
+
+
+def test_the_command_table_beside_the_commands_names_each_click_command() -> None:
+    """Each entry of kfac_repro/commands/table.py resolves to the click command of that name, and --help lists it
+    with its line."""
+    import importlib
+
+    import click
+
+    from kfac_repro.commands.table import COMMANDS
+
+    help_text = run_cli("--help").stdout
+    for name, (module, attribute, line) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command) and command.name == name, name
+        assert f"{name} " in help_text and line.split()[0] in help_text, name

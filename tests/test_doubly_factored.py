@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, KFACConfig
-from kfac_repro.kfac.inversion.damping import geometric_mean_pis
+from kfac_repro.kfac.linalg.damping import geometric_mean_pis
 from tests.numpy_reference import exact_logit_cotangents
 
 H, W, C, OUT, BATCH = 3, 2, 4, 5, 6

@@ -186,7 +186,7 @@ def two_step_parent(out: Path, release: Path, final: Path, argv: list[str]) -> t
 FOLLOWER = """\
 import os, sys, time
 from pathlib import Path
-from kfac_repro.runner import interrupts
+from kfac_repro.distribute import interrupts
 
 out = Path(sys.argv[1])
 interrupts.follow_parent()
@@ -269,7 +269,8 @@ def test_sigterm_to_the_worker_launcher_stops_both_workers_and_marks_the_run(tmp
 INSISTING = """\
 import json, os, signal, sys
 from pathlib import Path
-from kfac_repro.runner import interrupts, layout
+from kfac_repro.distribute import interrupts
+from kfac_repro.runner import layout
 
 run_dir = Path(sys.argv[1])
 layout.write_run_record(run_dir, {"status": "running"})

@@ -4,8 +4,8 @@ and their failure modes."""
 import numpy as np
 import pytest
 
-from kfac_repro.kfac.inversion import inverses
-from kfac_repro.kfac.inversion.inverses import damped_cholesky, damped_inverse
+from kfac_repro.kfac.linalg import inverses
+from kfac_repro.kfac.linalg.inverses import damped_cholesky, damped_inverse
 
 
 def random_factor(size: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -114,7 +114,7 @@ def test_scipy_openblas_threads_sleep_at_once_unless_the_environment_says_otherw
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     if given is not None:
         env["OPENBLAS_THREAD_TIMEOUT"] = given
-    probe = ("import os, sys; import kfac_repro.kfac.inversion.inverses; assert 'scipy.linalg' in sys.modules; "
+    probe = ("import os, sys; import kfac_repro.kfac.linalg.inverses; assert 'scipy.linalg' in sys.modules; "
              "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])")
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

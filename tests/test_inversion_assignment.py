@@ -4,7 +4,8 @@ computing a block's inverses one part at a time gives exactly the inverses compu
 import numpy as np
 import pytest
 
-from kfac_repro.kfac.inversion.assignment import assign_work, inverse_cost, worker_loads
+from kfac_repro.kfac.inversion.assignment import assign_work, worker_loads
+from kfac_repro.kfac.linalg.inverses import inverse_cost
 
 
 def test_inverse_cost_is_cubic_in_the_factor_size() -> None:

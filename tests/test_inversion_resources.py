@@ -16,8 +16,9 @@ import tensorflow as tf
 from threadpoolctl import threadpool_info
 
 from kfac_repro.kfac import KFAC, KFACConfig
-from kfac_repro.kfac.inversion.inverses import damped_inverse
-from kfac_repro.kfac.inversion.resources import ALONE_FROM_COST, host_threads, on_device, run_parts
+from kfac_repro.kfac.inversion.resources import ALONE_FROM_COST, host_threads, run_parts
+from kfac_repro.kfac.linalg.device import on_device
+from kfac_repro.kfac.linalg.inverses import damped_inverse
 
 
 def test_device_inverse_matches_lapack() -> None:

@@ -9,7 +9,7 @@ import pytest
 from scipy.linalg import lapack as scipy_lapack
 from threadpoolctl import threadpool_limits
 
-from kfac_repro.kfac.inversion.lapack import potrf_upper, potri_upper
+from kfac_repro.kfac.linalg.lapack import potrf_upper, potri_upper
 
 
 def spd(size: int, dtype: type, seed: int = 0) -> np.ndarray:

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from kfac_repro.runner import interrupts, layout, plan
+from kfac_repro.distribute import interrupts
+from kfac_repro.runner import layout, plan
 from kfac_repro.runner.grid import combination_id, combinations
 from kfac_repro.specs import ENV_VAR, SpecError, load_spec, spec_names
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kfac_repro.distribute import interrupts
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
-from kfac_repro.runner import interrupts
 from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
 

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from kfac_repro.runner import interrupts
+from kfac_repro.distribute import interrupts
 
 TIMEOUT = 300.0  # seconds to wait for each file; the test's own timeouts are shorter
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from kfac_repro.benchmarks.cost_table import Measurement
 from kfac_repro.benchmarks.cpu_identity import cpu_flags, cpu_model
 from kfac_repro.benchmarks.step_time import NEVER, random_batch, timed
-from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+from kfac_repro.kfac import KFAC, KFACConfig, SGDConfig, optimizer_for
 from kfac_repro.models.registry import build_model
 from kfac_repro.runner.experiment import optimizer_config
 
@@ -64,7 +64,7 @@ def measure_arm(name: str, arm: ArmConfig, blocks: int, strategy: tf.distribute.
     _, config = optimizer_config(arm.optimizer, 0)
     with strategy.scope():
         model, shape, classes = build_arm_model(arm)
-        optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)
+        optimizer = optimizer_for(model, config)
     x, y = random_batch(batch, shape, classes)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
     period = config.inverse_every if isinstance(config, KFACConfig) else 20

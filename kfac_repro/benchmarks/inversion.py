@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from kfac_repro.kfac import KFAC, KFACConfig
-from kfac_repro.kfac.inversion.resources import on_device
+from kfac_repro.kfac.linalg.device import on_device
 
 
 @dataclass(frozen=True)

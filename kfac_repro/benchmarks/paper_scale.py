@@ -56,13 +56,13 @@ def check_arm(spec: str, arm_name: str, arm: ArmConfig, updates: int) -> PaperSc
 
     from kfac_repro.benchmarks.arm_cost import build_arm_model
     from kfac_repro.data.registry import make_dataset
-    from kfac_repro.kfac import KFAC, SGD, KFACConfig
+    from kfac_repro.kfac import KFAC, optimizer_for
     from kfac_repro.runner.experiment import optimizer_config
 
     keras.utils.set_random_seed(0)
     method, config = optimizer_config(arm.optimizer, 0)
     model, shape, classes = build_arm_model(arm)
-    optimizer = KFAC(model, config) if isinstance(config, KFACConfig) else SGD(model, config)
+    optimizer = optimizer_for(model, config)
     batch_size = int(arm.training["batch_size"])
     x, y = next(iter(make_dataset("synthetic", "train", batch_size, image_size=shape[0], num_classes=classes)))
     losses, seconds = [], []

@@ -304,7 +304,7 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
     import tempfile
 
     from kfac_repro.benchmarks.paper_scale import PaperScaleResult, check_arm, small_batch_overrides, table
-    from kfac_repro.runner import interrupts
+    from kfac_repro.distribute import interrupts
     from kfac_repro.specs import SpecError, load_spec
 
     if arms and len(names) > 1:

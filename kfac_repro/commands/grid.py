@@ -19,7 +19,8 @@ import click
 
 from kfac_repro.commands.child import child_command
 from kfac_repro.commands.run import run
-from kfac_repro.runner import interrupts, layout
+from kfac_repro.distribute import interrupts
+from kfac_repro.runner import layout
 from kfac_repro.specs import SpecError, load_spec
 
 _STOP_GRACE = 60.0

@@ -12,7 +12,7 @@ import click
 
 from kfac_repro.plotting.figures import FIGURES
 from kfac_repro.plotting.results import SkippedRunWarning, available_profiles, seed_runs
-from kfac_repro.runner import layout
+from kfac_repro.specs.names import name_problem
 
 
 @contextmanager
@@ -36,8 +36,8 @@ def _skipped_runs_reported() -> Iterator[list[str]]:
 @click.option("--profile", default=None, help="which profile's runs (default: paper, else cpu, else smoke)")
 def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
     """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
-    if profile is not None and layout.name_problem(profile):  # the profile names the figure files
-        raise click.UsageError(f"--profile: {layout.name_problem(profile)}")
+    if profile is not None and name_problem(profile):  # the profile names the figure files
+        raise click.UsageError(f"--profile: {name_problem(profile)}")
     with _skipped_runs_reported():
         made = _plot(figure, results, out, profile)
     if made == 0:

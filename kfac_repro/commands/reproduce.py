@@ -31,7 +31,8 @@ import click
 from kfac_repro.commands.child import child_command
 from kfac_repro.commands.grid import grid
 from kfac_repro.commands.run import DIVERGED_EXIT, STOP_GRACE, check_data, run
-from kfac_repro.runner import interrupts, layout, plan
+from kfac_repro.distribute import interrupts
+from kfac_repro.runner import layout, plan
 from kfac_repro.specs import SpecError, load_spec, spec_names
 
 

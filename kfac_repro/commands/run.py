@@ -18,8 +18,10 @@ from typing import Any
 import click
 
 from kfac_repro.commands.child import child_command
-from kfac_repro.runner import interrupts, layout
+from kfac_repro.distribute import interrupts
+from kfac_repro.runner import layout
 from kfac_repro.specs import SpecError, load_spec
+from kfac_repro.specs.names import name_problem
 
 DIVERGED_EXIT = 3
 STOP_GRACE = 60.0  # seconds a child is given to checkpoint and exit after a stop, before SIGKILL
@@ -139,8 +141,8 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
         resume: bool, seeds_text: str | None, out: Path, run_id: str | None, workers: int, tuned: bool) -> None:
     """Train the arms of experiment NAME (a name from `kfac-repro list`, or a spec file)."""
     interrupts.install()
-    if run_id is not None and layout.name_problem(run_id):
-        raise click.UsageError(f"--run-id: {layout.name_problem(run_id)}")
+    if run_id is not None and name_problem(run_id):
+        raise click.UsageError(f"--run-id: {name_problem(run_id)}")
     chosen = _seed_list(seeds_text)
     if chosen is not None and seed is not None:
         raise click.UsageError("give --seed or --seeds, not both")

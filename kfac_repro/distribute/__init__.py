@@ -1,1 +1,2 @@
-"""Data-parallel training on tf.distribute: cluster configuration, strategies, local worker launching."""
+"""Data-parallel training on tf.distribute: cluster configuration, strategies, local worker launching, and the stop
+signals passed between a parent process and its children (`interrupts`)."""

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.distribute.strategy import make_strategy
-from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+from kfac_repro.kfac import KFAC, KFACConfig, SGDConfig, optimizer_for
 
 
 def _model() -> keras.Model:
@@ -45,8 +45,8 @@ def train(
     with strategy.scope():
         model = _model()
         mode: Literal["sync", "async"] = "async" if inversion == "async" else "sync"
-        trainer = (KFAC(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag))
-                   if optimizer == "kfac" else SGD(model, SGDConfig(learning_rate=0.05)))
+        trainer = optimizer_for(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag)
+                                if optimizer == "kfac" else SGDConfig(learning_rate=0.05))
     rng = np.random.default_rng(1)
     losses = []
     for _ in range(steps):

@@ -1,7 +1,7 @@
 """Starting N worker processes on this machine (127.0.0.1) and supervising them: their output is relayed with a
 `[worker i]` prefix, and if one fails the others are stopped within `grace` seconds, so a job never hangs.
 
-A SIGTERM or SIGINT to the launcher (see runner.interrupts) is passed to worker 0 alone: it stops at its next step
+A SIGTERM or SIGINT to the launcher (see distribute.interrupts) is passed to worker 0 alone: it stops at its next step
 boundary (which every worker has reached: steps end with an all-reduce), saves the checkpoint and marks the run
 interrupted; the others, left waiting in the next all-reduce, are then stopped. Workers run in their own session
 and get SIGHUP (see interrupts.PARENT_DEATH) if the launcher dies."""
@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
+from kfac_repro.distribute import interrupts
 from kfac_repro.distribute.cluster import ClusterSpec, local_cluster
-from kfac_repro.runner import interrupts
 
 _FOLLOWERS_GRACE = 5.0  # seconds for workers other than 0 to exit once worker 0 has stopped
 

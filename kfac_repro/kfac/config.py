@@ -2,16 +2,19 @@
 
 Each setting is declared once, here: its type (the annotation: a number, an integer, a flag, a `Literal` of
 choices, a tuple of names; `| None` when None is a value), its default, its bounds and its meaning (`setting()`).
-`settings(config_type)` lists them; construction checks every value against them, and the experiment specs derive
-their optimizer schema and reference from them (kfac_repro/specs/schema.py).
+`settings(config_type)` lists them as `Setting`s, the one declaration of a value shared with the experiment specs'
+fields; construction checks every value against them, and the specs take their optimizer schema and reference
+from them (kfac_repro/specs/schema.py).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 MAX_STEPS = 10**9  # upper bounds no machine could run beyond (a typo such as 1e20 is refused)
 MAX_BATCH = 1 << 20
@@ -26,19 +29,36 @@ def _check(condition: bool, name: str, expected: str, value: object) -> None:
 
 
 @dataclass(frozen=True)
-class Bounds:
-    """The range of a number: `minimum`/`maximum` inclusive, `above`/`below` exclusive (None: unbounded)."""
+class Setting:
+    """One declared value: its `kind` (int, float, bool, str, or tuple: of names), meaning, default, `choices`,
+    range (`minimum`/`maximum` inclusive, `above`/`below` exclusive) and whether None is a value (`nullable`).
+    The configs below declare theirs with `setting()` (`settings()` reads them back); the experiment specs' fields
+    are Settings too (kfac_repro/specs/fields.py), worded for YAML."""
 
+    kind: type
+    doc: str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
     above: float | None = None
     below: float | None = None
+    nullable: bool = False
 
-    def admits(self, value: float) -> bool:
-        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+    NULL: ClassVar[str] = "None"
+    KINDS: ClassVar[dict[type, str]] = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                                        tuple: "a tuple of names"}
 
-    def describe(self) -> str:
+    def expected(self) -> str:
+        """What the setting accepts, in words: 'a number in [0, 1)', "'sync' or 'async'"."""
+        text = self.choices_text() if self.choices else self.KINDS[self.kind] + self.range_text()
+        return text + (f" or {self.NULL}" if self.nullable else "")
+
+    def choices_text(self) -> str:
+        quoted = [repr(choice) for choice in self.choices or ()]
+        return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+    def range_text(self) -> str:
         """The range in words, to follow 'a number': ' in [0, 1)', ' > 0', '' when unbounded."""
         low = ((_number(self.minimum), "[", ">=") if self.minimum is not None else
                (_number(self.above), "(", ">") if self.above is not None else None)
@@ -49,6 +69,25 @@ class Bounds:
         bound = low or high
         return f" {bound[2]} {bound[0]}" if bound else ""
 
+    def admits(self, value: Any) -> bool:
+        """`value` is of the kind (an integer for a number too; a list or tuple of strings for names), among the
+        choices and in the range; None only if nullable."""
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or self.kind is bool:
+            return isinstance(value, bool) and self.kind is bool
+        if self.kind is int:
+            return isinstance(value, numbers.Integral) and self._in_range(float(value))
+        if self.kind is float:
+            return isinstance(value, numbers.Real) and math.isfinite(value) and self._in_range(float(value))
+        if self.kind is tuple:
+            return isinstance(value, tuple | list) and all(isinstance(item, str) for item in value)
+        return isinstance(value, self.kind) and (self.choices is None or value in self.choices)
+
+    def _in_range(self, value: float) -> bool:
+        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
 
 def _number(bound: float) -> str:
     """A bound in words: whole numbers in full (1048576, not 1.04858e+06)."""
@@ -57,47 +96,13 @@ def _number(bound: float) -> str:
 
 def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
             above: float | None = None, below: float | None = None) -> Any:
-    """A config field: its default, its meaning and (numbers) its bounds."""
-    return field(default=default, metadata={"doc": doc, "bounds": Bounds(minimum, maximum, above, below)})
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One declared setting of a config dataclass. `kind`: float, int, bool, str (with `choices`) or tuple (of
-    names); `nullable`: None is a value."""
-
-    name: str
-    kind: type
-    default: Any
-    doc: str
-    bounds: Bounds
-    choices: tuple[str, ...] | None = None
-    nullable: bool = False
-
-    def expected(self) -> str:
-        """What the setting accepts, in words: 'a number in [0, 1)', "'sync' or 'async'"."""
-        if self.choices:
-            quoted = [repr(choice) for choice in self.choices]
-            text = ", ".join(quoted[:-1]) + " or " + quoted[-1]
-        else:
-            text = _KINDS[self.kind] + self.bounds.describe()
-        return text + (" or None" if self.nullable else "")
-
-    def admits(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if self.choices is not None:
-            return value in self.choices
-        if self.kind in (int, float):
-            return not isinstance(value, str) and self.bounds.admits(value)
-        return True
-
-
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a tuple of names"}
+    """A config field: its default, its meaning and (numbers) its range; `settings()` reads it back."""
+    return field(default=default, metadata={"doc": doc, "range": (minimum, maximum, above, below)})
 
 
 def settings(config_type: type) -> dict[str, Setting]:
-    """The declared settings of a config dataclass, in declaration order."""
+    """The declared settings of a config dataclass, in declaration order: the kind from the annotation (a
+    `Literal` gives the choices; `| None`, nullable), the rest from `setting()`."""
     hints = typing.get_type_hints(config_type)
     declared = {}
     for item in fields(config_type):
@@ -106,8 +111,9 @@ def settings(config_type: type) -> dict[str, Setting]:
             (kind,), nullable = [a for a in typing.get_args(kind) if a is not type(None)], True
         choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
         kind = str if choices else (typing.get_origin(kind) or kind)
-        declared[item.name] = Setting(item.name, kind, item.default, item.metadata.get("doc", ""),
-                                      item.metadata.get("bounds", Bounds()), choices, nullable)
+        minimum, maximum, above, below = item.metadata.get("range", (None,) * 4)
+        declared[item.name] = Setting(kind, item.metadata.get("doc", ""), item.default, choices, minimum, maximum,
+                                      above, below, nullable)
     return declared
 
 
@@ -226,8 +232,9 @@ class KFACConfig:
     seed: int = _seed()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "doubly_factored", tuple(self.doubly_factored))
-        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
+        for name in ("doubly_factored", "skip_layers"):  # a list (YAML's) is kept as a tuple; a string is refused
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         _validate(self)
 
     def kl_schedule(self) -> Schedule:

@@ -68,10 +68,10 @@ def run_arm(
     import tensorflow as tf
 
     from kfac_repro.data.registry import dataset_info, make_dataset
+    from kfac_repro.distribute import interrupts
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
-    from kfac_repro.runner import interrupts
     from kfac_repro.runner.environment import environment_record, write_environment
     from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 
@@ -185,12 +185,10 @@ def run_arm(
 
 def _optimizer(model: Any, config: KFACConfig | SGDConfig) -> tuple[ModelOptimizer, KFAC | None]:
     """The optimizer of `config`, and the same object again when it is K-FAC (summary, close), else None."""
-    from kfac_repro.kfac import KFAC, SGD
+    from kfac_repro.kfac import KFAC, optimizer_for
 
-    if isinstance(config, KFACConfig):
-        kfac = KFAC(model, config)
-        return kfac, kfac
-    return SGD(model, config), None
+    optimizer = optimizer_for(model, config)
+    return optimizer, optimizer if isinstance(optimizer, KFAC) else None
 
 
 def _checkpointed_step(run_dir: Path) -> int:

@@ -3,10 +3,10 @@ a grid search of an arm in OUT/<spec>/<profile>/grid-<arm>/ (not an arm of any f
 in grid-<arm>/<combination>/<spec>/<profile>/<arm>/run/. Every reader and writer of that layout goes through this
 module.
 
-Every name that becomes a path component (spec, profile, arm, run ID, grid combination) is checked against a safe
-character set, so nothing is ever written outside OUT. A new run directory is claimed with an exclusive mkdir (two
-runs started together never share one), and a run directory is locked (flock) by the process that trains it, so a
-second process cannot resume a run that is still being written.
+Every name that becomes a path component (spec, profile, arm, run ID, grid combination) is checked against the safe
+character set of `specs.names`, so nothing is ever written outside OUT. A new run directory is claimed with an
+exclusive mkdir (two runs started together never share one), and a run directory is locked (flock) by the process
+that trains it, so a second process cannot resume a run that is still being written.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from kfac_repro.runner import interrupts
+from kfac_repro.distribute import interrupts
+from kfac_repro.specs.names import GRID_PREFIX, name_problem
 
-GRID_PREFIX = "grid-"
 GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
 RUN_RECORD = "run.json"
 COMPLETE, DIVERGED = "complete", "diverged"  # run.json statuses of a run that is a result (a diverged run stopped
@@ -32,24 +32,10 @@ LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
 GRID_BEST = "best.json"  # a grid's best combination, which `run --tuned` applies
 DIAGNOSTICS = "diagnostics"  # results/diagnostics/: runs that vary a figure's arm, in the same layout
 REPRODUCE_LOG = "reproduce.jsonl"  # one line per `reproduce` invocation into a results root: its wall and CPU time
-MAX_NAME = 128
-_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
-SAFE_NAME_RULE = ("letters, digits and . _ - + = , only, starting with a letter, digit or _, no '..', "
-                  f"at most {MAX_NAME} characters")
 
 
 class LayoutError(ValueError):
     """A name that cannot be a path component, a run directory taken or missing, or a run in use."""
-
-
-def name_problem(name: object) -> str | None:
-    """Why `name` cannot be a directory name of the layout (None if it can)."""
-    if not isinstance(name, str):
-        return f"expected a string, found {type(name).__name__}"
-    if not name or len(name) > MAX_NAME or not _SAFE.fullmatch(name) or ".." in name:
-        shown = name if len(name) <= 40 else name[:40] + "…"
-        return f"{shown!r} cannot be a directory name: use {SAFE_NAME_RULE}"
-    return None
 
 
 def check_name(name: str, what: str) -> str:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from kfac_repro.distribute import interrupts
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.replicas import backing_variable
-from kfac_repro.runner import interrupts, layout
+from kfac_repro.runner import layout
 from kfac_repro.runner.metrics_log import MetricsLog
 
 

@@ -21,6 +21,7 @@ from kfac_repro.runner import layout
 from kfac_repro.runner.grid import combination_id, combinations
 from kfac_repro.runner.metrics_log import read_rows
 from kfac_repro.specs import ResolvedSpec, experiments_dir, load_spec
+from kfac_repro.specs.names import GRID_PREFIX
 from kfac_repro.specs.yaml_source import read_yaml
 
 DONE, DIVERGED, PARTIAL, TODO = "done", "diverged", "partial", "todo"  # a diverged run is a result: kept as it is
@@ -51,7 +52,7 @@ class Job:
     def describe(self) -> str:
         """'cifar10-async grid-sgd-bn (10 settings)' or 'cifar10-async sgd-bn seed 1 (tuned)'."""
         if self.is_grid:
-            return f"{self.spec} {layout.GRID_PREFIX}{self.arm} ({self.settings} settings)"
+            return f"{self.spec} {GRID_PREFIX}{self.arm} ({self.settings} settings)"
         return f"{self.spec} {self.arm} seed {self.seed}" + (" (tuned)" if self.tuned else "")
 
 
@@ -183,7 +184,7 @@ def table(jobs: Sequence[Job]) -> list[str]:
         groups.setdefault((job.spec, job.arm, job.is_grid), []).append(job)
     lines = ["| spec | arm | seeds | updates | state | minutes |", "|---|---|---|---|---|---|"]
     for (spec, arm, is_grid), group in groups.items():
-        name = f"{layout.GRID_PREFIX}{arm}" if is_grid else arm + (" (tuned)" if group[0].tuned else "")
+        name = f"{GRID_PREFIX}{arm}" if is_grid else arm + (" (tuned)" if group[0].tuned else "")
         seeds = f"{group[0].settings} settings × 1" if is_grid else ",".join(str(job.seed) for job in group)
         counts: dict[str, int] = {}
         for job in group:

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kfac_repro.runner import layout
-from kfac_repro.specs import schema
+from kfac_repro.specs import names, schema
 from kfac_repro.specs.errors import SpecError
 from kfac_repro.specs.merging import merge
 from kfac_repro.specs.overrides import parse_assignment
@@ -52,8 +51,8 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
             raise SpecError(path, "arms", f"expected a non-empty mapping of arm names to settings, found {arms!r}")
         for name, arm in arms.items():
             _check_dir_name(name, path, f"arms.{name}")
-            if str(name).startswith(layout.GRID_PREFIX):
-                raise SpecError(path, f"arms.{name}", f"an arm name may not start with {layout.GRID_PREFIX!r} "
+            if str(name).startswith(names.GRID_PREFIX):
+                raise SpecError(path, f"arms.{name}", f"an arm name may not start with {names.GRID_PREFIX!r} "
                                 "(reserved for grid searches in the results layout)")
             check_arm_layer(arm, path, f"arms.{name}", allow_label=True)
     profiles = check_mapping(document.get("profiles") or {}, path, "profiles")
@@ -87,7 +86,7 @@ def _check_axes(axes: Mapping[str, Any], path: Path, field: str) -> None:
 
 def _check_dir_name(name: object, path: Path, field: str) -> None:
     """Names that become directories of the results layout (spec, arms, profiles, grid combinations)."""
-    problem = layout.name_problem(name)
+    problem = names.name_problem(name)
     if problem:
         raise SpecError(path, field, problem)
 

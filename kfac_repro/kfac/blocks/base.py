@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks.precision import ProductDtype, rounded
-from kfac_repro.kfac.inversion.assignment import inverse_cost
+from kfac_repro.kfac.linalg.inverses import inverse_cost
 
 Arrays = dict[str, np.ndarray]
 InverseRecipes = dict[str, Callable[[], np.ndarray]]
@@ -54,7 +54,7 @@ class FisherBlock(abc.ABC):
         self.inverse[key] = tf.Variable(initial, trainable=False, name=f"{self.name}_{key}")
 
     def inverse_costs(self) -> dict[str, float]:
-        """Each inverse variable's relative compute cost (`inversion.assignment.inverse_cost` of its shape), by
+        """Each inverse variable's relative compute cost (`linalg.inverses.inverse_cost` of its shape), by
         key; a block whose refresh does less for a variable than an explicit inverse says so here."""
         return {key: inverse_cost(tuple(var.shape)) for key, var in self.inverse.items()}
 

@@ -24,9 +24,9 @@ from kfac_repro.kfac.blocks import fisher_factors as ff
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes, kronecker_solve
 from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerFactoredBlock
 from kfac_repro.kfac.blocks.precision import ProductDtype, rounded
-from kfac_repro.kfac.inversion.damping import factored_damping
-from kfac_repro.kfac.inversion.inverses import damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
+from kfac_repro.kfac.linalg.damping import factored_damping
+from kfac_repro.kfac.linalg.inverses import damped_inverse
 
 
 def depthwise_supported(layer: keras.layers.Layer) -> str | None:

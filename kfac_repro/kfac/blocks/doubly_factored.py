@@ -20,9 +20,9 @@ import tensorflow as tf
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
 from kfac_repro.kfac.blocks.fisher_factors import covariance
 from kfac_repro.kfac.blocks.precision import rounded
-from kfac_repro.kfac.inversion.damping import geometric_mean_pis
-from kfac_repro.kfac.inversion.inverses import damped_cholesky, damped_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
+from kfac_repro.kfac.linalg.damping import geometric_mean_pis
+from kfac_repro.kfac.linalg.inverses import damped_cholesky, damped_inverse
 
 
 def spatial_input_shape(layer: keras.layers.Layer) -> tuple[int, int] | None:

@@ -15,9 +15,9 @@ import keras
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
-from kfac_repro.kfac.inversion.damping import factored_damping
-from kfac_repro.kfac.inversion.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
+from kfac_repro.kfac.linalg.damping import factored_damping
+from kfac_repro.kfac.linalg.inverses import damped_inverse, diagonal_inverse
 
 
 class EmbeddingBlock(FisherBlock):

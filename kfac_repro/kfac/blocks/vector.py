@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock, InverseRecipes
-from kfac_repro.kfac.inversion.inverses import damped_inverse, diagonal_inverse
 from kfac_repro.kfac.layer_capture import LayerCall
+from kfac_repro.kfac.linalg.inverses import damped_inverse, diagonal_inverse
 
 
 class VectorBlock(FisherBlock):

@@ -1,6 +1,6 @@
-"""Damped inverses of the Fisher blocks and how they are refreshed.
+"""The inversion engine: which worker computes which damped inverse, where and when they are installed.
 
-`damping` splits λ between the factors (paper Eq. 3, 12); `inverses` forms the damped inverses in LAPACK on
-`resources`' threads or device; `assignment` gives each inverse to a worker and `divided` computes them divided
-among the replicas; `refresh` installs them synchronously every T steps or asynchronously (paper §3.1).
+`assignment` gives each inverse to a worker; `resources` spreads a refresh over the host's cores; `divided` computes
+the inverses (the blocks' recipes, `kfac.linalg`) divided among the replicas; `refresh` installs them synchronously
+every T steps or asynchronously (paper §3.1).
 """

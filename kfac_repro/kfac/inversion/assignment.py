@@ -4,24 +4,16 @@
 The unit of work is one inverse variable of a block (one factor's damped inverse), not the whole block: the
 inverses of a block's factors are independent once the damping split π is known (from traces, which every worker
 has), and one large factor (a reduced AlexNet's fc6 input factor) alone can outweigh 1/N of the total.
-Cost of a d × d inverse: d³ (Cholesky potrf d³/3, then potri 2d³/3); c·d³ for c stacked d × d ones (depthwise
-convolutions, one per channel); d for a length-d diagonal one. A block whose refresh keeps a Cholesky factor
-instead of an inverse counts d³/3 for it (`FisherBlock.inverse_costs`). Pure Python, no TensorFlow: the
-assignment is the same on every worker.
+Cost of a d × d inverse (`linalg.inverses.inverse_cost`): d³ (Cholesky potrf d³/3, then potri 2d³/3); c·d³ for
+c stacked d × d ones (depthwise convolutions, one per channel); d for a length-d diagonal one. A block whose refresh
+keeps a Cholesky factor instead of an inverse counts d³/3 for it (`FisherBlock.inverse_costs`). Pure Python, no
+TensorFlow: the assignment is the same on every worker.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Sequence
-
-
-def inverse_cost(shape: tuple[int, ...]) -> float:
-    """c·d³ for c stacked d × d matrices (c = 1 for one), d for a length-d diagonal."""
-    if len(shape) >= 2:
-        return float(math.prod(shape[:-2]) * shape[-1] ** 3)
-    return float(shape[0] if shape else 1)
 
 
 def assign_work(costs: Sequence[float], workers: int) -> list[int]:

@@ -22,7 +22,8 @@ import tensorflow as tf
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inversion.assignment import assign_work
-from kfac_repro.kfac.inversion.resources import host_threads, on_device, run_parts
+from kfac_repro.kfac.inversion.resources import host_threads, run_parts
+from kfac_repro.kfac.linalg.device import on_device
 from kfac_repro.kfac.replicas import assign_all
 
 FactorSource = Mapping[str, Mapping[str, tf.Variable]]

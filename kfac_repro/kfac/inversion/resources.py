@@ -1,78 +1,28 @@
 """Where the factor decompositions run and on how many threads.
 
-Host (the default on a CPU): LAPACK (`lapack`, without the GIL) on `threads` cores, by default all of them, or
+Host (the default on a CPU): LAPACK (`linalg.lapack`, without the GIL) on `threads` cores, by default all of them, or
 `inversion_threads` with TensorFlow's intra-op pool shrunk by as many cores (`reserve_inversion_cores`, before
 TensorFlow starts) so that the two do not fight over cores. `run_parts` spreads one refresh's parts over those
-cores. Accelerator: tf.linalg Cholesky on a TensorFlow device, chosen per thread with `on_device`.
+cores. Accelerator: tf.linalg Cholesky on a TensorFlow device, chosen per thread with `linalg.device.on_device`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TypeVar
 
-import numpy as np
 from threadpoolctl import ThreadpoolController
 
 T = TypeVar("T")
 
 ALONE_FROM_COST = 2048.0**3
-"""Parts costing at least this (`inversion.assignment.inverse_cost`: a 2048 × 2048 inverse) run one at a time on
+"""Parts costing at least this (`linalg.inverses.inverse_cost`: a 2048 × 2048 inverse) run one at a time on
 every BLAS thread. Measured on this project's 2-core machine (potrf + potri, OpenBLAS's threads sleeping between
-calls, see `lapack`): two BLAS threads take a 4097-wide factor 1.8× and a 2049-wide one 1.65× as fast as one, a
+calls, see `linalg.lapack`): two BLAS threads take a 4097-wide factor 1.8× and a 2049-wide one 1.65× as fast as one, a
 1025-wide one 1.2× and a 513-wide one 0.9×, where two parts side by side on one BLAS thread each go 2× as fast."""
-
-_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("kfac_inversion_device", default=None)
-
-
-@contextmanager
-def on_device(device: str | None) -> Iterator[None]:
-    """Run this thread's factor inversions with tf.linalg on `device` (None: LAPACK on the host)."""
-    token = _DEVICE.set(device)
-    try:
-        yield
-    finally:
-        _DEVICE.reset(token)
-
-
-def current_device() -> str | None:
-    """The device `on_device` chose for this thread (None: the host)."""
-    return _DEVICE.get()
-
-
-def cholesky_inverse_on_device(matrix: np.ndarray) -> np.ndarray | None:
-    """M⁻¹ of a symmetric positive definite M by tf.linalg Cholesky on `current_device()`, or None when M is not
-    numerically positive definite."""
-    import tensorflow as tf
-
-    with tf.device(current_device()):
-        tensor = tf.constant(matrix)
-        try:
-            inverse = tf.linalg.cholesky_solve(tf.linalg.cholesky(tensor), tf.eye(len(matrix), dtype=tensor.dtype))
-        except tf.errors.InvalidArgumentError:
-            return None
-    result = inverse.numpy()
-    return result if np.all(np.isfinite(result)) else None
-
-
-def cholesky_on_device(matrix: np.ndarray) -> np.ndarray | None:
-    """The lower Cholesky factor of a symmetric positive definite M by tf.linalg on `current_device()`, or None when
-    M is not numerically positive definite."""
-    import tensorflow as tf
-
-    with tf.device(current_device()):
-        try:
-            lower = tf.linalg.cholesky(tf.constant(matrix))
-        except tf.errors.InvalidArgumentError:
-            return None
-    result = lower.numpy()
-    return result if np.all(np.isfinite(result)) else None
-
 
 def run_parts(parts: Sequence[tuple[float, Callable[[], T]]], threads: int) -> list[T]:
     """The result of each (cost, computation) part, in order. Parts costing at least `ALONE_FROM_COST` run first,

@@ -8,14 +8,22 @@ eigendecomposition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
-from kfac_repro.kfac.inversion.lapack import potrf_upper, potri_upper
-from kfac_repro.kfac.inversion.resources import cholesky_inverse_on_device, cholesky_on_device, current_device
+from kfac_repro.kfac.linalg.device import cholesky_inverse_on_device, cholesky_on_device, current_device
+from kfac_repro.kfac.linalg.lapack import potrf_upper, potri_upper
 
 InverseDtype = str  # "float32" or "float64"
+
+
+def inverse_cost(shape: tuple[int, ...]) -> float:
+    """c·d³ for c stacked d × d matrices (c = 1 for one), d for a length-d diagonal."""
+    if len(shape) >= 2:
+        return float(math.prod(shape[:-2]) * shape[-1] ** 3)
+    return float(shape[0] if shape else 1)
 
 
 def damped_inverse(factor: np.ndarray, shift: float, dtype: InverseDtype = "float32") -> np.ndarray:
