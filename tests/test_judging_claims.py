@@ -18,7 +18,7 @@ from kfac_repro.judging import claims, paired, sittings
 from kfac_repro.judging.clocks import CLUSTER, modelled_cost
 from kfac_repro.plotting import report
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import seed_runs
+from kfac_repro.results.runs import seed_runs
 from kfac_repro.specs import load_spec
 
 SEEDS = range(5)

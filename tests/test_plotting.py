@@ -19,8 +19,8 @@ from kfac_repro.judging import claims, paired
 from kfac_repro.plotting import report
 from kfac_repro.plotting.clock import figure_clock
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
-from kfac_repro.plotting.results import SkippedRunWarning, newest_complete_runs, seed_runs
-from kfac_repro.plotting.seeds import Spread, band, capped_share, late_share, spread, updates_to_target
+from kfac_repro.results.runs import SkippedRunWarning, newest_complete_runs, seed_runs
+from kfac_repro.results.seeds import Spread, band, capped_share, late_share, spread, updates_to_target
 from kfac_repro.runner.metrics_log import MetricsLog
 
 IDLE = {"host": "h", "device": "CPU (test)", "cpus": 2, "load_before": 0.1, "load_after": 0.2, "commit": "c"}

@@ -69,7 +69,7 @@ def test_states_come_from_the_results_layout(tmp_path: Path) -> None:
     assert states[("sync-gpu4", False)] == (plan.DIVERGED, 0, 0.0)  # a result: not trained again
     assert states[("async-gpu4", False)] == (plan.PARTIAL, 1, 11.0)  # complete at fewer updates: continued
     assert states[("sgd-bn", True)] == (plan.DONE, 0, 0.0)
-    assert states[("sync-gpu1", True)] == (plan.TODO, 10 * steps, 10 * (10.0 + steps))
+    assert states[("sync-gpu1", True)] == (plan.TODO, 6 * steps, 6 * (10.0 + steps))
     assert states[("sgd-bn", False)] == (plan.TODO, steps, 10.0 + steps)
 
 
@@ -132,8 +132,8 @@ def test_dry_run_prints_the_plan_without_importing_tensorflow(tmp_path: Path) ->
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "| spec | arm | seeds | updates | state | minutes |" in result.stdout
-    assert "| cifar10-async | grid-sgd-bn | 10 settings × 1 |" in result.stdout
-    assert "| cifar10-async | sgd-bn (tuned) | 0,1,2 |" in result.stdout
+    assert "| cifar10-async | grid-sgd-bn | 6 settings × 1 |" in result.stdout
+    assert "| cifar10-async | sgd-bn (tuned) | 0,1,2,3,4 |" in result.stdout
     total = len(plan.build(spec_names(), "cpu", tmp_path, "reproduce"))
     assert f"{total} jobs ({total} todo); estimated " in result.stdout and " h) on this machine" in result.stdout
     assert not tmp_path.joinpath("cifar10-async").exists()  # nothing written
@@ -172,8 +172,8 @@ def test_done_jobs_are_kept_partial_ones_resumed_and_tuned_arms_tuned(tmp_path: 
     assert not any("--arm async-gpu1" in line for line in lines)
     resumed = [line for line in lines if "--resume" in line]
     assert len(resumed) == 1 and "--arm sync-gpu1" in resumed[0] and "--seeds 0" in resumed[0]
-    assert [line for line in lines if "--tuned" in line] == [next(line for line in lines
-                                                                  if line.startswith("cli run") and "sgd-bn" in line)]
+    runs = [line for line in lines if line.startswith("cli run")]
+    assert [line for line in lines if "--tuned" in line] == runs  # every arm: its own grid's best or sync-gpu1's
     assert "[3/7] cifar10-async async-gpu1 seed 0: done, 0 updates left; elapsed" in result.output
     assert "[5/7] cifar10-async sync-gpu1 seed 0: partial" in result.output
     assert "reproduce: 7 jobs, wall 0:00:0" in result.output and "(user+sys of this process and its children)" \
@@ -193,25 +193,25 @@ def test_a_stop_ends_after_the_interrupted_job_and_a_failure_is_reported(tmp_pat
     assert result.exit_code == 143 and len(started) == 1
     assert "interrupted (its state is saved); run the same command again to resume" in result.output
     assert "reproduce: 0 jobs, wall" in result.output
-    started = started_commands(monkeypatch, [1, 0])
+    started = started_commands(monkeypatch, [1, 0, 0, 0])
     result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code == 1 and len(started) == 2
-    assert "error: failed: googlenet-kl-decay decay-kl seed 0 (exit 1)" in result.output
+    assert result.exit_code == 1 and len(started) == 4  # two grids, then each arm's seed 0
+    assert "error: failed: googlenet-kl-decay grid-decay-kl (6 settings) (exit 1)" in result.output
     entries = [json.loads(line) for line in (tmp_path / layout.REPRODUCE_LOG).read_text().splitlines()]
     assert [(e["outcome"], e["jobs"], e["profile"], e["run_id"]) for e in entries] == [
-        ("stopped", 0, "smoke", "reproduce"), ("running", 1, "smoke", "reproduce"),
-        ("running", 2, "smoke", "reproduce"), ("failed", 2, "smoke", "reproduce")]  # a line after every job
+        ("stopped", 0, "smoke", "reproduce"), *(("running", n, "smoke", "reproduce") for n in range(1, 5)),
+        ("failed", 4, "smoke", "reproduce")]  # a line after every job
     assert len({e["invocation"] for e in entries[1:]}) == 1 and entries[0]["invocation"] != entries[1]["invocation"]
     assert f"all 2 invocation(s) into {tmp_path} (profile smoke, run id reproduce): wall 0:00:0" in result.output
     with (tmp_path / layout.REPRODUCE_LOG).open("a") as log:  # a line cut short by a crash, and another run id
         log.write('{"profile": "smo\n' + json.dumps({**entries[0], "run_id": "other", "cpu_seconds": 3600}) + "\n")
-    started_commands(monkeypatch, [0, 0])
+    started_commands(monkeypatch, [0] * 4)
     result = CliRunner().invoke(cli.main, args)
     assert f"all 3 invocation(s) into {tmp_path} (profile smoke, run id reproduce)" in result.output
     assert "CPU time 1:00:0" not in result.output  # the other run id's hour is not counted
     with (tmp_path / layout.REPRODUCE_LOG).open("a") as log:  # an invocation killed outright after its first job
         log.write(json.dumps({**entries[1], "invocation": "killed", "cpu_seconds": 7200, "wall_seconds": 7200}) + "\n")
-    started_commands(monkeypatch, [0, 0])
+    started_commands(monkeypatch, [0] * 4)
     result = CliRunner().invoke(cli.main, args)
     assert f"all 5 invocation(s) into {tmp_path} (profile smoke, run id reproduce): wall 2:00:" in result.output
     assert "CPU time 2:00:" in result.output.split("all 5 invocation(s)")[1]
@@ -226,11 +226,11 @@ def test_unknown_only_is_a_usage_error() -> None:
 def test_a_tiny_reproduction_runs_and_a_rerun_keeps_it(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cli", "reproduce", "--profile", "smoke", "--only", "googlenet-kfc-vs-cheap",
                "--out", str(tmp_path)]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)  # a grid of 6, 2 arms
     assert first.returncode == 0, first.stdout + first.stderr
     for arm in ("kfc", "cheap"):
         assert layout.run_status(layout.run_dir(tmp_path, "googlenet-kfc-vs-cheap", "smoke", arm, "reproduce", 0)
                                  ) == "complete"
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert again.returncode == 0 and again.stdout.count(": done, 0 updates left") == 2
-    assert "reproduce: 2 jobs, wall 0:00:0" in again.stdout
+    assert again.returncode == 0 and again.stdout.count(": done, 0 updates left") == 3  # the grid and both arms
+    assert "reproduce: 3 jobs, wall 0:00:0" in again.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import SkippedRunWarning, available_profiles, seed_runs
+from kfac_repro.results.runs import SkippedRunWarning, available_profiles, seed_runs
 from kfac_repro.specs.names import name_problem
 
 

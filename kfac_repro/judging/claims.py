@@ -23,8 +23,8 @@ from kfac_repro.judging import paired
 from kfac_repro.judging.clocks import CLUSTER, MEASURED, Arms, Costs, Seconds, measured_cost, modelled_cost
 from kfac_repro.judging.paired import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, PARTLY, REPRODUCED
 from kfac_repro.judging.targets import targets, updates_to
-from kfac_repro.plotting.results import Run
-from kfac_repro.plotting.seeds import capped_share, final
+from kfac_repro.results.runs import Run
+from kfac_repro.results.seeds import capped_share, final
 
 NOT_TESTABLE = "not testable here"
 SPEED, BN_GAP, BATCH_SCALING, CHEAP_FACTORS, FINAL = "speed", "bn-gap", "batch-scaling", "cheap-factors", "final"

@@ -10,7 +10,7 @@ import numpy as np
 
 from kfac_repro.benchmarks.cluster_clock import LABEL, Components, Layout, per_update_seconds
 from kfac_repro.benchmarks.cost_table import ArmCosts
-from kfac_repro.plotting.results import Run
+from kfac_repro.results.runs import Run
 
 MEASURED, CLUSTER = "measured", "cluster"
 BANDWIDTH = 1.25e9  # bytes/second: a 10 Gbit/s link between workers (our choice; the paper states none)

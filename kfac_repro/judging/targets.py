@@ -11,8 +11,8 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from kfac_repro.plotting.results import Run
-from kfac_repro.plotting.seeds import best, updates_to_target
+from kfac_repro.results.runs import Run
+from kfac_repro.results.seeds import best, updates_to_target
 
 FRACTIONS = (0.8, 0.9, 0.95, 1.0)
 

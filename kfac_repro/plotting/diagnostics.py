@@ -16,8 +16,8 @@ from pathlib import Path
 from kfac_repro.judging.claims import Claim
 from kfac_repro.judging.clocks import Arms
 from kfac_repro.plotting.figures import FIGURES
-from kfac_repro.plotting.results import Run, flatten, variant_runs
-from kfac_repro.plotting.seeds import best, final, late_progress, per_seed, seeds_text, updates_to_target
+from kfac_repro.results.runs import Run, flatten, variant_runs
+from kfac_repro.results.seeds import best, final, late_progress, per_seed, seeds_text, updates_to_target
 from kfac_repro.runner.layout import DIAGNOSTICS
 
 UNCOMPARED = ("label", "training.seed")  # settings every seed or variant may differ in without changing the method

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kfac_repro.plotting.clock import Clock
-from kfac_repro.plotting.results import Run
-from kfac_repro.plotting.seeds import band
+from kfac_repro.results.runs import Run
+from kfac_repro.results.seeds import band
 
 X_LABELS = {"step": "updates", "examples": "examples consumed",
             "seconds": "logged wall-clock from the first update (not an idle-machine cost)"}

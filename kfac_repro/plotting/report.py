@@ -28,8 +28,8 @@ from kfac_repro.judging.paired import RULE as PAIRED_RULE
 from kfac_repro.judging.sittings import comparable, failed_checks
 from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
-from kfac_repro.plotting.results import Run, available_profiles, flatten, seed_runs
-from kfac_repro.plotting.seeds import FLAT, TAIL, best, capped_share, final, late_progress, per_seed
+from kfac_repro.results.runs import Run, available_profiles, flatten, seed_runs
+from kfac_repro.results.seeds import FLAT, TAIL, best, capped_share, final, late_progress, per_seed
 from kfac_repro.runner.layout import GRID_BEST, LEADERBOARD, grid_dirs, profile_dir, spec_dir
 
 SITTINGS_RULE = "the verdict must come out the same with the costs of each sitting of `bench arms` on the same commit"

@@ -60,9 +60,9 @@ def check_document(document: Mapping[str, Any], path: Path) -> None:
         _check_dir_name(name, path, f"profiles.{name}")
         _check_profile(profile, arms, path, f"profiles.{name}")
     tuned = document.get("tuned") or []
-    names = list(tuned.items()) if isinstance(tuned, Mapping) else tuned if isinstance(tuned, list) else None
-    if names is None or not all(isinstance(n, str) or (isinstance(n, tuple) and all(isinstance(p, str) for p in n))
-                                for n in names):
+    entries = list(tuned.items()) if isinstance(tuned, Mapping) else tuned if isinstance(tuned, list) else None
+    if entries is None or not all(isinstance(e, str) or (isinstance(e, tuple) and all(isinstance(p, str) for p in e))
+                                  for e in entries):
         raise SpecError(path, "tuned", f"expected a list of arm names or a mapping of arms to the arm whose grid "
                         f"they take, found {tuned!r}")
     grid = check_mapping(document.get("grid") or {}, path, "grid")

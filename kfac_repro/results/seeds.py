@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kfac_repro.plotting.results import Run
+from kfac_repro.results.runs import Run
 
 
 @dataclass(frozen=True)
