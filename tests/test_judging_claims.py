@@ -167,8 +167,10 @@ def test_kl_decay_needs_a_binding_cap(tmp_path: Path, lr_capped: bool, verdict: 
         metrics["step_size"], metrics["learning_rate"] = 0.01 if lr_capped else 0.005, 0.01
         metrics.to_csv(run / "metrics.csv", index=False)
     row = claims.judge(next(s for s in claims.TABLE if s.rule == claims.FINAL),
-                       seed_runs(tmp_path, "googlenet-kl-decay", "cpu"), {}, {})
+                       seed_runs(tmp_path, "googlenet-kl-decay", "cpu"), {}, {"decay-kl": claims.GridUse(6, True)})
     assert row.verdict == verdict, row.measured
+    assert "validation decay-kl 5000 images" in row.measured  # every row: validation size and grids
+    assert "decay-kl: best of a grid of 6, decay-lr: no grid" in row.measured
 
 
 def test_every_arm_a_claim_names_exists_in_its_figures_spec() -> None:

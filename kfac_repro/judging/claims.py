@@ -202,17 +202,17 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
 
 
 def _checked(spec: ClaimSpec, runs: Arms, tuning: Tuning, measured: str, verdict: str) -> tuple[str, str]:
-    """The verdict withdrawn where the arms were validated differently or (for a methods claim) tuned unequally."""
+    """Every arm's validation size and grid added to the row; the verdict withdrawn where the arms were validated
+    differently or (for a methods claim) tuned unequally."""
     validation = {a: sorted({validation_examples(r) for r in rs}) for a, rs in runs.items()}
     measured += "; validation " + ", ".join(f"{a} {'/'.join(map(str, v))} images" for a, v in validation.items())
     if len({tuple(v) for v in validation.values()}) > 1 and verdict != NO_DATA:
         measured, verdict = measured + " (validated differently: no verdict)", INCONCLUSIVE
-    if spec.methods:
-        uses = {a: tuning.get(a) for a in runs}
-        measured += "; " + ", ".join(use.text(a) if use else f"{a}: no grid" for a, use in uses.items())
-        sizes = {use.tuned if use else 0 for use in uses.values()}
-        if (len(sizes) > 1 or 0 in sizes) and verdict not in (NO_DATA, NOT_TESTABLE):
-            measured, verdict = measured + " (not tuned equally: no verdict)", INCONCLUSIVE
+    uses = {a: tuning.get(a) for a in runs}
+    measured += "; " + ", ".join(use.text(a) if use else f"{a}: no grid" for a, use in uses.items())
+    sizes = {use.tuned if use else 0 for use in uses.values()}
+    if spec.methods and (len(sizes) > 1 or 0 in sizes) and verdict not in (NO_DATA, NOT_TESTABLE):
+        measured, verdict = measured + " (not tuned equally: no verdict)", INCONCLUSIVE
     return measured, verdict
 
 
@@ -250,8 +250,8 @@ def _seeds_note(runs: Arms) -> str:
     return ", ".join(parts)
 
 
-def _per_seed_effect(spec: ClaimSpec, runs: Arms, effect: Callable[[int], float], rule: str, what: str,
-                     as_ratio: bool) -> Claim:
+def _per_seed_effect(spec: ClaimSpec, runs: Arms, tuning: Tuning, effect: Callable[[int], float], rule: str,
+                     what: str, as_ratio: bool) -> Claim:
     """A claim judged on one paired effect per seed (> 0 favours the claim)."""
     seeds = sorted(set.intersection(*({r.seed for r in rs} for rs in runs.values())))
     values = [effect(seed) for seed in seeds]
@@ -264,6 +264,7 @@ def _per_seed_effect(spec: ClaimSpec, runs: Arms, effect: Callable[[int], float]
     measured = f"{what}: {shown} ({_seeds_note(runs)})"
     if len(finite) < len(values):
         measured += f"; {len(values) - len(finite)} seed(s) without a finite value: no verdict"
+    measured, verdict = _checked(spec, runs, tuning, measured, verdict)
     return Claim(spec.figure, title(spec), measured, verdict, rule, shown)
 
 
@@ -289,7 +290,7 @@ def _bn_gap(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
 
     gaps = {arm: {r.seed: gap(r) for r in rs} for arm, rs in runs.items()}
     better, other = spec.arms
-    return _per_seed_effect(spec, runs, lambda s: gaps[other][s] - gaps[better][s], rule,
+    return _per_seed_effect(spec, runs, tuning, lambda s: gaps[other][s] - gaps[better][s], rule,
                             f"at training loss {level:.3f}, gap {other} − gap {better}", as_ratio=False)
 
 
@@ -307,7 +308,7 @@ def _batch_scaling(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) ->
     ratios = {prefix: _ratios_by_seed(arms, names, examples) for prefix, names in groups.items()}
     better, other = spec.arms
     shown = {prefix: "/".join(f"{ratios[prefix][s]:.2f}" for s in sorted(ratios[prefix])) for prefix in ratios}
-    return _per_seed_effect(spec, {a: arms[a] for names in groups.values() for a in names},
+    return _per_seed_effect(spec, {a: arms[a] for names in groups.values() for a in names}, tuning,
                             lambda s: _log_ratio(ratios[other].get(s, math.nan), ratios[better].get(s, math.nan)),
                             rule, f"loss ratio across batch sizes at {examples:,.0f} examples, {better}* "
                             f"{shown[better]}, {other}* {shown[other]}; SGD+BN's ÷ K-FAC's", as_ratio=True)
@@ -370,7 +371,7 @@ def _final(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     runs = {arm: arms[arm] for arm in spec.arms}
     finals = {arm: {r.seed: final(r, spec.metric) for r in rs} for arm, rs in runs.items()}
     better, other = spec.arms
-    claim = _per_seed_effect(spec, runs, lambda s: _log_ratio(finals[other][s], finals[better][s]), rule,
+    claim = _per_seed_effect(spec, runs, tuning, lambda s: _log_ratio(finals[other][s], finals[better][s]), rule,
                              f"final {spec.metric} {other} ÷ {better}", as_ratio=True)
     if not any(capped_share(r) > 0 for r in runs[other]):
         return Claim(claim.figure, claim.claim, claim.measured + f"; {other}'s η_max never bound the step size, so "
