@@ -31,7 +31,7 @@ import click
 from kfac_repro.commands.child import child_command
 from kfac_repro.commands.grid import grid
 from kfac_repro.commands.run import DIVERGED_EXIT, STOP_GRACE, check_data, run
-from kfac_repro.runner import interrupts, layout, plan
+from kfac_repro.runner import interrupts, layout, plan, safe_paths
 from kfac_repro.specs import SpecError, load_spec, spec_names
 
 
@@ -133,12 +133,10 @@ class Invocation:
 def _log(out: Path, invocation: Invocation) -> tuple[float, float]:
     """Append the invocation's wall-clock and CPU time so far to OUT/reproduce.jsonl; return them."""
     wall, cpu = time.monotonic() - invocation.started, _cpu_seconds() - invocation.cpu_before
-    log = out / layout.REPRODUCE_LOG
-    log.parent.mkdir(parents=True, exist_ok=True)
     entry = {"invocation": invocation.id, "profile": invocation.profile, "run_id": invocation.run_id,
              "jobs": invocation.jobs, "outcome": invocation.outcome, "wall_seconds": round(wall, 1),
              "cpu_seconds": round(cpu, 1), "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
-    with log.open("a") as handle:
+    with safe_paths.open_file(safe_paths.make_dirs(out, "."), layout.REPRODUCE_LOG, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return wall, cpu
 

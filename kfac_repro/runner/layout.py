@@ -187,16 +187,18 @@ def _run_order(path: Path) -> tuple[str, int, str]:
     return (base, int(suffix), path.name) if base and suffix.isdigit() else (name, 1, path.name)
 
 
-def lock_run_dir(run_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on the run directory until the returned handle is closed (or the process ends);
-    LayoutError if another process holds it."""
-    handle = safe_paths.open_file(run_dir, ".lock", "a")
+def lock_run_dir(run_dir: Path, what: str = "run directory") -> IO[str]:
+    """Hold an exclusive lock on a directory (a run's, or a grid search's) until the returned handle is closed (or
+    the process ends); LayoutError naming the process that holds it."""
+    handle = safe_paths.open_file(run_dir, ".lock", "a+")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
         handle.close()
-        raise LayoutError(f"run directory {run_dir} is in use by another process (pid in {run_dir / '.lock'})"
-                          ) from None
+        raise LayoutError(f"{what} {run_dir} is in use by another process"
+                          f"{' (pid ' + holder + ')' if holder.isdigit() else ''}: wait for it to end") from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
