@@ -9,8 +9,8 @@ worker count that is not an integer: such a run is never counted as a seed); or 
 that is unreadable, empty, lacks columns, has a non-numeric value, a step that is not a whole number or not
 increasing, a row with the wrong number of cells or cut without its line end, or ends before the run's last step
 (cut short); for seeds, a run newer than the one chosen for its seed (or of a seed with no usable run). Reading
-never raises for a damaged run: one damaged run leaves every figure and the report to the others. A diverged run is a result, not skipped: its metrics end where the
-divergence bound stopped it."""
+never raises for a damaged run: one damaged run leaves every figure and the report to the others. A diverged run
+is a result, not skipped: its metrics end where the divergence bound stopped it."""
 
 from __future__ import annotations
 
