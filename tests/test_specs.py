@@ -199,3 +199,40 @@ def test_speed_up_claims_compare_arms_tuned_with_grids_of_equal_size() -> None:
 
 def test_reference_docs_are_generated_from_the_schema() -> None:
     assert reference_path().read_text() == reference_text(), "run: kfac-repro validate --write-reference"
+
+
+SECRET = "root:$6$salt$secrethash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+
+
+@pytest.mark.parametrize("base", ["OUTSIDE/secret.yaml", "../outside/secret.yaml", "secret.yaml", "link.yaml",
+                                  "secret"])
+def test_extends_stays_in_the_spec_tree_and_never_quotes_a_file_that_is_no_spec(tmp_path: Path, base: str) -> None:
+    """A base outside the spec's tree (absolute, `..`, or a symlink out of it) is refused unread, one that is no
+    .yaml file too; a file inside the tree that is not a spec is refused without quoting it."""
+    outside, tree = tmp_path / "outside", tmp_path / "specs"
+    outside.mkdir()
+    tree.mkdir()
+    (outside / "secret.yaml").write_text(SECRET)
+    (tree / "secret.yaml").write_text(SECRET)
+    (tree / "secret").write_text(SECRET)
+    (tree / "link.yaml").symlink_to(outside / "secret.yaml")
+    spec = write(tree, "child.yaml", f"name: child\nextends: {base.replace('OUTSIDE', str(outside))}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(str(spec))
+    message = str(caught.value)
+    assert "secrethash" not in message and "daemon" not in message
+    expected = {"secret.yaml": "not a spec file", "secret": "expected a .yaml spec file"}.get(
+        base, "a spec and its bases must be inside the experiments tree")
+    assert expected in message
+
+
+def test_a_spec_that_is_a_symlink_out_of_its_tree_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "leak.yaml").symlink_to(tmp_path / "secret")
+    monkeypatch.setenv("KFAC_REPRO_EXPERIMENTS", str(experiments))
+    with pytest.raises(SpecError, match=r"outside .*experiments: a spec and its bases must be inside") as caught:
+        load_spec("leak")
+    assert "secrethash" not in str(caught.value)
