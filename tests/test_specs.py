@@ -236,3 +236,16 @@ def test_a_spec_that_is_a_symlink_out_of_its_tree_is_refused(tmp_path: Path, mon
     with pytest.raises(SpecError, match=r"outside .*experiments: a spec and its bases must be inside") as caught:
         load_spec("leak")
     assert "secrethash" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-3", 0.001), ("2E-4", 0.0002), ("-1.5e+2", -150.0), ("0.1", 0.1),
+                                              ("3", 3), ("1e", "1e"), ("[1e-3, 2]", [0.001, 2])])
+def test_set_values_in_exponent_form_are_numbers(text: str, value: object) -> None:
+    from kfac_repro.specs.yaml_source import parse_scalar
+
+    assert parse_scalar(text) == value and type(parse_scalar(text)) is type(value)
+
+
+def test_set_damping_in_exponent_form_is_accepted() -> None:
+    spec = load_spec("cifar10-async", "smoke", ["optimizer.damping=1e-3"], arms=["sync-gpu1"])
+    assert spec.arms["sync-gpu1"].optimizer["damping"] == 0.001

@@ -1,10 +1,12 @@
 """Reading a spec file: UTF-8 YAML of plain mappings, lists and scalars, read strictly. Refused with a SpecError
 naming the file: bytes that are not UTF-8 (Latin-1, UTF-16, binary), a file over 1 MiB, duplicate keys, keys that
 are not scalars (`? [a, b]`), nesting deeper than 32 levels, and anchors/aliases (`&a`, `*a`: an alias bomb
-expands exponentially); syntax errors are reported with line and column."""
+expands exponentially); syntax errors are reported with line and column. Numbers in exponent form without a dot
+(`1e-3`) are floats, as in YAML 1.2."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 floats: 1e-3 and 1E5 are numbers (YAML 1.1, PyYAML's default, reads them as strings without a dot)
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+                                    list("-+0123456789."))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -81,9 +87,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_scalar(text: str) -> Any:
-    """A --set value, read as a YAML scalar or flow collection ('0.1' → 0.1, 'null' → None, '[a, b]' → list)."""
+    """A --set value, read as a spec's values are ('0.1' → 0.1, '1e-3' → 0.001, 'null' → None, '[a, b]' → list);
+    text that is not YAML stays text."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
