@@ -654,3 +654,14 @@ def test_nan_in_metrics_is_read_back_as_nan(tmp_path: Path) -> None:
     assert run.last_step == 20 and math.isnan(run.metrics["train_loss"].iloc[-1])
     assert run.metrics["train_loss"].isna().sum() == 2  # the step-0 row has no training loss; the last one is NaN
     assert "\n20,2000,40,nan,0.9,3,0.9," in (run_dir / "metrics.csv").read_text().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("command", [["plot", "all", "--out", "FILE"], ["plot", "all", "--out", "FILE/below"],
+                                     ["report", "--out", "FILE/report.md"], ["report", "--out", "DIR"]])
+def test_an_out_that_cannot_be_written_is_a_usage_error(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path)) for a in command]
+    result = CliRunner().invoke(cli.main, [*args, "--results", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "Invalid value for --out" in result.output, result.output
+    assert "is not a directory" in result.output or "is not a regular file" in result.output
+    assert (tmp_path / "file").read_text() == "x"

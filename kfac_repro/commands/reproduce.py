@@ -82,6 +82,11 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
     if dry_run:
         click.echo("\n".join(plan.table(jobs)))
         return
+    try:
+        safe_paths.make_dirs(out, ".")
+        safe_paths.open_file(out, layout.REPRODUCE_LOG, "a").close()  # its log can be written, before any job
+    except safe_paths.UnsafePath as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
     for name in names:
         spec = load_spec(name, profile)
         check_data(spec, list(spec.arms))
@@ -136,7 +141,7 @@ def _log(out: Path, invocation: Invocation) -> tuple[float, float]:
     entry = {"invocation": invocation.id, "profile": invocation.profile, "run_id": invocation.run_id,
              "jobs": invocation.jobs, "outcome": invocation.outcome, "wall_seconds": round(wall, 1),
              "cpu_seconds": round(cpu, 1), "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
-    with safe_paths.open_file(safe_paths.make_dirs(out, "."), layout.REPRODUCE_LOG, "a") as handle:
+    with safe_paths.open_file(out, layout.REPRODUCE_LOG, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return wall, cpu
 

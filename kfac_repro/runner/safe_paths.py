@@ -50,8 +50,8 @@ def _refusal(root: Path, parts: tuple[str, ...], dir_fd: int, name: str, error: 
     if mode is not None and stat.S_ISLNK(mode):
         return UnsafePath(f"{path} is a symlink (to {os.readlink(name, dir_fd=dir_fd)}): refused, nothing is "
                           f"written through links below {root}; remove it")
-    if error.errno in (errno.ENOTDIR, errno.ENXIO) or (mode is not None and what == "a directory"
-                                                       and not stat.S_ISDIR(mode)):
+    wrong_kind = mode is not None and not (stat.S_ISDIR(mode) if what == "a directory" else stat.S_ISREG(mode))
+    if wrong_kind or error.errno in (errno.ENOTDIR, errno.ENXIO):
         return UnsafePath(f"{path} is not {what}: remove or rename it")
     return UnsafePath(f"cannot use {path} as {what}: {error.strerror or error}")
 
