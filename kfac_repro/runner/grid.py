@@ -49,7 +49,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):  # missing, or not a CSV (binary): the run counts as having no rows
         rows = []
     status = layout.run_status(run_dir) or "missing"
-    evaluated = [r for r in rows if r["val_error"]]
+    evaluated = [r for r in rows if r["val_error"] not in ("", "nan")]  # nan: a diverged evaluation
     return {
         "status": status,
         "steps": int(rows[-1]["step"]) if rows else 0,
