@@ -249,3 +249,10 @@ def test_set_values_in_exponent_form_are_numbers(text: str, value: object) -> No
 def test_set_damping_in_exponent_form_is_accepted() -> None:
     spec = load_spec("cifar10-async", "smoke", ["optimizer.damping=1e-3"], arms=["sync-gpu1"])
     assert spec.arms["sync-gpu1"].optimizer["damping"] == 0.001
+
+
+def test_a_duplicate_key_that_is_no_field_name_is_not_quoted(tmp_path: Path) -> None:
+    spec = write(tmp_path, "dup.yaml", "root:$6$salt$secrethash:1:: x\nroot:$6$salt$secrethash:1:: y\n")
+    with pytest.raises(SpecError, match=r"duplicate key \(not quoted\) \(first at line 1\)") as caught:
+        load_spec(str(spec))
+    assert "secrethash" not in str(caught.value)

@@ -16,6 +16,7 @@ from kfac_repro.specs.errors import SpecError
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.+=,-]{1,64}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -45,9 +46,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain name or number, not a list or mapping", key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        if key in seen:  # a key is quoted only when it looks like a field name: the file may be no spec at all
+            shown = repr(key) if _FIELD_NAME.fullmatch(str(key)) else "(not quoted)"
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+                None, None, f"duplicate key {shown} (first at line {seen[key] + 1})", key_node.start_mark)
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
