@@ -24,7 +24,6 @@ _MODES = {  # text mode → open flags (O_NONBLOCK: a FIFO planted there fails a
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
     "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
 }
 
 
@@ -69,7 +68,7 @@ def _open_root(root: Path, create: bool) -> int:
 
 
 @contextmanager
-def directory(root: Path, relative: Path | str = ".", create: bool = False) -> Iterator[int]:
+def _directory(root: Path, relative: Path | str = ".", create: bool = False) -> Iterator[int]:
     """A file descriptor of root/relative, reached one component at a time without following symlinks (each
     missing component created when `create`); closed on exit."""
     parts = _parts(root, relative)
@@ -97,20 +96,20 @@ def directory(root: Path, relative: Path | str = ".", create: bool = False) -> I
 def make_dirs(root: Path, relative: Path | str) -> Path:
     """root/relative, every component below the root created if missing and refused if it is a symlink or not a
     directory."""
-    with directory(root, relative, create=True):
+    with _directory(root, relative, create=True):
         return root / relative
 
 
 def check_dirs(root: Path, relative: Path | str) -> Path:
     """root/relative when every component below the root is a directory and none is a symlink, else UnsafePath."""
-    with directory(root, relative):
+    with _directory(root, relative):
         return root / relative
 
 
 def make_dir_exclusively(root: Path, relative: Path | str) -> Path:
     """Create root/relative, which must not exist (FileExistsError if it does), its parents as make_dirs does."""
     path = Path(relative)
-    with directory(root, path.parent, create=True) as parent:
+    with _directory(root, path.parent, create=True) as parent:
         try:
             os.mkdir(path.name, dir_fd=parent)
         except FileExistsError:
@@ -121,18 +120,16 @@ def make_dir_exclusively(root: Path, relative: Path | str) -> Path:
 
 
 def open_file(root: Path, relative: Path | str, mode: str = "r", newline: str | None = None) -> IO[str]:
-    """root/relative opened in text mode `mode` ('r', 'w', 'a', 'x'; '+' for reading too), its directories reached
-    as `directory` does and the file itself opened with O_NOFOLLOW: a symlink, a directory or a device there is
+    """root/relative opened in text mode `mode` ('r', 'w', 'a'; '+' for reading too), its directories reached
+    as `_directory` does and the file itself opened with O_NOFOLLOW: a symlink, a directory or a device there is
     refused (UnsafePath naming it)."""
     path = Path(relative)
     flags = _MODES[mode.rstrip("+")] | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     if mode.endswith("+"):
         flags = (flags & ~os.O_WRONLY) | os.O_RDWR
-    with directory(root, path.parent) as parent:
+    with _directory(root, path.parent) as parent:
         try:
             fd = os.open(path.name, flags, 0o644, dir_fd=parent)
-        except FileExistsError:
-            raise
         except OSError as error:
             if mode == "r" and error.errno == errno.ENOENT:
                 raise
@@ -141,7 +138,7 @@ def open_file(root: Path, relative: Path | str, mode: str = "r", newline: str | 
         os.close(fd)
         raise UnsafePath(f"{root / relative} is not a regular file: remove it")
     os.set_blocking(fd, True)
-    return os.fdopen(fd, mode if mode != "x" else "w", newline=newline, encoding="utf-8")
+    return os.fdopen(fd, mode, newline=newline, encoding="utf-8")
 
 
 def read_text(root: Path, relative: Path | str) -> str:
@@ -156,7 +153,7 @@ def write_atomic(root: Path, relative: Path | str, text: str, newline: str | Non
     temporary name is refused (UnsafePath); a stale regular <name>.tmp is removed first."""
     path = Path(relative)
     temporary = path.name + ".tmp"
-    with directory(root, path.parent) as parent:
+    with _directory(root, path.parent) as parent:
         where = root / path.parent
         handle = _exclusive(where, parent, temporary, newline)
         try:
@@ -200,8 +197,7 @@ def refuse_links(root: Path, relative: Path | str) -> None:
     that other code (TensorFlow's checkpoints and summaries) writes by path."""
     check_dirs(root, relative)
     for folder, directories, files in os.walk(root / relative):
-        for name in (*directories, *files):
-            if (Path(folder) / name).is_symlink():
-                link = Path(folder) / name
+        for link in (Path(folder) / name for name in (*directories, *files)):
+            if link.is_symlink():
                 raise UnsafePath(f"{link} is a symlink (to {os.readlink(link)}): refused, nothing is written "
                                  f"through links below {root}; remove it")
