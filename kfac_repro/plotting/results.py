@@ -99,21 +99,19 @@ def _records(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, A
     damaged when one is present but unreadable, not a mapping, or has a field of the wrong type (a seed that is not
     an integer would count as a seed of its own)."""
     record = layout.read_run_record(run_dir)
-    resolved, problem = _mapping(run_dir / layout.RESOLVED, yaml.safe_load)
+    resolved, resolved_problem = _mapping(run_dir / layout.RESOLVED, yaml.safe_load)
     environment, environment_problem = _mapping(run_dir / layout.ENVIRONMENT, json.loads)
-    problem = problem or environment_problem
-    for section in _SECTIONS:
-        if not problem and not isinstance(resolved.get(section) or {}, Mapping):
-            problem = (f"{layout.RESOLVED} section {section} is a {type(resolved[section]).__name__}, not a "
-                       "mapping")
-    fields = {"run.json": record, "resolved.yaml training": resolved.get("training") or {},
-              "resolved.yaml distribution": resolved.get("distribution") or {}}
-    for where, names in _INTEGERS.items():
-        for name in names:
-            value = fields[where].get(name) if not problem else None
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                problem = f"{where} {name} is {str(value)[:40]!r}, not an integer"
-    return record, resolved, environment, problem
+    sections = {section: resolved.get(section) or {} for section in _SECTIONS}
+    fields = {"run.json": record, "resolved.yaml training": sections["training"],
+              "resolved.yaml distribution": sections["distribution"]}
+    problems = [resolved_problem, environment_problem, *(
+        f"{layout.RESOLVED} section {section} is a {type(value).__name__}, not a mapping"
+        for section, value in sections.items() if not isinstance(value, Mapping))]
+    if not any(problems):
+        problems += [f"{where} {name} is {str(fields[where][name])[:40]!r}, not an integer"
+                     for where, names in _INTEGERS.items() for name in names
+                     if fields[where].get(name) is not None and type(fields[where][name]) is not int]
+    return record, resolved, environment, next((p for p in problems if p), "")
 
 
 def _mapping(path: Path, parse: Any) -> tuple[dict[str, Any], str]:
