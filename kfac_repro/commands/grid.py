@@ -63,6 +63,8 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
         root = layout.grid_dir(out, spec.name, profile, arm)
         safe_paths.make_dirs(out, root.relative_to(out))
         lock = layout.lock_run_dir(root, "grid search")  # held to the end: one grid command per grid at a time
+        for combo in combos:  # each is the --out of a run, used as given there: a link to elsewhere is refused here
+            safe_paths.make_dirs(root, combination_id(combo))
     except (SpecError, ValueError) as error:  # ValueError: also LayoutError and safe_paths.UnsafePath
         raise click.UsageError(str(error)) from error
 
