@@ -115,3 +115,35 @@ def test_grid_rejects_a_bad_combination_before_training(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "optimizer.learning_rate" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_grid_command_for_the_same_grid_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    from kfac_repro.runner import layout
+
+    root = tmp_path / "cifar10-async" / "smoke" / "grid-sgd-bn"
+    root.mkdir(parents=True)
+    log = root / "learning_rate=0.1.log"
+    log.write_text("the first grid's output\n")
+    with layout.lock_run_dir(root, "grid search"):  # as the first grid command holds it while it runs
+        second = subprocess.run(
+            [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+             "--param", "optimizer.learning_rate=0.1", "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"grid search {root} is in use by another process (pid {os.getpid()})" in second.stderr
+    assert log.read_text() == "the first grid's output\n"
+    assert sorted(p.name for p in root.iterdir()) == [".lock", log.name]  # no combination started
+
+
+def test_a_grid_combination_directory_planted_as_a_link_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "cifar10-async" / "smoke" / "grid-sgd-bn"
+    root.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "learning_rate=0.1").symlink_to(elsewhere)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "grid", "cifar10-async", "--arm", "sgd-bn", "--profile", "smoke",
+         "--param", "optimizer.learning_rate=0.1", "--out", str(tmp_path)], capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 2 and "grid-sgd-bn/learning_rate=0.1 is a symlink" in result.stderr, result.stderr
+    assert list(elsewhere.iterdir()) == []

@@ -276,15 +276,15 @@ run_dir = Path(sys.argv[1])
 layout.write_run_record(run_dir, {"status": "running"})
 interrupts.install()
 os.kill(os.getpid(), signal.SIGTERM)  # the stop request: the run is being marked
-replace = Path.replace
+replace = os.replace
 
 
-def replace_after_a_second_signal(self, target):
+def replace_after_a_second_signal(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)  # the person insists while run.json is being written
-    return replace(self, target)
+    return replace(*args, **kwargs)
 
 
-Path.replace = replace_after_a_second_signal
+os.replace = replace_after_a_second_signal
 try:
     layout.write_run_record(run_dir, {"status": "interrupted"})
     print("not aborted")

@@ -21,7 +21,7 @@ from kfac_repro.plotting.clock import figure_clock
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
 from kfac_repro.results.runs import SkippedRunWarning, newest_complete_runs, seed_runs
 from kfac_repro.results.seeds import Spread, band, capped_share, late_share, spread, updates_to_target
-from kfac_repro.runner.metrics_log import MetricsLog
+from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog
 
 IDLE = {"host": "h", "device": "CPU (test)", "cpus": 2, "load_before": 0.1, "load_after": 0.2, "commit": "c"}
 
@@ -433,3 +433,85 @@ def test_plot_refuses_a_profile_that_would_name_files_outside_out(tmp_path: Path
                                            "--profile", "../../escaped"])
     assert result.exit_code == 2 and "--profile: '../../escaped' cannot be a directory name" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def _damage(run_dir: Path, how: str) -> None:
+    """Damage one record of a run written by write_run (steps 0..30)."""
+    metrics = run_dir / "metrics.csv"
+    text = metrics.read_text()
+    if how == "environment not UTF-8":
+        (run_dir / "environment.json").write_bytes(b'{"device": "\xff\xfe"}')
+    elif how == "last step inf":
+        metrics.write_text(text.replace("\n30,", "\ninf,"))
+    elif how == "resolved section a list":
+        (run_dir / "resolved.yaml").write_text("training: [1, 2]\n")
+    elif how == "last row cut mid-number":
+        metrics.write_text(text[: text.index("0.6,0.2,,,,0,", text.index("\n30,")) + 5])
+    elif how == "last row without its line end":
+        metrics.write_text(text.rstrip("\r\n"))
+    elif how == "step repeated":
+        metrics.write_text(text.replace("\n20,", "\n10,"))
+    elif how == "steps out of order":
+        metrics.write_text(text.replace("\n10,", "\n25,"))
+    elif how == "seed a list":
+        record = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**record, "seed": [1, 2]}))
+
+
+DAMAGE = {"environment not UTF-8": "environment.json unreadable (UnicodeDecodeError)",
+          "last step inf": "metrics.csv has a step that is not a whole number",
+          "resolved section a list": "resolved.yaml section training is a list, not a mapping",
+          "last row cut mid-number": f"metrics.csv line 5 has 7 cells, not {len(COLUMNS)}",
+          "last row without its line end": "metrics.csv's last row is cut (no line end)",
+          "step repeated": "metrics.csv's steps are not increasing",
+          "steps out of order": "metrics.csv's steps are not increasing",
+          "seed a list": "run.json seed is '[1, 2]', not an integer"}
+
+
+def test_damaged_runs_are_skipped_naming_why_and_never_crash_plot_or_report(tmp_path: Path) -> None:
+    """Each damaged run is newer than the good one; neither reader raises, each names the run and why, a seed that
+    is a list is no seed of its own, and plot and report work from the good runs."""
+    write_run(tmp_path, "alexnet-bs2048", "sgd", "r0", [0.6, 0.5, 0.45, 0.4])
+    good = write_run(tmp_path, "alexnet-bs2048", "kfac", "r0", [0.5, 0.4, 0.3, 0.2])
+    damaged = {}
+    for number, how in enumerate(DAMAGE, start=1):
+        damaged[how] = write_run(tmp_path, "alexnet-bs2048", "kfac", f"r{number}", [0.5, 0.4, 0.3, 0.2])
+        _damage(damaged[how], how)
+    for read in (newest_complete_runs, lambda *where: {arm: runs[0] for arm, runs in seed_runs(*where).items()}):
+        with pytest.warns(SkippedRunWarning) as caught:
+            runs = read(tmp_path, "alexnet-bs2048", "cpu")
+        assert runs["kfac"].directory == good
+        messages = "\n".join(str(w.message) for w in caught)
+        for how, why in DAMAGE.items():
+            assert f"skipped run {damaged[how]}: {why}" in messages, (how, messages)
+    with pytest.warns(SkippedRunWarning):
+        assert [run.seed for run in seed_runs(tmp_path, "alexnet-bs2048", "cpu")["kfac"]] == [0]
+    plotted = CliRunner().invoke(cli.main, ["plot", "4", "--results", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert plotted.exit_code == 0, plotted.output
+    reported = CliRunner().invoke(cli.main, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert reported.exit_code == 0, reported.output
+    written = (tmp_path / "r.md").read_text()
+    assert all(f"- skipped run {run_dir}: " in written for run_dir in damaged.values())
+
+
+def test_nan_in_metrics_is_read_back_as_nan(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "s", "a", "r", [0.5, 0.4], status="diverged")
+    log = MetricsLog(run_dir / "metrics.csv", resume_step=10)
+    log.append({"step": 20, "examples": 2000, "seconds": 40.0, "train_loss": math.nan, "train_error": 0.9,
+                "val_loss": 3.0, "val_error": 0.9})
+    log.close()
+    (run,) = seed_runs(tmp_path, "s", "cpu")["a"]
+    assert run.last_step == 20 and math.isnan(run.metrics["train_loss"].iloc[-1])
+    assert run.metrics["train_loss"].isna().sum() == 2  # the step-0 row has no training loss; the last one is NaN
+    assert "\n20,2000,40,nan,0.9,3,0.9," in (run_dir / "metrics.csv").read_text().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("command", [["plot", "all", "--out", "FILE"], ["plot", "all", "--out", "FILE/below"],
+                                     ["report", "--out", "FILE/report.md"], ["report", "--out", "DIR"]])
+def test_an_out_that_cannot_be_written_is_a_usage_error(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path)) for a in command]
+    result = CliRunner().invoke(cli.main, [*args, "--results", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "Invalid value for --out" in result.output, result.output
+    assert "is not a directory" in result.output or "is not a regular file" in result.output
+    assert (tmp_path / "file").read_text() == "x"

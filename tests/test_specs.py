@@ -214,3 +214,60 @@ def test_speed_up_claims_compare_arms_tuned_with_grids_of_equal_size() -> None:
 
 def test_reference_docs_are_generated_from_the_schema() -> None:
     assert reference_path().read_text() == reference_text(), "run: kfac-repro validate --write-reference"
+
+
+SECRET = "root:$6$salt$secrethash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+
+
+@pytest.mark.parametrize("base", ["OUTSIDE/secret.yaml", "../outside/secret.yaml", "secret.yaml", "link.yaml",
+                                  "secret"])
+def test_extends_stays_in_the_spec_tree_and_never_quotes_a_file_that_is_no_spec(tmp_path: Path, base: str) -> None:
+    """A base outside the spec's tree (absolute, `..`, or a symlink out of it) is refused unread, one that is no
+    .yaml file too; a file inside the tree that is not a spec is refused without quoting it."""
+    outside, tree = tmp_path / "outside", tmp_path / "specs"
+    outside.mkdir()
+    tree.mkdir()
+    (outside / "secret.yaml").write_text(SECRET)
+    (tree / "secret.yaml").write_text(SECRET)
+    (tree / "secret").write_text(SECRET)
+    (tree / "link.yaml").symlink_to(outside / "secret.yaml")
+    spec = write(tree, "child.yaml", f"name: child\nextends: {base.replace('OUTSIDE', str(outside))}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(str(spec))
+    message = str(caught.value)
+    assert "secrethash" not in message and "daemon" not in message
+    expected = {"secret.yaml": "not a spec file", "secret": "expected a .yaml spec file"}.get(
+        base, "a spec and its bases must be inside the experiments tree")
+    assert expected in message
+
+
+def test_a_spec_that_is_a_symlink_out_of_its_tree_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "leak.yaml").symlink_to(tmp_path / "secret")
+    monkeypatch.setenv("KFAC_REPRO_EXPERIMENTS", str(experiments))
+    with pytest.raises(SpecError, match=r"outside .*experiments: a spec and its bases must be inside") as caught:
+        load_spec("leak")
+    assert "secrethash" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-3", 0.001), ("2E-4", 0.0002), ("-1.5e+2", -150.0), ("0.1", 0.1),
+                                              ("3", 3), ("1e", "1e"), ("[1e-3, 2]", [0.001, 2])])
+def test_set_values_in_exponent_form_are_numbers(text: str, value: object) -> None:
+    from kfac_repro.specs.yaml_source import parse_scalar
+
+    assert parse_scalar(text) == value and type(parse_scalar(text)) is type(value)
+
+
+def test_set_damping_in_exponent_form_is_accepted() -> None:
+    spec = load_spec("cifar10-async", "smoke", ["optimizer.damping=1e-3"], arms=["sync-gpu1"])
+    assert spec.arms["sync-gpu1"].optimizer["damping"] == 0.001
+
+
+def test_a_duplicate_key_that_is_no_field_name_is_not_quoted(tmp_path: Path) -> None:
+    spec = write(tmp_path, "dup.yaml", "root:$6$salt$secrethash:1:: x\nroot:$6$salt$secrethash:1:: y\n")
+    with pytest.raises(SpecError, match=r"duplicate key \(not quoted\) \(first at line 1\)") as caught:
+        load_spec(str(spec))
+    assert "secrethash" not in str(caught.value)

@@ -4,7 +4,8 @@ the leaderboard, marking the best configuration (results/<spec>/<profile>/grid-<
 A grid run again keeps its finished combinations (complete, with the arm's number of updates) and resumes the
 others from their checkpoints (one finished at fewer updates is continued to them).
 SIGTERM or SIGINT stops the combinations in training (each checkpoints and is marked interrupted) and exits with
-128 + the signal number; the combinations' processes never outlive the grid command."""
+128 + the signal number; the combinations' processes never outlive the grid command. A grid command holds a lock on
+the grid's directory while it runs: a second one for the same grid is refused (exit 2, naming the holder's pid)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import click
 from kfac_repro.commands.child import child_command
 from kfac_repro.commands.run import run
 from kfac_repro.distribute import interrupts
-from kfac_repro.runner import layout
+from kfac_repro.runner import layout, safe_paths
 from kfac_repro.specs import SpecError, load_spec
 
 _STOP_GRACE = 60.0
@@ -61,7 +62,11 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
             load_spec(name, profile, [*overrides, *(f"{k}={v}" for k, v in combo.items())], arms=(arm,))
             layout.check_name(combination_id(combo), "grid combination")
         root = layout.grid_dir(out, spec.name, profile, arm)
-    except (SpecError, ValueError) as error:
+        safe_paths.make_dirs(out, root.relative_to(out))
+        lock = layout.lock_run_dir(root, "grid search")  # held to the end: one grid command per grid at a time
+        for combo in combos:  # each is the --out of a run, used as given there: a link to elsewhere is refused here
+            safe_paths.make_dirs(root, combination_id(combo))
+    except (SpecError, ValueError) as error:  # ValueError: also LayoutError and safe_paths.UnsafePath
         raise click.UsageError(str(error)) from error
 
     def run_dir(combo: dict[str, Any]) -> Path:
@@ -82,9 +87,7 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
             command = child_command(run, {
                 "name": name, "arms": (arm,), "profile": profile, "out": combo_dir, "run_id": layout.GRID_RUN_ID,
                 "resume": resume, "overrides": (*overrides, *(f"{k}={v}" for k, v in combo.items()))})
-            log = (combo_dir.parent / f"{combo_dir.name}.log")
-            combo_dir.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("ab" if resume else "wb") as handle:
+            with safe_paths.open_file(root, f"{combo_dir.name}.log", "a" if resume else "w") as handle:
                 running.append((interrupts.start_child(command, stdout=handle, stderr=subprocess.STDOUT),
                                 combination_id(combo)))
             click.echo(f"  {'resumed' if resume else 'started'} {combination_id(combo)}")
@@ -104,9 +107,10 @@ def grid(name: str, arm: str, profile: str, params: tuple[str, ...], overrides: 
     rows = leaderboard(entries, target_error)
     write_leaderboard(root / layout.LEADERBOARD, rows, list(axes))
     best: dict[str, Any] = rows[0]
-    (root / layout.GRID_BEST).write_text(json.dumps({
+    safe_paths.write_atomic(root, layout.GRID_BEST, json.dumps({
         "spec": spec.name, "profile": profile, "arm": arm, "params": {k: best[k] for k in axes},
         "best_val_error": best["best_val_error"], "run_dir": best["run_dir"]}, indent=2) + "\n")
+    lock.close()
     for row in rows:
         settings = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in axes)
         click.echo(f"  #{row['rank']} {settings}: best val error {row['best_val_error']:.4f}, "

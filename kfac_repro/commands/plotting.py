@@ -12,6 +12,7 @@ import click
 
 from kfac_repro.plotting.figures import FIGURES
 from kfac_repro.results.runs import SkippedRunWarning, available_profiles, seed_runs
+from kfac_repro.runner import safe_paths
 from kfac_repro.specs.names import name_problem
 
 
@@ -38,6 +39,10 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
     """Regenerate Figure N of the paper (or all) as PNG and PDF; missing results are reported per figure."""
     if profile is not None and name_problem(profile):  # the profile names the figure files
         raise click.UsageError(f"--profile: {name_problem(profile)}")
+    try:
+        safe_paths.make_dirs(out, ".")
+    except safe_paths.UnsafePath as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
     with _skipped_runs_reported():
         made = _plot(figure, results, out, profile)
     if made == 0:
@@ -88,6 +93,8 @@ def report(results: Path, out: Path, allow_mixed: bool) -> None:
             raise click.UsageError(str(error)) from error
     if skipped:
         text += "\n## Runs left out\n\n" + "".join(f"- {message}\n" for message in skipped)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    try:
+        safe_paths.write_atomic(safe_paths.make_dirs(out.parent, "."), out.name, text)
+    except safe_paths.UnsafePath as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
     click.echo(f"wrote {out}")

@@ -32,7 +32,7 @@ from kfac_repro.commands.child import child_command
 from kfac_repro.commands.grid import grid
 from kfac_repro.commands.run import DIVERGED_EXIT, STOP_GRACE, check_data, run
 from kfac_repro.distribute import interrupts
-from kfac_repro.runner import layout, plan
+from kfac_repro.runner import layout, plan, safe_paths
 from kfac_repro.specs import SpecError, load_spec, spec_names
 
 
@@ -83,6 +83,11 @@ def reproduce(profile: str, only: tuple[str, ...], dry_run: bool, out: Path, run
     if dry_run:
         click.echo("\n".join(plan.table(jobs)))
         return
+    try:
+        safe_paths.make_dirs(out, ".")
+        safe_paths.open_file(out, layout.REPRODUCE_LOG, "a").close()  # its log can be written, before any job
+    except safe_paths.UnsafePath as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
     for name in names:
         spec = load_spec(name, profile)
         check_data(spec, list(spec.arms))
@@ -134,12 +139,10 @@ class Invocation:
 def _log(out: Path, invocation: Invocation) -> tuple[float, float]:
     """Append the invocation's wall-clock and CPU time so far to OUT/reproduce.jsonl; return them."""
     wall, cpu = time.monotonic() - invocation.started, _cpu_seconds() - invocation.cpu_before
-    log = out / layout.REPRODUCE_LOG
-    log.parent.mkdir(parents=True, exist_ok=True)
     entry = {"invocation": invocation.id, "profile": invocation.profile, "run_id": invocation.run_id,
              "jobs": invocation.jobs, "outcome": invocation.outcome, "wall_seconds": round(wall, 1),
              "cpu_seconds": round(cpu, 1), "ended_utc": datetime.now(UTC).isoformat(timespec="seconds")}
-    with log.open("a") as handle:
+    with safe_paths.open_file(out, layout.REPRODUCE_LOG, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return wall, cpu
 

@@ -19,7 +19,7 @@ import click
 
 from kfac_repro.commands.child import child_command
 from kfac_repro.distribute import interrupts
-from kfac_repro.runner import layout
+from kfac_repro.runner import layout, safe_paths
 from kfac_repro.specs import SpecError, load_spec
 from kfac_repro.specs.names import name_problem
 
@@ -55,9 +55,9 @@ def _run_dir(out: Path, spec: Any, arm: str, run_id: str | None, resume: bool, s
     suffix = layout.seed_suffix(seed)
     try:
         arms = layout.arm_dir(out, spec.name, spec.profile, arm)
-        return (layout.existing_run_dir(arms, run_id, suffix) if resume
-                else layout.claim_run_dir(arms, run_id, suffix))
-    except layout.LayoutError as error:
+        return (layout.existing_run_dir(arms, run_id, suffix, root=out) if resume
+                else layout.claim_run_dir(arms, run_id, suffix, root=out))
+    except (layout.LayoutError, safe_paths.UnsafePath) as error:
         raise click.UsageError(str(error)) from error
 
 
@@ -188,7 +188,12 @@ def run(name: str, arms: tuple[str, ...], profile: str, overrides: tuple[str, ..
     run_dir = _run_dir(out, spec, arm, run_id, resume, job_seed)
     try:
         lock = layout.lock_run_dir(run_dir)
-    except layout.LayoutError as error:
+    except (layout.LayoutError, safe_paths.UnsafePath) as error:
+        raise click.UsageError(str(error)) from error
+    try:
+        safe_paths.refuse_links(run_dir, ".")  # a link planted in a run being resumed: refused before any write
+    except safe_paths.UnsafePath as error:
+        lock.close()
         raise click.UsageError(str(error)) from error
     click.echo(f"== {spec.name} [{spec.profile}] arm {arm} → {run_dir}")
     if resume and layout.run_complete(run_dir, int(spec.arms[arm].training["steps"])):
@@ -255,6 +260,11 @@ def worker(name: str, arm: str, profile: str, overrides: tuple[str, ...], seed: 
     except ClusterConfigError as error:
         raise click.UsageError(str(error)) from error
     spec = _load(name, profile, overrides, seed, (arm,))
+    try:
+        if run_dir.exists():
+            safe_paths.refuse_links(run_dir, ".")
+    except safe_paths.UnsafePath as error:
+        raise click.UsageError(str(error)) from error
     _train_or_exit(lambda: _train_here(spec, arm, run_dir, resume), "worker")
 
 

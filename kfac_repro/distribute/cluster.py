@@ -46,7 +46,11 @@ def parse_tf_config(text: str, source: str = "TF_CONFIG") -> ClusterSpec:
     if unknown_roles:
         raise ClusterConfigError(f"{source}: cluster: unsupported roles {unknown_roles} (expected 'worker'; "
                                  "parameter servers are not used: gradients are all-reduced)")
-    workers = [*cluster.get("chief", []), *cluster["worker"]]
+    chief = cluster.get("chief", [])
+    if not isinstance(chief, list):  # a string would be split into characters
+        raise ClusterConfigError(f"{source}: cluster.chief: expected a list of 'host:port' strings (e.g. "
+                                 f"[\"host:2222\"]), found a {type(chief).__name__}")
+    workers = [*chief, *cluster["worker"]]
     for i, address in enumerate(workers):
         _check_address(address, f"{source}: cluster.worker[{i}]")
     if len(set(workers)) != len(workers):
@@ -58,8 +62,8 @@ def parse_tf_config(text: str, source: str = "TF_CONFIG") -> ClusterSpec:
         raise ClusterConfigError(f"{source}: task.type: expected 'worker' or 'chief', found {role!r}")
     if not isinstance(index, int) or isinstance(index, bool):
         raise ClusterConfigError(f"{source}: task.index: expected an integer, found {index!r}")
-    offset = len(cluster.get("chief", [])) if role == "worker" else 0
-    count = len(cluster["worker"]) if role == "worker" else len(cluster.get("chief", []))
+    offset = len(chief) if role == "worker" else 0
+    count = len(cluster["worker"]) if role == "worker" else len(chief)
     if not 0 <= index < count:
         raise ClusterConfigError(f"{source}: task.index: {index} is out of range for {count} {role}(s)")
     return ClusterSpec(tuple(workers), index + offset)
@@ -68,9 +72,12 @@ def parse_tf_config(text: str, source: str = "TF_CONFIG") -> ClusterSpec:
 def load_cluster_file(path: Path, index: int) -> ClusterSpec:
     """A cluster file is JSON {"workers": ["host:port", ...]}; `index` says which of them this process is."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise ClusterConfigError(f"{path}: cannot read cluster file ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise ClusterConfigError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                                 f"{error.start}): a cluster file is JSON") from error
     except json.JSONDecodeError as error:
         raise ClusterConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
     workers = value.get("workers") if isinstance(value, dict) else None

@@ -93,8 +93,11 @@ def grid_use(directory: Path, arms: Arms) -> dict[str, GridUse]:
         board, best_file = grids[source] / LEADERBOARD, grids[source] / GRID_BEST
         if not board.is_file():
             continue
-        with board.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        try:
+            with board.open(newline="", encoding="utf-8") as handle:
+                rows = [row for row in csv.DictReader(handle) if str(row.get("rank")).isdigit()]
+        except (OSError, ValueError, csv.Error):  # a damaged leaderboard: the grid's use is not known
+            continue
         try:
             best_params = json.loads(best_file.read_text()).get("params", {})
         except (OSError, ValueError, AttributeError):

@@ -3,13 +3,19 @@ newest complete run (run ids sort by start time), or the newest complete run of 
 are not arms of a figure.
 
 A run newer than the one chosen that cannot be used is skipped with a SkippedRunWarning naming it and saying why:
-not finished (its status: running, interrupted, failed), or marked complete with a metrics.csv that is unreadable,
-empty, lacks columns, or ends before the run's last step (cut short); for seeds, a run newer than the one chosen for
-its seed (or of a seed with no usable run). A diverged run is a result, not skipped: its metrics end where the
-divergence bound stopped it."""
+not finished (its status: running, interrupted, failed); damaged records (a resolved.yaml or environment.json that
+is unreadable, not UTF-8 or not a mapping, a resolved section that is not a mapping, a seed, step count, batch size or
+worker count that is not an integer: such a run is never counted as a seed); or marked complete with a metrics.csv
+that is unreadable, empty, lacks columns, has a non-numeric value, a step that is not a whole number or not
+increasing, a row with the wrong number of cells or cut without its line end, or ends before the run's last step
+(cut short); for seeds, a run newer than the one chosen for its seed (or of a seed with no usable run). Reading
+never raises for a damaged run: one damaged run leaves every figure and the report to the others. A diverged run
+is a result, not skipped: its metrics end where the divergence bound stopped it."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import warnings
 from collections.abc import Mapping
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -82,23 +89,59 @@ def _seed_of(record: dict[str, Any], resolved: dict[str, Any]) -> int:
     return int((resolved.get("training") or {}).get("seed") or 0)
 
 
-def _load_run(arm: str, run_dir: Path) -> tuple[Run | None, str, int]:
-    """(the run, "", its seed) when usable, else (None, why not, its seed as far as its records tell)."""
+_SECTIONS = ("model", "data", "training", "distribution", "optimizer")
+_INTEGERS = {"run.json": ("seed", "steps", "batch_size", "workers"),
+             "resolved.yaml training": ("seed", "batch_size", "steps"), "resolved.yaml distribution": ("workers",)}
+
+
+def _records(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """(run.json, resolved.yaml, environment.json, "") of a run, each {} when missing; "" replaced by why the run is
+    damaged when one is present but unreadable, not a mapping, or has a field of the wrong type (a seed that is not
+    an integer would count as a seed of its own)."""
     record = layout.read_run_record(run_dir)
+    resolved, resolved_problem = _mapping(run_dir / layout.RESOLVED, yaml.safe_load)
+    environment, environment_problem = _mapping(run_dir / layout.ENVIRONMENT, json.loads)
+    sections = {section: resolved.get(section) or {} for section in _SECTIONS}
+    fields = {"run.json": record, "resolved.yaml training": sections["training"],
+              "resolved.yaml distribution": sections["distribution"]}
+    problems = [resolved_problem, environment_problem, *(
+        f"{layout.RESOLVED} section {section} is a {type(value).__name__}, not a mapping"
+        for section, value in sections.items() if not isinstance(value, Mapping))]
+    if not any(problems):
+        problems += [f"{where} {name} is {str(fields[where][name])[:40]!r}, not an integer"
+                     for where, names in _INTEGERS.items() for name in names
+                     if fields[where].get(name) is not None and type(fields[where][name]) is not int]
+    return record, resolved, environment, next((p for p in problems if p), "")
+
+
+def _mapping(path: Path, parse: Any) -> tuple[dict[str, Any], str]:
+    """The mapping in a JSON or YAML file ({} when it does not exist) and "", or ({}, why it is unusable)."""
     try:
-        resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        resolved = {}
-    resolved = resolved if isinstance(resolved, dict) else {}
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return {}, ""
+    except (OSError, UnicodeDecodeError) as error:
+        return {}, f"{path.name} unreadable ({type(error).__name__})"
     try:
-        seed = _seed_of(record, resolved)
-    except (TypeError, ValueError):
-        seed = -1
+        value = parse(text)
+    except (ValueError, yaml.YAMLError) as error:
+        return {}, f"{path.name} is not valid {path.suffix[1:].upper()} ({type(error).__name__})"
+    if not isinstance(value, dict):
+        return {}, f"{path.name} holds a {type(value).__name__}, not a mapping"
+    return value, ""
+
+
+def _load_run(arm: str, run_dir: Path) -> tuple[Run | None, str, int | None]:
+    """(the run, "", its seed) when usable, else (None, why not, its seed as far as its records tell: None when
+    they do not)."""
+    record, resolved, environment, problem = _records(run_dir)
+    seed = None if problem else _seed_of(record, resolved)
+    if problem:
+        return None, problem, seed
     metrics, problem = _usable_metrics(run_dir, record)
     if metrics is None:
         return None, problem, seed
-    return Run(arm, str(record.get("label", arm)), run_dir, metrics, record, _json(run_dir / "environment.json"),
-               resolved), "", seed
+    return Run(arm, str(record.get("label", arm)), run_dir, metrics, record, environment, resolved), "", seed
 
 
 def _skip(run_dir: Path, problem: str) -> None:
@@ -133,15 +176,15 @@ def variant_runs(results: Path, spec: str, profile: str) -> dict[tuple[str, str]
 
 
 def _newest_per_seed(arm: str, run_dirs: list[Path]) -> list[Run]:
-    """The newest complete run of each seed among `run_dirs`, by seed; newer unusable runs are skipped with a
-    warning."""
+    """The newest complete run of each seed among `run_dirs`, by seed; newer unusable runs (and damaged runs, whose
+    seed is unknown) are skipped with a warning."""
     loaded = [(run_dir, *_load_run(arm, run_dir)) for run_dir in run_dirs]
     newest: dict[int, Run] = {}
     for run_dir, run, problem, seed in sorted(loaded, key=lambda item: (_started(item[0]), item[0].name),
                                               reverse=True):
         if seed in newest:
             continue
-        if run is None:
+        if run is None or seed is None:
             _skip(run_dir, problem)
         else:
             newest[seed] = run
@@ -149,7 +192,7 @@ def _newest_per_seed(arm: str, run_dirs: list[Path]) -> list[Run]:
 
 
 def _started(run_dir: Path) -> str:
-    return str(_json(run_dir / "environment.json").get("time_utc", ""))
+    return str(_mapping(run_dir / layout.ENVIRONMENT, json.loads)[0].get("time_utc", ""))
 
 
 def newest_complete_runs(results: Path, spec: str, profile: str) -> dict[str, Run]:
@@ -174,13 +217,17 @@ _NEEDED = ("step", "examples", "seconds", "train_loss", "train_error", "val_loss
 
 
 def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
-    """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used)."""
+    """(metrics, "") for a complete run whose metrics.csv is whole, else (None, why it cannot be used): unreadable,
+    not UTF-8, a row with the wrong number of cells, a last row without its line end (cut mid-number), a
+    non-numeric value, a step that is not a finite integer or not increasing, or ending before the run's last step."""
     status = record.get("status")
     if status not in (layout.COMPLETE, layout.DIVERGED):
         return None, f"incomplete (status {status or 'unknown: no readable run.json'})"
     try:
-        metrics = pd.read_csv(run_dir / layout.METRICS)
-    except (OSError, ValueError) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
+        text = (run_dir / layout.METRICS).read_bytes().decode("utf-8")
+        cells = list(csv.reader(io.StringIO(text, newline="")))
+        metrics = pd.read_csv(io.StringIO(text))
+    except (OSError, ValueError, csv.Error) as error:  # missing, empty, binary (UnicodeDecodeError), malformed
         return None, f"metrics.csv unreadable ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
     missing = [c for c in _NEEDED if c not in metrics.columns]
     if missing:
@@ -190,9 +237,19 @@ def _usable_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[pd.DataFrame
     garbled = [c for c in _NEEDED if not pd.api.types.is_numeric_dtype(metrics[c])]
     if garbled or metrics["step"].isna().any():
         return None, f"metrics.csv has non-numeric values in {', '.join(garbled or ['step'])}"
-    last, expected = int(metrics["step"].iloc[-1]), record.get("steps")
+    steps = metrics["step"]
+    if not (np.isfinite(steps) & (steps == steps.round()) & (steps >= 0)).all():
+        return None, "metrics.csv has a step that is not a whole number ≥ 0"
+    if not steps.is_monotonic_increasing or steps.duplicated().any():
+        return None, "metrics.csv's steps are not increasing (a step repeated or out of order)"
+    last, expected = int(steps.iloc[-1]), record.get("steps")
     if isinstance(expected, int) and last < expected and status != layout.DIVERGED:
         return None, f"incomplete: metrics.csv ends at step {last} of {expected} (cut short)"
+    uneven = next((number for number, row in enumerate(cells, start=1) if len(row) != len(cells[0])), None)
+    if uneven is not None:
+        return None, f"metrics.csv line {uneven} has {len(cells[uneven - 1])} cells, not {len(cells[0])}"
+    if not text.endswith("\n"):
+        return None, "metrics.csv's last row is cut (no line end)"
     return metrics, ""
 
 
@@ -209,11 +266,3 @@ def series(run: Run, x: str, y: str, split: str) -> tuple[pd.Series, pd.Series]:
     column = f"{split}_{y}"
     rows = run.metrics.dropna(subset=[column])
     return rows[x], rows[column]
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -10,6 +10,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kfac_repro.runner import layout, safe_paths
+
 
 def git_commit(directory: Path) -> str | None:
     """The commit checked out in `directory` (with '+dirty' for local changes), or None outside git."""
@@ -46,5 +48,6 @@ def environment_record(replicas: int, workers: int) -> dict[str, object]:
     }
 
 
-def write_environment(path: Path, record: dict[str, object]) -> None:
-    path.write_text(json.dumps(record, indent=2) + "\n")
+def write_environment(run_dir: Path, record: dict[str, object]) -> None:
+    """run_dir/environment.json (written as runner/safe_paths.py writes)."""
+    safe_paths.write_atomic(run_dir, layout.ENVIRONMENT, json.dumps(record, indent=2) + "\n")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kfac_repro.kfac.config import KFACConfig, SGDConfig
-from kfac_repro.runner import layout
+from kfac_repro.runner import layout, safe_paths
 from kfac_repro.specs import schema
 
 if TYPE_CHECKING:
@@ -120,21 +120,22 @@ def run_arm(
         model = build_model(model_section["name"], input_shape=(size, size, channels), num_classes=classes, **knobs)
         optimizer, kfac = _optimizer(model, config)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    safe_paths.make_dirs(identity.run_dir, run_dir.relative_to(identity.run_dir))  # a symlink there is refused
     if chief:
-        (run_dir / "resolved.yaml").write_text(yaml.safe_dump(arm.to_dict(), sort_keys=False))
-        write_environment(run_dir / "environment.json", environment_record(strategy.num_replicas_in_sync, processes))
+        safe_paths.write_atomic(run_dir, layout.RESOLVED, yaml.safe_dump(arm.to_dict(), sort_keys=False))
+        write_environment(run_dir, environment_record(strategy.num_replicas_in_sync, processes))
         if kfac is not None:
             volumes = kfac.communication_bytes()
-            (run_dir / "blocks.txt").write_text(
-                kfac.summary() + f"\n\nall-reduced per replica: gradients {volumes['gradients_per_step']} bytes "
-                f"every step, factors {volumes['factors_per_refresh']} bytes every statistics step\n")
+            safe_paths.write_atomic(run_dir, "blocks.txt", kfac.summary() + "\n\nall-reduced per replica: gradients "
+                                    f"{volumes['gradients_per_step']} bytes every step, factors "
+                                    f"{volumes['factors_per_refresh']} bytes every statistics step\n")
     record = {**dataclasses.asdict(identity), "run_dir": str(identity.run_dir), "run_id": identity.run_dir.name,
               "data": data_section["name"], "model": model_section["name"], "method": method,
               "batch_size": global_batch, "workers": replicas, "steps": int(training["steps"]), "seed": seed,
               "holdout": holdout}
     _write_status(run_dir, record, "running", chief)
-    refresh_log = logging.FileHandler(run_dir / layout.REFRESH_LOG) if chief and method == "kfac" else None
+    refresh_log = (logging.StreamHandler(safe_paths.open_file(run_dir, layout.REFRESH_LOG, "a"))
+                   if chief and method == "kfac" else None)
     try:  # from here on, whatever stops the run marks it (interrupted, diverged or failed): never left `running`
         batches = None if training.get("eval_batches") is None else int(training["eval_batches"])
         validate = _Evaluator(optimizer, val_data, batches)
@@ -176,7 +177,7 @@ def run_arm(
             kfac.close()
         if refresh_log is not None:
             logging.getLogger("kfac_repro.kfac").removeHandler(refresh_log)
-            refresh_log.close()
+            refresh_log.stream.close()
     _write_status(run_dir, record, layout.COMPLETE, chief)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)

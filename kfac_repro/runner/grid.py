@@ -9,6 +9,7 @@ median of the combinations' best errors, so that the time-to-target column separ
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 import statistics
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kfac_repro.runner import layout
+from kfac_repro.runner import layout, safe_paths
 from kfac_repro.runner.metrics_log import read_rows
 
 
@@ -48,7 +49,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):  # missing, or not a CSV (binary): the run counts as having no rows
         rows = []
     status = layout.run_status(run_dir) or "missing"
-    evaluated = [r for r in rows if r["val_error"]]
+    evaluated = [r for r in rows if r["val_error"] not in ("", "nan")]  # nan: a diverged evaluation
     return {
         "status": status,
         "steps": int(rows[-1]["step"]) if rows else 0,
@@ -85,9 +86,8 @@ def leaderboard(entries: list[tuple[dict[str, Any], Path]], target_error: float 
 def write_leaderboard(path: Path, rows: list[dict[str, Any]], params: Sequence[str]) -> None:
     columns = ["rank", "best", *params, "status", "steps", "seconds", "final_train_loss", "final_val_loss",
                "best_val_loss", "best_val_error", "target_error", "seconds_to_target", "run_dir"]
-    temporary = path.with_suffix(".csv.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    safe_paths.write_atomic(path.parent, path.name, text.getvalue(), newline="")

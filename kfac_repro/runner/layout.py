@@ -4,9 +4,10 @@ in grid-<arm>/<combination>/<spec>/<profile>/<arm>/run/. Every reader and writer
 module.
 
 Every name that becomes a path component (spec, profile, arm, run ID, grid combination) is checked against the safe
-character set of `specs.names`, so nothing is ever written outside OUT. A new run directory is claimed with an
-exclusive mkdir (two runs started together never share one), and a run directory is locked (flock) by the process
-that trains it, so a second process cannot resume a run that is still being written.
+character set of `specs.names`, and every directory and file below OUT is created and opened without following symlinks
+(runner/safe_paths.py), so nothing is ever written outside OUT. A new run directory is claimed with an exclusive
+mkdir (two runs started together never share one), and a run directory is locked (flock) by the process that trains
+it, so a second process cannot resume a run that is still being written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kfac_repro.distribute import interrupts
+from kfac_repro.runner import safe_paths
 from kfac_repro.specs.names import GRID_PREFIX, name_problem
 
 GRID_RUN_ID = "run"  # the run ID of every grid combination (each is one run)
@@ -27,6 +29,8 @@ RUN_RECORD = "run.json"
 COMPLETE, DIVERGED = "complete", "diverged"  # run.json statuses of a run that is a result (a diverged run stopped
 # at the divergence bound and is kept: plotted, reported, never trained again); others: running, interrupted, failed
 METRICS = "metrics.csv"  # a run's rows (runner/loop.py writes, plotting reads)
+RESOLVED = "resolved.yaml"  # a run's resolved arm settings
+ENVIRONMENT = "environment.json"  # a run's versions, device, host and commit (runner/environment.py)
 REFRESH_LOG = "refreshes.log"  # a K-FAC run's inverse hand-overs
 LEADERBOARD = "leaderboard.csv"  # a grid's ranked combinations
 GRID_BEST = "best.json"  # a grid's best combination, which `run --tuned` applies
@@ -116,42 +120,45 @@ def run_dir(out: Path, spec: str, profile: str, arm: str, run_id: str, seed: int
     return arm_dir(out, spec, profile, arm) / check_name(run_id + seed_suffix(seed), "run ID")
 
 
-def claim_run_dir(arms: Path, run_id: str | None, suffix: str = "") -> Path:
-    """Create a new run directory <run_id><suffix> under `arms` with an exclusive mkdir. A given `run_id` that
-    exists is refused; the default ID (the start time) gets -2, -3, ... before the suffix when another run took
-    it in the same second."""
-    arms.mkdir(parents=True, exist_ok=True)
+def claim_run_dir(arms: Path, run_id: str | None, suffix: str = "", root: Path | None = None) -> Path:
+    """Create a new run directory <run_id><suffix> under `arms` with an exclusive mkdir, the directories from `root`
+    (default: `arms` itself) down created without following symlinks (safe_paths.UnsafePath for one planted there).
+    A given `run_id` that exists is refused; the default ID (the start time) gets -2, -3, ... before the suffix when
+    another run took it in the same second."""
+    root = arms if root is None else root
+    relative = safe_paths.make_dirs(root, arms.relative_to(root)).relative_to(root)
     if run_id is not None:
-        target = arms / check_name(run_id + suffix, "run ID")
+        target = relative / check_name(run_id + suffix, "run ID")
         try:
-            target.mkdir()
+            return safe_paths.make_dir_exclusively(root, target)
         except FileExistsError:
-            raise LayoutError(f"run directory {target} already exists: give another --run-id, or --resume to "
-                              "continue it") from None
-        return target
+            raise LayoutError(f"run directory {root / target} already exists: give another --run-id, or --resume "
+                              "to continue it") from None
     base = new_run_id()
     for attempt in range(1, 1000):
-        target = arms / ((base if attempt == 1 else f"{base}-{attempt}") + suffix)
         try:
-            target.mkdir()
+            return safe_paths.make_dir_exclusively(
+                root, relative / ((base if attempt == 1 else f"{base}-{attempt}") + suffix))
         except FileExistsError:
             continue
-        return target
     raise LayoutError(f"no free run directory under {arms} for {base}")
 
 
-def existing_run_dir(arms: Path, run_id: str | None, suffix: str = "") -> Path:
+def existing_run_dir(arms: Path, run_id: str | None, suffix: str = "", root: Path | None = None) -> Path:
     """The run to resume: <run_id><suffix> under `arms` (which must exist), else the newest run there whose name
-    ends with `suffix`."""
+    ends with `suffix`; every directory from `root` (default: `arms`) down to it checked to be no symlink
+    (safe_paths.UnsafePath)."""
+    root = arms if root is None else root
     if run_id is not None:
         target = arms / check_name(run_id + suffix, "run ID")
-        if not target.is_dir():
+        if not target.is_dir() and not target.is_symlink():
             raise LayoutError(f"--resume: no run {target.name!r} to resume ({target} does not exist)")
-        return target
-    existing = [p for p in run_dirs(arms) if p.name.endswith(suffix)]
-    if not existing:
-        raise LayoutError(f"--resume: no earlier run{' ending ' + suffix if suffix else ''} under {arms}")
-    return existing[-1]
+    else:
+        existing = [p for p in run_dirs(arms) if p.name.endswith(suffix)]
+        if not existing:
+            raise LayoutError(f"--resume: no earlier run{' ending ' + suffix if suffix else ''} under {arms}")
+        target = existing[-1]
+    return safe_paths.check_dirs(root, target.relative_to(root))
 
 
 def run_dirs(arms: Path) -> list[Path]:
@@ -167,16 +174,18 @@ def _run_order(path: Path) -> tuple[str, int, str]:
     return (base, int(suffix), path.name) if base and suffix.isdigit() else (name, 1, path.name)
 
 
-def lock_run_dir(run_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on the run directory until the returned handle is closed (or the process ends);
-    LayoutError if another process holds it."""
-    handle = (run_dir / ".lock").open("a")
+def lock_run_dir(run_dir: Path, what: str = "run directory") -> IO[str]:
+    """Hold an exclusive lock on a directory (a run's, or a grid search's) until the returned handle is closed (or
+    the process ends); LayoutError naming the process that holds it."""
+    handle = safe_paths.open_file(run_dir, ".lock", "a+")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
         handle.close()
-        raise LayoutError(f"run directory {run_dir} is in use by another process (pid in {run_dir / '.lock'})"
-                          ) from None
+        raise LayoutError(f"{what} {run_dir} is in use by another process"
+                          f"{' (pid ' + holder + ')' if holder.isdigit() else ''}: wait for it to end") from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -186,8 +195,8 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 def read_run_record(run_dir: Path) -> dict[str, Any]:
     """A run's run.json ({} when missing, unreadable or not a mapping)."""
     try:
-        record = json.loads((run_dir / RUN_RECORD).read_text())
-    except (OSError, ValueError):
+        record = json.loads(safe_paths.read_text(run_dir, RUN_RECORD))
+    except (OSError, ValueError):  # ValueError: also UnsafePath (a symlink is not read) and UnicodeDecodeError
         return {}
     return record if isinstance(record, dict) else {}
 
@@ -195,10 +204,8 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
     """Replace a run's run.json atomically (readers never see half a record), and wholly: an abort by a second
     signal comes after the write, not in the middle of it (which left the old record, often `running`)."""
-    temporary = run_dir / (RUN_RECORD + ".tmp")
     with interrupts.shielded():
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        temporary.replace(run_dir / RUN_RECORD)
+        safe_paths.write_atomic(run_dir, RUN_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def run_status(run_dir: Path) -> str | None:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from kfac_repro.distribute import interrupts
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.replicas import backing_variable
-from kfac_repro.runner import layout
+from kfac_repro.runner import layout, safe_paths
 from kfac_repro.runner.metrics_log import MetricsLog
 
 
@@ -58,8 +58,11 @@ def train(
     extra_state: dict[str, object] | None = None,
     progress: Progress = lambda step, row: None,
 ) -> Row:
-    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/ (which
+    TensorFlow writes by path: refused if a symlink is found in them when training starts)."""
+    for folder in ("checkpoints", "tensorboard"):
+        safe_paths.make_dirs(run_dir, folder)
+        safe_paths.refuse_links(run_dir, folder)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
     checkpoint = tf.train.Checkpoint(
         weights=[backing_variable(v) for v in optimizer.model.weights], optimizer=optimizer.checkpoint_state(),

@@ -1,16 +1,21 @@
 """metrics.csv: one row per logged step, written so that a killed and resumed run has every step exactly once.
 
 Rows are appended and flushed one at a time; on resume, rows after the restored checkpoint's step are dropped
-(they will be logged again) by rewriting the file through a temporary file and an atomic rename.
+(they will be logged again) by rewriting the file through a temporary file and an atomic rename. The file and its
+temporary are opened in the run directory without following symlinks (runner/safe_paths.py). A missing value is an
+empty cell; NaN is written `nan` (and read back as NaN).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from kfac_repro.runner import safe_paths
 
 COLUMNS = (
     "step", "examples", "seconds", "train_loss", "train_error", "val_loss", "val_error",
@@ -20,9 +25,9 @@ COLUMNS = (
 
 
 class MetricsLog:
-    """Appends rows with the COLUMNS above (missing values are written empty); `first_train_loss` is the first
-    training loss kept on resume (None: none yet; the step-0 row has none) and `last` the last row kept (numbers,
-    None where empty; {} for a new log)."""
+    """Appends rows with the COLUMNS above to `path` in a run directory (missing values are written empty);
+    `first_train_loss` is the first training loss kept on resume (None: none yet; the step-0 row has none) and
+    `last` the last row kept (numbers, None where empty; {} for a new log)."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
@@ -31,18 +36,15 @@ class MetricsLog:
         self._write_rows(kept)
         self.first_train_loss = next((float(row["train_loss"]) for row in kept if row.get("train_loss")), None)
         self.last: dict[str, float | None] = _numbers(kept[-1]) if kept else {}
-        self._handle = path.open("a", newline="")
+        self._handle = safe_paths.open_file(path.parent, path.name, "a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
 
     def _write_rows(self, rows: list[dict[str, str]]) -> None:
-        temporary = self.path.with_suffix(".csv.tmp")
-        with temporary.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        safe_paths.write_atomic(self.path.parent, self.path.name, text.getvalue(), newline="")
 
     def append(self, row: Mapping[str, float | int | None]) -> None:
         unknown = set(row) - set(COLUMNS)
@@ -62,7 +64,7 @@ class MetricsLog:
 
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a metrics.csv; a last line cut short by a crash is dropped."""
-    with path.open(newline="") as handle:
+    with safe_paths.open_file(path.parent, path.name, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [row for row in rows if None not in row.values() and row.get("step", "").isdigit()]
 
@@ -72,8 +74,10 @@ def _numbers(row: dict[str, str]) -> dict[str, float | None]:
 
 
 def _format(value: float | int | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return ""
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
     if isinstance(value, int):
         return str(value)
     return f"{value:.6g}"

@@ -21,6 +21,13 @@ def spec_names() -> list[str]:
     return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
 
 
+def spec_tree(path: Path) -> Path:
+    """The directory that a spec file and its `extends` chain must lie in once symlinks are resolved: the
+    experiments directory for a spec in it, else the spec file's own directory."""
+    experiments, parent = experiments_dir().resolve(), path.absolute().parent.resolve()
+    return experiments if parent.is_relative_to(experiments) else parent
+
+
 def spec_path(name_or_path: str) -> Path:
     """A spec file given by name (experiments/NAME.yaml) or by path."""
     candidate = Path(name_or_path)

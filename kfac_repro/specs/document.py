@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kfac_repro.specs import names, schema
+from kfac_repro.specs.catalogue import spec_tree
 from kfac_repro.specs.errors import SpecError
 from kfac_repro.specs.merging import merge
 from kfac_repro.specs.overrides import parse_assignment
@@ -15,10 +16,15 @@ from kfac_repro.specs.validation import check_arm_layer, check_mapping, check_st
 from kfac_repro.specs.yaml_source import read_yaml
 
 
-def load_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_document(path: Path, chain: tuple[Path, ...] = (), tree: Path | None = None) -> dict[str, Any]:
     """The document of the spec at `path` with its bases merged in (base first); every file's own content is
-    checked. `chain` holds the files that extend this one (to report a cycle)."""
+    checked. `chain` holds the files that extend this one (to report a cycle); `tree` is the directory the spec and
+    its bases must resolve into (catalogue.spec_tree: a symlink out of it, or a base outside it, is refused unread)."""
+    tree = spec_tree(path) if tree is None else tree
     resolved = path.resolve()
+    if not resolved.is_relative_to(tree):
+        raise SpecError(path, "extends" if chain else "", f"resolves to {resolved}, outside {tree}: a spec and its "
+                        "bases must be inside the experiments tree (a symlink out of it is not followed)")
     if resolved in chain:
         cycle = " → ".join(str(p) for p in (*chain, resolved))
         raise SpecError(path, "extends", f"cycle: {cycle}")
@@ -28,14 +34,18 @@ def load_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_name is None:
         return document
     base_path = path.parent / base_name
+    if base_path.suffix not in (".yaml", ".yml"):
+        raise SpecError(path, "extends", f"expected a .yaml spec file, found {base_name!r}")
     if not base_path.is_file():
         raise SpecError(path, "extends", f"base spec {base_name!r} not found (looked for {base_path})")
-    return merge(load_document(base_path, (*chain, resolved)), document)
+    return merge(load_document(base_path, (*chain, resolved), tree), document)
 
 
 def check_document(document: Mapping[str, Any], path: Path) -> None:
     """Unknown keys, types and ranges of one file, where they are written (a base spec may be partial;
     completeness is checked for each resolved arm)."""
+    if not any(key in schema.TOP_KEYS for key in document):  # its keys are not quoted: it may be any file
+        raise SpecError(path, "", f"not a spec file: none of its top-level keys is one of {', '.join(schema.TOP_KEYS)}")
     for key in document:
         if key not in schema.TOP_KEYS:
             raise unknown_key_error(path, "", key, schema.TOP_KEYS)

@@ -45,7 +45,10 @@ CIFAR-10 50,000, ImageNet 1,281,167, Fashion-MNIST 60,000, synthetic 4,096 examp
 
 Validation runs before any work (`kfac-repro validate` checks every arm in every profile) and names the file, the
 field, what was expected and what was found. Unknown keys are errors, with a "did you mean" suggestion; so are
-duplicate keys, an `extends` cycle or a missing base. Cross-field rules: `training.batch_size` a multiple of
+duplicate keys, an `extends` cycle or a missing base. A spec and its `extends` bases must be `.yaml` files inside
+the experiments tree (`experiments/`, or for a spec given by path, that file's directory) once symlinks are
+resolved: a base outside it, or a symlink pointing out of it, is refused unread, and a file whose top-level keys are
+no spec fields is refused without quoting it. Cross-field rules: `training.batch_size` a multiple of
 `distribution.workers`, `eval_every` a multiple of `log_every`, `bn_chunk_size` only with `batch_norm`, `stem`,
 `dropout`, `aux_heads` only for the models that have them.
 """

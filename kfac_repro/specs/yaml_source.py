@@ -1,10 +1,12 @@
 """Reading a spec file: UTF-8 YAML of plain mappings, lists and scalars, read strictly. Refused with a SpecError
 naming the file: bytes that are not UTF-8 (Latin-1, UTF-16, binary), a file over 1 MiB, duplicate keys, keys that
 are not scalars (`? [a, b]`), nesting deeper than 32 levels, and anchors/aliases (`&a`, `*a`: an alias bomb
-expands exponentially); syntax errors are reported with line and column."""
+expands exponentially); syntax errors are reported with line and column. Numbers in exponent form without a dot
+(`1e-3`) are floats, as in YAML 1.2."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from kfac_repro.specs.errors import SpecError
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.+=,-]{1,64}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -43,14 +46,19 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain name or number, not a list or mapping", key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        if key in seen:  # a key is quoted only when it looks like a field name: the file may be no spec at all
+            shown = repr(key) if _FIELD_NAME.fullmatch(str(key)) else "(not quoted)"
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+                None, None, f"duplicate key {shown} (first at line {seen[key] + 1})", key_node.start_mark)
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 floats: 1e-3 and 1E5 are numbers (YAML 1.1, PyYAML's default, reads them as strings without a dot)
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+                                    list("-+0123456789."))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -81,9 +89,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_scalar(text: str) -> Any:
-    """A --set value, read as a YAML scalar or flow collection ('0.1' → 0.1, 'null' → None, '[a, b]' → list)."""
+    """A --set value, read as a spec's values are ('0.1' → 0.1, '1e-3' → 0.001, 'null' → None, '[a, b]' → list);
+    text that is not YAML stays text."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
