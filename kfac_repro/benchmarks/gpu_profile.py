@@ -1,0 +1,257 @@
+"""`bench gpu`: the paper profile's costs on whatever device TensorFlow finds (a GPU if there is one, else the
+CPU), in one process, the methods timed in turns (`step_time.in_turns`), written to a `gpu_table` CSV as measured.
+
+For ResNet-50, GoogLeNet and AlexNet (the K-FAC arm of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's
+profile) on one fixed batch of synthetic ImageNet-shaped data at the paper's per-GPU batch (the spec's batch ÷ its
+workers, the paper's GPU count: 512/8 = 64, 256/4 = 64, 2048/8 = 256; `paper_scale.small_batch_overrides` adapts
+the arm to it): seconds per update of SGD (momentum 0.9, same model), of K-FAC with statistics every step and no
+inversion in float32 and in bfloat16 products, and of K-FAC exactly as the profile configures it (statistics every
+`stats_every` steps on `stats_batch_size` examples, inverses asynchronous as in the paper: the amortised update),
+each the median over `repeats` blocks of `Scale.block` updates after a warm-up block; one full inversion of the
+every-step optimizer's factors on the host (LAPACK) and on the device (tf.linalg, `inversion_device: accelerator`),
+median of `repeats` after one; the device's peak memory. Then the Keras `fit` step of K-FAC and Adam on
+`fit_time.bn_cnn` (synthetic 28×28×1 data), and the float32 and bfloat16 product rates (`arithmetic_floor`).
+
+Why it fits in 8 minutes on one H100 at full scale (estimates before any GPU run, to be checked by the first one):
+an update of these models at these batches takes tens of milliseconds on an H100 (ResNet-50 at batch 64: SGD about
+0.1 s, K-FAC under 0.3 s with its statistics pass), so each timed round of four methods × 20 updates takes under 15 s
+and `repeats` = 3 rounds plus a warm-up round under a minute per model; the inversions (host: a few seconds for
+ResNet-50's 4609-wide factors on 16 cores) take under 30 s per model; tracing four optimizers' graphs takes the
+rest, about a minute per model. Three models, the fit and the products come to about 5-6 minutes, and the default
+`budget_s` of 450 s stops the run cleanly before 8 minutes in any case, keeping what it measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gc
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfac_repro.benchmarks.arithmetic_floor import matmul_rate
+from kfac_repro.benchmarks.arm_cost import build_arm_model
+from kfac_repro.benchmarks.fit_time import fit_in_turns
+from kfac_repro.benchmarks.gpu_table import (
+    AMORTISED,
+    DEVICE_INVERSION,
+    EVERY_STEP,
+    EVERY_STEP_BF16,
+    FIT_ADAM,
+    FIT_KFAC,
+    HOST_INVERSION,
+    NOT_AVAILABLE,
+    PAPER_MODELS,
+    PEAK_MEMORY,
+    PRODUCT_BF16,
+    PRODUCT_F32,
+    SGD,
+    Row,
+)
+from kfac_repro.benchmarks.paper_scale import small_batch_overrides
+from kfac_repro.benchmarks.step_time import NEVER, in_turns, random_batch
+from kfac_repro.kfac import KFAC, KFACConfig, SGDConfig
+from kfac_repro.kfac import SGD as SGDOptimizer
+from kfac_repro.kfac.inversion.divided import BlockInversion, FactorSource
+from kfac_repro.runner.experiment import optimizer_config
+from kfac_repro.specs import load_spec
+
+if TYPE_CHECKING:
+    from kfac_repro.specs.resolve import ArmConfig
+
+ARM = "kfac"
+Measurement = tuple[str, Callable[[], list[Row]]]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big: the spec profile whose models are measured, updates per timed block, the side of the timed matrix
+    product, and the fit's batch and steps per epoch."""
+
+    profile: str
+    block: int
+    product_size: int
+    fit_batch: int
+    fit_steps: int
+
+
+SCALES = {
+    "full": Scale("paper", 20, 8192, 128, 20),
+    "tiny": Scale("smoke", 2, 256, 16, 2),  # the smoke profile's models: 32×32, width ×0.125, 10 classes; seconds
+}
+
+
+def device_name() -> str:
+    """The GPUs TensorFlow sees, by name, else the CPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def driver_version() -> str:
+    """The NVIDIA driver's version from nvidia-smi, n/a without it."""
+    if shutil.which("nvidia-smi") is None:
+        return NOT_AVAILABLE
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return NOT_AVAILABLE
+    return found[0] if found else NOT_AVAILABLE
+
+
+def build_info() -> str:
+    """TensorFlow's version and build (CUDA, cuDNN, ... as `tf.sysconfig.get_build_info()` gives them)."""
+    info = tf.sysconfig.get_build_info()
+    return f"TensorFlow {tf.__version__}; " + "; ".join(f"{k}={v}" for k, v in sorted(info.items()))
+
+
+def paper_arm(model: str, profile: str) -> ArmConfig:
+    """The K-FAC arm of `model`'s spec in `profile`, adapted to one GPU's share of the batch (module docstring)."""
+    spec = PAPER_MODELS[model]
+    arm = load_spec(spec, profile=profile, arms=(ARM,)).arms[ARM]
+    batch = max(1, int(arm.training["batch_size"]) // int(arm.distribution["workers"]))
+    return load_spec(spec, profile=profile, overrides=small_batch_overrides(arm, batch), arms=(ARM,)).arms[ARM]
+
+
+def _gpu() -> str | None:
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else None
+
+
+def _spread(model: str, batch: int, quantity: str, seconds: list[float], per: int = 1) -> Row:
+    return Row(model, batch, quantity, statistics.median(seconds) / per, min(seconds) / per, max(seconds) / per,
+               "seconds", len(seconds))
+
+
+def _failed(model: str, batch: int, quantity: str, why: str) -> Row:
+    return Row(model, batch, quantity, None, None, None, "seconds", 0, f"failed: {why}")
+
+
+class ModelProfile:
+    """One model's optimizers on one fixed batch; `updates` builds them, `inversions` and `memory` reuse them."""
+
+    def __init__(self, model: str, scale: Scale, repeats: int):
+        self.model, self.scale, self.repeats = model, scale, repeats
+        self.arm = paper_arm(model, scale.profile)
+        self.batch = int(self.arm.training["batch_size"])
+        self.block = scale.block
+        self.kfacs: dict[str, KFAC] = {}
+
+    def _build(self) -> dict[str, Callable[[], object]]:
+        if (gpu := _gpu()) is not None:
+            tf.config.experimental.reset_memory_stats(gpu)
+        keras.utils.set_random_seed(0)
+        model, shape, classes = build_arm_model(self.arm)
+        x, y = random_batch(self.batch, shape, classes)
+        _, paper = optimizer_config(self.arm.optimizer, 0)
+        if not isinstance(paper, KFACConfig):
+            raise TypeError(f"{PAPER_MODELS[self.model]} arm {ARM!r} is not K-FAC")
+        every_step = dataclasses.replace(paper, stats_every=1, inverse_every=NEVER, inversion="sync")
+        configs = {EVERY_STEP: every_step, EVERY_STEP_BF16: dataclasses.replace(every_step, product_dtype="bfloat16"),
+                   AMORTISED: paper}
+        sgd = SGDOptimizer(model, SGDConfig(learning_rate=0.01))
+        self.kfacs = {quantity: KFAC(build_arm_model(self.arm)[0], config) for quantity, config in configs.items()}
+        self.block = max(self.scale.block, paper.inverse_every if paper.inversion == "sync" else 1)
+
+        def updates(step: Callable[[tf.Tensor, tf.Tensor], object]) -> None:
+            for _ in range(self.block):
+                step(x, y)
+
+        return {SGD: functools.partial(updates, sgd.train_step),
+                **{q: functools.partial(updates, k.train_step) for q, k in self.kfacs.items()}}
+
+    def updates(self) -> list[Row]:
+        """Seconds per update of SGD and the three K-FAC optimizers, blocks in turns after a warm-up block each; a
+        method whose warm-up fails (a factor not positive definite at its first inversion) gets a row saying so."""
+        runs, failed = self._build(), {}
+        for quantity, run in list(runs.items()):
+            try:
+                run()
+            except FloatingPointError as error:
+                failed[quantity] = str(error)
+                del runs[quantity]
+        times = in_turns(runs, self.repeats, warmup=0)
+        return [_spread(self.model, self.batch, q, seconds, self.block) for q, seconds in times.items()] + \
+            [_failed(self.model, self.batch, q, why) for q, why in failed.items()]
+
+    def inversions(self) -> list[Row]:
+        """One full inversion of the every-step optimizer's factors on the host and on the device, in turns."""
+        kfac = self.kfacs[EVERY_STEP]
+        if kfac.inverse_iteration < 0:
+            why = f"{EVERY_STEP} failed"
+            return [_failed(self.model, self.batch, q, why) for q in (HOST_INVERSION, DEVICE_INVERSION)]
+        factors = {b.name: b.factors for b in kfac.blocks}
+        device = BlockInversion(kfac.blocks, dataclasses.replace(kfac.config, inversion_device="accelerator"),
+                                kfac.strategy)
+        runs = {q: functools.partial(_invert, inversion, factors)
+                for q, inversion in ((HOST_INVERSION, kfac.inversion), (DEVICE_INVERSION, device))}
+        times = in_turns(runs, self.repeats, warmup=1)
+        return [_spread(self.model, self.batch, q, seconds) for q, seconds in times.items()]
+
+    def memory(self) -> list[Row]:
+        """The device's peak memory since `updates` began (n/a on a CPU); then the optimizers are released."""
+        gpu = _gpu()
+        peak = None if gpu is None else float(tf.config.experimental.get_memory_info(gpu)["peak"])
+        self.close()
+        return [Row(self.model, self.batch, PEAK_MEMORY, peak, peak, peak, "bytes", 1)]
+
+    def close(self) -> None:
+        for kfac in self.kfacs.values():
+            kfac.close()
+        self.kfacs = {}
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def _invert(inversion: BlockInversion, factors: FactorSource) -> None:
+    inversion.install(inversion.compute(factors, 0))
+
+
+def product_rates(scale: Scale, repeats: int) -> list[Row]:
+    """Multiply-adds per second of a square product in float32 and in bfloat16 (`arithmetic_floor.matmul_rate`)."""
+    size = scale.product_size
+    return [Row("product", size, quantity, rate, None, None, "multiply-adds/s", repeats)
+            for quantity, rate in ((PRODUCT_F32, matmul_rate(tf.float32, size, repeats)),
+                                   (PRODUCT_BF16, matmul_rate(tf.bfloat16, size, repeats)))]
+
+
+def fit_steps(scale: Scale, repeats: int, progress: Callable[[str], None]) -> list[Row]:
+    """Seconds per `fit` step of K-FAC and Adam on `fit_time.bn_cnn`, synthetic data, epochs in turns."""
+    rng = np.random.default_rng(0)
+    count = scale.fit_batch * scale.fit_steps
+    x = rng.standard_normal((count, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, count).astype("int32")
+    timings = fit_in_turns("bn-cnn", x, y, scale.fit_batch, repeats, progress)
+    return [Row("bn-cnn", scale.fit_batch, FIT_KFAC if t.optimizer.startswith("K-FAC") else FIT_ADAM,
+                t.ms_per_step / 1000, t.low_ms / 1000, t.high_ms / 1000, "seconds", repeats) for t in timings]
+
+
+def measurements(models: tuple[str, ...], scale: Scale, repeats: int,
+                 progress: Callable[[str], None]) -> tuple[list[Measurement], list[ModelProfile]]:
+    """The measurements in the order they run (products, each model's updates, inversions and memory, the fit),
+    named for the progress lines, and the model profiles, to `close` if the run stops early."""
+    found: list[Measurement] = [(f"float32 and bfloat16 {scale.product_size}² products",
+                                 functools.partial(product_rates, scale, repeats))]
+    profiles = []
+    for model in models:
+        profile = ModelProfile(model, scale, repeats)
+        profiles.append(profile)
+        where = f"{model}, batch {profile.batch}"
+        found += [(f"{where}: SGD, K-FAC every step (float32, bfloat16), K-FAC amortised, in turns", profile.updates),
+                  (f"{where}: one inversion on the host and on the device", profile.inversions),
+                  (f"{where}: peak device memory", profile.memory)]
+    found.append((f"bn-cnn fit, batch {scale.fit_batch}: K-FAC and Adam",
+                  functools.partial(fit_steps, scale, repeats, progress)))
+    return found, profiles
