@@ -50,7 +50,8 @@ def test_table_is_written_through_a_temporary_file_and_read_back(tmp_path: Path)
     path = tmp_path / "gpu" / "profile.csv"
     rows = [row("resnet50", gt.SGD, 0.125), gt.Row("resnet50", 64, gt.PEAK_MEMORY, None, None, None, "bytes", 1),
             gt.Row("alexnet", 256, gt.EVERY_STEP_BF16, None, None, None, "seconds", 0, "failed: not PD")]
-    context = {"device": "NVIDIA H100", "driver": "550.1", "build": "TensorFlow 2.21.0; cuda_version=12", "scale": "full"}
+    context = {"device": "NVIDIA H100", "driver": "550.1", "build": "TensorFlow 2.21.0; cuda_version=12",
+               "scale": "full"}
     gt.write_rows(path, rows, context)
     assert [p.name for p in path.parent.iterdir()] == ["profile.csv"]
     with path.open(newline="") as handle:
