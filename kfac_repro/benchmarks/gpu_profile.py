@@ -1,24 +1,29 @@
 """`bench gpu`: the paper profile's costs on whatever device TensorFlow finds (a GPU if there is one, else the
 CPU), in one process, the methods timed in turns (`step_time.in_turns`), written to a `gpu_table` CSV as measured.
 
-For ResNet-50, GoogLeNet and AlexNet (the K-FAC arm of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's
-profile) on one fixed batch of synthetic ImageNet-shaped data at the paper's per-GPU batch (the spec's batch ÷ its
-workers, the paper's GPU count: 512/8 = 64, 256/4 = 64, 2048/8 = 256; `paper_scale.small_batch_overrides` adapts
-the arm to it): seconds per update of SGD (momentum 0.9, same model), of K-FAC with statistics every step and no
-inversion in float32 and in bfloat16 products, and of K-FAC exactly as the profile configures it (statistics every
-`stats_every` steps on `stats_batch_size` examples, inverses asynchronous as in the paper: the amortised update),
-each the median over `repeats` blocks of `Scale.block` updates after a warm-up block; one full inversion of the
-every-step optimizer's factors on the host (LAPACK) and on the device (tf.linalg, `inversion_device: accelerator`),
-median of `repeats` after one; the device's peak memory. Then the Keras `fit` step of K-FAC and Adam on
-`fit_time.bn_cnn` (synthetic 28×28×1 data), and the float32 and bfloat16 product rates (`arithmetic_floor`).
+In this order, cheapest and most wanted first (a spent budget skips the rest): the float32 and bfloat16 rates of a
+square matrix product (`arithmetic_floor.matmul_rate`); the Keras `fit` step of K-FAC and Adam on
+`fit_time.bn_cnn` (synthetic 28×28×1 data, epochs in turns); then for ResNet-50, AlexNet and GoogLeNet (the K-FAC arm
+of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's profile) on one fixed batch of synthetic
+ImageNet-shaped data at the paper's per-GPU batch (the spec's batch ÷ its workers, the paper's GPU count: 512/8 = 64,
+2048/8 = 256, 256/4 = 64; `paper_scale.small_batch_overrides` adapts the arm to it): seconds per update of SGD
+(momentum 0.9, the same model), of K-FAC with statistics every step and no inversion in float32 and in bfloat16
+products, and of K-FAC exactly as the profile configures it (statistics every `stats_every` steps on
+`stats_batch_size` examples, inverses asynchronous as in the paper: the amortised update), each the median over
+`repeats` blocks of `Scale.block` updates after a warm-up block; one full inversion of the every-step optimizer's
+factors on the host (LAPACK) and on the device (tf.linalg, `inversion_device: accelerator`), median of `repeats`
+after one; the device's peak memory.
 
-Why it fits in 8 minutes on one H100 at full scale (estimates before any GPU run, to be checked by the first one):
+Why it fits in 8 minutes on one H100 at full scale (estimates made before any GPU run; the first one checks them):
 an update of these models at these batches takes tens of milliseconds on an H100 (ResNet-50 at batch 64: SGD about
-0.1 s, K-FAC under 0.3 s with its statistics pass), so each timed round of four methods × 20 updates takes under 15 s
-and `repeats` = 3 rounds plus a warm-up round under a minute per model; the inversions (host: a few seconds for
-ResNet-50's 4609-wide factors on 16 cores) take under 30 s per model; tracing four optimizers' graphs takes the
-rest, about a minute per model. Three models, the fit and the products come to about 5-6 minutes, and the default
-`budget_s` of 450 s stops the run cleanly before 8 minutes in any case, keeping what it measured.
+0.1 s, K-FAC under 0.3 s with its statistics pass), so a timed round of four methods × 20 updates takes under 15 s,
+and `repeats` = 3 rounds plus the warm-up round under a minute per model; the inversions (host: a few seconds for
+ResNet-50's 4609-wide factors on 16 cores) under 30 s per model. Tracing the four optimizers' graphs costs the
+same at any size and is the largest part: on this project's shared 2-core CPU (load about 4, so half a core) the
+warm-up of tiny ResNet-50 took about 4.5 minutes and of tiny GoogLeNet about 75 s; a GPU host's core, unshared,
+should take a third of that or less, about 1.5 minutes for ResNet-50. All in, about 5-6 minutes, and the default
+budget of 450 s stops the run cleanly before 8 minutes in any case, keeping what it measured (GoogLeNet, measured
+last, is what a slow run loses).
 """
 
 from __future__ import annotations
@@ -240,10 +245,12 @@ def fit_steps(scale: Scale, repeats: int, progress: Callable[[str], None]) -> li
 
 def measurements(models: tuple[str, ...], scale: Scale, repeats: int,
                  progress: Callable[[str], None]) -> tuple[list[Measurement], list[ModelProfile]]:
-    """The measurements in the order they run (products, each model's updates, inversions and memory, the fit),
+    """The measurements in the order they run (products, the fit, each model's updates, inversions and memory),
     named for the progress lines, and the model profiles, to `close` if the run stops early."""
-    found: list[Measurement] = [(f"float32 and bfloat16 {scale.product_size}² products",
-                                 functools.partial(product_rates, scale, repeats))]
+    found: list[Measurement] = [
+        (f"float32 and bfloat16 {scale.product_size}² products", functools.partial(product_rates, scale, repeats)),
+        (f"bn-cnn fit, batch {scale.fit_batch}: K-FAC and Adam", functools.partial(fit_steps, scale, repeats,
+                                                                                    progress))]
     profiles = []
     for model in models:
         profile = ModelProfile(model, scale, repeats)
@@ -252,6 +259,4 @@ def measurements(models: tuple[str, ...], scale: Scale, repeats: int,
         found += [(f"{where}: SGD, K-FAC every step (float32, bfloat16), K-FAC amortised, in turns", profile.updates),
                   (f"{where}: one inversion on the host and on the device", profile.inversions),
                   (f"{where}: peak device memory", profile.memory)]
-    found.append((f"bn-cnn fit, batch {scale.fit_batch}: K-FAC and Adam",
-                  functools.partial(fit_steps, scale, repeats, progress)))
     return found, profiles

@@ -29,7 +29,7 @@ FIT_ADAM = "fit_step_adam"
 PRODUCT_F32 = "product_rate_float32"
 PRODUCT_BF16 = "product_rate_bfloat16"
 NOT_AVAILABLE = "n/a"
-PAPER_MODELS = {"resnet50": "resnet50-bs512", "googlenet": "googlenet-bs256", "alexnet": "alexnet-bs2048"}
+PAPER_MODELS = {"resnet50": "resnet50-bs512", "alexnet": "alexnet-bs2048", "googlenet": "googlenet-bs256"}
 """The paper profile's full-size models, each with the spec whose K-FAC arm `bench gpu` measures."""
 CONTEXT = ("time_utc", "commit", "device", "driver", "tensorflow", "build", "scale")
 
