@@ -165,3 +165,27 @@ def test_bench_gpu_stops_cleanly_when_its_budget_runs_out(tmp_path: Path) -> Non
     assert "the budget of 2.5 s ran out" in result.stdout and "alexnet, batch 16: peak device memory" in result.stdout
     assert f"wrote {out} ({len(table.rows)} rows)" in result.stdout
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_report_shows_full_scale_gpu_tables_and_names_unusable_ones(tmp_path: Path) -> None:
+    from kfac_repro.plotting.report import report_text
+
+    assert "on a GPU" not in report_text(tmp_path)
+    context = {"time_utc": "2026-12-08T10:00:00+00:00", "commit": "abc123", "device": "NVIDIA H100 80GB HBM3",
+               "driver": "550.54", "tensorflow": "2.21.0", "build": "TensorFlow 2.21.0; cuda_version=12.5.1"}
+    rows = [row("resnet50", gt.SGD, 0.1), row("resnet50", gt.AMORTISED, 0.14),
+            gt.Row("resnet50", 64, gt.EVERY_STEP_BF16, None, None, None, "seconds", 0, "failed: not PD"),
+            gt.Row("resnet50", 64, gt.PEAK_MEMORY, 2.5e10, 2.5e10, 2.5e10, "bytes", 1)]
+    gt.write_rows(tmp_path / "gpu" / "20261208T100000Z-full.csv", rows, {**context, "scale": "full"})
+    gt.write_rows(tmp_path / "gpu" / "20261208T090000Z-tiny.csv", [row("alexnet", gt.SGD, 0.5, batch=16)],
+                  {**context, "scale": "tiny"})
+    (tmp_path / "gpu" / "broken.csv").write_text("model,batch_size\nresnet50,many\n")
+    text = report_text(tmp_path)
+    section = text[text.index("## The paper profile on a GPU"):]
+    assert "`20261208T100000Z-full.csv`: NVIDIA H100 80GB HBM3, driver 550.54, commit abc123" in section
+    assert "cuda_version=12.5.1" in section
+    assert "| resnet50 | 64 | sgd_update | 0.1 [0.1, 0.1] | seconds | 3 |" in section
+    assert f"| resnet50 | 64 | {gt.EVERY_STEP_BF16} (failed: not PD) | n/a | seconds | 0 |" in section
+    assert "| resnet50 | 64 | K-FAC amortised / SGD | 1.400 | ≤ 1.3: not met |" in section
+    assert "`broken.csv` left out: " in section and "line 2" in section
+    assert "tiny" not in section and "alexnet" not in section  # tests' tables are not the paper profile's

@@ -104,11 +104,6 @@ def read_table(path: Path) -> Table:
     return Table(rows, context)
 
 
-def tables(directory: Path) -> list[tuple[Path, Table]]:
-    """Every results/gpu/*.csv, oldest name first."""
-    return [(path, read_table(path)) for path in sorted(directory.glob("*.csv"))]
-
-
 @dataclass(frozen=True)
 class Ratio:
     """`numerator / denominator` of one model and batch; `target` the issue's goal for it, if any."""
