@@ -121,34 +121,50 @@ def test_bench_gpu_help_imports_no_tensorflow() -> None:
     assert "--budget-s" in result.stdout and "--scale" in result.stdout
 
 
+@pytest.mark.parametrize(("fitting", "expected", "tried"), [
+    ({32, 64}, 64, [32, 64, 128]), ({32, 64, 128}, 128, [32, 64, 128]), (set(), None, [32]), ({64}, None, [32])])
+def test_the_largest_batch_is_found_by_doubling_until_one_does_not_fit(fitting: set[int], expected: int | None,
+                                                                      tried: list[int]) -> None:
+    from kfac_repro.benchmarks.gpu_profile import largest_fitting
+
+    calls = []
+
+    def fits(batch: int) -> bool:
+        calls.append(batch)
+        return batch in fitting
+
+    assert largest_fitting(16, 128, fits) == expected and calls == tried
+
+
 def test_bench_gpu_runs_end_to_end_at_tiny_scale(tmp_path: Path) -> None:
     out = tmp_path / "gpu.csv"
     result = CliRunner().invoke(cli.main, ["bench", "gpu", "--scale", "tiny", "--model", "alexnet", "--repeats", "1",
-                                           "--out", str(out)])
+                                           "--largest-batch", "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = gt.read_table(out)
     assert table.context["device"].startswith("CPU (") and table.context["driver"] == "n/a"
     assert table.context["scale"] == "tiny" and "TensorFlow 2." in table.context["build"]
     assert "is_cuda_build=" in table.context["build"]
-    found = {(r.model, r.quantity): r for r in table.rows}
-    assert set(found) == {("alexnet", q) for q in MODEL_QUANTITIES} | {
-        ("product", gt.PRODUCT_F32), ("product", gt.PRODUCT_BF16), ("bn-cnn", gt.FIT_KFAC), ("bn-cnn", gt.FIT_ADAM)}
-    assert found["alexnet", gt.PEAK_MEMORY].value is None  # n/a on a CPU
-    assert all(r.batch_size == 16 for r in table.rows if r.model != "product")
+    found = {(r.model, r.batch_size, r.quantity): r for r in table.rows}
+    assert set(found) == {("alexnet", 16, q) for q in MODEL_QUANTITIES} | {
+        ("product", 256, gt.PRODUCT_F32), ("product", 256, gt.PRODUCT_BF16), ("bn-cnn", 16, gt.FIT_KFAC),
+        ("bn-cnn", 16, gt.FIT_ADAM), ("alexnet", 32, gt.SGD), ("alexnet", 32, gt.AMORTISED),
+        ("alexnet", 32, gt.PEAK_MEMORY)}  # tiny scale tries twice the batch at most, and a CPU fits it
+    assert found["alexnet", 16, gt.PEAK_MEMORY].value is None  # n/a on a CPU
     for r in table.rows:  # measured, or failed with the reason in its note
         if r.note:
             assert r.note.startswith("failed: ") and r.value is None, r
         elif r.quantity != gt.PEAK_MEMORY:
             assert r.value is not None and r.value > 0, r
             assert r.low is None or r.high is None or r.low <= r.value <= r.high, r
-    for r in (found["alexnet", q] for q in (gt.SGD, gt.AMORTISED, gt.HOST_INVERSION, gt.DEVICE_INVERSION)):
+    for r in (found["alexnet", 16, q] for q in (gt.SGD, gt.AMORTISED, gt.HOST_INVERSION, gt.DEVICE_INVERSION)):
         assert r.value is not None and r.value > 0 and r.repeats == 1
-    assert result.stderr.count("] ") == 5 and "[2/5] bn-cnn fit" in result.stderr  # a progress line per measurement
+    assert result.stderr.count("] ") == 6 and "[2/6] bn-cnn fit" in result.stderr  # a progress line per measurement
     for what in ("K-FAC amortised / SGD", "device inversion / host inversion", "fit K-FAC / Adam",
                  "bfloat16 / float32 (product time)"):
         assert f"  {what}" in result.stdout
-    amortised = next(r for r in gt.ratios(table.rows) if r.what == "K-FAC amortised / SGD")
-    assert amortised.text() in result.stdout
+    amortised = [r for r in gt.ratios(table.rows) if r.what == "K-FAC amortised / SGD"]
+    assert [r.batch_size for r in amortised] == [16, 32] and all(r.text() in result.stdout for r in amortised)
     assert f"wrote {out} ({len(table.rows)} rows)" in result.stdout and "ran out" not in result.stdout
 
 
@@ -158,7 +174,7 @@ def test_bench_gpu_stops_cleanly_when_its_budget_runs_out(tmp_path: Path) -> Non
     out = tmp_path / "gpu.csv"
     result = CliRunner().invoke(cli.main, ["bench", "gpu", "--scale", "tiny", "--model", "alexnet", "--repeats", "1",
                                            "--budget-s", "2.5", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, (result.output, result.exc_info)
     table = gt.read_table(out)
     quantities = {r.quantity for r in table.rows}
     assert gt.PRODUCT_F32 in quantities and gt.PEAK_MEMORY not in quantities  # the first kept, the last not reached

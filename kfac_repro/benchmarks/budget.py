@@ -19,8 +19,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class BudgetSpent(Exception):
-    """The budget ran out during a measurement."""
+class BudgetSpent(BaseException):
+    """The budget ran out during a measurement (a BaseException, like KeyboardInterrupt, so that no `except
+    Exception` in the code measured, such as AutoGraph's fallback, swallows it)."""
 
 
 class Budget:
@@ -45,8 +46,11 @@ class Budget:
         if left <= 0:
             raise BudgetSpent
 
+        armed = [True]
+
         def ring(_signum: int, _frame: FrameType | None) -> None:
-            raise BudgetSpent
+            if armed[0]:
+                raise BudgetSpent
 
         previous = signal.signal(signal.SIGALRM, ring)
         started = time.monotonic()
@@ -54,10 +58,13 @@ class Budget:
         try:
             yield
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            if earlier > 0:  # someone else's alarm (pytest-timeout's): re-armed with the time it had left
-                signal.setitimer(signal.ITIMER_REAL, max(1e-3, earlier - (time.monotonic() - started)))
+            try:  # an alarm that rings here raises before the restoring below, which still runs
+                armed[0] = False
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                if earlier > 0:  # someone else's alarm (pytest-timeout's): re-armed with the time it had left
+                    signal.setitimer(signal.ITIMER_REAL, max(1e-3, earlier - (time.monotonic() - started)))
 
 
 @dataclass

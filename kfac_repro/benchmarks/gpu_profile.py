@@ -81,18 +81,19 @@ Measurement = tuple[str, Callable[[], list[Row]]]
 @dataclass(frozen=True)
 class Scale:
     """How big: the spec profile whose models are measured, updates per timed block, the side of the timed matrix
-    product, and the fit's batch and steps per epoch."""
+    product, the fit's batch and steps per epoch, and the largest batch tried (a multiple of the per-GPU batch)."""
 
     profile: str
     block: int
     product_size: int
     fit_batch: int
     fit_steps: int
+    largest: int
 
 
 SCALES = {
-    "full": Scale("paper", 20, 8192, 128, 20),
-    "tiny": Scale("smoke", 2, 256, 16, 2),  # the smoke profile's models: 32×32, width ×0.125, 10 classes; seconds
+    "full": Scale("paper", 20, 8192, 128, 20, 8),  # largest: the spec's whole batch on one GPU for ResNet-50, AlexNet
+    "tiny": Scale("smoke", 2, 256, 16, 2, 2),  # the smoke profile's models: 32×32, width ×0.125, 10 classes; seconds
 }
 
 
@@ -144,8 +145,18 @@ def _failed(model: str, batch: int, quantity: str, why: str) -> Row:
     return Row(model, batch, quantity, None, None, None, "seconds", 0, f"failed: {why}")
 
 
+def largest_fitting(start: int, most: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest of 2·start, 4·start, ... up to `most` for which `fits` holds, trying them in turn and stopping at
+    the first that does not; None when 2·start does not fit (or exceeds `most`)."""
+    found, batch = None, 2 * start
+    while batch <= most and fits(batch):
+        found, batch = batch, 2 * batch
+    return found
+
+
 class ModelProfile:
-    """One model's optimizers on one fixed batch; `updates` builds them, `inversions` and `memory` reuse them."""
+    """One model's optimizers on one fixed batch; `updates` builds them, `inversions` and `memory` reuse them;
+    `largest` looks for the largest batch that fits (optional, after them)."""
 
     def __init__(self, model: str, scale: Scale, repeats: int):
         self.model, self.scale, self.repeats = model, scale, repeats
@@ -154,33 +165,36 @@ class ModelProfile:
         self.block = scale.block
         self.kfacs: dict[str, KFAC] = {}
 
-    def _build(self) -> dict[str, Callable[[], object]]:
+    def _runs(self, batch: int, quantities: tuple[str, ...]) -> dict[str, Callable[[], object]]:
+        """A block of updates of each method in `quantities` (SGD and the K-FAC quantities) on one fixed batch of
+        `batch` examples, each on a new model; the device's peak memory counts from here."""
         if (gpu := _gpu()) is not None:
             tf.config.experimental.reset_memory_stats(gpu)
         keras.utils.set_random_seed(0)
-        model, shape, classes = build_arm_model(self.arm)
-        x, y = random_batch(self.batch, shape, classes)
+        _, shape, classes = build_arm_model(self.arm)
+        x, y = random_batch(batch, shape, classes)
         _, paper = optimizer_config(self.arm.optimizer, 0)
         if not isinstance(paper, KFACConfig):
             raise TypeError(f"{PAPER_MODELS[self.model]} arm {ARM!r} is not K-FAC")
         every_step = dataclasses.replace(paper, stats_every=1, inverse_every=NEVER, inversion="sync")
         configs = {EVERY_STEP: every_step, EVERY_STEP_BF16: dataclasses.replace(every_step, product_dtype="bfloat16"),
                    AMORTISED: paper}
-        sgd = SGDOptimizer(model, SGDConfig(learning_rate=0.01))
-        self.kfacs = {quantity: KFAC(build_arm_model(self.arm)[0], config) for quantity, config in configs.items()}
+        self.kfacs = {q: KFAC(build_arm_model(self.arm)[0], configs[q]) for q in quantities if q in configs}
+        steps = {q: k.train_step for q, k in self.kfacs.items()}
+        if SGD in quantities:
+            steps[SGD] = SGDOptimizer(build_arm_model(self.arm)[0], SGDConfig(learning_rate=0.01)).train_step
         self.block = max(self.scale.block, paper.inverse_every if paper.inversion == "sync" else 1)
 
         def updates(step: Callable[[tf.Tensor, tf.Tensor], object]) -> None:
             for _ in range(self.block):
                 step(x, y)
 
-        return {SGD: functools.partial(updates, sgd.train_step),
-                **{q: functools.partial(updates, k.train_step) for q, k in self.kfacs.items()}}
+        return {q: functools.partial(updates, steps[q]) for q in quantities}
 
-    def updates(self) -> list[Row]:
-        """Seconds per update of SGD and the three K-FAC optimizers, blocks in turns after a warm-up block each; a
-        method whose warm-up fails (a factor not positive definite at its first inversion) gets a row saying so."""
-        runs, failed = self._build(), {}
+    def _timed(self, batch: int, runs: dict[str, Callable[[], object]]) -> list[Row]:
+        """Seconds per update of each run, blocks in turns after a warm-up block each; a method whose warm-up
+        fails (a factor not positive definite at its first inversion) gets a row saying so."""
+        failed = {}
         for quantity, run in list(runs.items()):
             try:
                 run()
@@ -188,8 +202,32 @@ class ModelProfile:
                 failed[quantity] = str(error)
                 del runs[quantity]
         times = in_turns(runs, self.repeats, warmup=0)
-        return [_spread(self.model, self.batch, q, seconds, self.block) for q, seconds in times.items()] + \
-            [_failed(self.model, self.batch, q, why) for q, why in failed.items()]
+        return [_spread(self.model, batch, q, seconds, self.block) for q, seconds in times.items()] + \
+            [_failed(self.model, batch, q, why) for q, why in failed.items()]
+
+    def updates(self) -> list[Row]:
+        """Seconds per update of SGD and the three K-FAC optimizers at the paper's per-GPU batch (`_timed`)."""
+        return self._timed(self.batch, self._runs(self.batch, (SGD, EVERY_STEP, EVERY_STEP_BF16, AMORTISED)))
+
+    def largest(self) -> list[Row]:
+        """The largest batch, doubling from the paper's per-GPU batch up to `Scale.largest` times it, at which a
+        block of K-FAC's amortised updates runs without exhausting the device's memory; there, SGD's and that
+        update's seconds (`_timed`) and the peak memory. Each batch tried traces its graphs anew."""
+
+        def fits(batch: int) -> bool:
+            try:
+                self._runs(batch, (AMORTISED,))[AMORTISED]()
+            except tf.errors.ResourceExhaustedError:
+                return False
+            finally:
+                self.close()
+            return True
+
+        batch = largest_fitting(self.batch, self.batch * self.scale.largest, fits)
+        if batch is None:
+            return [Row(self.model, 2 * self.batch, AMORTISED, None, None, None, "seconds", 0,
+                        "failed: exhausted the device's memory")]
+        return self._timed(batch, self._runs(batch, (SGD, AMORTISED))) + self.memory(batch)
 
     def inversions(self) -> list[Row]:
         """One full inversion of the every-step optimizer's factors on the host and on the device, in turns."""
@@ -205,12 +243,13 @@ class ModelProfile:
         times = in_turns(runs, self.repeats, warmup=1)
         return [_spread(self.model, self.batch, q, seconds) for q, seconds in times.items()]
 
-    def memory(self) -> list[Row]:
-        """The device's peak memory since `updates` began (n/a on a CPU); then the optimizers are released."""
+    def memory(self, batch: int | None = None) -> list[Row]:
+        """The device's peak memory since the optimizers of `batch` (default: the paper's) were built (n/a on a
+        CPU); then they are released."""
         gpu = _gpu()
         peak = None if gpu is None else float(tf.config.experimental.get_memory_info(gpu)["peak"])
         self.close()
-        return [Row(self.model, self.batch, PEAK_MEMORY, peak, peak, peak, "bytes", 1)]
+        return [Row(self.model, batch or self.batch, PEAK_MEMORY, peak, peak, peak, "bytes", 1)]
 
     def close(self) -> None:
         for kfac in self.kfacs.values():
@@ -243,10 +282,11 @@ def fit_steps(scale: Scale, repeats: int, progress: Callable[[str], None]) -> li
                 t.ms_per_step / 1000, t.low_ms / 1000, t.high_ms / 1000, "seconds", repeats) for t in timings]
 
 
-def measurements(models: tuple[str, ...], scale: Scale, repeats: int,
-                 progress: Callable[[str], None]) -> tuple[list[Measurement], list[ModelProfile]]:
-    """The measurements in the order they run (products, the fit, each model's updates, inversions and memory),
-    named for the progress lines, and the model profiles, to `close` if the run stops early."""
+def measurements(models: tuple[str, ...], scale: Scale, repeats: int, progress: Callable[[str], None],
+                 largest: bool = False) -> tuple[list[Measurement], list[ModelProfile]]:
+    """The measurements in the order they run (products, the fit, each model's updates, inversions and memory, and
+    with `largest` its largest batch), named for the progress lines, and the model profiles, to `close` if the run
+    stops early."""
     found: list[Measurement] = [
         (f"float32 and bfloat16 {scale.product_size}² products", functools.partial(product_rates, scale, repeats)),
         (f"bn-cnn fit, batch {scale.fit_batch}: K-FAC and Adam", functools.partial(fit_steps, scale, repeats,
@@ -259,4 +299,7 @@ def measurements(models: tuple[str, ...], scale: Scale, repeats: int,
         found += [(f"{where}: SGD, K-FAC every step (float32, bfloat16), K-FAC amortised, in turns", profile.updates),
                   (f"{where}: one inversion on the host and on the device", profile.inversions),
                   (f"{where}: peak device memory", profile.memory)]
+        if largest:
+            found.append((f"{model}: the largest batch that fits, up to {scale.largest}× {profile.batch}; SGD and "
+                          "K-FAC amortised there, in turns", profile.largest))
     return found, profiles

@@ -368,9 +368,14 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
 @click.option("--budget-s", type=click.FloatRange(min=0, min_open=True), default=450.0, show_default=True,
               help="stop when this many seconds have passed since the start, keeping what was measured; the "
                    "measurement running then is dropped, the rest skipped")
+@click.option("--largest-batch", is_flag=True,
+              help="also each model's largest batch that fits, doubling the per-GPU batch up to the scale's limit "
+                   "(gpu_profile.SCALES), and SGD and K-FAC amortised there; each batch tried traces anew (minutes "
+                   "on a GPU)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="the CSV, rewritten after each measurement (default: results/gpu/<UTC time>-<scale>.csv)")
-def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, out: Path | None) -> None:
+def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, largest_batch: bool,
+        out: Path | None) -> None:
     """The paper profile's costs on the device TensorFlow finds (a GPU, else the CPU), in one process, methods in
     turns: SGD and K-FAC updates (statistics every step in float32 and bfloat16 products, amortised as the spec's
     paper profile), one inversion on the host and on the device, peak memory, Keras fit with K-FAC and Adam on a
@@ -396,7 +401,7 @@ def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, out:
     write_rows(path, rows, context)
     progress = functools.partial(click.echo, err=True)
     found, profiles = gpu_profile.measurements(models or tuple(PAPER_MODELS), gpu_profile.SCALES[scale], repeats,
-                                               lambda what: progress(f"    {what}"))
+                                               lambda what: progress(f"    {what}"), largest_batch)
 
     def announced(index: int, name: str, measure: Callable[[], list[Row]]) -> list[Row]:
         progress(f"[{index}/{len(found)}] {name} ({budget.left():.0f} s of the budget left) ...")
