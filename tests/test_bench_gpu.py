@@ -144,7 +144,7 @@ def test_bench_gpu_runs_end_to_end_at_tiny_scale(tmp_path: Path) -> None:
     table = gt.read_table(out)
     assert table.context["device"].startswith("CPU (") and table.context["driver"] == "n/a"
     assert table.context["scale"] == "tiny" and "TensorFlow 2." in table.context["build"]
-    assert "is_cuda_build=" in table.context["build"]
+    assert "is_cuda_build=" in table.context["build"] and "tensor_float_32=True" in table.context["build"]
     found = {(r.model, r.batch_size, r.quantity): r for r in table.rows}
     assert set(found) == {("alexnet", 16, q) for q in MODEL_QUANTITIES} | {
         ("product", 256, gt.PRODUCT_F32), ("product", 256, gt.PRODUCT_BF16), ("bn-cnn", 16, gt.FIT_KFAC),

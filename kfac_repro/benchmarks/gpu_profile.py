@@ -118,8 +118,10 @@ def driver_version() -> str:
 
 
 def build_info() -> str:
-    """TensorFlow's version and build (CUDA, cuDNN, ... as `tf.sysconfig.get_build_info()` gives them)."""
-    info = tf.sysconfig.get_build_info()
+    """TensorFlow's version and build (CUDA, cuDNN, ... as `tf.sysconfig.get_build_info()` gives them), and whether
+    float32 products may run in TensorFloat-32 (TensorFlow's default on Ampere and later GPUs)."""
+    info = {**tf.sysconfig.get_build_info(),
+            "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled()}
     return f"TensorFlow {tf.__version__}; " + "; ".join(f"{k}={v}" for k, v in sorted(info.items()))
 
 
@@ -132,8 +134,8 @@ def paper_arm(model: str, profile: str) -> ArmConfig:
 
 
 def _gpu() -> str | None:
-    gpus = tf.config.list_logical_devices("GPU")
-    return gpus[0].name if gpus else None
+    """The device whose memory is reported: the first GPU, None without one."""
+    return "GPU:0" if tf.config.list_logical_devices("GPU") else None
 
 
 def _spread(model: str, batch: int, quantity: str, seconds: list[float], per: int = 1) -> Row:

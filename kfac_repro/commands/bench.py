@@ -200,11 +200,11 @@ def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> No
                f"{epochs} epochs of {steps} steps after a warm-up epoch, the optimizers in turns")
     timings = time_fit(list(models), batch_size, steps, epochs,
                        progress=lambda what: click.echo(f"  fitting {what} ...", err=True))
-    click.echo(f"{'model':6}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
+    click.echo(f"{'model':8}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
     adam = {t.model: t.ms_per_step for t in timings if t.optimizer.startswith("Adam")}
     for t in timings:
         ratio = t.ms_per_step / adam[t.model]
-        click.echo(f"{t.model:6}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+        click.echo(f"{t.model:8}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
 
 
 @bench.command("layers")
