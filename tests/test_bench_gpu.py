@@ -205,3 +205,11 @@ def test_the_report_shows_full_scale_gpu_tables_and_names_unusable_ones(tmp_path
     assert "| resnet50 | 64 | K-FAC amortised / SGD | 1.400 | ≤ 1.3: not met |" in section
     assert "`broken.csv` left out: " in section and "line 2" in section
     assert "tiny" not in section and "alexnet" not in section  # tests' tables are not the paper profile's
+
+
+def test_bench_gpu_refuses_an_out_it_cannot_write_before_measuring(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "gpu.csv"  # a directory that is a file
+    result = CliRunner().invoke(cli.main, ["bench", "gpu", "--scale", "tiny", "--out", str(out)])
+    assert result.exit_code == 1 and f"--out {out}: cannot write there" in result.output
+    assert "[1/" not in result.output  # nothing measured

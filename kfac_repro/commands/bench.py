@@ -398,7 +398,10 @@ def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, larg
                "tensorflow": tf.__version__, "build": gpu_profile.build_info(), "scale": scale}
     click.echo(f"device: {context['device']}; driver: {context['driver']}\n{context['build']}")
     rows: list[Row] = []
-    write_rows(path, rows, context)
+    try:
+        write_rows(path, rows, context)
+    except OSError as error:
+        raise click.ClickException(f"--out {path}: cannot write there ({error})") from error
     progress = functools.partial(click.echo, err=True)
     found, profiles = gpu_profile.measurements(models or tuple(PAPER_MODELS), gpu_profile.SCALES[scale], repeats,
                                                lambda what: progress(f"    {what}"), largest_batch)
