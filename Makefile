@@ -3,7 +3,7 @@ PYTEST = $(PYTHON) -m pytest
 KFAC_REPRO ?= kfac-repro
 RESULTS ?= results
 
-.PHONY: install data test test-slow lint bench bench-arms reproduce-cpu reproduce-fig2-cpu figures report
+.PHONY: install data test test-slow lint bench bench-arms bench-gpu reproduce-cpu reproduce-fig2-cpu figures report
 
 install:  ## install the package, its pinned dependencies, the dev tools and the tests' real data (Fashion-MNIST)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -30,6 +30,9 @@ bench-arms:  ## every arm's cost per update, each experiment's cpu profile (on a
 	for spec in $$($(KFAC_REPRO) list --names); do \
 		$(KFAC_REPRO) bench arms $$spec --profile cpu --out $(RESULTS) || exit 1; \
 	done
+
+bench-gpu:  ## the paper profile's costs on the device found (a GPU), into results/gpu/<time>-full.csv; under 8 minutes
+	$(KFAC_REPRO) bench gpu
 
 reproduce-fig2-cpu:  ## Fig. 2's cpu profile: the grids its spec names, then every arm with each seed; resumable
 	$(KFAC_REPRO) reproduce --profile cpu --only cifar10-async --out $(RESULTS)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import click
+
+from kfac_repro.benchmarks.gpu_table import PAPER_MODELS, Row, ratios, write_rows
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -14,7 +18,7 @@ if TYPE_CHECKING:
 @click.group()
 def bench() -> None:
     """Benchmarks: every arm's cost per update, step time against SGD, fit step time against Adam, inversion time,
-    async inversion, step time of the newer layer blocks against Adam."""
+    async inversion, step time of the newer layer blocks against Adam, the paper profile on a GPU."""
 
 
 @bench.command("arms")
@@ -179,25 +183,28 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
 
 
 @bench.command("fit")
-@click.option("--model", "models", type=click.Choice(["mlp", "cnn"]), multiple=True, default=("mlp", "cnn"),
-              show_default=True, help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10")
+@click.option("--model", "models", type=click.Choice(["mlp", "cnn", "bn-cnn"]), multiple=True,
+              default=("mlp", "cnn"), show_default=True,
+              help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10; bn-cnn: two 3×3 conv "
+                   "layers (16, 32), each with BatchNormalization → 10")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="timed epochs after one warm-up epoch (the median is reported)")
 def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> None:
-    """ms per step of Keras `fit` with kfac_repro.keras.KFAC (defaults, inverse refreshes included) and with Adam."""
+    """ms per step of Keras `fit` with kfac_repro.keras.KFAC (defaults, inverse refreshes included) and with Adam,
+    their epochs in turns."""
     from kfac_repro.benchmarks.fit_time import time_fit
 
     click.echo(f"Fashion-MNIST, first {batch_size * steps} training examples, batch {batch_size}; median of "
-               f"{epochs} epochs of {steps} steps after a warm-up epoch")
+               f"{epochs} epochs of {steps} steps after a warm-up epoch, the optimizers in turns")
     timings = time_fit(list(models), batch_size, steps, epochs,
                        progress=lambda what: click.echo(f"  fitting {what} ...", err=True))
-    click.echo(f"{'model':6}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
+    click.echo(f"{'model':8}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
     adam = {t.model: t.ms_per_step for t in timings if t.optimizer.startswith("Adam")}
     for t in timings:
         ratio = t.ms_per_step / adam[t.model]
-        click.echo(f"{t.model:6}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+        click.echo(f"{t.model:8}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
 
 
 @bench.command("layers")
@@ -348,3 +355,80 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
             writer.writeheader()
             writer.writerows({**dataclasses.asdict(r), "losses": " ".join(f"{x:.4f}" for x in r.losses)}
                              for r in results)
+
+
+@bench.command("gpu")
+@click.option("--scale", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="full: the paper profile's models (224×224, 1000 classes) at the paper's per-GPU batch; tiny: the "
+                   "smoke profile's (32×32, width ×0.125, batch 16), seconds on a CPU, for tests")
+@click.option("--model", "models", type=click.Choice(list(PAPER_MODELS)), multiple=True,
+              help="only this model (repeatable; default: all three)")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="timed blocks, inversions, fit epochs per method (the median is reported)")
+@click.option("--budget-s", type=click.FloatRange(min=0, min_open=True), default=450.0, show_default=True,
+              help="stop when this many seconds have passed since the start, keeping what was measured; the "
+                   "measurement running then is dropped, the rest skipped")
+@click.option("--largest-batch", is_flag=True,
+              help="also each model's largest batch that fits, doubling the per-GPU batch up to the scale's limit "
+                   "(gpu_profile.SCALES), and SGD and K-FAC amortised there; each batch tried traces anew (minutes "
+                   "on a GPU)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the CSV, rewritten after each measurement (default: results/gpu/<UTC time>-<scale>.csv)")
+def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, largest_batch: bool,
+        out: Path | None) -> None:
+    """The paper profile's costs on the device TensorFlow finds (a GPU, else the CPU), in one process, methods in
+    turns: SGD and K-FAC updates (statistics every step in float32 and bfloat16 products, amortised as the spec's
+    paper profile), one inversion on the host and on the device, peak memory, Keras fit with K-FAC and Adam on a
+    BatchNormalization CNN; ratios printed, rows written to a CSV as measured."""
+    from kfac_repro.benchmarks.budget import Budget
+
+    budget = Budget(budget_s)  # the whole command, imports included
+    from datetime import UTC, datetime
+
+    from kfac_repro.benchmarks import gpu_profile
+    from kfac_repro.benchmarks.budget import run_measurements
+    from kfac_repro.runner.environment import git_commit
+
+    now = datetime.now(UTC)
+    path = out or Path("results") / "gpu" / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{scale}.csv"
+    import tensorflow as tf
+
+    context = {"time_utc": now.isoformat(timespec="seconds"), "commit": git_commit(Path(__file__).resolve().parent)
+               or "", "device": gpu_profile.device_name(), "driver": gpu_profile.driver_version(),
+               "tensorflow": tf.__version__, "build": gpu_profile.build_info(), "scale": scale}
+    click.echo(f"device: {context['device']}; driver: {context['driver']}\n{context['build']}")
+    rows: list[Row] = []
+    try:
+        write_rows(path, rows, context)
+    except OSError as error:
+        raise click.ClickException(f"--out {path}: cannot write there ({error})") from error
+    progress = functools.partial(click.echo, err=True)
+    found, profiles = gpu_profile.measurements(models or tuple(PAPER_MODELS), gpu_profile.SCALES[scale], repeats,
+                                               lambda what: progress(f"    {what}"), largest_batch)
+
+    def announced(index: int, name: str, measure: Callable[[], list[Row]]) -> list[Row]:
+        progress(f"[{index}/{len(found)}] {name} ({budget.left():.0f} s of the budget left) ...")
+        return measure()
+
+    def keep(_name: str, measured: list[Row]) -> None:
+        rows.extend(measured)
+        write_rows(path, rows, context)
+
+    try:
+        outcome = run_measurements([(name, functools.partial(announced, i, name, measure))
+                                    for i, (name, measure) in enumerate(found, 1)], budget, keep)
+    finally:
+        for profile in profiles:
+            profile.close()
+    click.echo(f"{'model':10}{'batch':>6}  {'quantity':40}{'value':>14}  unit")
+    for row in rows:
+        value = "n/a" if row.value is None else f"{row.value:.6g}"
+        click.echo(f"{row.model:10}{row.batch_size:>6}  {row.quantity:40}{value:>14}  {row.unit}"
+                   + (f"  ({row.note})" if row.note else ""))
+    click.echo("ratios (of times, measured in this run):")
+    for ratio in ratios(rows):
+        click.echo(f"  {ratio.text()}")
+    if outcome.interrupted or outcome.skipped:
+        stopped = f"stopped during: {outcome.interrupted} (dropped); " if outcome.interrupted else ""
+        click.echo(f"the budget of {budget_s:g} s ran out: {stopped}skipped: {'; '.join(outcome.skipped) or 'none'}")
+    click.echo(f"wrote {path} ({len(rows)} rows)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kfac_repro.benchmarks import gpu_table
 from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
 from kfac_repro.benchmarks.cost_table import (
     ArmCosts,
@@ -334,6 +335,44 @@ def runs_section(runs: dict[int, tuple[str, Arms]], sittings: dict[int, CostSitt
     return lines
 
 
+def gpu_section(results: Path) -> list[str]:
+    """Markdown: every full-scale table of `bench gpu` under RESULTS/gpu/ (its device, driver, build and rows, and
+    the ratios against the issue's targets); nothing when there is none."""
+    found, unusable = [], []
+    for path in sorted((results / "gpu").glob("*.csv")):
+        try:
+            table = gpu_table.read_table(path)
+        except (ValueError, csv.Error, UnicodeDecodeError) as error:
+            unusable.append(f"`{path.name}` left out: {error}.")
+            continue
+        if table.context.get("scale") == "full":
+            found.append((path, table))
+    if not found and not unusable:
+        return []
+    lines = ["", "## The paper profile on a GPU", "",
+             "Measured by `kfac-repro bench gpu` (full-size models, synthetic data at the paper's per-GPU batch, the "
+             "methods timed in turns in one process); the claims above do not use these timings.", "",
+             *(part for line in unusable for part in (line, ""))]
+    for path, table in found:
+        context = table.context
+        lines += [f"`{path.name}`: {context.get('device')}, driver {context.get('driver')}, commit "
+                  f"{context.get('commit')}, {context.get('time_utc')}; {context.get('build')}.", "",
+                  "| model | batch | quantity | value [range] | unit | repeats |", "|---|---|---|---|---|---|"]
+        for row in table.rows:
+            value = "n/a" if row.value is None else f"{row.value:.4g}"
+            if row.low is not None and row.high is not None and row.repeats > 1:
+                value += f" [{row.low:.4g}, {row.high:.4g}]"
+            note = f" ({row.note})" if row.note else ""
+            lines.append(f"| {row.model} | {row.batch_size} | {row.quantity}{note} | {value} | {row.unit} | "
+                         f"{row.repeats} |")
+        lines += ["", "| model | batch | ratio of times | value | target |", "|---|---|---|---|---|"]
+        for ratio in gpu_table.ratios(table.rows):
+            target = "—" if ratio.target is None else f"≤ {ratio.target:g}: {'met' if ratio.met else 'not met'}"
+            lines.append(f"| {ratio.model} | {ratio.batch_size} | {ratio.what} | {ratio.value:.3f} | {target} |")
+        lines.append("")
+    return lines
+
+
 def report_text(results: Path, allow_mixed: bool = False) -> str:
     lines = [INTRODUCTION.format(date=datetime.now(UTC).strftime("%Y-%m-%d"), label=LABEL, rule=PAIRED_RULE,
                                  not_testable=NOT_TESTABLE, claims=claims_paragraph(), tail=TAIL, flat=FLAT),
@@ -348,4 +387,5 @@ def report_text(results: Path, allow_mixed: bool = False) -> str:
     def claims_of(number: int, profile: str, arms: Arms) -> list[Claim]:
         return figure_claims(results, sittings[number], number, profile, arms)
 
-    return "\n".join(lines + runs_section(runs, sittings) + diagnostics_section(results, runs, claims_of)) + "\n"
+    return "\n".join(lines + runs_section(runs, sittings) + gpu_section(results)
+                     + diagnostics_section(results, runs, claims_of)) + "\n"
