@@ -11,6 +11,7 @@ takes η = min(learning_rate, √(kl_clip / vᵀg)) (Eq. 14) and applies momentu
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -25,6 +26,7 @@ from kfac_repro.kfac.base import check_same_variables
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.preconditioner import Preconditioner
 from kfac_repro.kfac.replicas import assign_all
+from kfac_repro.kfac.update import UpdateRule
 
 # Defaults of the Keras API (KFACConfig keeps the paper's): a damping of 0.1 relative to factors of order 1 keeps
 # the first steps, taken with freshly estimated factors, from blowing up (the paper's 1e-3 leaves a small CNN at
@@ -171,21 +173,14 @@ class KFAC(keras.optimizers.Optimizer):
             raise RuntimeError("K-FAC's apply must run in a replica context (inside fit's train step)")
         pre = binding.preconditioner
         params = pre.params
-        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for g, p in zip(grads, params, strict=True)]
-        if context.num_replicas_in_sync > 1:  # Keras scales each replica's loss by 1/replicas: the sum is the mean
-            grads = list(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
-        if self.config.weight_decay:
-            grads = [g + self.config.weight_decay * p for g, p in zip(grads, params, strict=True)]
+        rule = UpdateRule(self.config.momentum, self.config.weight_decay, self.config.kl_bound)
+        # Keras scales each replica's loss by 1/replicas: the sum over replicas is the mean gradient
+        grads = rule.gradients(grads, params, functools.partial(_sum_over_replicas, context))
         self._update_statistics(binding, loss)
         context.merge_call(lambda _: binding.refresh.maybe_refresh(tf.convert_to_tensor(self._iterations)))
         direction = pre.precondition(grads)
         scale = pre.step_size(direction, grads, self._iterations, tf.cast(self.learning_rate, tf.float32))
-        momentum = self.config.momentum
-        increment = scale["step_size"] * (1.0 - momentum) if self.config.kl_bound == "update" else scale["step_size"]
-        pairs: list[tuple] = []
-        for variable, velocity, d in zip(params, self._velocity, direction, strict=True):
-            new_velocity = momentum * velocity + increment * d
-            pairs += [(velocity, new_velocity), (variable, variable - new_velocity)]
+        pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
         pairs.append((self._iterations, self._iterations + 1))
         assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
@@ -235,6 +230,12 @@ class KFAC(keras.optimizers.Optimizer):
             config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"],
                                                                              custom_objects=custom_objects)
         return cls(model=None, **config)
+
+
+def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:
+    if context.num_replicas_in_sync == 1:
+        return values
+    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, values))
 
 
 def _graph_gradient(target: tf.Tensor, sources: list[tf.Tensor], cotangent: tf.Tensor) -> list[tf.Tensor]:

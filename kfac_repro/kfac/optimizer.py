@@ -23,6 +23,7 @@ from kfac_repro.kfac.inversion.divided import BlockInversion
 from kfac_repro.kfac.inversion.refresh import AsyncRefresh, SyncRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
 from kfac_repro.kfac.replicas import all_reduce_mean
+from kfac_repro.kfac.update import UpdateRule
 
 
 class KFAC(ModelOptimizer):
@@ -31,7 +32,8 @@ class KFAC(ModelOptimizer):
 
     def __init__(self, model: keras.Model, config: KFACConfig | None = None):
         self.config = config or KFACConfig()
-        super().__init__(model, self.config)
+        super().__init__(model, self.config, UpdateRule(self.config.momentum, self.config.weight_decay,
+                                                        self.config.kl_bound))
         self.preconditioner = Preconditioner(model, self.config)
         self.blocks = self.preconditioner.blocks
         self.taps = self.preconditioner.taps
@@ -134,9 +136,7 @@ class KFAC(ModelOptimizer):
         direction = preconditioner.precondition(grads)
         scale = preconditioner.step_size(direction, grads, self.iterations)
         pairs = preconditioner.factor_assignments(batch_factors) if with_stats else []
-        step_size = scale["step_size"]
-        increment = step_size * (1.0 - self.momentum) if self.config.kl_bound == "update" else step_size
-        self.commit(pairs + self.update_assignments(direction, increment))
+        self.commit(pairs + self.update_assignments(direction, scale["step_size"]))
         ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
         return {"loss": loss, "error": error, **scale, "inverses_ready": ready}
