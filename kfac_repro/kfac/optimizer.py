@@ -20,7 +20,8 @@ import tensorflow as tf
 from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inversion.divided import BlockInversion
-from kfac_repro.kfac.inversion.refresh import AsyncRefresh, SyncRefresh
+from kfac_repro.kfac.inversion.policy import policy_for
+from kfac_repro.kfac.inversion.refresh import InverseRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
 from kfac_repro.kfac.replicas import all_reduce_mean
 from kfac_repro.kfac.update import UpdateRule
@@ -41,10 +42,7 @@ class KFAC(ModelOptimizer):
         self.inverse_iteration = -1
         self._host_iteration = 0
         self.inversion = BlockInversion(self.blocks, self.config, self.strategy)
-        self.refresh: SyncRefresh | AsyncRefresh = (
-            AsyncRefresh(self.inversion, self.config.async_lag) if self.config.inversion == "async"
-            else SyncRefresh(self.inversion, self.config.inverse_every)
-        )
+        self.refresh = InverseRefresh(self.inversion, policy_for(self.config))
         self._steps = {s: self.distributed(functools.partial(self._replica_step, with_stats=s)) for s in (True, False)}
         self._stats_only = tf.function(
             lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True, autograph=False
@@ -76,7 +74,7 @@ class KFAC(ModelOptimizer):
         """Invert the damped factors now (synchronously, divided among the replicas) and install them; every
         worker must call it at the same step."""
         step = self._host_iteration
-        self.inversion.install(self.inversion.compute({b.name: b.factors for b in self.blocks}, step))
+        self.inversion.install(self.refresh.invert_now(step))
         self._set_source(step)
 
     def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
