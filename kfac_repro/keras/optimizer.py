@@ -11,6 +11,7 @@ takes η = min(learning_rate, √(kl_clip / vᵀg)) (Eq. 14) and applies momentu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from typing import Any
@@ -25,20 +26,26 @@ from kfac_repro.keras.refresh import GraphRefresh
 from kfac_repro.kfac.base import check_same_variables
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.preconditioner import Preconditioner
-from kfac_repro.kfac.replicas import assign_all
+from kfac_repro.kfac.replicas import all_reduce_mean, assign_all
 from kfac_repro.kfac.update import UpdateRule
 
-# Defaults of the Keras API (KFACConfig keeps the paper's): a damping of 0.1 relative to factors of order 1 keeps
-# the first steps, taken with freshly estimated factors, from blowing up (the paper's 1e-3 leaves a small CNN at
-# chance); kl_clip 0.01 and momentum 0.9 are the paper's; inverses every 10 steps. The KL bound on η·v before
-# momentum ("increment", unlike the core's default "update"): with η_max = learning_rate = 1, "update" also caps the
-# summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36 steps.
-DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip": 0.01, "momentum": 0.9, "kl_bound": "increment",
-                            "weight_decay": 0.0, "stats_decay": 0.95, "inverse_every": 10, "inversion": "sync",
-                            "conv_factors": "cheap", "inverse_dtype": "float32", "product_dtype": "float32",
-                            "fisher_targets": "sample",
-                            "exact_block_max": 1024, "doubly_factored": (), "doubly_factored_min_inputs": None,
-                            "sequence_factors": "expand", "skip_layers": (), "seed": 0}
+# The Keras API's defaults where they differ from KFACConfig's (the paper's); every other setting means what it means
+# in KFACConfig. A damping of 0.1 relative to factors of order 1 keeps the first steps, taken with freshly estimated
+# factors, from blowing up (the paper's 1e-3 leaves a small CNN at chance); inverses every 10 steps. The KL bound on
+# η·v before momentum ("increment", unlike the core's default "update"): with η_max = learning_rate = 1, "update"
+# also caps the summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36
+# steps.
+# With inversion "async", async_lag defaults to inverse_every (`keras_config`): pinned, so that a resumed fit equals
+# the uninterrupted one; async_lag=None chooses the free-running hand-over, whose steps depend on timing.
+KERAS_DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_bound": "increment", "inverse_every": 10}
+# KFACConfig settings that cannot apply to an optimizer inside fit, refused by name with what stands for them.
+NOT_IN_FIT: dict[str, str] = {
+    "likelihood": "the likelihood comes from the compiled loss",
+    "from_logits": "the likelihood comes from the compiled loss",
+    "max_step_size": "η_max is the optimizer's learning_rate (a float or a Keras schedule)",
+    "polyak_decay": "fit evaluates the raw weights",
+    "stats_batch_size": "a Keras optimizer sees no inputs, so the statistics come from the training pass",
+}
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
@@ -48,12 +55,13 @@ class _Binding:
 
     def __init__(self, model: keras.Model, config: KFACConfig):
         self.model = model
+        self.config = config
         self.preconditioner = Preconditioner(model, config)
         pre = self.preconditioner
         self.taps = GraphTaps(model, [b.layer for b in pre.blocks if b.taps_preactivation],
                               [b.layer for b in pre.blocks if not b.taps_preactivation])
         pre.taps = self.taps
-        self.refresh = GraphRefresh(pre, config.inverse_every, config.inversion == "async")
+        self.refresh = GraphRefresh(pre, config)
         self.loss: LossLikelihood | None = None
         self.supports_jit = True  # the model's own flag, restored by `close`
 
@@ -72,20 +80,25 @@ class _Binding:
 
 class KFAC(keras.optimizers.Optimizer):
     """K-FAC for `model.fit`. `learning_rate` is η_max (1.0; Keras LR schedules and callbacks may change it);
-    `settings` are KFACConfig fields, defaults in `DEFAULTS`. Not supported: `run_eagerly=True`,
-    `jit_compile=True`, Keras's clipnorm/EMA/gradient accumulation/loss scaling options."""
+    `settings` are KFACConfig fields, meaning what they mean in the host loop, with the defaults `KERAS_DEFAULTS`
+    overrides (those in `NOT_IN_FIT` are refused). Not supported: `run_eagerly=True`, `jit_compile=True`, Keras's
+    clipnorm/EMA/gradient accumulation/loss scaling options."""
 
     def __init__(self, model: keras.Model | None = None, learning_rate: Any = 1.0, name: str = "kfac",
                  **settings: Any):
-        unknown = set(settings) - set(DEFAULTS)
+        refused = sorted(set(settings) & set(NOT_IN_FIT))
+        if refused:
+            raise TypeError("KFAC: " + "; ".join(f"{key} does not apply in fit: {NOT_IN_FIT[key]}" for key in refused))
+        known = [key for key in (f.name for f in dataclasses.fields(KFACConfig)) if key not in NOT_IN_FIT]
+        unknown = set(settings) - set(known)
         if unknown:
-            raise TypeError(f"KFAC: unknown or unsupported setting(s) {sorted(unknown)}; the Keras optimizer takes "
-                            f"{sorted(DEFAULTS)} (the likelihood comes from the compiled loss)")
+            raise TypeError(f"KFAC: unknown setting(s) {sorted(unknown)}; the Keras optimizer takes {sorted(known)}")
+        if settings.get("decay_target") == "lr":
+            raise TypeError("KFAC: decay_target 'lr' does not apply in fit: give learning_rate a Keras schedule")
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
                          name=name)
-        self.settings = {**DEFAULTS, **settings}
-        self.settings.update({key: tuple(self.settings[key]) for key in _NAME_LISTS})
-        self.config = KFACConfig(**self.settings)
+        self.config = keras_config(settings)
+        self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
         self._velocity: list = []
         self._stashed: dict[str, Any] | None = None
@@ -176,15 +189,28 @@ class KFAC(keras.optimizers.Optimizer):
         rule = UpdateRule(self.config.momentum, self.config.weight_decay, self.config.kl_bound)
         # Keras scales each replica's loss by 1/replicas: the sum over replicas is the mean gradient
         grads = rule.gradients(grads, params, functools.partial(_sum_over_replicas, context))
-        self._update_statistics(binding, loss)
-        context.merge_call(lambda _: binding.refresh.maybe_refresh(tf.convert_to_tensor(self._iterations)))
+        step = tf.convert_to_tensor(self._iterations)
+        refresh = binding.refresh
+        outputs = self._outputs(binding, loss)
+        calls = pre.recorded_calls()
+        first = refresh.uninitialised  # the first inverses come from statistics of their own, as in the host loop
+        self._update_statistics(pre, outputs, calls, first)
+        context.merge_call(lambda _: refresh.boundary(step, first))
+        every = self.config.stats_every
+        self._update_statistics(pre, outputs, calls, None if every == 1 else tf.equal(step % every, 0))
+        binding.taps.clear()
+        if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
+            ready = _all_replicas(context, refresh.local_ready())
+            assign_all([refresh.all_ready], [ready > 0.5])
         direction = pre.precondition(grads)
         scale = pre.step_size(direction, grads, self._iterations, tf.cast(self.learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
         pairs.append((self._iterations, self._iterations + 1))
         assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
-    def _update_statistics(self, binding: _Binding, loss: LossLikelihood) -> None:
+    @staticmethod
+    def _outputs(binding: _Binding, loss: LossLikelihood) -> tf.Tensor:
+        """The model's output in this train step, checked; sets the cotangent scale of the compiled loss."""
         model_calls = binding.taps.model_calls()
         if not model_calls:
             raise RuntimeError(f"K-FAC found no forward pass of model {binding.model.name!r} in this train step: "
@@ -199,12 +225,26 @@ class KFAC(keras.optimizers.Optimizer):
         if not outputs.shape[1:].is_fully_defined():
             raise ValueError(f"K-FAC needs the output shape of model {binding.model.name!r} known, found "
                              f"{outputs.shape}")
-        pre = binding.preconditioner
-        pre.cotangent_scale = loss.cotangent_scale(outputs.shape[1:].num_elements())
-        batch_factors = pre.batch_factors(outputs, _graph_gradient)
-        pairs = pre.factor_assignments(batch_factors)
-        assign_all([v for v, _ in pairs], [value for _, value in pairs])
-        binding.taps.clear()
+        binding.preconditioner.cotangent_scale = loss.cotangent_scale(outputs.shape[1:].num_elements())
+        return outputs
+
+    @staticmethod
+    def _update_statistics(pre: Preconditioner, outputs: tf.Tensor, calls: list, when: tf.Tensor | None) -> None:
+        """Fold this step's batch factors into the moving averages (only `when` holds, if given). A batch whose
+        all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
+        weights' fate is the user's, the curvature's stays usable."""
+        factors = [var for block in pre.blocks for var in block.factors.values()]
+        if when is None:
+            local = pre.local_batch_factors(outputs, _graph_gradient, calls)
+        else:
+            local = tf.cond(when, lambda: pre.local_batch_factors(outputs, _graph_gradient, calls),
+                            lambda: [tf.zeros(f.shape, f.dtype) for f in factors])
+        batch = all_reduce_mean(local)
+        keep = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in batch])
+        if when is not None:
+            keep = tf.logical_and(keep, when)
+        pairs = pre.factor_assignments(batch)
+        assign_all([v for v, _ in pairs], [tf.where(keep, value, tf.convert_to_tensor(v)) for v, value in pairs])
 
     def save_own_variables(self, store: Any) -> None:
         self._require_binding()
@@ -230,6 +270,21 @@ class KFAC(keras.optimizers.Optimizer):
             config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"],
                                                                              custom_objects=custom_objects)
         return cls(model=None, **config)
+
+
+def keras_config(settings: dict[str, Any]) -> KFACConfig:
+    """The KFACConfig of the Keras optimizer's `settings`: KERAS_DEFAULTS where a setting is not given."""
+    given = {**KERAS_DEFAULTS, **settings}
+    if given.get("inversion") == "async" and "async_lag" not in settings:
+        given["async_lag"] = given["inverse_every"]
+    return KFACConfig(**given)
+
+
+def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
+    """The smallest of the replicas' `flag`s (1.0: every replica's is 1)."""
+    if context.num_replicas_in_sync == 1:
+        return flag
+    return context.all_reduce(tf.distribute.ReduceOp.MIN, flag)
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:
