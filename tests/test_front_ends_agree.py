@@ -15,6 +15,8 @@ from kfac_repro.kfac import KFAC as CoreKFAC
 from kfac_repro.kfac import KFACConfig
 from tests.test_keras_fit import SCCE_LOGITS, pooled_mlp
 
+pytestmark = pytest.mark.fashion_mnist  # skipped, saying why, where the data set is absent
+
 BATCH, STEPS = 64, 10
 
 

@@ -198,3 +198,33 @@ def test_layer_settings_reach_the_blocks_and_survive_get_config() -> None:
     restored = KFAC.from_config(config)
     assert restored.config.skip_layers == (hidden,) and restored.config.sequence_factors == "reduce"
     optimizer.close()
+
+
+def test_a_batch_with_a_nan_input_leaves_the_factors_usable(fashion: tuple) -> None:
+    """Issue 36: a NaN input once made the factors NaN for good (every later fit raised at its first refresh, even
+    after the weights were restored). Its statistics are skipped: the factors stay those before it."""
+    x, y = fashion[0][:256].copy(), fashion[1][:256]
+    model = pooled_mlp()
+    optimizer = KFAC(model, inverse_every=2)
+    model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    model.fit(x[:128], y[:128], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    clean_weights, clean_factors = model.get_weights(), optimizer.preconditioner.factors()
+    velocities = [v for v in optimizer.variables if "velocity" in v.name]
+    clean_velocities = [keras.ops.convert_to_numpy(v) for v in velocities]
+    updates = int(optimizer.preconditioner.stats_updates.numpy())
+    poisoned = x[128:192].copy()
+    poisoned[5, 3, 3, 0] = np.nan
+    model.fit(poisoned, y[128:192], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    assert int(optimizer.preconditioner.stats_updates.numpy()) == updates
+    for block, factors in optimizer.preconditioner.factors().items():
+        for name, value in factors.items():
+            np.testing.assert_array_equal(value, clean_factors[block][name], err_msg=f"{block}/{name}")
+    assert not np.isfinite(model.get_weights()[0]).all()  # the weights' fate is the user's: here restored
+    model.set_weights(clean_weights)
+    for variable, value in zip(velocities, clean_velocities, strict=True):
+        variable.assign(value)
+    history = model.fit(x[192:], y[192:], batch_size=64, epochs=2, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(np.isfinite(v).all() for f in optimizer.preconditioner.factors().values() for v in f.values())
+    assert int(optimizer.preconditioner.stats_updates.numpy()) == updates + 2
+    optimizer.close()
