@@ -228,3 +228,26 @@ def test_a_batch_with_a_nan_input_leaves_the_factors_usable(fashion: tuple) -> N
     assert all(np.isfinite(v).all() for f in optimizer.preconditioner.factors().values() for v in f.values())
     assert int(optimizer.preconditioner.stats_updates.numpy()) == updates + 2
     optimizer.close()
+
+
+def test_every_setting_means_what_it_means_in_the_host_loop_or_is_refused_by_name() -> None:
+    model = pooled_mlp()
+    for setting, value in {"stats_batch_size": 32, "polyak_decay": 0.99, "max_step_size": 0.5,
+                           "likelihood": "gaussian", "from_logits": False}.items():
+        with pytest.raises(TypeError, match=rf"{setting} does not apply in fit: "):
+            KFAC(model, **{setting: value})
+    with pytest.raises(TypeError, match=r"decay_target 'lr' does not apply in fit: give learning_rate a Keras"):
+        KFAC(model, decay_target="lr")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['dampnig'\]"):
+        KFAC(model, dampnig=0.1)
+    optimizer = KFAC(model, inversion="async", inversion_threads=2, inversion_device="accelerator", stats_every=3,
+                     decay_every=5)
+    assert optimizer.config.async_lag == 10  # the Keras default: pinned at inverse_every (10)
+    assert optimizer.config.damping == 0.1 and optimizer.config.kl_bound == "increment"  # KERAS_DEFAULTS
+    inversion = optimizer._binding.refresh.engine.inversion
+    assert inversion.threads == 2 and inversion.local_devices[0] is not None
+    assert KFAC.from_config(optimizer.get_config()).config == optimizer.config
+    optimizer.close()
+    free = KFAC(pooled_mlp(), inversion="async", async_lag=None)
+    assert free.config.async_lag is None and type(free._binding.refresh.engine.policy).__name__ == "FreeRunning"
+    free.close()
