@@ -1,13 +1,14 @@
-"""K-FAC as a Keras 3 optimizer: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit` as usual.
+"""K-FAC as a Keras 3 optimizer: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit` as usual; a thin
+front end over the engine the host loop (`kfac_repro.kfac.KFAC`) runs, taking the same steps in the same order.
 
 Keras's traced train step does the forward pass (through the K-FAC layer taps, installed for the optimizer's
 lifetime) and hands the optimizer the gradients; `apply`, traced into the same graph on every replica, then
 back-propagates the Fisher cotangents from the recorded model output to the recorded pre-activations
-(`tf.gradients`: no second forward pass), folds the all-reduced batch factors into their moving averages,
-refreshes the inverses every `inverse_every` steps (`GraphRefresh`), preconditions the all-reduced gradient,
-takes η = min(learning_rate, √(kl_clip / vᵀg)) (Eq. 14) and applies momentum as the core does (`kl_bound`:
-"update" feeds the buffer (1 − μ)·η·v, so that the summed update meets the bound; "increment" feeds it η·v).
-"""
+(`tf.gradients`: no second forward pass). On the first step (no inverses yet) their factors are folded in and
+inverted first, as the host loop's first step does; the step boundary runs the refresh engine through the bridge
+(`keras.refresh`); then the batch factors are folded into the moving averages (every `stats_every` steps; not at
+all when they are not finite), the all-reduced gradient is preconditioned, η = min(learning_rate, √(kl_clip / vᵀg))
+(Eq. 14) and the update rule of `kfac.update` applied."""
 
 from __future__ import annotations
 
