@@ -47,6 +47,9 @@ NOT_IN_FIT: dict[str, str] = {
     "polyak_decay": "fit evaluates the raw weights",
     "stats_batch_size": "a Keras optimizer sees no inputs, so the statistics come from the training pass",
 }
+# Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
+KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                 "gradient_accumulation_steps", "loss_scale_factor")
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
@@ -82,11 +85,12 @@ class _Binding:
 class KFAC(keras.optimizers.Optimizer):
     """K-FAC for `model.fit`. `learning_rate` is η_max (1.0; Keras LR schedules and callbacks may change it);
     `settings` are KFACConfig fields, meaning what they mean in the host loop, with the defaults `KERAS_DEFAULTS`
-    overrides (those in `NOT_IN_FIT` are refused). Not supported: `run_eagerly=True`, `jit_compile=True`, Keras's
-    clipnorm/EMA/gradient accumulation/loss scaling options."""
+    overrides (those in `NOT_IN_FIT` are refused), and Keras's own options (`KERAS_OPTIONS`: clipping, EMA,
+    gradient accumulation, loss scaling). Not supported: `run_eagerly=True`, `jit_compile=True`."""
 
     def __init__(self, model: keras.Model | None = None, learning_rate: Any = 1.0, name: str = "kfac",
                  **settings: Any):
+        options = {key: settings.pop(key) for key in KERAS_OPTIONS if key in settings}
         refused = sorted(set(settings) & set(NOT_IN_FIT))
         if refused:
             raise TypeError("KFAC: " + "; ".join(f"{key} does not apply in fit: {NOT_IN_FIT[key]}" for key in refused))
@@ -97,7 +101,7 @@ class KFAC(keras.optimizers.Optimizer):
         if settings.get("decay_target") == "lr":
             raise TypeError("KFAC: decay_target 'lr' does not apply in fit: give learning_rate a Keras schedule")
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
-                         name=name)
+                         name=name, **options)
         self.config = keras_config(settings)
         self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
@@ -170,12 +174,11 @@ class KFAC(keras.optimizers.Optimizer):
                 self._binding.bind_loss()
         super().build(variables)
 
-    def apply(self, grads: Any, trainable_variables: Any = None) -> None:
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        """K-FAC's update, in place of Keras's per-variable `update_step`: Keras's `apply` has already unscaled,
+        accumulated and clipped the gradients, and then updates the EMA and the step count."""
         binding = self._require_binding()
-        variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
-        binding.check_variables(variables)
-        if not self.built:
-            self.build(variables)
+        binding.check_variables(list(binding.model.trainable_variables))
         if tf.executing_eagerly():
             raise RuntimeError("K-FAC needs fit's traced train step: compile without run_eagerly=True")
         if getattr(binding.model, "jit_compile", False):
@@ -185,12 +188,20 @@ class KFAC(keras.optimizers.Optimizer):
         context = tf.distribute.get_replica_context()
         if context is None:
             raise RuntimeError("K-FAC's apply must run in a replica context (inside fit's train step)")
+        accumulation = self.gradient_accumulation_steps
+        if accumulation and context.num_replicas_in_sync > 1:
+            raise RuntimeError("K-FAC with gradient_accumulation_steps trains on one replica only (its update runs "
+                               "inside a conditional, where tf.distribute cannot synchronise replicas)")
         pre = binding.preconditioner
         params = pre.params
+        given = {id(v): g for g, v in zip(grads, trainable_variables, strict=True)}  # Keras drops None gradients
         rule = UpdateRule(self.config.momentum, self.config.weight_decay, self.config.kl_bound)
         # Keras scales each replica's loss by 1/replicas: the sum over replicas is the mean gradient
-        grads = rule.gradients(grads, params, functools.partial(_sum_over_replicas, context))
-        step = tf.convert_to_tensor(self._iterations)
+        grads = rule.gradients([given.get(id(p)) for p in params], params,
+                               functools.partial(_sum_over_replicas, context))
+        step = tf.convert_to_tensor(self._iterations)  # K-FAC's step: the update's index
+        if accumulation:
+            step = step // accumulation
         refresh = binding.refresh
         outputs = self._outputs(binding, loss)
         calls = pre.recorded_calls()
@@ -204,9 +215,8 @@ class KFAC(keras.optimizers.Optimizer):
             ready = _all_replicas(context, refresh.local_ready())
             assign_all([refresh.all_ready], [ready > 0.5])
         direction = pre.precondition(grads)
-        scale = pre.step_size(direction, grads, self._iterations, tf.cast(self.learning_rate, tf.float32))
+        scale = pre.step_size(direction, grads, step, tf.cast(learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
-        pairs.append((self._iterations, self._iterations + 1))
         assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
     @staticmethod
@@ -260,7 +270,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        kept = {"name": config["name"], "learning_rate": config["learning_rate"]}
+        kept = {key: config[key] for key in ("name", "learning_rate", *KERAS_OPTIONS) if key in config}
         return {**kept, **self.settings, **{key: list(self.settings[key]) for key in _NAME_LISTS}}
 
     @classmethod

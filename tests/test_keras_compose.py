@@ -1,0 +1,118 @@
+"""keras.KFAC composes with Keras's own optimizer features, handled by Keras's `apply` around K-FAC's update:
+gradient clipping, EMA of the weights, gradient accumulation, loss scaling under mixed_float16 (and
+mixed_bfloat16 without a float32 output layer), and learning-rate schedules for η_max."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from kfac_repro.keras import KFAC
+
+SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+BATCH = 32
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * BATCH, 12)).astype("float32")
+    return x, (x[:, 0] + x[:, 1] > 0).astype("int32")
+
+
+def mlp() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+
+
+def fit(settings: dict[str, Any], epochs: int = 1) -> tuple[keras.Model, list[list[np.ndarray]], list[float]]:
+    """Fit 4 steps per epoch; the weights after every step (as on_train_batch_end sees them) and the losses."""
+    x, y = data()
+    model = mlp()
+    optimizer = KFAC(model, **settings)
+    model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    seen: list[list[np.ndarray]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append([np.array(w) for w in model.get_weights()]))
+    history = model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[record])
+    optimizer.close()
+    return model, seen, history.history["loss"]
+
+
+def largest_move(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 1e-8}, {"global_clipnorm": 1e-8}, {"clipvalue": 1e-9}])
+def test_clipped_gradients_reach_the_kfac_update(clip: dict[str, float]) -> None:
+    """With η = min(η_max, √(c / vᵀg)) and c large, η_max binds and the update is η_max·F̂⁻¹g: gradients clipped
+    to ~1e-8 move the weights by ~1e-7; unclipped ones by far more."""
+    start = mlp().get_weights()
+    _, clipped, _ = fit({"kl_clip": 1e6, **clip})
+    _, free, _ = fit({"kl_clip": 1e6})
+    assert largest_move(clipped[-1], start) < 1e-5
+    assert largest_move(free[-1], start) > 1e-2
+
+
+def test_ema_of_the_weights_is_installed_at_the_end_of_fit() -> None:
+    model, seen, _ = fit({"use_ema": True, "ema_momentum": 0.5})
+    average = seen[0]  # Keras's EMA: the first step's weights, then m·average + (1 − m)·weights
+    for weights in seen[1:]:
+        average = [0.5 * a + 0.5 * w for a, w in zip(average, weights, strict=True)]
+    for ours, expected in zip(model.get_weights(), average, strict=True):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+    assert largest_move(seen[-1], average) > 1e-4  # the EMA differs from the last weights
+
+
+def test_gradient_accumulation_updates_every_second_batch_and_counts_kfac_steps_in_updates() -> None:
+    x, y = data()
+    model = mlp()
+    optimizer = KFAC(model, gradient_accumulation_steps=2, inverse_every=1)
+    model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    seen: list[list[np.ndarray]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append([np.array(w) for w in model.get_weights()]))
+    start = model.get_weights()
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+    engine = optimizer._binding.refresh.engine
+    optimizer.close()
+    assert largest_move(seen[0], start) == 0 and largest_move(seen[2], seen[1]) == 0
+    assert largest_move(seen[1], seen[0]) > 1e-3 and largest_move(seen[3], seen[2]) > 1e-3
+    assert [r.installed_at for r in engine.history] == [1]  # update 0: the first inversion; update 1: a refresh
+    assert int(optimizer.preconditioner.stats_updates.numpy()) == 3  # the first step's own statistics, 2 updates
+
+
+def test_learning_rate_schedule_sets_the_largest_step() -> None:
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [1.0, 0.0])  # η_max 0 from step 2 on
+    _, seen, _ = fit({"learning_rate": schedule, "momentum": 0.0})
+    assert largest_move(seen[1], seen[0]) > 1e-3
+    assert largest_move(seen[3], seen[1]) == 0
+
+
+@pytest.fixture
+def policy() -> Iterator[None]:
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_as_keras_documents_it_trains_as_float32_does(policy: None, name: str) -> None:
+    """mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer (its update then runs inside a
+    conditional); both policies with the output layer in the low precision too."""
+    _, _, reference = fit({}, epochs=3)
+    keras.mixed_precision.set_global_policy(name)
+    model, _, losses = fit({}, epochs=3)
+    if name == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.layers[-1].compute_dtype != "float32"
+    np.testing.assert_allclose(losses, reference, rtol=0.02)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_keras_options_survive_get_config() -> None:
+    optimizer = KFAC(mlp(), clipnorm=0.5, use_ema=True, gradient_accumulation_steps=3, damping=0.2)
+    restored = KFAC.from_config(optimizer.get_config())
+    assert (restored.clipnorm, restored.use_ema, restored.gradient_accumulation_steps) == (0.5, True, 3)
+    assert restored.config.damping == 0.2
+    optimizer.close()
