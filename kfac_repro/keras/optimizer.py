@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.keras.adapter import check_keras, track_variable
 from kfac_repro.keras.capture import GraphTaps
 from kfac_repro.keras.losses import LossLikelihood, likelihood_of
 from kfac_repro.keras.refresh import GraphRefresh
@@ -90,6 +91,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def __init__(self, model: keras.Model | None = None, learning_rate: Any = 1.0, name: str = "kfac",
                  **settings: Any):
+        check_keras()
         options = {key: settings.pop(key) for key in KERAS_OPTIONS if key in settings}
         refused = sorted(set(settings) & set(NOT_IN_FIT))
         if refused:
@@ -127,7 +129,7 @@ class KFAC(keras.optimizers.Optimizer):
                               for p in binding.preconditioner.params]
         state = [*binding.preconditioner.variables(), *binding.refresh.variables]
         for variable in state:
-            self._track_variable(variable)
+            track_variable(self, variable)
         binding.taps.__enter__()
         binding.supports_jit = model.supports_jit
         model.supports_jit = False  # host inversions (tf.numpy_function): Keras then resolves jit_compile to False
@@ -199,9 +201,7 @@ class KFAC(keras.optimizers.Optimizer):
         # Keras scales each replica's loss by 1/replicas: the sum over replicas is the mean gradient
         grads = rule.gradients([given.get(id(p)) for p in params], params,
                                functools.partial(_sum_over_replicas, context))
-        step = tf.convert_to_tensor(self._iterations)  # K-FAC's step: the update's index
-        if accumulation:
-            step = step // accumulation
+        step = tf.convert_to_tensor(self.iterations)  # K-FAC's step: the update's index (Keras: under accumulation)
         refresh = binding.refresh
         outputs = self._outputs(binding, loss)
         calls = pre.recorded_calls()

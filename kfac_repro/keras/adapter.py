@@ -1,0 +1,43 @@
+"""Every use the Keras front end makes of what Keras does not document as public, in one place, each checked
+against the running Keras by `check_keras` (called when a `KFAC` is made), so that a Keras release that changed
+one fails at once with a message naming it rather than somewhere inside a traced step.
+
+- `Optimizer._backend_update_step(grads, trainable_variables, learning_rate)`: the hook K-FAC's update replaces,
+  called by Keras's `apply` after loss-scale unscaling, gradient accumulation and clipping, before the EMA update.
+- `Optimizer._track_variable(variable)`: K-FAC's factors, inverses and refresh state become optimizer variables
+  (checkpointed and saved with it) without the per-parameter shape `add_variable_from_reference` imposes.
+- `Layer.supports_jit` (a model's): set False while K-FAC is attached, so that `jit_compile="auto"` resolves to
+  False (the inversion runs on the host).
+Layer calls are tapped by wrapping each layer's public `call` (`kfac.layer_capture`).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+TESTED = "3.15"  # the Keras minor release these were checked against (pyproject pins keras<3.16)
+UPDATE_HOOK = "_backend_update_step"
+
+
+def check_keras(optimizer_class: type = keras.optimizers.Optimizer, layer_class: type = keras.layers.Layer) -> None:
+    """RuntimeError naming each internal this front end uses that the running Keras lacks or changed."""
+    problems = []
+    hook = getattr(optimizer_class, UPDATE_HOOK, None)
+    if hook is None or list(inspect.signature(hook).parameters) != ["self", "grads", "trainable_variables",
+                                                                     "learning_rate"]:
+        problems.append(f"Optimizer.{UPDATE_HOOK}(grads, trainable_variables, learning_rate)")
+    if not callable(getattr(optimizer_class, "_track_variable", None)):
+        problems.append("Optimizer._track_variable(variable)")
+    if not isinstance(getattr(layer_class(), "supports_jit", None), bool):
+        problems.append("Layer.supports_jit")
+    if problems:
+        raise RuntimeError(f"kfac_repro.keras needs Keras internals that Keras {keras.__version__} lacks or changed: "
+                           f"{'; '.join(problems)} (tested with Keras {TESTED}.x)")
+
+
+def track_variable(optimizer: keras.optimizers.Optimizer, variable: tf.Variable) -> None:
+    """Make `variable` part of the optimizer's state (`optimizer.variables`, checkpoints, saving)."""
+    optimizer._track_variable(variable)
