@@ -137,3 +137,40 @@ def test_a_keras_that_changed_an_internal_this_front_end_uses_is_named() -> None
         check_keras(Renamed)
     with pytest.raises(RuntimeError, match=r"Layer\.supports_jit \(tested with Keras 3\.15\.x\)"):
         check_keras(layer_class=NoFlag)
+
+
+@pytest.mark.fashion_mnist
+def test_optimizer_map_kfac_on_conv_and_dense_muon_on_the_rest_trains_a_cnn_on_fashion_mnist() -> None:
+    """Inside a MultiOptimizer K-FAC trains the variables the OptimizerMap gives it: the layers whose variables
+    are all its own get blocks, the others (BatchNormalization here, trained by Muon) pass through."""
+    from kfac_repro.data.fashion_mnist import load_fashion_mnist
+
+    (images, labels), _ = load_fashion_mnist()
+    x, y = (images[:1024, :, :, None] / np.float32(255.0)).astype("float32"), labels[:1024].astype("int32")
+
+    def cnn() -> keras.Model:
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, strides=2, name="conv"),
+                                 keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(),
+                                 keras.layers.Flatten(), keras.layers.Dense(10, name="out")])
+
+    def train(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> float:
+        model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+        return model.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0).history["loss"][-1]
+
+    model = cnn()
+    kfac = KFAC(model)
+    combined = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+        keras.optimizers.Muon(learning_rate=0.01), {".*/conv/.*": kfac, ".*/out/.*": kfac}))
+    bn_before = [np.array(v) for v in model.get_layer("bn").trainable_variables]
+    loss = train(model, combined)
+    assert [b.name for b in kfac.preconditioner.blocks] == ["conv", "out"]
+    assert [v.path for v in kfac.preconditioner.params] == [
+        "sequential/conv/kernel", "sequential/conv/bias", "sequential/out/kernel", "sequential/out/bias"]
+    assert not any("bn" in v.name for v in kfac.variables)  # no velocities, factors or inverses for BN
+    assert int(kfac.iterations.numpy()) == 48 and int(kfac.preconditioner.stats_updates.numpy()) == 49
+    assert all(np.abs(np.array(v) - b).max() > 1e-3
+               for v, b in zip(model.get_layer("bn").trainable_variables, bn_before, strict=True))  # Muon's
+    kfac.close()
+    muon_alone = train(cnn(), keras.optimizers.Muon(learning_rate=0.01))
+    assert loss < 0.4 and loss < 0.9 * muon_alone

@@ -6,6 +6,8 @@ one fails at once with a message naming it rather than somewhere inside a traced
   called by Keras's `apply` after loss-scale unscaling, gradient accumulation and clipping, before the EMA update.
 - `Optimizer._track_variable(variable)`: K-FAC's factors, inverses and refresh state become optimizer variables
   (checkpointed and saved with it) without the per-parameter shape `add_variable_from_reference` imposes.
+- `Optimizer._variables`: the list `_track_variable` adds to; K-FAC built for the whole model and then given only
+  part of it (inside a MultiOptimizer) drops its first state from it.
 - `Layer.supports_jit` (a model's): set False while K-FAC is attached, so that `jit_compile="auto"` resolves to
   False (the inversion runs on the host).
 Layer calls are tapped by wrapping each layer's public `call` (`kfac.layer_capture`).
@@ -13,6 +15,7 @@ Layer calls are tapped by wrapping each layer's public `call` (`kfac.layer_captu
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import keras
@@ -22,6 +25,7 @@ TESTED = "3.15"  # the Keras minor release these were checked against (pyproject
 UPDATE_HOOK = "_backend_update_step"
 
 
+@functools.cache
 def check_keras(optimizer_class: type = keras.optimizers.Optimizer, layer_class: type = keras.layers.Layer) -> None:
     """RuntimeError naming each internal this front end uses that the running Keras lacks or changed."""
     problems = []
@@ -31,6 +35,8 @@ def check_keras(optimizer_class: type = keras.optimizers.Optimizer, layer_class:
         problems.append(f"Optimizer.{UPDATE_HOOK}(grads, trainable_variables, learning_rate)")
     if not callable(getattr(optimizer_class, "_track_variable", None)):
         problems.append("Optimizer._track_variable(variable)")
+    if not isinstance(getattr(optimizer_class(learning_rate=1.0), "_variables", None), list):
+        problems.append("Optimizer._variables (a list)")
     if not isinstance(getattr(layer_class(), "supports_jit", None), bool):
         problems.append("Layer.supports_jit")
     if problems:
@@ -41,3 +47,12 @@ def check_keras(optimizer_class: type = keras.optimizers.Optimizer, layer_class:
 def track_variable(optimizer: keras.optimizers.Optimizer, variable: tf.Variable) -> None:
     """Make `variable` part of the optimizer's state (`optimizer.variables`, checkpoints, saving)."""
     optimizer._track_variable(variable)
+
+
+def untrack_variables(optimizer: keras.optimizers.Optimizer, variables: list) -> None:
+    """Drop `variables` from the optimizer's state."""
+    dropped = {id(v) for v in variables}
+    tracked = optimizer._variables
+    for index in reversed(range(len(tracked))):
+        if id(tracked[index]) in dropped:
+            del tracked[index]

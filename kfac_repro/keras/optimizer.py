@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.keras.adapter import check_keras, track_variable
+from kfac_repro.keras.adapter import check_keras, track_variable, untrack_variables
 from kfac_repro.keras.capture import GraphTaps
 from kfac_repro.keras.losses import LossLikelihood, likelihood_of
 from kfac_repro.keras.refresh import GraphRefresh
@@ -58,13 +58,17 @@ _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> t
 class _Binding:
     """Everything tied to one model (kept out of Keras's attribute tracking: the model is not optimizer state)."""
 
-    def __init__(self, model: keras.Model, config: KFACConfig):
+    def __init__(self, model: keras.Model, config: KFACConfig, owned: list | None = None,
+                 taps: GraphTaps | None = None):
+        """`owned`: the variables K-FAC trains (None: all); `taps`: installed taps to keep (recording at least the
+        blocks' layers)."""
         self.model = model
         self.config = config
-        self.preconditioner = Preconditioner(model, config)
+        self.trainable = list(model.trainable_variables)
+        self.preconditioner = Preconditioner(model, config, owned=owned)
         pre = self.preconditioner
-        self.taps = GraphTaps(model, [b.layer for b in pre.blocks if b.taps_preactivation],
-                              [b.layer for b in pre.blocks if not b.taps_preactivation])
+        self.taps = taps or GraphTaps(model, [b.layer for b in pre.blocks if b.taps_preactivation],
+                                      [b.layer for b in pre.blocks if not b.taps_preactivation])
         pre.taps = self.taps
         self.refresh = GraphRefresh(pre, config)
         self.loss: LossLikelihood | None = None
@@ -72,7 +76,13 @@ class _Binding:
 
     def check_variables(self, variables: list) -> None:
         """The variables Keras trains must be those K-FAC was built for (`trainable` unchanged since)."""
-        check_same_variables(self.model, self.preconditioner.params, variables)
+        check_same_variables(self.model, self.trainable, variables)
+
+    def owns_part(self, variables: list) -> bool:
+        """`variables` are some of the model's unchanged trainable variables (an OptimizerMap gave K-FAC these)."""
+        mine = {id(v) for v in variables}
+        return ([id(v) for v in self.model.trainable_variables] == [id(v) for v in self.trainable]
+                and mine < {id(v) for v in self.trainable} and mine != {id(v) for v in self.preconditioner.params})
 
     def bind_loss(self) -> LossLikelihood:
         loss = likelihood_of(self.model)
@@ -123,15 +133,21 @@ class KFAC(keras.optimizers.Optimizer):
         previous = _ATTACHED.get(model)
         if previous is not None:
             previous.close()
-        binding = _Binding(model, self.config)
+        self._bind(_Binding(model, self.config))
+
+    def _bind(self, binding: _Binding) -> None:
+        model = binding.model
         with keras.name_scope(self.name, caller=self):
             self._velocity = [self.add_variable_from_reference(p, name="velocity")
                               for p in binding.preconditioner.params]
         state = [*binding.preconditioner.variables(), *binding.refresh.variables]
         for variable in state:
             track_variable(self, variable)
-        binding.taps.__enter__()
-        binding.supports_jit = model.supports_jit
+        if self._binding is None:
+            binding.taps.__enter__()
+            binding.supports_jit = model.supports_jit
+        else:  # rebuilt for part of the model: the taps stay, the model's own flag is the first binding's
+            binding.supports_jit = self._binding.supports_jit
         model.supports_jit = False  # host inversions (tf.numpy_function): Keras then resolves jit_compile to False
         if getattr(model, "compiled", False) and model.jit_compile:
             model.jit_compile = False
@@ -168,10 +184,17 @@ class KFAC(keras.optimizers.Optimizer):
 
     # ---- Keras optimizer API -----------------------------------------------------------------------------------
     def build(self, variables: list) -> None:
-        """Keras builds the optimizer before training: check the variables and the compiled loss now."""
+        """Keras builds the optimizer before training: check the variables and the compiled loss now. Given some of
+        the model's variables (inside a MultiOptimizer), K-FAC is rebuilt for those: the layers whose variables
+        are all among them get blocks, their statistics alone are computed."""
+        if self._binding is not None and not self.built and self._binding.owns_part(list(variables)):
+            old = self._binding  # Keras builds it in the traced step, after the forward pass: keep its taps
+            old.refresh.close()
+            untrack_variables(self, [*self._velocity, *old.preconditioner.variables(), *old.refresh.variables])
+            self._bind(_Binding(old.model, self.config, owned=list(variables), taps=old.taps))
         if self._binding is not None:
             model = self._binding.model
-            self._binding.check_variables(list(variables))
+            self._binding.check_variables(list(model.trainable_variables))
             if getattr(model, "loss", None) is not None:
                 self._binding.bind_loss()
         super().build(variables)

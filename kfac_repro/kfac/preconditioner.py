@@ -31,16 +31,20 @@ Gradient = Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], Sequence[tf.Tensor]
 
 
 class Preconditioner:
-    """Fisher blocks of `model`'s trainable layers; `params` lists the variables `precondition` aligns with."""
+    """Fisher blocks of `model`'s trainable layers; `params` lists the variables `precondition` aligns with.
+    `owned`: only these variables (another optimizer trains the rest); a layer gets its block only if it owns all of
+    the layer's variables, the others pass through unpreconditioned."""
 
     def __init__(self, model: keras.Model, config: KFACConfig, likelihood: likelihoods.Likelihood | None = None,
-                 from_logits: bool | None = None):
+                 from_logits: bool | None = None, owned: Sequence[tf.Variable] | None = None):
         self.model = model
         self.config = config
         self.likelihood = config.likelihood if likelihood is None else likelihood
         self.from_logits = config.from_logits if from_logits is None else from_logits
-        self.params = list(model.trainable_variables)
-        self.blocks: list[FisherBlock] = build_blocks(model, config)
+        mine = {id(v) for v in (model.trainable_variables if owned is None else owned)}
+        self.params = [v for v in model.trainable_variables if id(v) in mine]
+        self.blocks: list[FisherBlock] = [b for b in build_blocks(model, config)
+                                          if all(id(v) in mine for v in b.variables)]
         self.skipped = skipped_layers(model, config)
         self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
                               [b.layer for b in self.blocks if not b.taps_preactivation])
