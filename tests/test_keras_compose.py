@@ -174,3 +174,21 @@ def test_optimizer_map_kfac_on_conv_and_dense_muon_on_the_rest_trains_a_cnn_on_f
     kfac.close()
     muon_alone = train(cnn(), keras.optimizers.Muon(learning_rate=0.01))
     assert loss < 0.4 and loss < 0.9 * muon_alone
+
+
+def test_plain_keras_load_model_finds_the_class_and_names_what_is_missing(tmp_path: object) -> None:
+    x, y = data()
+    model = mlp()
+    model.compile(optimizer=KFAC(model), loss=SCCE_LOGITS)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    path = f"{tmp_path}/model.keras"
+    model.save(path)
+    model.optimizer.close()
+    loaded = keras.models.load_model(path)  # no custom_objects: the class is registered
+    assert isinstance(loaded.optimizer, KFAC)
+    with pytest.raises(ValueError, match=r"deserialized without one\. Load models with kfac_repro\.keras\.load_model"):
+        loaded.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    loaded.optimizer.attach(loaded)
+    loaded.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 8
+    loaded.optimizer.close()

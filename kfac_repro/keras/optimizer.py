@@ -93,6 +93,7 @@ class _Binding:
         return loss
 
 
+@keras.saving.register_keras_serializable(package="kfac_repro")
 class KFAC(keras.optimizers.Optimizer):
     """K-FAC for `model.fit`. `learning_rate` is η_max (1.0; Keras LR schedules and callbacks may change it);
     `settings` are KFACConfig fields, meaning what they mean in the host loop, with the defaults `KERAS_DEFAULTS`
@@ -264,21 +265,28 @@ class KFAC(keras.optimizers.Optimizer):
 
     @staticmethod
     def _update_statistics(pre: Preconditioner, outputs: tf.Tensor, calls: list, when: tf.Tensor | None) -> None:
-        """Fold this step's batch factors into the moving averages (only `when` holds, if given). A batch whose
-        all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
+        """Fold this step's batch factors into the moving averages (only where `when` holds, if given). A batch
+        whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
         weights' fate is the user's, the curvature's stays usable."""
-        factors = [var for block in pre.blocks for var in block.factors.values()]
+
+        def fold(local: list[tf.Tensor], apply: tf.Tensor | None) -> tf.Tensor:
+            batch = all_reduce_mean(local)
+            keep = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in batch])
+            keep = keep if apply is None else tf.logical_and(keep, apply)
+            pairs = pre.factor_assignments(batch)
+            assign_all([v for v, _ in pairs], [tf.where(keep, value, tf.convert_to_tensor(v)) for v, value in pairs])
+            return keep
+
+        def statistics() -> list[tf.Tensor]:
+            return pre.local_batch_factors(outputs, _graph_gradient, calls)
+
         if when is None:
-            local = pre.local_batch_factors(outputs, _graph_gradient, calls)
-        else:
-            local = tf.cond(when, lambda: pre.local_batch_factors(outputs, _graph_gradient, calls),
-                            lambda: [tf.zeros(f.shape, f.dtype) for f in factors])
-        batch = all_reduce_mean(local)
-        keep = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in batch])
-        if when is not None:
-            keep = tf.logical_and(keep, when)
-        pairs = pre.factor_assignments(batch)
-        assign_all([v for v, _ in pairs], [tf.where(keep, value, tf.convert_to_tensor(v)) for v, value in pairs])
+            fold(statistics(), None)
+        elif tf.distribute.get_replica_context().num_replicas_in_sync == 1:  # all of it skipped when not `when`
+            tf.cond(when, lambda: fold(statistics(), None), lambda: tf.constant(False))
+        else:  # the all-reduce cannot sit in a conditional: the replicas reduce zeros when not `when`
+            factors = [var for block in pre.blocks for var in block.factors.values()]
+            fold(tf.cond(when, statistics, lambda: [tf.zeros(f.shape, f.dtype) for f in factors]), when)
 
     def save_own_variables(self, store: Any) -> None:
         self._require_binding()
