@@ -192,3 +192,16 @@ def test_plain_keras_load_model_finds_the_class_and_names_what_is_missing(tmp_pa
     loaded.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations.numpy()) == 8
     loaded.optimizer.close()
+
+
+def test_kfac_made_outside_the_strategy_scope_of_its_model_is_refused_by_name() -> None:
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = mlp()
+    with pytest.raises(ValueError, match=r"built in a MirroredStrategy's scope: make KFAC\(model\) \(and compile\) "
+                                         r"inside that `strategy.scope\(\)` too"):
+        KFAC(model)
+    with strategy.scope():
+        KFAC(model).close()

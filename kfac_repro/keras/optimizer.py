@@ -131,6 +131,11 @@ class KFAC(keras.optimizers.Optimizer):
             raise ValueError(f"this K-FAC optimizer is already attached to model {self._binding.model.name!r}")
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input before KFAC(model)")
+        owner = next((v.value.distribute_strategy for v in model.weights
+                      if isinstance(v.value, tf.distribute.DistributedValues)), tf.distribute.get_strategy())
+        if owner is not tf.distribute.get_strategy():
+            raise ValueError(f"model {model.name!r} was built in a {type(owner).__name__}'s scope: make KFAC(model) "
+                             "(and compile) inside that `strategy.scope()` too")
         previous = _ATTACHED.get(model)
         if previous is not None:
             previous.close()
