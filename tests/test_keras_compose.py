@@ -205,3 +205,14 @@ def test_kfac_made_outside_the_strategy_scope_of_its_model_is_refused_by_name() 
         KFAC(model)
     with strategy.scope():
         KFAC(model).close()
+
+
+def test_compiling_kfac_into_another_model_names_the_model_it_was_made_for() -> None:
+    x, y = data()
+    first, other = mlp(), mlp()
+    optimizer = KFAC(first)
+    other.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    with pytest.raises(ValueError, match=rf"made for model {first.name!r}, and .* are not its variables: give the "
+                                         r"model you compile its own KFAC\(model\)"):
+        other.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    optimizer.close()

@@ -193,6 +193,12 @@ class KFAC(keras.optimizers.Optimizer):
         """Keras builds the optimizer before training: check the variables and the compiled loss now. Given some of
         the model's variables (inside a MultiOptimizer), K-FAC is rebuilt for those: the layers whose variables
         are all among them get blocks, their statistics alone are computed."""
+        if self._binding is not None:
+            model, ours = self._binding.model, {id(v) for v in self._binding.trainable}
+            foreign = [v.path for v in variables if id(v) not in ours]
+            if foreign and [id(v) for v in model.trainable_variables] == [id(v) for v in self._binding.trainable]:
+                raise ValueError(f"this K-FAC optimizer was made for model {model.name!r}, and {foreign[:3]} are not "
+                                 "its variables: give the model you compile its own KFAC(model)")
         if self._binding is not None and not self.built and self._binding.owns_part(list(variables)):
             old = self._binding  # Keras builds it in the traced step, after the forward pass: keep its taps
             old.refresh.close()
