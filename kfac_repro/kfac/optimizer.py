@@ -4,9 +4,10 @@ Each step, on every replica: forward once; all-reduced gradient of the mean loss
 the preconditioner's statistics (`kfac_repro.kfac.preconditioner`: Fisher cotangents back-propagated to the tapped
 layers, all-reduced, folded into moving averages); precondition each block with its installed inverse;
 η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on (1 − μ)·η·v, so that the update it sums to meets the KL bound
-(`kl_bound: increment`: on η·v). Between steps the inverses are refreshed synchronously every `inverse_every`
-steps or asynchronously in a background thread (paper §3.1), each block inverted by one replica and shared
-(`kfac_repro.kfac.inversion.divided`).
+(`kl_bound: increment`: on η·v), the update rule of `kfac_repro.kfac.update`. Between steps the refresh engine
+(`kfac_repro.kfac.inversion.refresh`, the one `keras.KFAC` runs too) installs inverses as its policy says:
+synchronously every `inverse_every` steps or asynchronously from a background thread (paper §3.1), each block
+inverted by one replica and shared (`kfac_repro.kfac.inversion.divided`).
 """
 
 from __future__ import annotations
