@@ -77,3 +77,20 @@ def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_
             np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6, err_msg=f"weights after step {step}")
     changed = [not np.allclose(a, b) for a, b in zip(core_inverses[0], core_inverses[-1], strict=True)]
     assert any(changed), "the inverses never changed: the test would not compare refreshes"
+
+
+def test_fit_free_running_hands_over_after_every_replica_reported_and_restarts_at_each_hand_over(
+        fashion: tuple) -> None:
+    """No fixed schedule to compare (it depends on timing): the engine's rules hold as in the host loop's test."""
+    x, y = fashion
+    model = pooled_mlp()
+    optimizer = KFAC(model, inversion="async", async_lag=None, damping=0.1)
+    model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    model.fit(np.concatenate([x] * 3), np.concatenate([y] * 3), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    engine = optimizer._binding.refresh.engine
+    optimizer.close()
+    history = engine.history
+    assert len(history) >= 2, "no second hand-over in 30 steps"
+    installed = [r.installed_at for r in history]
+    assert [r.snapshot_step for r in history] == [0, *installed[:-1]]  # restarted at each hand-over
+    assert all(r.installed_at > r.snapshot_step for r in history)  # reported during a step, installed after it
