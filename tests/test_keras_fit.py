@@ -198,3 +198,56 @@ def test_layer_settings_reach_the_blocks_and_survive_get_config() -> None:
     restored = KFAC.from_config(config)
     assert restored.config.skip_layers == (hidden,) and restored.config.sequence_factors == "reduce"
     optimizer.close()
+
+
+def test_a_batch_with_a_nan_input_leaves_the_factors_usable(fashion: tuple) -> None:
+    """Issue 36: a NaN input once made the factors NaN for good (every later fit raised at its first refresh, even
+    after the weights were restored). Its statistics are skipped: the factors stay those before it."""
+    x, y = fashion[0][:256].copy(), fashion[1][:256]
+    model = pooled_mlp()
+    optimizer = KFAC(model, inverse_every=2)
+    model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
+    model.fit(x[:128], y[:128], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    clean_weights, clean_factors = model.get_weights(), optimizer.preconditioner.factors()
+    velocities = [v for v in optimizer.variables if "velocity" in v.name]
+    clean_velocities = [keras.ops.convert_to_numpy(v) for v in velocities]
+    updates = int(optimizer.preconditioner.stats_updates.numpy())
+    poisoned = x[128:192].copy()
+    poisoned[5, 3, 3, 0] = np.nan
+    model.fit(poisoned, y[128:192], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    assert int(optimizer.preconditioner.stats_updates.numpy()) == updates
+    for block, factors in optimizer.preconditioner.factors().items():
+        for name, value in factors.items():
+            np.testing.assert_array_equal(value, clean_factors[block][name], err_msg=f"{block}/{name}")
+    assert not np.isfinite(model.get_weights()[0]).all()  # the weights' fate is the user's: here restored
+    model.set_weights(clean_weights)
+    for variable, value in zip(velocities, clean_velocities, strict=True):
+        variable.assign(value)
+    history = model.fit(x[192:], y[192:], batch_size=64, epochs=2, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(np.isfinite(v).all() for f in optimizer.preconditioner.factors().values() for v in f.values())
+    assert int(optimizer.preconditioner.stats_updates.numpy()) == updates + 2
+    optimizer.close()
+
+
+def test_every_setting_means_what_it_means_in_the_host_loop_or_is_refused_by_name() -> None:
+    model = pooled_mlp()
+    for setting, value in {"stats_batch_size": 32, "polyak_decay": 0.99, "max_step_size": 0.5,
+                           "likelihood": "gaussian", "from_logits": False}.items():
+        with pytest.raises(TypeError, match=rf"{setting} does not apply in fit: "):
+            KFAC(model, **{setting: value})
+    with pytest.raises(TypeError, match=r"decay_target 'lr' does not apply in fit: give learning_rate a Keras"):
+        KFAC(model, decay_target="lr")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['dampnig'\]"):
+        KFAC(model, dampnig=0.1)
+    optimizer = KFAC(model, inversion="async", inversion_threads=2, inversion_device="accelerator", stats_every=3,
+                     decay_every=5)
+    assert optimizer.config.async_lag == 10  # the Keras default: pinned at inverse_every (10)
+    assert optimizer.config.damping == 0.1 and optimizer.config.kl_bound == "increment"  # KERAS_DEFAULTS
+    inversion = optimizer._binding.refresh.engine.inversion
+    assert inversion.threads == 2 and inversion.local_devices[0] is not None
+    assert KFAC.from_config(optimizer.get_config()).config == optimizer.config
+    optimizer.close()
+    free = KFAC(pooled_mlp(), inversion="async", async_lag=None)
+    assert free.config.async_lag is None and type(free._binding.refresh.engine.policy).__name__ == "FreeRunning"
+    free.close()

@@ -27,11 +27,13 @@ class GraphTaps(LayerTaps):
 
     @property
     def calls(self) -> dict[str, list[LayerCall]]:
-        """This thread's calls recorded in the graph now being traced (a throw-away record when eager)."""
+        """This thread's calls recorded in the graph now being traced, or in a graph enclosing it (the optimizer's
+        update inside a conditional: LossScaleOptimizer, gradient accumulation); a throw-away record when eager."""
         if tf.executing_eagerly():
             return _Discard()
         graph = tf.compat.v1.get_default_graph()
-        if getattr(self._local, "graph", None) is not graph:
+        recorded = getattr(self._local, "graph", None)
+        if recorded is not graph and not _encloses(recorded, graph):
             self._local.graph = graph
             self.clear()
         return self._local.calls
@@ -39,6 +41,15 @@ class GraphTaps(LayerTaps):
     def model_calls(self) -> list[LayerCall]:
         """The model's calls in the graph now being traced; `point` is the model's output."""
         return self.calls[self._model_name]
+
+
+def _encloses(outer: object, graph: object) -> bool:
+    """`graph` is a function graph traced inside `outer` (a branch of a conditional in it, say)."""
+    while outer is not None and graph is not None:
+        graph = getattr(graph, "outer_graph", None)
+        if graph is outer:
+            return True
+    return False
 
 
 class _Discard(dict[str, list[LayerCall]]):

@@ -1,16 +1,19 @@
-"""K-FAC as a Keras 3 optimizer: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit` as usual.
+"""K-FAC as a Keras 3 optimizer: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit` as usual; a thin
+front end over the engine the host loop (`kfac_repro.kfac.KFAC`) runs, taking the same steps in the same order.
 
 Keras's traced train step does the forward pass (through the K-FAC layer taps, installed for the optimizer's
 lifetime) and hands the optimizer the gradients; `apply`, traced into the same graph on every replica, then
 back-propagates the Fisher cotangents from the recorded model output to the recorded pre-activations
-(`tf.gradients`: no second forward pass), folds the all-reduced batch factors into their moving averages,
-refreshes the inverses every `inverse_every` steps (`GraphRefresh`), preconditions the all-reduced gradient,
-takes η = min(learning_rate, √(kl_clip / vᵀg)) (Eq. 14) and applies momentum as the core does (`kl_bound`:
-"update" feeds the buffer (1 − μ)·η·v, so that the summed update meets the bound; "increment" feeds it η·v).
-"""
+(`tf.gradients`: no second forward pass). On the first step (no inverses yet) their factors are folded in and
+inverted first, as the host loop's first step does; the step boundary runs the refresh engine through the bridge
+(`keras.refresh`); then the batch factors are folded into the moving averages (every `stats_every` steps; not at
+all when they are not finite), the all-reduced gradient is preconditioned, η = min(learning_rate, √(kl_clip / vᵀg))
+(Eq. 14) and the update rule of `kfac.update` applied."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import weakref
 from typing import Any
 
@@ -18,25 +21,36 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.keras.adapter import check_keras, track_variable, untrack_variables
 from kfac_repro.keras.capture import GraphTaps
 from kfac_repro.keras.losses import LossLikelihood, likelihood_of
 from kfac_repro.keras.refresh import GraphRefresh
 from kfac_repro.kfac.base import check_same_variables
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.preconditioner import Preconditioner
-from kfac_repro.kfac.replicas import assign_all
+from kfac_repro.kfac.replicas import all_reduce_mean, assign_all
+from kfac_repro.kfac.update import UpdateRule
 
-# Defaults of the Keras API (KFACConfig keeps the paper's): a damping of 0.1 relative to factors of order 1 keeps
-# the first steps, taken with freshly estimated factors, from blowing up (the paper's 1e-3 leaves a small CNN at
-# chance); kl_clip 0.01 and momentum 0.9 are the paper's; inverses every 10 steps. The KL bound on η·v before
-# momentum ("increment", unlike the core's default "update"): with η_max = learning_rate = 1, "update" also caps the
-# summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36 steps.
-DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip": 0.01, "momentum": 0.9, "kl_bound": "increment",
-                            "weight_decay": 0.0, "stats_decay": 0.95, "inverse_every": 10, "inversion": "sync",
-                            "conv_factors": "cheap", "inverse_dtype": "float32", "product_dtype": "float32",
-                            "fisher_targets": "sample",
-                            "exact_block_max": 1024, "doubly_factored": (), "doubly_factored_min_inputs": None,
-                            "sequence_factors": "expand", "skip_layers": (), "seed": 0}
+# The Keras API's defaults where they differ from KFACConfig's (the paper's); every other setting means what it means
+# in KFACConfig. A damping of 0.1 relative to factors of order 1 keeps the first steps, taken with freshly estimated
+# factors, from blowing up (the paper's 1e-3 leaves a small CNN at chance); inverses every 10 steps. The KL bound on
+# η·v before momentum ("increment", unlike the core's default "update"): with η_max = learning_rate = 1, "update"
+# also caps the summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36
+# steps.
+# With inversion "async", async_lag defaults to inverse_every (`keras_config`): pinned, so that a resumed fit equals
+# the uninterrupted one; async_lag=None chooses the free-running hand-over, whose steps depend on timing.
+KERAS_DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_bound": "increment", "inverse_every": 10}
+# KFACConfig settings that cannot apply to an optimizer inside fit, refused by name with what stands for them.
+NOT_IN_FIT: dict[str, str] = {
+    "likelihood": "the likelihood comes from the compiled loss",
+    "from_logits": "the likelihood comes from the compiled loss",
+    "max_step_size": "η_max is the optimizer's learning_rate (a float or a Keras schedule)",
+    "polyak_decay": "fit evaluates the raw weights",
+    "stats_batch_size": "a Keras optimizer sees no inputs, so the statistics come from the training pass",
+}
+# Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
+KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                 "gradient_accumulation_steps", "loss_scale_factor")
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
@@ -44,20 +58,31 @@ _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> t
 class _Binding:
     """Everything tied to one model (kept out of Keras's attribute tracking: the model is not optimizer state)."""
 
-    def __init__(self, model: keras.Model, config: KFACConfig):
+    def __init__(self, model: keras.Model, config: KFACConfig, owned: list | None = None,
+                 taps: GraphTaps | None = None):
+        """`owned`: the variables K-FAC trains (None: all); `taps`: installed taps to keep (recording at least the
+        blocks' layers)."""
         self.model = model
-        self.preconditioner = Preconditioner(model, config)
+        self.config = config
+        self.trainable = list(model.trainable_variables)
+        self.preconditioner = Preconditioner(model, config, owned=owned)
         pre = self.preconditioner
-        self.taps = GraphTaps(model, [b.layer for b in pre.blocks if b.taps_preactivation],
-                              [b.layer for b in pre.blocks if not b.taps_preactivation])
+        self.taps = taps or GraphTaps(model, [b.layer for b in pre.blocks if b.taps_preactivation],
+                                      [b.layer for b in pre.blocks if not b.taps_preactivation])
         pre.taps = self.taps
-        self.refresh = GraphRefresh(pre, config.inverse_every, config.inversion == "async")
+        self.refresh = GraphRefresh(pre, config)
         self.loss: LossLikelihood | None = None
         self.supports_jit = True  # the model's own flag, restored by `close`
 
     def check_variables(self, variables: list) -> None:
         """The variables Keras trains must be those K-FAC was built for (`trainable` unchanged since)."""
-        check_same_variables(self.model, self.preconditioner.params, variables)
+        check_same_variables(self.model, self.trainable, variables)
+
+    def owns_part(self, variables: list) -> bool:
+        """`variables` are some of the model's unchanged trainable variables (an OptimizerMap gave K-FAC these)."""
+        mine = {id(v) for v in variables}
+        return ([id(v) for v in self.model.trainable_variables] == [id(v) for v in self.trainable]
+                and mine < {id(v) for v in self.trainable} and mine != {id(v) for v in self.preconditioner.params})
 
     def bind_loss(self) -> LossLikelihood:
         loss = likelihood_of(self.model)
@@ -68,22 +93,30 @@ class _Binding:
         return loss
 
 
+@keras.saving.register_keras_serializable(package="kfac_repro")
 class KFAC(keras.optimizers.Optimizer):
     """K-FAC for `model.fit`. `learning_rate` is η_max (1.0; Keras LR schedules and callbacks may change it);
-    `settings` are KFACConfig fields, defaults in `DEFAULTS`. Not supported: `run_eagerly=True`,
-    `jit_compile=True`, Keras's clipnorm/EMA/gradient accumulation/loss scaling options."""
+    `settings` are KFACConfig fields, meaning what they mean in the host loop, with the defaults `KERAS_DEFAULTS`
+    overrides (those in `NOT_IN_FIT` are refused), and Keras's own options (`KERAS_OPTIONS`: clipping, EMA,
+    gradient accumulation, loss scaling). Not supported: `run_eagerly=True`, `jit_compile=True`."""
 
     def __init__(self, model: keras.Model | None = None, learning_rate: Any = 1.0, name: str = "kfac",
                  **settings: Any):
-        unknown = set(settings) - set(DEFAULTS)
+        check_keras()
+        options = {key: settings.pop(key) for key in KERAS_OPTIONS if key in settings}
+        refused = sorted(set(settings) & set(NOT_IN_FIT))
+        if refused:
+            raise TypeError("KFAC: " + "; ".join(f"{key} does not apply in fit: {NOT_IN_FIT[key]}" for key in refused))
+        known = [key for key in (f.name for f in dataclasses.fields(KFACConfig)) if key not in NOT_IN_FIT]
+        unknown = set(settings) - set(known)
         if unknown:
-            raise TypeError(f"KFAC: unknown or unsupported setting(s) {sorted(unknown)}; the Keras optimizer takes "
-                            f"{sorted(DEFAULTS)} (the likelihood comes from the compiled loss)")
+            raise TypeError(f"KFAC: unknown setting(s) {sorted(unknown)}; the Keras optimizer takes {sorted(known)}")
+        if settings.get("decay_target") == "lr":
+            raise TypeError("KFAC: decay_target 'lr' does not apply in fit: give learning_rate a Keras schedule")
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
-                         name=name)
-        self.settings = {**DEFAULTS, **settings}
-        self.settings.update({key: tuple(self.settings[key]) for key in _NAME_LISTS})
-        self.config = KFACConfig(**self.settings)
+                         name=name, **options)
+        self.config = keras_config(settings)
+        self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
         self._velocity: list = []
         self._stashed: dict[str, Any] | None = None
@@ -98,18 +131,29 @@ class KFAC(keras.optimizers.Optimizer):
             raise ValueError(f"this K-FAC optimizer is already attached to model {self._binding.model.name!r}")
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input before KFAC(model)")
+        owner = next((v.value.distribute_strategy for v in model.weights
+                      if isinstance(v.value, tf.distribute.DistributedValues)), tf.distribute.get_strategy())
+        if owner is not tf.distribute.get_strategy():
+            raise ValueError(f"model {model.name!r} was built in a {type(owner).__name__}'s scope: make KFAC(model) "
+                             "(and compile) inside that `strategy.scope()` too")
         previous = _ATTACHED.get(model)
         if previous is not None:
             previous.close()
-        binding = _Binding(model, self.config)
+        self._bind(_Binding(model, self.config))
+
+    def _bind(self, binding: _Binding) -> None:
+        model = binding.model
         with keras.name_scope(self.name, caller=self):
             self._velocity = [self.add_variable_from_reference(p, name="velocity")
                               for p in binding.preconditioner.params]
         state = [*binding.preconditioner.variables(), *binding.refresh.variables]
         for variable in state:
-            self._track_variable(variable)
-        binding.taps.__enter__()
-        binding.supports_jit = model.supports_jit
+            track_variable(self, variable)
+        if self._binding is None:
+            binding.taps.__enter__()
+            binding.supports_jit = model.supports_jit
+        else:  # rebuilt for part of the model: the taps stay, the model's own flag is the first binding's
+            binding.supports_jit = self._binding.supports_jit
         model.supports_jit = False  # host inversions (tf.numpy_function): Keras then resolves jit_compile to False
         if getattr(model, "compiled", False) and model.jit_compile:
             model.jit_compile = False
@@ -146,20 +190,32 @@ class KFAC(keras.optimizers.Optimizer):
 
     # ---- Keras optimizer API -----------------------------------------------------------------------------------
     def build(self, variables: list) -> None:
-        """Keras builds the optimizer before training: check the variables and the compiled loss now."""
+        """Keras builds the optimizer before training: check the variables and the compiled loss now. Given some of
+        the model's variables (inside a MultiOptimizer), K-FAC is rebuilt for those: the layers whose variables
+        are all among them get blocks, their statistics alone are computed."""
+        if self._binding is not None:
+            model, ours = self._binding.model, {id(v) for v in self._binding.trainable}
+            foreign = [v.path for v in variables if id(v) not in ours]
+            if foreign and [id(v) for v in model.trainable_variables] == [id(v) for v in self._binding.trainable]:
+                raise ValueError(f"this K-FAC optimizer was made for model {model.name!r}, and {foreign[:3]} are not "
+                                 "its variables: give the model you compile its own KFAC(model)")
+        if self._binding is not None and not self.built and self._binding.owns_part(list(variables)):
+            old = self._binding  # Keras builds it in the traced step, after the forward pass: keep its taps
+            old.refresh.close()
+            untrack_variables(self, [*self._velocity, *old.preconditioner.variables(), *old.refresh.variables])
+            self._bind(_Binding(old.model, self.config, owned=list(variables), taps=old.taps))
         if self._binding is not None:
             model = self._binding.model
-            self._binding.check_variables(list(variables))
+            self._binding.check_variables(list(model.trainable_variables))
             if getattr(model, "loss", None) is not None:
                 self._binding.bind_loss()
         super().build(variables)
 
-    def apply(self, grads: Any, trainable_variables: Any = None) -> None:
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        """K-FAC's update, in place of Keras's per-variable `update_step`: Keras's `apply` has already unscaled,
+        accumulated and clipped the gradients, and then updates the EMA and the step count."""
         binding = self._require_binding()
-        variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
-        binding.check_variables(variables)
-        if not self.built:
-            self.build(variables)
+        binding.check_variables(list(binding.model.trainable_variables))
         if tf.executing_eagerly():
             raise RuntimeError("K-FAC needs fit's traced train step: compile without run_eagerly=True")
         if getattr(binding.model, "jit_compile", False):
@@ -169,27 +225,38 @@ class KFAC(keras.optimizers.Optimizer):
         context = tf.distribute.get_replica_context()
         if context is None:
             raise RuntimeError("K-FAC's apply must run in a replica context (inside fit's train step)")
+        accumulation = self.gradient_accumulation_steps
+        if accumulation and context.num_replicas_in_sync > 1:
+            raise RuntimeError("K-FAC with gradient_accumulation_steps trains on one replica only (its update runs "
+                               "inside a conditional, where tf.distribute cannot synchronise replicas)")
         pre = binding.preconditioner
         params = pre.params
-        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for g, p in zip(grads, params, strict=True)]
-        if context.num_replicas_in_sync > 1:  # Keras scales each replica's loss by 1/replicas: the sum is the mean
-            grads = list(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
-        if self.config.weight_decay:
-            grads = [g + self.config.weight_decay * p for g, p in zip(grads, params, strict=True)]
-        self._update_statistics(binding, loss)
-        context.merge_call(lambda _: binding.refresh.maybe_refresh(tf.convert_to_tensor(self._iterations)))
+        given = {id(v): g for g, v in zip(grads, trainable_variables, strict=True)}  # Keras drops None gradients
+        rule = UpdateRule(self.config.momentum, self.config.weight_decay, self.config.kl_bound)
+        # Keras scales each replica's loss by 1/replicas: the sum over replicas is the mean gradient
+        grads = rule.gradients([given.get(id(p)) for p in params], params,
+                               functools.partial(_sum_over_replicas, context))
+        step = tf.convert_to_tensor(self.iterations)  # K-FAC's step: the update's index (Keras: under accumulation)
+        refresh = binding.refresh
+        outputs = self._outputs(binding, loss)
+        calls = pre.recorded_calls()
+        first = refresh.uninitialised  # the first inverses come from statistics of their own, as in the host loop
+        self._update_statistics(pre, outputs, calls, first)
+        context.merge_call(lambda _: refresh.boundary(step, first))
+        every = self.config.stats_every
+        self._update_statistics(pre, outputs, calls, None if every == 1 else tf.equal(step % every, 0))
+        binding.taps.clear()
+        if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
+            ready = _all_replicas(context, refresh.local_ready())
+            assign_all([refresh.all_ready], [ready > 0.5])
         direction = pre.precondition(grads)
-        scale = pre.step_size(direction, grads, self._iterations, tf.cast(self.learning_rate, tf.float32))
-        momentum = self.config.momentum
-        increment = scale["step_size"] * (1.0 - momentum) if self.config.kl_bound == "update" else scale["step_size"]
-        pairs: list[tuple] = []
-        for variable, velocity, d in zip(params, self._velocity, direction, strict=True):
-            new_velocity = momentum * velocity + increment * d
-            pairs += [(velocity, new_velocity), (variable, variable - new_velocity)]
-        pairs.append((self._iterations, self._iterations + 1))
+        scale = pre.step_size(direction, grads, step, tf.cast(learning_rate, tf.float32))
+        pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
         assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
-    def _update_statistics(self, binding: _Binding, loss: LossLikelihood) -> None:
+    @staticmethod
+    def _outputs(binding: _Binding, loss: LossLikelihood) -> tf.Tensor:
+        """The model's output in this train step, checked; sets the cotangent scale of the compiled loss."""
         model_calls = binding.taps.model_calls()
         if not model_calls:
             raise RuntimeError(f"K-FAC found no forward pass of model {binding.model.name!r} in this train step: "
@@ -204,12 +271,33 @@ class KFAC(keras.optimizers.Optimizer):
         if not outputs.shape[1:].is_fully_defined():
             raise ValueError(f"K-FAC needs the output shape of model {binding.model.name!r} known, found "
                              f"{outputs.shape}")
-        pre = binding.preconditioner
-        pre.cotangent_scale = loss.cotangent_scale(outputs.shape[1:].num_elements())
-        batch_factors = pre.batch_factors(outputs, _graph_gradient)
-        pairs = pre.factor_assignments(batch_factors)
-        assign_all([v for v, _ in pairs], [value for _, value in pairs])
-        binding.taps.clear()
+        binding.preconditioner.cotangent_scale = loss.cotangent_scale(outputs.shape[1:].num_elements())
+        return outputs
+
+    @staticmethod
+    def _update_statistics(pre: Preconditioner, outputs: tf.Tensor, calls: list, when: tf.Tensor | None) -> None:
+        """Fold this step's batch factors into the moving averages (only where `when` holds, if given). A batch
+        whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
+        weights' fate is the user's, the curvature's stays usable."""
+
+        def fold(local: list[tf.Tensor], apply: tf.Tensor | None) -> tf.Tensor:
+            batch = all_reduce_mean(local)
+            keep = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in batch])
+            keep = keep if apply is None else tf.logical_and(keep, apply)
+            pairs = pre.factor_assignments(batch)
+            assign_all([v for v, _ in pairs], [tf.where(keep, value, tf.convert_to_tensor(v)) for v, value in pairs])
+            return keep
+
+        def statistics() -> list[tf.Tensor]:
+            return pre.local_batch_factors(outputs, _graph_gradient, calls)
+
+        if when is None:
+            fold(statistics(), None)
+        elif tf.distribute.get_replica_context().num_replicas_in_sync == 1:  # all of it skipped when not `when`
+            tf.cond(when, lambda: fold(statistics(), None), lambda: tf.constant(False))
+        else:  # the all-reduce cannot sit in a conditional: the replicas reduce zeros when not `when`
+            factors = [var for block in pre.blocks for var in block.factors.values()]
+            fold(tf.cond(when, statistics, lambda: [tf.zeros(f.shape, f.dtype) for f in factors]), when)
 
     def save_own_variables(self, store: Any) -> None:
         self._require_binding()
@@ -224,7 +312,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        kept = {"name": config["name"], "learning_rate": config["learning_rate"]}
+        kept = {key: config[key] for key in ("name", "learning_rate", *KERAS_OPTIONS) if key in config}
         return {**kept, **self.settings, **{key: list(self.settings[key]) for key in _NAME_LISTS}}
 
     @classmethod
@@ -235,6 +323,27 @@ class KFAC(keras.optimizers.Optimizer):
             config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"],
                                                                              custom_objects=custom_objects)
         return cls(model=None, **config)
+
+
+def keras_config(settings: dict[str, Any]) -> KFACConfig:
+    """The KFACConfig of the Keras optimizer's `settings`: KERAS_DEFAULTS where a setting is not given."""
+    given = {**KERAS_DEFAULTS, **settings}
+    if given.get("inversion") == "async" and "async_lag" not in settings:
+        given["async_lag"] = given["inverse_every"]
+    return KFACConfig(**given)
+
+
+def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
+    """The smallest of the replicas' `flag`s (1.0: every replica's is 1)."""
+    if context.num_replicas_in_sync == 1:
+        return flag
+    return context.all_reduce(tf.distribute.ReduceOp.MIN, flag)
+
+
+def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:
+    if context.num_replicas_in_sync == 1:
+        return values
+    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, values))
 
 
 def _graph_gradient(target: tf.Tensor, sources: list[tf.Tensor], cotangent: tf.Tensor) -> list[tf.Tensor]:

@@ -1,115 +1,149 @@
-"""Inverse refreshes inside `fit`'s traced train step.
+"""The bridge from `fit`'s traced train step to the refresh engine that the host loop uses
+(`kfac_repro.kfac.inversion.refresh`): the same policy, the same inversion, the same decisions at the same steps.
 
-Every T = `inverse_every` steps (step 0 included) the step calls, once per step (cross-replica), a host function
-through `tf.numpy_function` and assigns the inverses it returns:
-- sync: the inverses of the factors as they are now (this step's statistics included);
-- async: the inverses of the snapshot taken at the previous refresh, computed in a background thread during the
-  T steps in between (waited for only if late), and the current factors are submitted next; at step 0, with no
-  snapshot yet, the current factors are inverted synchronously. The snapshot is kept in variables, so a restored
-  checkpoint installs exactly the inverses an uninterrupted run would have (recomputed if this process did not
-  compute them).
+At each step's boundary (traced, in cross-replica context), host functions (`tf.numpy_function`) run the engine:
+on the first step (no inverses yet) `invert_now`; then `plan` (the step, the previous step's all-reduced readiness
+flag, the checkpointed snapshot step), and, as planned, `start` (the current factors passed in; asynchronous
+policies also copy them into the snapshot variables), `take` (its inverses assigned to the inverse variables) and
+`start` again. Only these host calls copy factors or inverses. Every process inverts every block
+(`BlockInversion(divided=False)`), spread over its cores (`inversion_threads`), on the host or its accelerator
+(`inversion_device`). A restored checkpoint whose snapshot this process is not inverting is inverted when taken,
+so a resumed `fit` installs exactly the inverses of the uninterrupted one.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
+from kfac_repro.kfac.config import KFACConfig
+from kfac_repro.kfac.inversion.divided import BlockInversion, Computed
+from kfac_repro.kfac.inversion.policy import policy_for
+from kfac_repro.kfac.inversion.refresh import InverseRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner
 
 
 class GraphRefresh:
-    """Refresh the preconditioner's inverses from inside a traced step (see the module docstring)."""
+    """Runs the refresh engine from inside a traced step (see the module docstring)."""
 
-    def __init__(self, preconditioner: Preconditioner, every: int, asynchronous: bool):
-        self.preconditioner = preconditioner
-        self.every = every
-        self.asynchronous = asynchronous
-        blocks = preconditioner.blocks
-        self._factors = [(b.name, name, var) for b in blocks for name, var in b.factors.items()]
-        self._inverses = [var for b in blocks for var in b.inverse.values()]
-        self.snapshot = [tf.Variable(tf.zeros(var.shape), trainable=False, name=f"snapshot_{name}")
-                         for _, name, var in self._factors] if asynchronous else []
-        self.snapshot_taken = tf.Variable(False, trainable=False, name="snapshot_taken")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-inverses") if asynchronous else None
-        self._submitted: tuple[list[np.ndarray], Future] | None = None
+    def __init__(self, preconditioner: Preconditioner, config: KFACConfig):
+        self.blocks = preconditioner.blocks
+        inversion = BlockInversion(self.blocks, config, tf.distribute.get_strategy(), divided=False)
+        self.engine = InverseRefresh(inversion, policy_for(config))
+        self.background = self.engine.policy.background
+        self._factors = [(b.name, name, var) for b in self.blocks for name, var in b.factors.items()]
+        self._snapshot = [self.engine.snapshot[block][name] for block, name, _ in self._factors] \
+            if self.background else []
+        self._inverses = [var for b in self.blocks for var in b.inverse.values()]
+        self.inverse_source = tf.Variable(-1, dtype=tf.int64, trainable=False, name="inverse_source")
+        self.all_ready = tf.Variable(False, trainable=False, name="inverses_all_ready")
 
     @property
     def variables(self) -> list[tf.Variable]:
-        """State a checkpoint must hold (the async snapshot)."""
-        return [*self.snapshot, self.snapshot_taken] if self.asynchronous else []
+        """State a checkpoint must hold: the step of the factors in use, the asynchronous snapshot and its step."""
+        extra = [*self._snapshot, self.engine.snapshot_step] if self.background else []
+        return [self.inverse_source, *extra]
 
-    def maybe_refresh(self, step: tf.Tensor) -> None:
-        """At a step that is a multiple of T, install new inverses (traced, in cross-replica context)."""
-        tf.cond(tf.equal(step % self.every, 0), self._refresh, lambda: tf.constant(False))
+    @property
+    def uninitialised(self) -> tf.Tensor:
+        """No inverses installed yet: the first step inverts its own statistics first (as the host loop)."""
+        return self.inverse_source < 0
 
-    def _refresh(self) -> tf.Tensor:
-        current = [tf.convert_to_tensor(var) for _, _, var in self._factors]
-        inputs = [self.snapshot_taken, *self.snapshot, *current] if self.asynchronous else current
-        values = tf.numpy_function(self._host, inputs, [var.dtype for var in self._inverses], stateful=True)
-        for variable, value in zip(self._inverses, values, strict=True):
-            variable.assign(tf.reshape(value, variable.shape))
-        if self.asynchronous:
-            for variable, value in zip(self.snapshot, current, strict=True):
+    def boundary(self, step: tf.Tensor, first: tf.Tensor) -> None:
+        """The boundary before `step` (traced, cross-replica): the first inversion if `first`, then the plan; each
+        stage waits for the one before (host calls are not ordered otherwise)."""
+        done = tf.cond(first, lambda: self._install(step, self._host_call(self._invert_now, step, self._current())),
+                       _no)
+        with tf.control_dependencies([done]):
+            planned = tf.numpy_function(self._plan, [step, self.all_ready, self.engine.snapshot_step],
+                                        [tf.bool, tf.bool, tf.bool], stateful=True)
+        start, take, again = (tf.reshape(flag, []) for flag in planned)
+        done = tf.cond(start, lambda: self._start(step), _no)
+        with tf.control_dependencies([done]):
+            done = tf.cond(take, lambda: self._install(step, self._host_call(self._take, step, self._snapshot)), _no)
+        with tf.control_dependencies([done]):
+            tf.cond(again, lambda: self._start(step), _no)
+
+    def local_ready(self) -> tf.Tensor:
+        """1.0 if this process's pending inversion is finished (free-running policies listen), as float32."""
+        return tf.reshape(tf.numpy_function(lambda: np.float32(self.engine.locally_ready()), [], tf.float32,
+                                            stateful=True), [])
+
+    def close(self) -> None:
+        """Stop the background thread (an inversion in flight is finished, its result dropped)."""
+        self.engine.close()
+
+    # ---- traced pieces ---------------------------------------------------------------------------------------
+    def _current(self) -> list[tf.Tensor]:
+        return [tf.convert_to_tensor(var) for _, _, var in self._factors]
+
+    def _start(self, step: tf.Tensor) -> tf.Tensor:
+        current = self._current()
+        if self.background:
+            for variable, value in zip(self._snapshot, current, strict=True):
                 variable.assign(value)
-            self.snapshot_taken.assign(True)
+            self.engine.snapshot_step.assign(step)
+        started = tf.numpy_function(self._host_start, [step, *current], tf.bool, stateful=True)
+        return tf.reshape(started, [])
+
+    def _host_call(self, function: Any, step: tf.Tensor, factors: list) -> list[tf.Tensor]:
+        inputs = [step, *(tf.convert_to_tensor(f) for f in factors)]
+        return tf.numpy_function(function, inputs, [tf.int64, *(v.dtype for v in self._inverses)], stateful=True)
+
+    def _install(self, step: tf.Tensor, values: list[tf.Tensor]) -> tf.Tensor:
+        source, inverses = values[0], values[1:]
+        for variable, value in zip(self._inverses, inverses, strict=True):
+            variable.assign(tf.reshape(value, variable.shape))
+        self.inverse_source.assign(tf.reshape(source, []))
         return tf.constant(True)
 
     # ---- host side ------------------------------------------------------------------------------------------
-    def _host(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        if not self.asynchronous:
-            return self._flatten(self.preconditioner.invert(self._as_snapshot(arrays)))
-        n = len(self._factors)
-        taken, snapshot, current = bool(arrays[0]), list(arrays[1 : n + 1]), list(arrays[n + 1 :])
-        result = self._inverses_of(snapshot) if taken else self.preconditioner.invert(self._as_snapshot(current))
-        assert self._pool is not None
-        self._submitted = ([a.copy() for a in current],
-                           self._pool.submit(self.preconditioner.invert, self._as_snapshot(current)))
-        return self._flatten(result)
+    def _plan(self, step: np.ndarray, all_ready: np.ndarray, snapshot_step: np.ndarray) -> list[np.ndarray]:
+        self.engine.adopt(int(snapshot_step))
+        return [np.array(flag) for flag in self.engine.plan(int(step), bool(all_ready))]
 
-    def _inverses_of(self, snapshot: list[np.ndarray]) -> dict[str, Arrays]:
-        """The background result for this snapshot, or a synchronous inversion (after a restore)."""
-        if self._submitted is not None:
-            submitted, future = self._submitted
-            if all(np.array_equal(a, b) for a, b in zip(submitted, snapshot, strict=True)):
-                return future.result()
-        return self.preconditioner.invert(self._as_snapshot(snapshot))
+    def _host_start(self, step: np.ndarray, *factors: np.ndarray) -> np.ndarray:
+        self.engine.start(int(step), self._as_snapshot(factors))
+        return np.array(True)
+
+    def _invert_now(self, step: np.ndarray, *factors: np.ndarray) -> list[np.ndarray]:
+        return self._flatten(self.engine.invert_now(int(step), self._as_snapshot(factors)))
+
+    def _take(self, step: np.ndarray, *snapshot: np.ndarray) -> list[np.ndarray]:
+        return self._flatten(self.engine.take(int(step), self._as_snapshot(snapshot) if snapshot else None))
 
     def _as_snapshot(self, arrays: Any) -> dict[str, dict[str, np.ndarray]]:
         snapshot: dict[str, dict[str, np.ndarray]] = {}
         for (block, name, _), array in zip(self._factors, arrays, strict=True):
-            snapshot.setdefault(block, {})[name] = np.asarray(array)
+            snapshot.setdefault(block, {})[name] = np.array(array)  # a copy: the input's buffer is TensorFlow's
         return snapshot
 
-    def _flatten(self, inverses: dict[str, Arrays]) -> list[np.ndarray]:
-        """The values `install_inverse` would assign, aligned with the inverse variables (see `_values_installed`)."""
-        values: list[np.ndarray] = []
-        for block in self.preconditioner.blocks:
-            values += _values_installed(block, inverses[block.name])
+    def _flatten(self, computed: Computed) -> list[np.ndarray]:
+        """The snapshot step, then the values `install_inverse` would assign, aligned with the inverse variables."""
+        values = [np.array(computed.snapshot_step, np.int64)]
+        for block in self.blocks:
+            values += _values_installed(block, computed.inverses[block.name])
         return values
 
-    def close(self) -> None:
-        """Stop the background thread (an inversion in flight is finished, its result dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._submitted = None
+
+def _no() -> tf.Tensor:
+    return tf.constant(False)
 
 
 class _Recorder:
     """Stands in for an inverse variable: keeps what is assigned to it."""
 
     def __init__(self, variable: tf.Variable):
-        self.value = np.zeros(variable.shape, np.float32)
+        self.value = np.zeros(variable.shape, variable.dtype.as_numpy_dtype)
 
     def assign(self, value: Any) -> None:
-        self.value = np.asarray(value, np.float32)
+        self.value = np.asarray(value, self.value.dtype)
 
 
-def _values_installed(block: FisherBlock, inverse: dict) -> list[np.ndarray]:
+def _values_installed(block: FisherBlock, inverse: Arrays) -> list[np.ndarray]:
     """The arrays `block.install_inverse(inverse)` assigns to its inverse variables, in their order, recorded by
     letting it install into stand-ins (so this follows however a block represents its inverse)."""
     real = block.inverse

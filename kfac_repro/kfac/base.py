@@ -19,6 +19,7 @@ from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.config import Schedule
 from kfac_repro.kfac.polyak import PolyakAverage
 from kfac_repro.kfac.replicas import all_reduce_mean, assign_all, reduce_metrics
+from kfac_repro.kfac.update import UpdateRule
 
 
 def check_same_variables(model: keras.Model, built_for: Sequence, current: Sequence) -> None:
@@ -65,15 +66,14 @@ class ModelOptimizer(abc.ABC):
     distributed dataset or `experimental_distribute_values_from_function`), each replica holding its share.
     """
 
-    def __init__(self, model: keras.Model, config: UpdateSettings):
+    def __init__(self, model: keras.Model, config: UpdateSettings, rule: UpdateRule | None = None):
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input first")
         self.model = model
         self.strategy = tf.distribute.get_strategy()  # the one whose scope the optimizer is built in
         self.likelihood = config.likelihood
         self.from_logits = config.from_logits
-        self.momentum = config.momentum
-        self.weight_decay = config.weight_decay
+        self.rule = rule or UpdateRule(config.momentum, config.weight_decay)
         polyak_decay = config.polyak_decay
         self.params = list(model.trainable_variables)
         self.velocity = [tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False, name=f"velocity_{i}")
@@ -123,23 +123,11 @@ class ModelOptimizer(abc.ABC):
 
     def global_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> list[tf.Tensor]:
         """∇L + wd·θ averaged over replicas (zeros for a variable the loss does not reach)."""
-        grads = tape.gradient(loss, self.params)
-        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
-                 for g, p in zip(grads, self.params, strict=True)]
-        grads = all_reduce_mean(grads)
-        if self.weight_decay:
-            grads = [g + self.weight_decay * p for g, p in zip(grads, self.params, strict=True)]
-        return grads
+        return self.rule.gradients(tape.gradient(loss, self.params), self.params, all_reduce_mean)
 
     def update_assignments(self, direction: list[tf.Tensor], step_size: tf.Tensor) -> list[tuple]:
-        """(variable, new value) pairs of v ← μ v + η·direction, θ ← θ − v, the Polyak average, the step count."""
-        pairs: list[tuple] = []
-        new_params = []
-        for variable, velocity, d in zip(self.params, self.velocity, direction, strict=True):
-            new_velocity = self.momentum * velocity + step_size * d
-            new_param = variable - new_velocity
-            new_params.append(new_param)
-            pairs += [(velocity, new_velocity), (variable, new_param)]
+        """(variable, new value) pairs of the update rule (`kfac.update`), the Polyak average, the step count."""
+        pairs, new_params = self.rule.assignments(self.params, self.velocity, direction, step_size)
         if self.polyak is not None:
             pairs += self.polyak.assignments(new_params)
         pairs.append((self.iterations, self.iterations + 1))

@@ -67,8 +67,17 @@ def fisher_cotangents(
     bernoulli (independent elements, p = σ(z) or the output itself): sample: y ~ Bernoulli(p) per element,
     v = p − y for logits, (p − y)/(p(1 − p)) for probabilities; exact: v_k = √(p_k(1 − p_k)) e_k, or
     e_k/√(p_k(1 − p_k)).
+    Computed in float32 and returned in the outputs' dtype (a float16 or bfloat16 output layer under mixed
+    precision), as a cotangent of them must be.
     """
-    outputs = tf.stop_gradient(outputs)
+    dtype = outputs.dtype
+    cotangents = _float32_cotangents(likelihood, tf.cast(tf.stop_gradient(outputs), tf.float32), from_logits, mode,
+                                     seed)
+    return [tf.cast(v, dtype) for v in cotangents]
+
+
+def _float32_cotangents(likelihood: Likelihood, outputs: tf.Tensor, from_logits: bool, mode: FisherTargets,
+                        seed: tf.Tensor) -> list[tf.Tensor]:
     batch = tf.shape(outputs)[0]
     if likelihood == "bernoulli":
         return _bernoulli_cotangents(outputs, from_logits, mode, seed)

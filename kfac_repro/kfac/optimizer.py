@@ -4,9 +4,10 @@ Each step, on every replica: forward once; all-reduced gradient of the mean loss
 the preconditioner's statistics (`kfac_repro.kfac.preconditioner`: Fisher cotangents back-propagated to the tapped
 layers, all-reduced, folded into moving averages); precondition each block with its installed inverse;
 η = min(η_max, √(c / vᵀg)) (Eq. 14); momentum on (1 − μ)·η·v, so that the update it sums to meets the KL bound
-(`kl_bound: increment`: on η·v). Between steps the inverses are refreshed synchronously every `inverse_every`
-steps or asynchronously in a background thread (paper §3.1), each block inverted by one replica and shared
-(`kfac_repro.kfac.inversion.divided`).
+(`kl_bound: increment`: on η·v), the update rule of `kfac_repro.kfac.update`. Between steps the refresh engine
+(`kfac_repro.kfac.inversion.refresh`, the one `keras.KFAC` runs too) installs inverses as its policy says:
+synchronously every `inverse_every` steps or asynchronously from a background thread (paper §3.1), each block
+inverted by one replica and shared (`kfac_repro.kfac.inversion.divided`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import tensorflow as tf
 from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.inversion.divided import BlockInversion
-from kfac_repro.kfac.inversion.refresh import AsyncRefresh, SyncRefresh
+from kfac_repro.kfac.inversion.policy import policy_for
+from kfac_repro.kfac.inversion.refresh import InverseRefresh
 from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
 from kfac_repro.kfac.replicas import all_reduce_mean
+from kfac_repro.kfac.update import UpdateRule
 
 
 class KFAC(ModelOptimizer):
@@ -31,7 +34,8 @@ class KFAC(ModelOptimizer):
 
     def __init__(self, model: keras.Model, config: KFACConfig | None = None):
         self.config = config or KFACConfig()
-        super().__init__(model, self.config)
+        super().__init__(model, self.config, UpdateRule(self.config.momentum, self.config.weight_decay,
+                                                        self.config.kl_bound))
         self.preconditioner = Preconditioner(model, self.config)
         self.blocks = self.preconditioner.blocks
         self.taps = self.preconditioner.taps
@@ -39,10 +43,7 @@ class KFAC(ModelOptimizer):
         self.inverse_iteration = -1
         self._host_iteration = 0
         self.inversion = BlockInversion(self.blocks, self.config, self.strategy)
-        self.refresh: SyncRefresh | AsyncRefresh = (
-            AsyncRefresh(self.inversion, self.config.async_lag) if self.config.inversion == "async"
-            else SyncRefresh(self.inversion, self.config.inverse_every)
-        )
+        self.refresh = InverseRefresh(self.inversion, policy_for(self.config))
         self._steps = {s: self.distributed(functools.partial(self._replica_step, with_stats=s)) for s in (True, False)}
         self._stats_only = tf.function(
             lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True, autograph=False
@@ -74,7 +75,7 @@ class KFAC(ModelOptimizer):
         """Invert the damped factors now (synchronously, divided among the replicas) and install them; every
         worker must call it at the same step."""
         step = self._host_iteration
-        self.inversion.install(self.inversion.compute({b.name: b.factors for b in self.blocks}, step))
+        self.inversion.install(self.refresh.invert_now(step))
         self._set_source(step)
 
     def step(self, x: tf.Tensor, y: tf.Tensor) -> Metrics:
@@ -134,9 +135,7 @@ class KFAC(ModelOptimizer):
         direction = preconditioner.precondition(grads)
         scale = preconditioner.step_size(direction, grads, self.iterations)
         pairs = preconditioner.factor_assignments(batch_factors) if with_stats else []
-        step_size = scale["step_size"]
-        increment = step_size * (1.0 - self.momentum) if self.config.kl_bound == "update" else step_size
-        self.commit(pairs + self.update_assignments(direction, increment))
+        self.commit(pairs + self.update_assignments(direction, scale["step_size"]))
         ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
         return {"loss": loss, "error": error, **scale, "inverses_ready": ready}

@@ -3,9 +3,8 @@
 It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
 block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
-v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). `KFAC` computes
-and installs the inverses with `kfac_repro.kfac.inversion.divided` (divided among the replicas); `invert` inverts
-every block in the calling thread (the Keras optimizer's refresh, inside a traced step). Update rules
+v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). The inverses are
+computed and installed by the refresh engine (`kfac_repro.kfac.inversion`). The front ends
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
@@ -19,7 +18,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.base import scheduled
-from kfac_repro.kfac.blocks.base import Arrays, FisherBlock
+from kfac_repro.kfac.blocks.base import FisherBlock
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps, in_float32
 from kfac_repro.kfac.registration import build_blocks, skipped_layers, summary
@@ -32,16 +31,20 @@ Gradient = Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], Sequence[tf.Tensor]
 
 
 class Preconditioner:
-    """Fisher blocks of `model`'s trainable layers; `params` lists the variables `precondition` aligns with."""
+    """Fisher blocks of `model`'s trainable layers; `params` lists the variables `precondition` aligns with.
+    `owned`: only these variables (another optimizer trains the rest); a layer gets its block only if it owns all of
+    the layer's variables, the others pass through unpreconditioned."""
 
     def __init__(self, model: keras.Model, config: KFACConfig, likelihood: likelihoods.Likelihood | None = None,
-                 from_logits: bool | None = None):
+                 from_logits: bool | None = None, owned: Sequence[tf.Variable] | None = None):
         self.model = model
         self.config = config
         self.likelihood = config.likelihood if likelihood is None else likelihood
         self.from_logits = config.from_logits if from_logits is None else from_logits
-        self.params = list(model.trainable_variables)
-        self.blocks: list[FisherBlock] = build_blocks(model, config)
+        mine = {id(v) for v in (model.trainable_variables if owned is None else owned)}
+        self.params = [v for v in model.trainable_variables if id(v) in mine]
+        self.blocks: list[FisherBlock] = [b for b in build_blocks(model, config)
+                                          if all(id(v) in mine for v in b.variables)]
         self.skipped = skipped_layers(model, config)
         self.taps = LayerTaps([b.layer for b in self.blocks if b.taps_preactivation],
                               [b.layer for b in self.blocks if not b.taps_preactivation])
@@ -110,16 +113,25 @@ class Preconditioner:
     def batch_factors(self, outputs: tf.Tensor, gradient: Gradient) -> list[tf.Tensor]:
         """This step's factors of every block (in factor order), averaged over replicas, from the calls the taps
         recorded while computing `outputs`; `gradient` back-propagates a Fisher cotangent to the tapped points."""
+        return all_reduce_mean(self.local_batch_factors(outputs, gradient, self.recorded_calls()))
+
+    def recorded_calls(self) -> list[list[LayerCall]]:
+        """Every block's calls the taps recorded (in the graph being traced, for `keras.KFAC`)."""
+        calls = [self.taps.calls[b.name] for b in self.blocks]
+        for block, block_calls in zip(self.blocks, calls, strict=True):
+            if not block_calls:
+                raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
+        return calls
+
+    def local_batch_factors(self, outputs: tf.Tensor, gradient: Gradient,
+                            calls: list[list[LayerCall]]) -> list[tf.Tensor]:
+        """`batch_factors` of this replica's batch alone, from `calls` (`recorded_calls`)."""
         seed = tf.stack([tf.constant(self.config.seed, tf.int64), self.stats_updates])
         cotangents = likelihoods.fisher_cotangents(
             self.likelihood, outputs, self.from_logits, self.config.fisher_targets, seed
         )
         if self.cotangent_scale != 1.0:
             cotangents = [self.cotangent_scale * v for v in cotangents]
-        calls = [self.taps.calls[b.name] for b in self.blocks]
-        for block, block_calls in zip(self.blocks, calls, strict=True):
-            if not block_calls:
-                raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
         points = [call.point for block_calls in calls for call in block_calls]
         derivatives = [_float32_derivatives(gradient(outputs, points, v), calls, self.blocks) for v in cotangents]
         calls = [[in_float32(call) for call in block_calls] for block_calls in calls]
@@ -131,7 +143,7 @@ class Preconditioner:
             offset += n
             statistics = block.batch_statistics(block_calls, per_cotangent, batch)
             values += [statistics[name] for name in block.factors]
-        return all_reduce_mean(values)
+        return values
 
     def factor_assignments(self, batch_factors: list[tf.Tensor]) -> list[tuple]:
         """(factor, EMA) pairs with decay min(1 − 1/k, stats_decay), k counting statistics updates."""
@@ -140,12 +152,6 @@ class Preconditioner:
         factors = [var for block in self.blocks for var in block.factors.values()]
         pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
-
-    def invert(self, snapshot: dict[str, Arrays]) -> dict[str, Arrays]:
-        """Every block's damped inverses (F̂ + λ + weight decay)⁻¹ of a factor snapshot (block name → factor arrays),
-        on the host (numpy Cholesky); keyed by block name, each as `install_inverse` takes it."""
-        damping = self.config.damping + self.config.weight_decay
-        return {b.name: b.compute_inverse(snapshot[b.name], damping, self.config.inverse_dtype) for b in self.blocks}
 
 
 def _float32_derivatives(derivatives: Sequence, calls: list[list[LayerCall]],

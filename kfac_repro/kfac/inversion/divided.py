@@ -26,7 +26,7 @@ from kfac_repro.kfac.inversion.resources import host_threads, run_parts
 from kfac_repro.kfac.linalg.device import on_device
 from kfac_repro.kfac.replicas import assign_all
 
-FactorSource = Mapping[str, Mapping[str, tf.Variable]]
+FactorSource = Mapping[str, Mapping[str, tf.Variable | np.ndarray]]  # block name → factor name → its values
 
 
 class InversionSharingError(RuntimeError):
@@ -46,18 +46,20 @@ class Computed:
 class BlockInversion:
     """The parts' assignment to replicas, their computation (`compute`, any thread) and sharing (`install`)."""
 
-    def __init__(self, blocks: list[FisherBlock], config: KFACConfig, strategy: tf.distribute.Strategy):
+    def __init__(self, blocks: list[FisherBlock], config: KFACConfig, strategy: tf.distribute.Strategy,
+                 divided: bool = True):
+        """`divided` False: this process computes every part, on its first replica's device (`fit`)."""
         self.blocks = blocks
         self.damping = config.damping + config.weight_decay
         self.dtype = config.inverse_dtype
         self.strategy = strategy
-        self.replicas = strategy.num_replicas_in_sync
+        self.replicas = strategy.num_replicas_in_sync if divided else 1
         self.parts = [(block, name) for block in blocks for name in block.inverse]
         self.costs = [block.inverse_costs()[name] for block, name in self.parts]
         self._cost = {(block.name, name): cost for (block, name), cost in zip(self.parts, self.costs, strict=True)}
         self.owners = assign_work(self.costs, self.replicas)
-        local = _local_replica_ids(strategy)
-        devices = _worker_devices(strategy)
+        local = _local_replica_ids(strategy) if divided else [0]
+        devices = _worker_devices(strategy)[: len(local)]
         on_accelerator = config.inversion_device == "accelerator"
         self.local_devices = {r: (d if on_accelerator else None) for r, d in zip(local, devices, strict=True)}
         self._local: dict[str, dict[str, str | None]] = {}  # block name → {part: device} computed here
@@ -87,7 +89,7 @@ class BlockInversion:
             mine = self._local.get(block.name)
             if not mine:
                 continue
-            arrays = {name: np.asarray(var.numpy()) for name, var in factors[block.name].items()}
+            arrays = {name: host_array(value) for name, value in factors[block.name].items()}
             recipes = block.inverse_recipes(arrays, self.damping, self.dtype)  # the damping split once per block
             for part, device in mine.items():
                 keys.append((block.name, part))
@@ -117,6 +119,11 @@ class BlockInversion:
         mine = [tf.where(tf.equal(replica, owner), var, tf.zeros_like(var)) for var, owner in self._shared]
         summed = context.all_reduce(tf.distribute.ReduceOp.SUM, mine)
         assign_all([var for var, _ in self._shared], summed)
+
+
+def host_array(value: tf.Variable | np.ndarray) -> np.ndarray:
+    """A factor's values on the host (a variable read now)."""
+    return value if isinstance(value, np.ndarray) else np.asarray(value.numpy())
 
 
 def _on(device: str | None, recipe: Callable[[], np.ndarray]) -> np.ndarray:
