@@ -29,7 +29,7 @@ class Scale:
 
 SCALES = {
     "full": Scale("full", None, 5000, 10, 40, 1.0, 4, 20, 5),
-    "tiny": Scale("tiny", 256, 128, 2, 4, 0.125, 2, 10, 2),
+    "tiny": Scale("tiny", 256, 128, 2, 4, 0.125, 1, 10, 1),
 }
 DEFAULT_BATCHES = {"full": (128, 1024), "tiny": (32,)}
 

@@ -85,12 +85,12 @@ def _check_scale(rows: Sequence[Row], scale: Scale, path: Path) -> None:
 
 def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     """Run what `plan.out` does not hold yet, then write the summary files; returns the summary rows."""
-    from kfac_repro.benchmarks.keras_suite_models import train_run
-
     runs_path, costs_path = plan.out / "runs.csv", plan.out / "costs.csv"
     runs, costs = read_rows(runs_path), read_rows(costs_path)
     _check_scale(runs, plan.scale, runs_path)
     _check_scale(costs, plan.scale, costs_path)
+    from kfac_repro.benchmarks.keras_suite_models import train_run
+
     done_runs = {_run_key(r) for r in runs}
     done_costs = {(r["task"], r["batch"]) for r in costs}
     progress = _Progress(plan.jobs(), 0, echo)
