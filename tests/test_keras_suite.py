@@ -152,3 +152,20 @@ def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: py
     assert [(c[1], c[3]) for c in calls] == [(last["optimizer"], int(last["seed"]))]
     assert read_rows(tmp_path / "runs.csv")[:-1] == runs[:-1]
     assert read_rows(tmp_path / "runs.csv")[-1]["target"] == last["target"]  # the same seed, the same run
+
+
+def test_eager_metric_equals_keras_evaluate() -> None:
+    import keras
+    import numpy as np
+
+    from kfac_repro.benchmarks.keras_suite_models import _compiled, _metric, key_sequences
+
+    x, y = key_sequences(3, 300)
+    model = _compiled("sequence", "adamw", {"learning_rate": 1e-3}, 0, 0.25)
+    found = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    assert _metric("sequence", model, (x, y), chunk=128) == pytest.approx(1 - found["accuracy"], abs=1e-6)
+    pixels = np.random.default_rng(0).random((300, 784)).astype("float32")
+    model = _compiled("autoencoder", "sgd", {"learning_rate": 0.1}, 0, 0.05)
+    found = model.evaluate(pixels, pixels, batch_size=64, verbose=0, return_dict=True)
+    assert _metric("autoencoder", model, (pixels, pixels), chunk=128) == pytest.approx(found["loss"], rel=1e-5)
+    keras.backend.clear_session()
