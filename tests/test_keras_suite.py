@@ -169,3 +169,11 @@ def test_eager_metric_equals_keras_evaluate() -> None:
     found = model.evaluate(pixels, pixels, batch_size=64, verbose=0, return_dict=True)
     assert _metric("autoencoder", model, (pixels, pixels), chunk=128) == pytest.approx(found["loss"], rel=1e-5)
     keras.backend.clear_session()
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "keras", "--tiny", "--only", "sequence", "--batch", "512",
+                                           "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "batch 512 is larger than the 256 training examples at scale 'tiny'" in result.output
+    assert not (tmp_path / "runs.csv").exists()

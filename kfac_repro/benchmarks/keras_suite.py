@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class SuiteError(ValueError):
+    """A plan the suite cannot run as asked (a batch larger than the data, an output folder of another scale)."""
+
+
 @dataclass(frozen=True)
 class Scale:
     """Sizes of one suite scale: training examples (None: all of Fashion-MNIST's training set less the held-out
@@ -75,6 +79,6 @@ def parse_setting(text: str) -> dict[str, float]:
 def budget(train_examples: int, batch: int, scale: Scale) -> int:
     """Steps of every run of a task and batch size: `scale.epochs` epochs of drop-remainder batches."""
     if batch > train_examples:
-        raise ValueError(f"batch {batch} is larger than the {train_examples} training examples at scale "
+        raise SuiteError(f"batch {batch} is larger than the {train_examples} training examples at scale "
                          f"{scale.name!r}")
     return scale.epochs * (train_examples // batch)

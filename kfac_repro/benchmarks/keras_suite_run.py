@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite import OPTIMIZERS, Scale, grid, parse_setting, setting_text
+from kfac_repro.benchmarks.keras_suite import OPTIMIZERS, Scale, SuiteError, grid, parse_setting, setting_text
 from kfac_repro.benchmarks.keras_suite_results import (
     COST_FIELDS,
     RUN_FIELDS,
@@ -79,7 +79,7 @@ def _run_key(row: Row) -> tuple[str, ...]:
 def _check_scale(rows: Sequence[Row], scale: Scale, path: Path) -> None:
     other = {r["scale"] for r in rows} - {scale.name}
     if other:
-        raise ValueError(f"{path} holds results of scale {sorted(other)[0]!r}, not {scale.name!r}: give another "
+        raise SuiteError(f"{path} holds results of scale {sorted(other)[0]!r}, not {scale.name!r}: give another "
                          "--out")
 
 

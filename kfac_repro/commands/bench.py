@@ -223,6 +223,7 @@ def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, sc
     import shlex
     import sys
 
+    from kfac_repro.benchmarks.keras_suite import SuiteError
     from kfac_repro.benchmarks.keras_suite_run import Plan, run_suite
 
     chosen = SCALES["tiny" if tiny else scale]
@@ -231,7 +232,7 @@ def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, sc
     plan = Plan(tasks or TASK_NAMES, batches or DEFAULT_BATCHES[chosen.name], seeds, chosen, out, command)
     try:
         suite = run_suite(plan, echo=lambda line: click.echo(line, err=True))
-    except ValueError as error:
+    except SuiteError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"wrote {out / 'suite.csv'} ({len(suite)} rows), {out / 'suite.md'}"
                + (f", {out / 'suite.png'}" if suite else ""))
