@@ -93,9 +93,9 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
 
     done_runs = {_run_key(r) for r in runs}
     done_costs = {(r["task"], r["batch"]) for r in costs}
-    progress = _Progress(plan.jobs(), 0, echo)
-    wanted = _wanted(plan, runs)
-    progress.done = len(done_runs & wanted) + sum((t, str(b)) in done_costs for t in plan.tasks for b in plan.batches)
+    done = len(done_runs & _wanted(plan, runs)) + sum((t, str(b)) in done_costs for t in plan.tasks
+                                                       for b in plan.batches)
+    progress = _Progress(plan.jobs(), done, echo)
     echo(f"{progress.total} jobs ({progress.done} done in {plan.out}); scale {plan.scale.name}")
     for task in plan.tasks:
         for batch in plan.batches:
