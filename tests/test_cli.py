@@ -31,3 +31,9 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = run_cli("no-such-command")
     assert result.returncode == 2
     assert "No such command" in result.stdout
+
+
+def test_bench_keras_help_without_importing_tensorflow() -> None:
+    result = run_cli("bench", "keras", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--only [mlp|bn-cnn|resnet|autoencoder|sequence]" in result.stdout
