@@ -15,11 +15,13 @@ from kfac_repro.benchmarks.keras_suite_results import (
     RUN_FIELDS,
     SUITE_FIELDS,
     markdown_table,
+    per_run,
     read_rows,
     select,
     summarise,
     write_rows,
 )
+from kfac_repro.judging.targets import FRACTIONS
 
 SEEDS = range(1, 6)
 NOISE = (-0.08, 0.05, 0.0, 0.1, -0.04)  # per-seed log-noise on K-FAC's time scale
@@ -135,6 +137,7 @@ def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: py
     assert len(read_rows(tmp_path / "costs.csv")) == len(OPTIMIZERS)
     assert len(read_rows(tmp_path / "suite.csv")) == 4 * len(OPTIMIZERS)
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(read_rows(tmp_path / "reached.csv")) == len(FRACTIONS) * len(OPTIMIZERS) * 2
     assert "| sequence | 32 |" in (tmp_path / "suite.md").read_text()
     assert "[13/13] sequence b32 cost in turns" in first.output
 
@@ -177,3 +180,13 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_
     assert result.exit_code != 0
     assert "batch 512 is larger than the 256 training examples at scale 'tiny'" in result.output
     assert not (tmp_path / "runs.csv").exists()
+
+
+def test_each_measured_run_is_reported_with_its_steps_and_seconds_to_each_target() -> None:
+    runs, costs = _synthetic(kfac_ms=30.0)
+    rows = per_run(runs, costs)
+    assert len(rows) == len(FRACTIONS) * len(OPTIMIZERS) * len(SEEDS)
+    kfac = [r for r in rows if r["optimizer"] == "kfac" and r["fraction"] == "0.8"]
+    assert [int(r["steps"]) for r in kfac] == [37, 43, 40, 45, 39]  # ceil(0.8 · 50e^noise)
+    assert [float(r["seconds"]) for r in kfac] == pytest.approx([0.03 * s for s in (37, 43, 40, 45, 39)])
+    assert {r["censored"] for r in rows} == {"0"}

@@ -22,7 +22,8 @@ import csv
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfac_repro.benchmarks.keras_suite import LABELS, OPTIMIZERS
@@ -36,6 +37,8 @@ COST_FIELDS = ("scale", "task", "batch", "optimizer", "setting", "ms_per_step", 
 SUITE_FIELDS = ("task", "batch", "fraction", "target", "optimizer", "setting", "seeds", "steps_median",
                 "seconds_median", "censored", "ms_per_step", "steps_opponent", "steps_ratio", "steps_low",
                 "steps_high", "seconds_opponent", "seconds_ratio", "seconds_low", "seconds_high")
+REACHED_FIELDS = ("task", "batch", "fraction", "target", "optimizer", "setting", "seed", "steps", "seconds",
+                  "censored")
 CLOCKS = ("steps", "seconds")
 
 
@@ -104,12 +107,25 @@ def _mean_log(times: dict[int, float]) -> float:
     return sum(math.log(t) for t in times.values()) / len(times)
 
 
-def summarise(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
-    """The suite table's rows (SUITE_FIELDS): per task, batch, target and optimizer, for every task and batch
-    whose measured runs and costs cover all optimizers on at least one common seed."""
-    rows = []
+@dataclass(frozen=True)
+class _Reached:
+    """One target of one task and batch size: each optimizer's selected setting, its seconds per step, and per
+    measured seed (steps to the target, censored)."""
+
+    task: str
+    batch: int
+    fraction: float
+    level: float
+    chosen: dict[str, str]
+    ms_per_step: dict[str, float]
+    found: dict[str, dict[int, tuple[float, bool]]]
+
+
+def _reached(runs: Sequence[Row], costs: Sequence[Row]) -> Iterator[_Reached]:
+    """Every target of every task and batch size whose measured runs and costs cover all optimizers on at least
+    one common seed (only the common seeds count)."""
     for task, batch in sorted({(r["task"], int(r["batch"])) for r in runs if r["phase"] == "final"}):
-        chosen = {o: select(runs, task, batch, o) for o in OPTIMIZERS}
+        chosen = {o: select(runs, task, batch, o) or "" for o in OPTIMIZERS}
         measured = {o: [r for r in runs if r["phase"] == "final" and r["task"] == task and int(r["batch"]) == batch
                         and r["optimizer"] == o and r["setting"] == chosen[o]] for o in OPTIMIZERS}
         cost = {c["optimizer"]: float(c["ms_per_step"]) for c in costs
@@ -120,23 +136,41 @@ def summarise(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
         measured = {o: [r for r in measured[o] if int(r["seed"]) in seeds] for o in OPTIMIZERS}
         for fraction, level in zip(FRACTIONS, targets(measured), strict=True):
             found = {o: {int(r["seed"]): steps_to(r, level) for r in measured[o]} for o in OPTIMIZERS}
-            times = {"steps": {o: {s: v[0] for s, v in found[o].items()} for o in OPTIMIZERS}}
-            times["seconds"] = {o: {s: v * cost[o] / 1000 for s, v in times["steps"][o].items()} for o in OPTIMIZERS}
-            versus = {clock: _against_best(times[clock]) for clock in CLOCKS}
-            for o in OPTIMIZERS:
-                row = {"task": task, "batch": str(batch), "fraction": f"{fraction:g}", "target": f"{level:.6g}",
-                       "optimizer": o, "setting": chosen[o] or "", "seeds": str(len(seeds)),
-                       "steps_median": f"{statistics.median(times['steps'][o].values()):g}",
-                       "seconds_median": f"{statistics.median(times['seconds'][o].values()):.4g}",
-                       "censored": str(sum(c for _, c in found[o].values())), "ms_per_step": f"{cost[o]:.4g}"}
-                for clock in CLOCKS:
-                    opponent, found_interval = versus[clock]
-                    keep = o == "kfac"
-                    row[f"{clock}_opponent"] = opponent if keep else ""
-                    for key, value in zip(("ratio", "low", "high"), (found_interval.mean, found_interval.low,
-                                                                      found_interval.high), strict=True):
-                        row[f"{clock}_{key}"] = f"{math.exp(value):.4g}" if keep else ""
-                rows.append(row)
+            yield _Reached(task, batch, fraction, level, chosen, cost, found)
+
+
+def per_run(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
+    """Each measured run's steps and wall-clock seconds to each target (REACHED_FIELDS)."""
+    return [{"task": r.task, "batch": str(r.batch), "fraction": f"{r.fraction:g}", "target": f"{r.level:.6g}",
+             "optimizer": o, "setting": r.chosen[o], "seed": str(seed), "steps": f"{steps:g}",
+             "seconds": f"{steps * r.ms_per_step[o] / 1000:.4g}", "censored": str(int(censored))}
+            for r in _reached(runs, costs) for o in OPTIMIZERS
+            for seed, (steps, censored) in sorted(r.found[o].items())]
+
+
+def summarise(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
+    """The suite table's rows (SUITE_FIELDS): per task, batch, target and optimizer, for every task and batch
+    whose measured runs and costs cover all optimizers on at least one common seed."""
+    rows = []
+    for r in _reached(runs, costs):
+        times = {"steps": {o: {s: v[0] for s, v in r.found[o].items()} for o in OPTIMIZERS}}
+        times["seconds"] = {o: {s: v * r.ms_per_step[o] / 1000 for s, v in times["steps"][o].items()}
+                            for o in OPTIMIZERS}
+        versus = {clock: _against_best(times[clock]) for clock in CLOCKS}
+        for o in OPTIMIZERS:
+            row = {"task": r.task, "batch": str(r.batch), "fraction": f"{r.fraction:g}", "target": f"{r.level:.6g}",
+                   "optimizer": o, "setting": r.chosen[o], "seeds": str(len(r.found[o])),
+                   "steps_median": f"{statistics.median(times['steps'][o].values()):g}",
+                   "seconds_median": f"{statistics.median(times['seconds'][o].values()):.4g}",
+                   "censored": str(sum(c for _, c in r.found[o].values())), "ms_per_step": f"{r.ms_per_step[o]:.4g}"}
+            for clock in CLOCKS:
+                opponent, found_interval = versus[clock]
+                keep = o == "kfac"
+                row[f"{clock}_opponent"] = opponent if keep else ""
+                for key, value in zip(("ratio", "low", "high"), (found_interval.mean, found_interval.low,
+                                                                  found_interval.high), strict=True):
+                    row[f"{clock}_{key}"] = f"{math.exp(value):.4g}" if keep else ""
+            rows.append(row)
     return rows
 
 

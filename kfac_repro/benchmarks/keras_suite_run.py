@@ -1,7 +1,8 @@
 """The Keras suite's resumable driver: per task and batch size, the tuning runs (every optimizer's grid on seed 0),
 the measured runs (each optimizer's selected setting on seeds 1..n), then the per-step cost in turns; each result is
 written to OUT/runs.csv or OUT/costs.csv as soon as it is done, and a rerun skips what those files hold. At the end
-OUT/suite.csv (keras_suite_results.summarise), OUT/suite.png and OUT/suite.md are written from whatever is done.
+OUT/reached.csv (each measured run's steps and seconds to each target), OUT/suite.csv (keras_suite_results.summarise),
+OUT/suite.png and OUT/suite.md are written from whatever is done.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 from kfac_repro.benchmarks.keras_suite import OPTIMIZERS, Scale, SuiteError, grid, parse_setting, setting_text
 from kfac_repro.benchmarks.keras_suite_results import (
     COST_FIELDS,
+    REACHED_FIELDS,
     RUN_FIELDS,
     SUITE_FIELDS,
     Row,
     markdown_table,
     number_text,
+    per_run,
     plot,
     read_rows,
     select,
@@ -122,6 +125,7 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
                 progress.finish(f"{task} b{batch} cost in turns", time.perf_counter() - start)
     suite = summarise(runs, costs)
     write_rows(plan.out / "suite.csv", SUITE_FIELDS, suite)
+    write_rows(plan.out / "reached.csv", REACHED_FIELDS, per_run(runs, costs))
     (plan.out / "suite.md").write_text(markdown_table(suite, plan.command))
     if suite:
         plot(suite, plan.out / "suite.png")
