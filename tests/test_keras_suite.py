@@ -114,6 +114,13 @@ def test_results_of_another_scale_are_refused(tmp_path: Path) -> None:
     assert "holds results of scale 'full', not 'tiny'" in result.output
 
 
+def test_every_named_task_has_a_model_and_data() -> None:
+    from kfac_repro.benchmarks.keras_suite import TASK_NAMES
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+
+    assert tuple(TASKS) == TASK_NAMES
+
+
 def test_key_sequence_labels_follow_the_rule() -> None:
     from kfac_repro.benchmarks.keras_suite_models import KEYS, key_sequences
 
@@ -190,3 +197,18 @@ def test_each_measured_run_is_reported_with_its_steps_and_seconds_to_each_target
     assert [int(r["steps"]) for r in kfac] == [37, 43, 40, 45, 39]  # ceil(0.8 · 50e^noise)
     assert [float(r["seconds"]) for r in kfac] == pytest.approx([0.03 * s for s in (37, 43, 40, 45, 39)])
     assert {r["censored"] for r in rows} == {"0"}
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_splits_hold_out_the_last_training_examples() -> None:
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.data.fashion_mnist import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist()
+    train, val, target = TASKS["bn-cnn"].data(1, SCALES["tiny"])
+    assert train[0].shape == (256, 28, 28, 1) and train[0].dtype == "float32"
+    assert (train[0][5, :, :, 0] * 255 == x[5]).all() and (val[1] == y[-128:]).all()
+    assert (target[0][:, :, :, 0] * 255 == x_test[:128]).all() and (target[1] == y_test[:128]).all()
+    train, val, target = TASKS["autoencoder"].data(1, SCALES["tiny"])
+    assert train[0].shape == (256, 784) and (train[1] == train[0]).all() and (val[1] == val[0]).all()
+    assert (target[0] == train[0][:128]).all() and (val[0] * 255 == x[-128:].reshape(128, 784)).all()
