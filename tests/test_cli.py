@@ -47,3 +47,9 @@ def test_the_command_table_beside_the_commands_names_each_click_command() -> Non
         command = getattr(importlib.import_module(module), attribute)
         assert isinstance(command, click.Command) and command.name == name, name
         assert f"{name} " in help_text and line.split()[0] in help_text, name
+
+
+def test_bench_keras_help_without_importing_tensorflow() -> None:
+    result = run_cli("bench", "keras", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--only [mlp|bn-cnn|resnet|autoencoder|sequence]" in result.stdout

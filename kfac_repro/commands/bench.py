@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from kfac_repro.benchmarks.gpu_table import PAPER_MODELS, Row, ratios, write_rows
+from kfac_repro.benchmarks.keras_suite import DEFAULT_BATCHES, SCALES, TASK_DESCRIPTIONS, TASK_NAMES
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 @click.group()
 def bench() -> None:
     """Benchmarks: every arm's cost per update, step time against SGD, fit step time against Adam, inversion time,
-    async inversion, step time of the newer layer blocks against Adam, the paper profile on a GPU."""
+    async inversion, step time of the newer layer blocks against Adam, the paper profile on a GPU, the Keras suite's
+    time to target."""
 
 
 @bench.command("arms")
@@ -205,6 +207,42 @@ def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> No
     for t in timings:
         ratio = t.ms_per_step / adam[t.model]
         click.echo(f"{t.model:8}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+
+
+@bench.command("keras")
+@click.option("--only", "tasks", type=click.Choice(TASK_NAMES), multiple=True,
+              help="only this task (repeatable; default: all): " + "; ".join(
+                  f"{name}: {text}" for name, text in TASK_DESCRIPTIONS.items()))
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True,
+              help="batch size (repeatable; default 128 and 1024, tiny: 32)")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="measured seeds per optimizer (1..N; the tuning runs use seed 0)")
+@click.option("--scale", type=click.Choice(sorted(SCALES)), default="full", show_default=True,
+              help="tiny: every task at toy size in seconds, for tests")
+@click.option("--tiny", is_flag=True, help="the same as --scale tiny")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/keras"),
+              show_default=True, help="runs.csv and costs.csv (resumed from), suite.csv, suite.md, suite.png")
+def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, scale: str, tiny: bool,
+                out: Path) -> None:
+    """Time to target of K-FAC (kfac_repro.keras.KFAC in `fit`) against AdamW, Muon and SGD+Nesterov, each tuned
+    with an equal grid, on five tasks and two batch sizes; K-FAC's paired ratios to the best-tuned opponent.
+    Resumable: each run is written as it finishes, and a rerun skips what OUT holds."""
+    import shlex
+    import sys
+
+    from kfac_repro.benchmarks.keras_suite import SuiteError
+    from kfac_repro.benchmarks.keras_suite_run import Plan, run_suite
+
+    chosen = SCALES["tiny" if tiny else scale]
+    command = "kfac-repro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
+        "kfac-repro bench keras")
+    plan = Plan(tasks or TASK_NAMES, batches or DEFAULT_BATCHES[chosen.name], seeds, chosen, out, command)
+    try:
+        suite = run_suite(plan, echo=lambda line: click.echo(line, err=True))
+    except SuiteError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {out / 'suite.csv'} ({len(suite)} rows), {out / 'suite.md'}"
+               + (f", {out / 'suite.png'}" if suite else ""))
 
 
 @bench.command("layers")

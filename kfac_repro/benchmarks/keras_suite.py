@@ -1,0 +1,84 @@
+"""The Keras benchmark suite's plan, without TensorFlow: task names, optimizer grids, scales, and the budget.
+
+Every optimizer is tuned with a grid of GRID_SIZE settings on the same budget of steps and selected by the same
+rule (keras_suite_results.select); keras_suite_models.py builds the models and runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SuiteError(ValueError):
+    """A plan the suite cannot run as asked (a batch larger than the data, an output folder of another scale)."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one suite scale: training examples (None: all of Fashion-MNIST's training set less the held-out
+    split; 20 000 generated sequences), examples of the held-out and target splits, epochs of budget, evaluation
+    points per run, the models' width multiplier, grid settings tried per optimizer (the first `grid` of each
+    grid), and the cost timing's steps per turn and rounds."""
+
+    name: str
+    train: int | None
+    evaluation: int
+    epochs: int
+    evals: int
+    width: float
+    grid: int
+    cost_steps: int
+    cost_rounds: int
+
+
+SCALES = {
+    "full": Scale("full", None, 5000, 10, 40, 1.0, 4, 20, 5),
+    "tiny": Scale("tiny", 256, 128, 2, 4, 0.125, 1, 10, 1),
+}
+DEFAULT_BATCHES = {"full": (128, 1024), "tiny": (32,)}
+
+# name -> what is measured; ERROR_METRIC: the target metric is the error (else the loss)
+TASK_DESCRIPTIONS = {
+    "mlp": "the README's MLP 784-128-10 on Fashion-MNIST, test error",
+    "bn-cnn": "a CNN with BatchNormalization (3×3 conv, 32-32-64-64) on Fashion-MNIST, test error",
+    "resnet": "a residual CNN (3 blocks, 16-32-64, BatchNormalization) on Fashion-MNIST, test error",
+    "autoencoder": "the deep autoencoder 784-1000-500-250-30 and back (tanh) on Fashion-MNIST, training loss (BCE)",
+    "sequence": "Embedding + Conv1D on generated sequences labelled by which key bigrams occur, test error",
+}
+TASK_NAMES = tuple(TASK_DESCRIPTIONS)
+ERROR_METRIC = {name: name != "autoencoder" for name in TASK_NAMES}
+
+# Every grid has GRID_SIZE settings: K-FAC's damping × KL bound c (its learning rate, η_max = 1, does not set its
+# step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9).
+GRID_SIZE = 4
+GRIDS: dict[str, list[dict[str, float]]] = {
+    "kfac": [{"damping": d, "kl_clip": c} for d in (0.1, 1.0) for c in (0.01, 0.001)],
+    "adamw": [{"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
+    "muon": [{"learning_rate": lr} for lr in (1e-3, 3e-3, 1e-2, 3e-2)],
+    "sgd": [{"learning_rate": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
+}
+OPTIMIZERS = tuple(GRIDS)
+LABELS = {"kfac": "K-FAC", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov"}
+
+
+def grid(optimizer: str, scale: Scale) -> list[dict[str, float]]:
+    """The settings tried for `optimizer` at `scale`: the first `scale.grid` of its grid."""
+    return GRIDS[optimizer][:scale.grid]
+
+
+def setting_text(setting: dict[str, float]) -> str:
+    """'damping=0.1 kl_clip=0.01': a setting as the CSV stores it."""
+    return " ".join(f"{key}={value:g}" for key, value in setting.items())
+
+
+def parse_setting(text: str) -> dict[str, float]:
+    """The inverse of setting_text."""
+    return {key: float(value) for key, value in (item.split("=") for item in text.split())}
+
+
+def budget(train_examples: int, batch: int, scale: Scale) -> int:
+    """Steps of every run of a task and batch size: `scale.epochs` epochs of drop-remainder batches."""
+    if batch > train_examples:
+        raise SuiteError(f"batch {batch} is larger than the {train_examples} training examples at scale "
+                         f"{scale.name!r}")
+    return scale.epochs * (train_examples // batch)

@@ -1,0 +1,167 @@
+"""The Keras suite's resumable driver: per task and batch size, the tuning runs (every optimizer's grid on seed 0),
+the measured runs (each optimizer's selected setting on seeds 1..n), then the per-step cost in turns; each result is
+written to OUT/runs.csv or OUT/costs.csv as soon as it is done, and a rerun skips what those files hold. At the end
+OUT/reached.csv (each measured run's steps and seconds to each target), OUT/suite.csv (keras_suite_results.summarise),
+OUT/suite.png and OUT/suite.md are written from whatever is done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfac_repro.benchmarks.keras_suite import OPTIMIZERS, Scale, SuiteError, grid, parse_setting, setting_text
+from kfac_repro.benchmarks.keras_suite_results import (
+    COST_FIELDS,
+    REACHED_FIELDS,
+    RUN_FIELDS,
+    SUITE_FIELDS,
+    Row,
+    markdown_table,
+    number_text,
+    per_run,
+    plot,
+    read_rows,
+    select,
+    summarise,
+    write_rows,
+)
+
+TUNING_SEED = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: tasks, batch sizes, measured seeds (1..seeds), the scale, the output folder, and the command
+    line quoted in the README table."""
+
+    tasks: Sequence[str]
+    batches: Sequence[int]
+    seeds: int
+    scale: Scale
+    out: Path
+    command: str
+
+    def jobs(self) -> int:
+        """Runs and cost timings in all."""
+        per_pair = sum(len(grid(o, self.scale)) for o in OPTIMIZERS) + len(OPTIMIZERS) * self.seeds + 1
+        return per_pair * len(self.tasks) * len(self.batches)
+
+
+class _Progress:
+    """'[k/N] what ... done in 12 s; ETA 3 min' lines: the ETA is the mean time of this session's jobs so far
+    times the jobs left (jobs differ in cost, so it is rough)."""
+
+    def __init__(self, total: int, done: int, echo: Callable[[str], None]):
+        self.total, self.done, self.echo = total, done, echo
+        self.ran, self.spent = 0, 0.0
+
+    def finish(self, what: str, seconds: float) -> None:
+        self.done += 1
+        self.ran += 1
+        self.spent += seconds
+        left = (self.total - self.done) * self.spent / self.ran
+        self.echo(f"[{self.done}/{self.total}] {what}: {seconds:.0f} s; ETA {_duration(left)}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _run_key(row: Row) -> tuple[str, ...]:
+    return tuple(row[k] for k in ("phase", "task", "batch", "optimizer", "setting", "seed"))
+
+
+def _check_scale(rows: Sequence[Row], scale: Scale, path: Path) -> None:
+    other = {r["scale"] for r in rows} - {scale.name}
+    if other:
+        raise SuiteError(f"{path} holds results of scale {sorted(other)[0]!r}, not {scale.name!r}: give another "
+                         "--out")
+
+
+def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
+    """Run what `plan.out` does not hold yet, then write the summary files; returns the summary rows."""
+    runs_path, costs_path = plan.out / "runs.csv", plan.out / "costs.csv"
+    runs, costs = read_rows(runs_path), read_rows(costs_path)
+    _check_scale(runs, plan.scale, runs_path)
+    _check_scale(costs, plan.scale, costs_path)
+    from kfac_repro.benchmarks.keras_suite_models import train_run
+
+    done_runs = {_run_key(r) for r in runs}
+    done_costs = {(r["task"], r["batch"]) for r in costs}
+    done = len(done_runs & _wanted(plan, runs)) + sum((t, str(b)) in done_costs for t in plan.tasks
+                                                       for b in plan.batches)
+    progress = _Progress(plan.jobs(), done, echo)
+    echo(f"{progress.total} jobs ({progress.done} done in {plan.out}); scale {plan.scale.name}")
+    for task in plan.tasks:
+        for batch in plan.batches:
+            for phase, optimizer, setting, seed in _runs_of(plan, task, batch, runs):
+                key = (phase, task, str(batch), optimizer, setting, str(seed))
+                if key in done_runs:
+                    continue
+                start = time.perf_counter()
+                curve = train_run(task, optimizer, parse_setting(setting), seed, batch, plan.scale)
+                runs.append({"scale": plan.scale.name, "phase": phase, "task": task, "batch": str(batch),
+                             "optimizer": optimizer, "setting": setting, "seed": str(seed),
+                             "budget": str(curve.budget),
+                             "steps": number_text(curve.steps), "selection": number_text(curve.selection),
+                             "target": number_text(curve.target), "train_seconds": f"{curve.seconds:.2f}"})
+                write_rows(runs_path, RUN_FIELDS, runs)
+                done_runs.add(key)
+                progress.finish(f"{task} b{batch} {phase} {optimizer} {setting} seed {seed} → "
+                                f"{curve.target[-1]:.4f}", time.perf_counter() - start)
+            if (task, str(batch)) not in done_costs:
+                start = time.perf_counter()
+                costs += _cost_rows(plan, task, batch, runs, echo)
+                write_rows(costs_path, COST_FIELDS, costs)
+                done_costs.add((task, str(batch)))
+                progress.finish(f"{task} b{batch} cost in turns", time.perf_counter() - start)
+    suite = summarise(runs, costs)
+    write_rows(plan.out / "suite.csv", SUITE_FIELDS, suite)
+    write_rows(plan.out / "reached.csv", REACHED_FIELDS, per_run(runs, costs))
+    (plan.out / "suite.md").write_text(markdown_table(suite, plan.command))
+    if suite:
+        plot(suite, plan.out / "suite.png")
+    return suite
+
+
+def _cost_rows(plan: Plan, task: str, batch: int, runs: list[Row], echo: Callable[[str], None]) -> list[Row]:
+    """The cost timing of a task and batch size (keras_suite_models.time_steps) with the selected settings."""
+    from kfac_repro.benchmarks.keras_suite_models import time_steps
+
+    chosen = {o: select(runs, task, batch, o) or "" for o in OPTIMIZERS}
+    load = os.getloadavg()[0]
+    seconds = time_steps(task, {o: parse_setting(s) for o, s in chosen.items()}, batch, plan.scale,
+                         progress=lambda what: echo(f"  timing {task} b{batch}: {what} ..."))
+    return [{"scale": plan.scale.name, "task": task, "batch": str(batch), "optimizer": o, "setting": chosen[o],
+             "ms_per_step": f"{1000 * seconds[o]:.4g}", "cost_steps": str(plan.scale.cost_steps),
+             "rounds": str(plan.scale.cost_rounds), "load": f"{load:.2f}"} for o in OPTIMIZERS]
+
+
+def _runs_of(plan: Plan, task: str, batch: int, runs: list[Row]) -> Iterator[tuple[str, str, str, int]]:
+    """(phase, optimizer, setting, seed) of every run of a task and batch size, tuning first; the measured runs'
+    settings are selected from `runs` as they stand once the tuning runs are done (a generator: read lazily)."""
+    for optimizer in OPTIMIZERS:
+        for setting in grid(optimizer, plan.scale):
+            yield "tune", optimizer, setting_text(setting), TUNING_SEED
+    for optimizer in OPTIMIZERS:
+        chosen = select(runs, task, batch, optimizer)
+        for seed in range(1, plan.seeds + 1):
+            yield "final", optimizer, chosen or "", seed
+
+
+def _wanted(plan: Plan, runs: list[Row]) -> set[tuple[str, ...]]:
+    """The keys of the runs the plan holds, as far as `runs` decides the measured runs' settings."""
+    keys: set[tuple[str, ...]] = set()
+    for task in plan.tasks:
+        for batch in plan.batches:
+            for phase, optimizer, setting, seed in _runs_of(plan, task, batch, runs):
+                keys.add((phase, task, str(batch), optimizer, setting, str(seed)))
+    return keys

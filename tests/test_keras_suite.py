@@ -1,0 +1,214 @@
+"""`kfac-repro bench keras`: the grids, the selection, targets and paired ratios on synthetic runs with a known
+effect, the README table from a written CSV, and the command end to end at tiny scale, resumed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from kfac_repro.benchmarks.keras_suite import GRID_SIZE, GRIDS, OPTIMIZERS, SCALES, grid, setting_text
+from kfac_repro.benchmarks.keras_suite_results import (
+    RUN_FIELDS,
+    SUITE_FIELDS,
+    markdown_table,
+    per_run,
+    read_rows,
+    select,
+    summarise,
+    write_rows,
+)
+from kfac_repro.judging.targets import FRACTIONS
+
+SEEDS = range(1, 6)
+NOISE = (-0.08, 0.05, 0.0, 0.1, -0.04)  # per-seed log-noise on K-FAC's time scale
+
+
+def test_every_optimizer_has_an_equally_large_grid_of_distinct_settings() -> None:
+    for optimizer, settings in GRIDS.items():
+        assert len(settings) == GRID_SIZE, optimizer
+        assert len({setting_text(s) for s in settings}) == GRID_SIZE, optimizer
+    for scale in SCALES.values():
+        assert len({len(grid(o, scale)) for o in OPTIMIZERS}) == 1, scale.name
+
+
+def _run(phase: str, optimizer: str, seed: int, values: list[float], setting: str = "s=1") -> dict[str, str]:
+    steps = range(len(values))
+    return {"scale": "tiny", "phase": phase, "task": "mlp", "batch": "32", "optimizer": optimizer,
+            "setting": setting, "seed": str(seed), "budget": str(len(values) - 1),
+            "steps": " ".join(map(str, steps)), "selection": " ".join(map(str, values)),
+            "target": " ".join(map(str, values)), "train_seconds": "1"}
+
+
+def _line(span: float, length: int = 301) -> list[float]:
+    """A target metric falling linearly from 1 to 0 over `span` steps, then flat."""
+    return [max(0.0, 1.0 - step / span) for step in range(length)]
+
+
+def _synthetic(kfac_ms: float) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """K-FAC's curves twice as fast as AdamW's (the fastest opponent; Muon 1.2×, SGD 1.5× slower than AdamW),
+    up to per-seed noise; K-FAC's step costs `kfac_ms` against 10 ms for the others."""
+    spans = {"adamw": 100.0, "muon": 120.0, "sgd": 150.0}
+    runs = [_run("tune", o, 0, _line(100.0)) for o in OPTIMIZERS]
+    for seed, noise in zip(SEEDS, NOISE, strict=True):
+        runs.append(_run("final", "kfac", seed, _line(50.0 * math.exp(noise))))
+        runs += [_run("final", o, seed, _line(span)) for o, span in spans.items()]
+    costs = [{"scale": "tiny", "task": "mlp", "batch": "32", "optimizer": o, "setting": "s=1",
+              "ms_per_step": str(kfac_ms if o == "kfac" else 10.0)} for o in OPTIMIZERS]
+    return runs, costs
+
+
+def test_paired_ratios_find_a_known_effect_against_the_best_opponent() -> None:
+    runs, costs = _synthetic(kfac_ms=30.0)
+    suite = [r for r in summarise(runs, costs) if r["optimizer"] == "kfac"]
+    assert [float(r["fraction"]) for r in suite] == [0.8, 0.9, 0.95, 1.0]
+    assert [float(r["target"]) for r in suite] == pytest.approx([0.2, 0.1, 0.05, 0.0])
+    expected = math.exp(sum(NOISE) / len(NOISE)) / 2  # geometric mean of K-FAC's span over AdamW's
+    for row in suite:
+        assert row["steps_opponent"] == row["seconds_opponent"] == "adamw"
+        assert float(row["steps_ratio"]) == pytest.approx(expected, rel=0.03)
+        assert float(row["steps_high"]) < 1.0 < float(row["seconds_low"])  # steps: a win; wall-clock: 3× the cost
+        assert float(row["seconds_ratio"]) == pytest.approx(3 * float(row["steps_ratio"]), rel=1e-3)
+        assert row["censored"] == "0" and row["seeds"] == "5"
+
+
+def test_a_run_that_never_reaches_the_target_is_censored_at_its_budget() -> None:
+    runs, costs = _synthetic(kfac_ms=10.0)
+    stuck = next(r for r in runs if r["phase"] == "final" and r["optimizer"] == "sgd" and r["seed"] == "3")
+    stuck.update({key: value for key, value in _run("final", "sgd", 3, [1.0] * 301).items()
+                  if key in ("selection", "target")})
+    sgd = [r for r in summarise(runs, costs) if r["optimizer"] == "sgd"]
+    assert all(r["censored"] == "1" for r in sgd)
+
+
+def test_selection_takes_the_lowest_mean_held_out_curve_and_ranks_nan_last() -> None:
+    runs = [_run("tune", "adamw", 0, [1.0, 0.2, 0.2], "learning_rate=0.01"),  # mean 0.47
+            _run("tune", "adamw", 0, [1.0, 0.5, 0.1], "learning_rate=0.001"),  # mean 0.53, best last value
+            _run("tune", "adamw", 0, [1.0, 0.0, math.nan], "learning_rate=0.1")]
+    assert select(runs, "mlp", 32, "adamw") == "learning_rate=0.01"
+    assert select(runs, "mlp", 32, "muon") is None
+
+
+def test_markdown_table_from_a_written_suite_csv(tmp_path: Path) -> None:
+    runs, costs = _synthetic(kfac_ms=30.0)
+    write_rows(tmp_path / "suite.csv", SUITE_FIELDS, summarise(runs, costs))
+    table = markdown_table(read_rows(tmp_path / "suite.csv"), "kfac-repro bench keras --seeds 5")
+    rows = [line for line in table.splitlines() if line.startswith("| mlp |")]
+    assert len(rows) == 4
+    cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
+    assert cells[:2] == ["mlp", "32"] and cells[2] == "0.2 (0.8)"
+    # K-FAC at 0.8 of the way: steps ceil(0.8 · 50e^noise) = 37, 43, 40, 45, 39 against AdamW's 80
+    assert cells[4].startswith("AdamW (80) 0.51× [") and cells[5].startswith("AdamW (0.8) 1.53× [")
+    assert cells[7:] == ["5", "0 / 0"]
+    assert "`kfac-repro bench keras --seeds 5`" in table
+
+
+def test_results_of_another_scale_are_refused(tmp_path: Path) -> None:
+    row = {**_run("tune", "kfac", 0, [1.0]), "scale": "full"}
+    write_rows(tmp_path / "runs.csv", RUN_FIELDS, [row])
+    result = CliRunner().invoke(cli.main, ["bench", "keras", "--tiny", "--only", "sequence", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "holds results of scale 'full', not 'tiny'" in result.output
+
+
+def test_every_named_task_has_a_model_and_data() -> None:
+    from kfac_repro.benchmarks.keras_suite import TASK_NAMES
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+
+    assert tuple(TASKS) == TASK_NAMES
+
+
+def test_key_sequence_labels_follow_the_rule() -> None:
+    from kfac_repro.benchmarks.keras_suite_models import KEYS, key_sequences
+
+    x, y = key_sequences(7, 200)
+    for tokens, label in zip(x.tolist(), y.tolist(), strict=True):
+        bits = [any(tokens[i:i + 2] == list(key) for i in range(len(tokens) - 1)) for key in KEYS]
+        assert label == 2 * bits[0] + bits[1]
+    assert len(set(y.tolist())) == 4
+    assert (key_sequences(7, 200)[0] == x).all()
+
+
+def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks import keras_suite_models
+
+    args = ["bench", "keras", "--tiny", "--only", "sequence", "--seeds", "2", "--out", str(tmp_path)]
+    first = CliRunner().invoke(cli.main, args)
+    assert first.exit_code == 0, first.output
+    runs = read_rows(tmp_path / "runs.csv")
+    assert sorted((r["phase"], r["optimizer"]) for r in runs) == sorted(
+        [("tune", o) for o in OPTIMIZERS] + [("final", o) for o in OPTIMIZERS for _ in range(2)])
+    assert len(read_rows(tmp_path / "costs.csv")) == len(OPTIMIZERS)
+    assert len(read_rows(tmp_path / "suite.csv")) == 4 * len(OPTIMIZERS)
+    assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(read_rows(tmp_path / "reached.csv")) == len(FRACTIONS) * len(OPTIMIZERS) * 2
+    assert "| sequence | 32 |" in (tmp_path / "suite.md").read_text()
+    assert "[13/13] sequence b32 cost in turns" in first.output
+
+    calls: list[tuple] = []
+    real = keras_suite_models.train_run
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(keras_suite_models, "time_steps", lambda *a, **k: pytest.fail("cost timed again"))
+    again = CliRunner().invoke(cli.main, args)
+    assert again.exit_code == 0, again.output
+    assert calls == [] and "13 jobs (13 done" in again.output
+    write_rows(tmp_path / "runs.csv", RUN_FIELDS, runs[:-1])  # as if stopped during the last run
+    resumed = CliRunner().invoke(cli.main, args)
+    assert resumed.exit_code == 0, resumed.output
+    last = runs[-1]
+    assert [(c[1], c[3]) for c in calls] == [(last["optimizer"], int(last["seed"]))]
+    assert read_rows(tmp_path / "runs.csv")[:-1] == runs[:-1]
+    assert read_rows(tmp_path / "runs.csv")[-1]["target"] == last["target"]  # the same seed, the same run
+
+
+def test_eager_metric_equals_keras_evaluate() -> None:
+    import keras
+    import numpy as np
+
+    from kfac_repro.benchmarks.keras_suite_models import _compiled, _metric, key_sequences
+
+    x, y = key_sequences(3, 300)
+    model = _compiled("sequence", "adamw", {"learning_rate": 1e-3}, 0, 0.25)
+    found = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    assert _metric("sequence", model, (x, y), chunk=128) == pytest.approx(1 - found["accuracy"], abs=1e-6)
+    pixels = np.random.default_rng(0).random((300, 784)).astype("float32")
+    model = _compiled("autoencoder", "sgd", {"learning_rate": 0.1}, 0, 0.05)
+    found = model.evaluate(pixels, pixels, batch_size=64, verbose=0, return_dict=True)
+    assert _metric("autoencoder", model, (pixels, pixels), chunk=128) == pytest.approx(found["loss"], rel=1e-5)
+    keras.backend.clear_session()
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "keras", "--tiny", "--only", "sequence", "--batch", "512",
+                                           "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "batch 512 is larger than the 256 training examples at scale 'tiny'" in result.output
+    assert not (tmp_path / "runs.csv").exists()
+
+
+def test_each_measured_run_is_reported_with_its_steps_and_seconds_to_each_target() -> None:
+    runs, costs = _synthetic(kfac_ms=30.0)
+    rows = per_run(runs, costs)
+    assert len(rows) == len(FRACTIONS) * len(OPTIMIZERS) * len(SEEDS)
+    kfac = [r for r in rows if r["optimizer"] == "kfac" and r["fraction"] == "0.8"]
+    assert [int(r["steps"]) for r in kfac] == [37, 43, 40, 45, 39]  # ceil(0.8 · 50e^noise)
+    assert [float(r["seconds"]) for r in kfac] == pytest.approx([0.03 * s for s in (37, 43, 40, 45, 39)])
+    assert {r["censored"] for r in rows} == {"0"}
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_splits_hold_out_the_last_training_examples() -> None:
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.data.fashion_mnist import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist()
+    train, val, target = TASKS["bn-cnn"].data(1, SCALES["tiny"])
+    assert train[0].shape == (256, 28, 28, 1) and train[0].dtype == "float32"
+    assert (train[0][5, :, :, 0] * 255 == x[5]).all() and (val[1] == y[-128:]).all()
+    assert (target[0][:, :, :, 0] * 255 == x_test[:128]).all() and (target[1] == y_test[:128]).all()
+    train, val, target = TASKS["autoencoder"].data(1, SCALES["tiny"])
+    assert train[0].shape == (256, 784) and (train[1] == train[0]).all() and (val[1] == val[0]).all()
+    assert (target[0] == train[0][:128]).all() and (val[0] * 255 == x[-128:].reshape(128, 784)).all()
