@@ -14,10 +14,11 @@ from test_plotting import IDLE, write_run
 
 from kfac_repro.benchmarks.cluster_clock import Components, Layout, per_update_seconds
 from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, Measurement, read_costs, write_costs
-from kfac_repro.judging import claims, paired, sittings
+from kfac_repro.judging import claims, sittings
 from kfac_repro.judging.clocks import CLUSTER, modelled_cost
 from kfac_repro.plotting import report
 from kfac_repro.plotting.figures import FIGURES
+from kfac_repro.results import paired
 from kfac_repro.results.runs import seed_runs
 from kfac_repro.specs import load_spec
 

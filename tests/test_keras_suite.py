@@ -21,7 +21,7 @@ from kfac_repro.benchmarks.keras_suite_results import (
     summarise,
     write_rows,
 )
-from kfac_repro.judging.targets import FRACTIONS
+from kfac_repro.results.targets import FRACTIONS
 
 SEEDS = range(1, 6)
 NOISE = (-0.08, 0.05, 0.0, 0.1, -0.04)  # per-seed log-noise on K-FAC's time scale

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 
 import cli
 from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
-from kfac_repro.judging import claims, paired
+from kfac_repro.judging import claims
 from kfac_repro.plotting import report
 from kfac_repro.plotting.clock import figure_clock
 from kfac_repro.plotting.figures import FIGURES, arm_label, draw
+from kfac_repro.results import paired
 from kfac_repro.results.runs import SkippedRunWarning, newest_complete_runs, seed_runs
 from kfac_repro.results.seeds import Spread, band, capped_share, late_share, spread, updates_to_target
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog

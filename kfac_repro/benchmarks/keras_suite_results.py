@@ -8,12 +8,12 @@ worse than any value), the same rule for every optimizer.
 Targets, per task and batch size, from the measured runs (the selected settings on the measured seeds): with s the
 median first value of the target metric and w the worst, over the optimizers, of the median over seeds of each
 run's best value (a level every tuned method reaches in its median seed), the targets are s + f·(w − s) for f in
-judging.targets.FRACTIONS. A run's steps to a target are the first evaluation step at or below it; a run that never
+results.targets.FRACTIONS. A run's steps to a target are the first evaluation step at or below it; a run that never
 gets there is censored at the budget (a lower bound, counted in the `censored` columns). Wall-clock to a target is
 its steps × the optimizer's seconds per `fit` step from the cost timing (one process, the methods in turns).
 
 K-FAC against the best-tuned opponent: for each target and clock, the opponent with the lowest mean log time; the
-ratio K-FAC ÷ opponent per seed, and the 90% paired t-interval of its mean log (judging.paired).
+ratio K-FAC ÷ opponent per seed, and the 90% paired t-interval of its mean log (results.paired).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfac_repro.benchmarks.keras_suite import LABELS, OPTIMIZERS
-from kfac_repro.judging.paired import Interval, interval, paired_log_ratios
-from kfac_repro.judging.targets import FRACTIONS
+from kfac_repro.results.paired import Interval, interval, paired_log_ratios
+from kfac_repro.results.targets import FRACTIONS
 
 Row = dict[str, str]
 RUN_FIELDS = ("scale", "phase", "task", "batch", "optimizer", "setting", "seed", "budget", "steps", "selection",

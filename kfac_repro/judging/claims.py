@@ -1,9 +1,9 @@
 """The paper's headline claims as data (TABLE), and the rules that judge them from the seeds of one figure's arms.
 
-Progress and cost apart: per-update progress (updates to several targets, judging/targets.py) comes from the runs,
+Progress and cost apart: per-update progress (updates to several targets, results/targets.py) comes from the runs,
 one value per seed; the cost of an update from `kfac-repro bench arms`; time to target = updates × seconds per
 update, on two clocks (judging/clocks.py): measured on this machine, and modelled for the paper's cluster layout.
-Every verdict comes from judging/paired.py: a paired interval over seeds against the claimed factor, required at
+Every verdict comes from results/paired.py: a paired interval over seeds against the claimed factor, required at
 every target (else reported per target and inconclusive).
 
 A claim comparing two methods (`methods`) gives no verdict unless both arms ran the best of equally large grids.
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kfac_repro.judging import paired
 from kfac_repro.judging.clocks import CLUSTER, MEASURED, Arms, Costs, Seconds, measured_cost, modelled_cost
-from kfac_repro.judging.paired import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, PARTLY, REPRODUCED
-from kfac_repro.judging.targets import targets, updates_to
+from kfac_repro.results import paired
+from kfac_repro.results.paired import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, PARTLY, REPRODUCED
 from kfac_repro.results.runs import Run
 from kfac_repro.results.seeds import capped_share, final
+from kfac_repro.results.targets import targets, updates_to
 
 NOT_TESTABLE = "not testable here"
 SPEED, BN_GAP, BATCH_SCALING, CHEAP_FACTORS, FINAL = "speed", "bn-gap", "batch-scaling", "cheap-factors", "final"

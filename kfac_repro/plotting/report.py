@@ -24,11 +24,11 @@ from kfac_repro.benchmarks.cost_table import (
 from kfac_repro.judging.claims import NOT_TESTABLE, TABLE, Claim, GridUse, title
 from kfac_repro.judging.claims import figure_claims as judged_claims
 from kfac_repro.judging.clocks import Arms, components, layout
-from kfac_repro.judging.paired import INCONCLUSIVE, MIN_SEEDS, NO_DATA
-from kfac_repro.judging.paired import RULE as PAIRED_RULE
 from kfac_repro.judging.sittings import comparable, failed_checks
 from kfac_repro.plotting.diagnostics import diagnostics_section
 from kfac_repro.plotting.figures import FIGURES, scale_of
+from kfac_repro.results.paired import INCONCLUSIVE, MIN_SEEDS, NO_DATA
+from kfac_repro.results.paired import RULE as PAIRED_RULE
 from kfac_repro.results.runs import Run, available_profiles, flatten, seed_runs
 from kfac_repro.results.seeds import FLAT, TAIL, best, capped_share, final, late_progress, per_seed
 from kfac_repro.runner.layout import GRID_BEST, LEADERBOARD, grid_dirs, profile_dir, spec_dir

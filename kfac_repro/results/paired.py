@@ -15,7 +15,7 @@ the verdict it bounds: censoring in the arm claimed faster overstates the effect
 *partly*; censoring in the arm claimed slower understates it and bars *not reproduced*.
 
 With one-sided error 5% at each end (CONFIDENCE 0.90), a claim with no effect is called reproduced or partly in
-about 5% of repeated experiments, and not reproduced in about 5%; tests/test_judging_paired.py checks both rates
+about 5% of repeated experiments, and not reproduced in about 5%; tests/test_paired.py checks both rates
 and the power by simulation.
 """
 

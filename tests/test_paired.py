@@ -1,4 +1,4 @@
-"""The paired verdict rule (judging/paired.py) against scipy's own one-sample t-test, and by simulation: a known
+"""The paired verdict rule (results/paired.py) against scipy's own one-sample t-test, and by simulation: a known
 effect is found, and no effect gives a verdict at about the stated error rate."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kfac_repro.judging import paired
+from kfac_repro.results import paired
 
 
 def test_interval_matches_scipys_t_interval() -> None:
