@@ -137,3 +137,20 @@ def test_a_stop_request_checkpoints_at_the_step_boundary_and_resumes_exactly(tmp
     resumed = run(method, tmp_path / "split", 12, resume=True)
     assert [r["step"] for r in read_rows(tmp_path / "split" / "metrics.csv")] == ["0", "2", "4", "6", "8", "10", "12"]
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["kfac", "kfac-async"])
+def test_a_curvature_blow_up_ends_the_run_as_diverged(tmp_path: Path, method: str) -> None:
+    """An infinite input makes the Kronecker factors infinite: the inversion that follows cannot succeed, and the
+    run ends as diverged (like a NaN loss), not with the inversion's FloatingPointError."""
+    optimizer, iterator, evaluate = setup(method)
+    x = np.full((8, 6), np.inf, dtype=np.float32)
+    poisoned = iter(tf.data.Dataset.from_tensors((x, np.zeros(8, np.int32))).repeat())
+    batches = (next(iterator) if step < 3 else next(poisoned) for step in range(1, 100))
+    settings = LoopSettings(steps=40, log_every=50, eval_every=50, checkpoint_every=50, global_batch=8)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"K-FAC's curvature statistics diverged at step \d+: a \d+×\d+ "
+                                                   r"Kronecker factor has NaN or infinite entries"):
+            train(optimizer, batches, evaluate, settings, tmp_path, resume=False)
+    finally:
+        optimizer.close()

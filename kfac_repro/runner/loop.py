@@ -7,8 +7,10 @@ is training wall-clock from the end of the first update (validation excluded), c
 update of every process (tracing, and K-FAC's first inversion) is timed apart in `first_update_seconds`.
 A run stops with TrainingDiverged after the row that shows it, not hours later: when the training loss is NaN or
 infinite, or above `divergence_factor` × (|first logged training loss| + 1) (a finite blow-up; the + 1 keeps the rule
-meaningful when the first loss is near zero). A stop requested by SIGTERM/SIGINT (`interrupts`) is honoured at the
-next step boundary: a checkpoint of the steps done is saved, then Interrupted is raised.
+meaningful when the first loss is near zero); and at the step where K-FAC's curvature statistics blow up (NaN,
+infinite, or indefinite once damped: the inversion raises CurvatureDiverged), whatever the loss.
+A stop requested by SIGTERM/SIGINT (`interrupts`) is honoured at the next step boundary: a checkpoint of the steps
+done is saved, then Interrupted is raised.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
+from kfac_repro.kfac.inversion.inverses import CurvatureDiverged
 from kfac_repro.kfac.replicas import backing_variable
 from kfac_repro.runner import interrupts, layout
 from kfac_repro.runner.metrics_log import MetricsLog
@@ -44,7 +47,8 @@ Progress = Callable[[int, Row], None]
 
 
 class TrainingDiverged(ArithmeticError):
-    """The training loss became NaN or infinite, or far above its first logged value."""
+    """The training loss became NaN or infinite, or far above its first logged value, or the curvature statistics
+    blew up."""
 
 
 def train(
@@ -89,7 +93,10 @@ def train(
                     manager.save(checkpoint_number=step - 1)
                 interrupts.check()
             x, y = next(batches)
-            window.append(optimizer.step(x, y))
+            try:
+                window.append(optimizer.step(x, y))
+            except CurvatureDiverged as error:
+                raise TrainingDiverged(f"K-FAC's curvature statistics diverged at step {step}: {error}") from error
             if step == start + 1:  # its loss read back: the first update has finished before the clock starts
                 float(window[-1]["loss"])
                 first_update, clock = time.perf_counter() - clock, time.perf_counter()
