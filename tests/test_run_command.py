@@ -100,6 +100,20 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], m
     assert not (tmp_path / "results").exists()
 
 
+def test_resuming_a_complete_run_whose_metrics_are_gone_fails_naming_the_file(tmp_path: Path) -> None:
+    common = ["run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--run-id", "r", "--set",
+              "training.steps=2", "--out", str(tmp_path)]
+    assert kfac_repro(*common).returncode == 0
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r"
+    (run_dir / "metrics.csv").unlink()
+    resumed = kfac_repro(*common, "--resume")
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    assert (f"ResumeError: {run_dir / 'metrics.csv'} is missing or has no rows, but checkpoint "
+            f"{run_dir / 'checkpoints' / 'ckpt-2'} is at step 2") in resumed.stderr
+    assert "Traceback" not in resumed.stderr and "complete already" not in resumed.stdout
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
 def test_workers_not_matching_the_arms_are_refused_before_any_process_starts(tmp_path: Path) -> None:
     result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--workers", "2", "--out", str(tmp_path / "r"))
     assert result.returncode == 2, result.stderr

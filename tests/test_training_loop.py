@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
 from kfac_repro.runner import interrupts
+from kfac_repro.runner.checkpoints import ResumeError
 from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
 
@@ -154,3 +155,58 @@ def test_a_curvature_blow_up_ends_the_run_as_diverged(tmp_path: Path, method: st
             train(optimizer, batches, evaluate, settings, tmp_path, resume=False)
     finally:
         optimizer.close()
+
+
+def interrupted_at_7(tmp_path: Path) -> tuple[dict, Path]:
+    """An uninterrupted 12-step run, and a run stopped after step 7 (checkpoints at steps 6 and 7)."""
+    whole = run("kfac", tmp_path / "whole", 12, resume=False)
+    run("kfac", tmp_path / "split", 7, resume=False)
+    directory = tmp_path / "split" / "checkpoints"
+    assert sorted(p.name for p in directory.glob("*.index")) == ["ckpt-6.index", "ckpt-7.index"]
+    return whole, directory
+
+
+@pytest.mark.parametrize("damage", ["data", "index"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_resumes_exactly(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    whole, directory = interrupted_at_7(tmp_path)
+    damaged = directory / ("ckpt-7.data-00000-of-00001" if damage == "data" else "ckpt-7.index")
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    resumed = run("kfac", tmp_path / "split", 12, resume=True)
+    assert f"checkpoint {directory / 'ckpt-7'} cannot be restored" in caplog.text
+    assert ("Read less bytes than requested" if damage == "data" else "too short to be an sstable") in caplog.text
+    assert "falling back to the previous one" in caplog.text
+    assert [r["step"] for r in read_rows(tmp_path / "split" / "metrics.csv")] == ["0", "2", "4", "6", "8", "10",
+                                                                                    "12"]
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+
+
+def test_a_garbled_checkpoint_state_file_does_not_restart_the_run(tmp_path: Path) -> None:
+    whole, directory = interrupted_at_7(tmp_path)
+    (directory / "checkpoint").write_text("model_checkpoint_path: {{{ garbage")
+    assert tf.train.latest_checkpoint(str(directory)) is None  # TensorFlow's own lookup sees no checkpoint
+    resumed = run("kfac", tmp_path / "split", 12, resume=True)
+    assert [r["step"] for r in read_rows(tmp_path / "split" / "metrics.csv")] == ["0", "2", "4", "6", "7", "8",
+                                                                                    "10", "12"]
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-12")
+
+
+def test_checkpoints_none_of_which_restores_refuse_the_resume_naming_them(tmp_path: Path) -> None:
+    _, directory = interrupted_at_7(tmp_path)
+    for index in directory.glob("*.index"):
+        index.write_bytes(b"")
+    metrics = (tmp_path / "split" / "metrics.csv").read_text()
+    with pytest.raises(ResumeError, match=r"no checkpoint of this run can be restored: .*ckpt-7: .*; .*ckpt-6: "):
+        run("kfac", tmp_path / "split", 12, resume=True)
+    assert (tmp_path / "split" / "metrics.csv").read_text() == metrics
+
+
+def test_resuming_a_run_whose_metrics_are_gone_is_refused_naming_the_file(tmp_path: Path) -> None:
+    run("sgd", tmp_path / "run", 7, resume=False)
+    (tmp_path / "run" / "metrics.csv").unlink()
+    with pytest.raises(ResumeError, match=r"metrics\.csv is missing or has no rows, but checkpoint .*ckpt-7 is at "
+                                          r"step 7: the rows up to step 7 cannot be recovered"):
+        run("sgd", tmp_path / "run", 12, resume=True)
+    assert not (tmp_path / "run" / "metrics.csv").exists()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,16 +103,16 @@ def run_arm(
     global_batch = int(training["batch_size"])
     chief = cluster is None or cluster.is_chief
     run_dir = identity.run_dir if chief else identity.run_dir / f".worker-{cluster.index if cluster else 0}"
-    # A single-replica run checkpoints its tf.data iterator; a distributed iterator is not checkpointable, so a
-    # resumed multi-replica run skips the batches it had consumed (the seeded order is deterministic).
-    skip = _checkpointed_step(run_dir) if resume and strategy.num_replicas_in_sync > 1 else 0
 
-    def train_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = make_dataset(data_section["name"], "train", global_batch, input_context=context, seed=seed,
-                               augment=data_section.get("augment"), **data_args)
-        return dataset.skip(skip * context.num_replicas_in_sync // context.num_input_pipelines)
+    def train_batches(skip: int) -> Iterator:
+        """The training batches from step `skip` on (the seeded order is deterministic)."""
+        def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            dataset = make_dataset(data_section["name"], "train", global_batch, input_context=context, seed=seed,
+                                   augment=data_section.get("augment"), **data_args)
+            return dataset.skip(skip * context.num_replicas_in_sync // context.num_input_pipelines)
 
-    train_data = strategy.distribute_datasets_from_function(train_pipeline)
+        return iter(strategy.distribute_datasets_from_function(pipeline))
+
     val_data = make_dataset(data_section["name"], "val", global_batch, repeat=False, **data_args)
     knobs = {k: v for k, v in model_section.items() if k not in ("name", "input_size", "num_classes")}
     with strategy.scope():
@@ -140,14 +140,18 @@ def run_arm(
                                 eval_every=int(training["eval_every"]),
                                 checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
                                 divergence_factor=float(training["divergence_factor"]))
-        iterator = iter(train_data)
         if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
             refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
             logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
-        extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
-        final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
-                      progress=progress)
+        # A single-replica run checkpoints its tf.data iterator; a distributed iterator is not checkpointable, so a
+        # resumed multi-replica run skips the batches it had consumed.
+        if strategy.num_replicas_in_sync == 1:
+            iterator = train_batches(0)
+            final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator},
+                          progress=progress)
+        else:
+            final = train(optimizer, train_batches, evaluate, settings, run_dir, resume, progress=progress)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
@@ -176,14 +180,6 @@ def _optimizer(model: Any, config: KFACConfig | SGDConfig) -> tuple[ModelOptimiz
         kfac = KFAC(model, config)
         return kfac, kfac
     return SGD(model, config), None
-
-
-def _checkpointed_step(run_dir: Path) -> int:
-    """The step of the newest checkpoint in run_dir (0 if none): checkpoints are numbered by step."""
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def _evaluator(optimizer: ModelOptimizer, dataset: Any, batches: int | None) -> Callable[[], tuple[float, float]]:

@@ -26,8 +26,8 @@ import tensorflow as tf
 from kfac_repro.kfac.base import Metrics, ModelOptimizer, as_floats
 from kfac_repro.kfac.inversion.inverses import CurvatureDiverged
 from kfac_repro.kfac.replicas import backing_variable
-from kfac_repro.runner import interrupts, layout
-from kfac_repro.runner.metrics_log import MetricsLog
+from kfac_repro.runner import checkpoints, interrupts, layout
+from kfac_repro.runner.metrics_log import MetricsLog, read_rows
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class TrainingDiverged(ArithmeticError):
 
 def train(
     optimizer: ModelOptimizer,
-    batches: Iterator,
+    batches: Iterator | Callable[[int], Iterator],
     evaluate: Callable[[], tuple[float, float]],
     settings: LoopSettings,
     run_dir: Path,
@@ -61,19 +61,33 @@ def train(
     extra_state: dict[str, object] | None = None,
     progress: Progress = lambda step, row: None,
 ) -> Row:
-    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/."""
+    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/. `batches` is
+    the training iterator (its position restored through `extra_state`, if there), or a function of the step the
+    run starts from (0, or the restored checkpoint's) that returns the iterator positioned there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
     checkpoint = tf.train.Checkpoint(
         weights=[backing_variable(v) for v in optimizer.model.weights], optimizer=optimizer.checkpoint_state(),
         elapsed=elapsed, **(extra_state or {}),
     )
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=2)
+    directory = run_dir / "checkpoints"
+    restored = checkpoints.restore_newest(checkpoint, directory) if resume else None
     start = 0
-    if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    metrics = run_dir / layout.METRICS
+    logged = read_rows(metrics) if resume and metrics.is_file() else []
+    if restored is not None:
         optimizer.restored()
         start = int(optimizer.iterations.numpy())
+        if not logged:
+            raise checkpoints.ResumeError(
+                f"{metrics} is missing or has no rows, but checkpoint "
+                f"{checkpoints.checkpoint_path(directory, restored)} is at step {start}: the rows up to step {start} "
+                "cannot be recovered. Start a new run (without --resume)")
+    elif any(int(row["step"]) > 0 for row in logged):
+        checkpoints.log.warning("%s holds no checkpoint: training again from step 0 (the rows after step 0 are "
+                                "dropped)", directory)
+    manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
+    iterator = batches(start) if callable(batches) else batches
     log = MetricsLog(run_dir / layout.METRICS, resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     window: list[Metrics] = []  # tensors: converted only when a row is logged
@@ -92,7 +106,7 @@ def train(
                 if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step - 1}"):
                     manager.save(checkpoint_number=step - 1)
                 interrupts.check()
-            x, y = next(batches)
+            x, y = next(iterator)
             try:
                 window.append(optimizer.step(x, y))
             except CurvatureDiverged as error:
