@@ -210,3 +210,35 @@ def test_resuming_a_run_whose_metrics_are_gone_is_refused_naming_the_file(tmp_pa
                                           r"step 7: the rows up to step 7 cannot be recovered"):
         run("sgd", tmp_path / "run", 12, resume=True)
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("method", ["sgd", "kfac"])
+def test_a_stop_between_two_rows_loses_no_step_of_the_next_row(tmp_path: Path, method: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after step 5 (rows every 2 steps): the resumed run's row of step 6 averages steps 5 and 6, as the
+    uninterrupted run's does, and every row is the same to the last digit."""
+    run(method, tmp_path / "whole", 12, resume=False)
+    received: list[int] = []
+    monkeypatch.setattr(interrupts, "_received", received)
+    optimizer, iterator, evaluate = setup(method)
+    real_step, done = optimizer.step, [0]
+
+    def stopping_after_step_5(x: tf.Tensor, y: tf.Tensor) -> dict:
+        done[0] += 1
+        if done[0] == 5:
+            received.append(signal.SIGTERM)
+        return real_step(x, y)
+
+    optimizer.step = stopping_after_step_5
+    settings = LoopSettings(steps=12, log_every=2, eval_every=4, checkpoint_every=3, global_batch=8)
+    with pytest.raises(interrupts.Interrupted):
+        train(optimizer, iterator, evaluate, settings, tmp_path / "split", False, extra_state={"data": iterator})
+    if isinstance(optimizer, KFAC):
+        optimizer.close()
+    assert (tmp_path / "split" / "checkpoints" / "ckpt-5.index").exists()
+    received.clear()
+    run(method, tmp_path / "split", 12, resume=True)
+    split, whole = (read_rows(tmp_path / name / "metrics.csv") for name in ("split", "whole"))
+    assert [r["step"] for r in split] == [r["step"] for r in whole] == ["0", "2", "4", "6", "8", "10", "12"]
+    for column in ("train_loss", "train_error", "val_loss"):
+        assert [r[column] for r in split] == [r[column] for r in whole], column

@@ -2,9 +2,10 @@
 and resumption that neither loses nor repeats a logged step.
 
 Row semantics: `step` is the number of updates done; a fresh run's first row is step 0, validation only (the
-initial weights); train_loss/train_error average the (augmented) training batches since the previous row; `seconds`
-is training wall-clock from the end of the first update (validation excluded), carried across resumes: the first
-update of every process (tracing, and K-FAC's first inversion) is timed apart in `first_update_seconds`.
+initial weights); train_loss/train_error average the (augmented) training batches since the previous row (also
+across a stop and resume between two rows: `Window`); `seconds` is training wall-clock from the end of the first
+update (validation excluded), carried across resumes: the first update of every process (tracing, and K-FAC's
+first inversion) is timed apart in `first_update_seconds`.
 A run stops with TrainingDiverged after the row that shows it, not hours later: when the training loss is NaN or
 infinite, or above `divergence_factor` × (|first logged training loss| + 1) (a finite blow-up; the + 1 keeps the rule
 meaningful when the first loss is near zero); and at the step where K-FAC's curvature statistics blow up (NaN,
@@ -66,9 +67,10 @@ def train(
     run starts from (0, or the restored checkpoint's) that returns the iterator positioned there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
+    window = Window()
     checkpoint = tf.train.Checkpoint(
         weights=[backing_variable(v) for v in optimizer.model.weights], optimizer=optimizer.checkpoint_state(),
-        elapsed=elapsed, **(extra_state or {}),
+        elapsed=elapsed, window=window.sums, **(extra_state or {}),
     )
     directory = run_dir / "checkpoints"
     restored = checkpoints.restore_newest(checkpoint, directory) if resume else None
@@ -90,7 +92,6 @@ def train(
     iterator = batches(start) if callable(batches) else batches
     log = MetricsLog(run_dir / layout.METRICS, resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
-    window: list[Metrics] = []  # tensors: converted only when a row is logged
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
     first_update: float | None = None
     first_loss = log.first_train_loss
@@ -104,20 +105,21 @@ def train(
                 elapsed.assign_add(time.perf_counter() - clock)
                 log.sync()
                 if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step - 1}"):
+                    window.store()
                     manager.save(checkpoint_number=step - 1)
                 interrupts.check()
             x, y = next(iterator)
             try:
-                window.append(optimizer.step(x, y))
+                window.steps.append(optimizer.step(x, y))
             except CurvatureDiverged as error:
                 raise TrainingDiverged(f"K-FAC's curvature statistics diverged at step {step}: {error}") from error
             if step == start + 1:  # its loss read back: the first update has finished before the clock starts
-                float(window[-1]["loss"])
+                float(window.steps[-1]["loss"])
                 first_update, clock = time.perf_counter() - clock, time.perf_counter()
             if step % settings.log_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
-                row = _row(step, settings.global_batch, float(elapsed.numpy()), window)
-                row["first_update_seconds"], first_update, window = first_update, None, []
+                row = window.row(step, settings.global_batch, float(elapsed.numpy()))
+                row["first_update_seconds"], first_update = first_update, None
                 if step % settings.eval_every == 0 or step == settings.steps:
                     row["val_loss"], row["val_error"] = evaluate()
                 log.append(row)
@@ -129,6 +131,7 @@ def train(
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
                 log.sync()
+                window.store()
                 manager.save(checkpoint_number=step)
                 clock = time.perf_counter()
     finally:
@@ -151,20 +154,45 @@ def _check_divergence(loss: float | None, first: float | None, factor: float, st
             "a smaller kl_clip; SGD: a smaller learning_rate)")
 
 
-def _row(step: int, global_batch: int, seconds: float, steps: list[Metrics]) -> Row:
-    window = [as_floats(metrics) for metrics in steps]
-    last = window[-1]
-    return {
-        "step": step,
-        "examples": step * global_batch,
-        "seconds": seconds,
-        "train_loss": sum(m["loss"] for m in window) / len(window),
-        "train_error": sum(m["error"] for m in window) / len(window),
-        "step_size": last["step_size"],
-        "learning_rate": last["learning_rate"],
-        "kl_clip": last.get("kl_clip"),
-        "inverse_staleness": last.get("inverse_staleness"),
-    }
+class Window:
+    """The steps since the last row (their metrics as tensors: converted only when a row is logged). Before each
+    checkpoint the sums of their losses and errors and their count are stored in `sums` (checkpointed), so that a run
+    stopped between two rows and resumed logs the row an uninterrupted run logs, to the bit (the same additions in
+    the same order)."""
+
+    def __init__(self) -> None:
+        self.sums = tf.Variable([0.0, 0.0, 0.0], dtype=tf.float64, trainable=False, name="window_sums")
+        self.steps: list[Metrics] = []
+
+    def store(self) -> None:
+        self.sums.assign(self._totals())
+        self.steps = []
+
+    def row(self, step: int, global_batch: int, seconds: float) -> Row:
+        """The row of `step`: the mean training loss and error of the window, the last step's settings; the window
+        starts again empty."""
+        last = as_floats(self.steps[-1])
+        loss, error, count = self._totals()
+        self.sums.assign([0.0, 0.0, 0.0])
+        self.steps = []
+        return {
+            "step": step,
+            "examples": step * global_batch,
+            "seconds": seconds,
+            "train_loss": loss / count,
+            "train_error": error / count,
+            "step_size": last["step_size"],
+            "learning_rate": last["learning_rate"],
+            "kl_clip": last.get("kl_clip"),
+            "inverse_staleness": last.get("inverse_staleness"),
+        }
+
+    def _totals(self) -> list[float]:
+        loss, error, count = (float(v) for v in self.sums.numpy())
+        for metrics in self.steps:
+            values = as_floats(metrics)
+            loss, error, count = loss + values["loss"], error + values["error"], count + 1
+        return [loss, error, count]
 
 
 def _summarise(writer: tf.summary.SummaryWriter, step: int, row: Row) -> None:
