@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def run_arm(
     import tensorflow as tf
 
     from kfac_repro.data.registry import dataset_info, make_dataset
+    from kfac_repro.distribute.rendezvous import await_peers, cluster_timeout
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
@@ -85,6 +87,8 @@ def run_arm(
                          "a multi-process run has one gradient worker per process")
     if isinstance(config, KFACConfig) and config.inversion_threads is not None:
         reserve_inversion_cores(config.inversion_threads)  # kept from TensorFlow's pools (before TensorFlow starts)
+    if cluster is not None and processes > 1:  # bounded, reported and stoppable, unlike TensorFlow's own wait
+        await_peers(cluster, cluster_timeout(), lambda line: print(line, file=sys.stderr, flush=True))
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
     if training["deterministic"]:
