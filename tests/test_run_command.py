@@ -174,6 +174,31 @@ def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) ->
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
 
 
+@pytest.mark.slow  # 3 runs per case, ~1 min each on the shared machine; the fast check of the mechanism is
+# test_training_loop.py::test_a_checkpoint_with_or_without_the_data_position_resumes_exactly_either_way
+@pytest.mark.parametrize(("before", "after"), [(4, 2), (2, 4), (4, 1), (1, 4)])
+def test_a_run_resumes_exactly_with_another_number_of_replicas(tmp_path: Path, before: int, after: int) -> None:
+    """K-FAC checkpointed with `before` in-process replicas and continued with `after` equals an uninterrupted run:
+    the global batches, the sampled targets and the optimizer's state do not depend on the replica count."""
+    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
+              "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
+    whole = kfac_repro("run", *common, "--set", "training.steps=12", "--out", str(tmp_path / "whole"))
+    first = kfac_repro("run", *common, "--set", "training.steps=6", "--set", f"distribution.workers={before}",
+                       "--out", str(tmp_path / "split"))
+    second = kfac_repro("run", *common, "--set", "training.steps=12", "--set", f"distribution.workers={after}",
+                        "--resume", "--out", str(tmp_path / "split"))
+    for result in (whole, first, second):
+        assert result.returncode == 0, result.stderr[-2000:]
+    split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    assert [int(r["step"]) for r in split] == list(range(0, 13))
+    for got, want in zip(split[1:], expected[1:], strict=True):
+        assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
+    assert float(split[-1]["val_loss"]) == pytest.approx(float(expected[-1]["val_loss"]), rel=1e-5)
+    record = json.loads((tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "run.json").read_text())
+    assert record["workers"] == after and record["status"] == "complete"
+
+
 def write_fashion(directory: Path, train_labels: list[int]) -> None:
     """Fashion-MNIST idx files with len(train_labels) training and 4 test images."""
     directory.mkdir(parents=True)

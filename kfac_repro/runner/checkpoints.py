@@ -19,6 +19,7 @@ from typing import Any
 import tensorflow as tf
 
 log = logging.getLogger("kfac_repro.runner")
+STATE = "checkpoint"  # TensorFlow's state file, which names the newest checkpoint
 PREFIX = "ckpt"  # the files of the checkpoint of step N: ckpt-N.index and ckpt-N.data-*
 _INDEX = re.compile(rf"{PREFIX}-([0-9]+)\.index")
 
@@ -41,27 +42,47 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 
 def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path) -> int | None:
-    """Restore the newest checkpoint in `directory` that restores whole (every object of `checkpoint` matched),
+    """Restore the newest checkpoint in `directory` that restores whole (every object of `checkpoint` matched; it
+    may hold more, such as the data position that `restore_part` reads),
     warning with the name and error of each newer one that does not; its step, or None if there is none.
     ResumeError naming every checkpoint and its error when there are some but none restores."""
     failures: list[str] = []
     for step in checkpoint_steps(directory):
         path = checkpoint_path(directory, step)
         try:
-            checkpoint.restore(str(path)).assert_existing_objects_matched()
+            checkpoint.restore(str(path)).expect_partial().assert_existing_objects_matched()
         except (tf.errors.OpError, IndexError, ValueError, AssertionError) as error:
             failures.append(f"{path}: {_describe(error)}")
             log.warning("checkpoint %s cannot be restored (%s): falling back to the previous one", path,
                         _describe(error))
             continue
-        tf.compat.v1.train.update_checkpoint_state(
-            str(directory), str(path), [str(checkpoint_path(directory, s)) for s in sorted(checkpoint_steps(directory))
-                                        if s <= step])
+        _write_state(directory, step)
         return step
     if failures:
         raise ResumeError("no checkpoint of this run can be restored: " + "; ".join(failures) +
                           " (damaged, or written for another model or optimizer). Start a new run (without --resume)")
     return None
+
+
+def holds(directory: Path, step: int, name: str) -> bool:
+    """Whether the checkpoint of `step` has an entry `name` at its root."""
+    return any(key.split("/", 1)[0] == name
+               for key, _ in tf.train.list_variables(str(checkpoint_path(directory, step))))
+
+
+def restore_part(checkpoint: tf.train.Checkpoint, directory: Path, step: int) -> None:
+    """Restore the objects of `checkpoint` (a part of what was saved) from the checkpoint of `step`."""
+    checkpoint.restore(str(checkpoint_path(directory, step))).expect_partial().assert_existing_objects_matched()
+
+
+def _write_state(directory: Path, step: int) -> None:
+    """TensorFlow's state file naming the checkpoint of `step` as the newest, after the older ones still there."""
+    kept = [s for s in sorted(checkpoint_steps(directory)) if s <= step]
+    lines = [f'model_checkpoint_path: "{PREFIX}-{step}"',
+             *(f'all_model_checkpoint_paths: "{PREFIX}-{s}"' for s in kept)]
+    temporary = directory / (STATE + ".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(directory / STATE)
 
 
 def _describe(error: Any) -> str:

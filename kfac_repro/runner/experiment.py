@@ -148,14 +148,11 @@ def run_arm(
             refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
             logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
-        # A single-replica run checkpoints its tf.data iterator; a distributed iterator is not checkpointable, so a
-        # resumed multi-replica run skips the batches it had consumed.
-        if strategy.num_replicas_in_sync == 1:
-            iterator = train_batches(0)
-            final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state={"data": iterator},
-                          progress=progress)
-        else:
-            final = train(optimizer, train_batches, evaluate, settings, run_dir, resume, progress=progress)
+        # A single-replica run checkpoints its tf.data iterator's position; a distributed iterator is not
+        # checkpointable, so a multi-replica run (or one resumed from a multi-replica checkpoint) skips the batches
+        # consumed.
+        final = train(optimizer, train_batches, evaluate, settings, run_dir, resume,
+                      data_position=strategy.num_replicas_in_sync == 1, progress=progress)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()

@@ -44,6 +44,7 @@ class LoopSettings:
 
 
 Row = dict[str, float | None]
+DATA = "data"  # the checkpoint's entry for the training iterator's position
 Progress = Callable[[int, Row], None]
 
 
@@ -54,26 +55,26 @@ class TrainingDiverged(ArithmeticError):
 
 def train(
     optimizer: ModelOptimizer,
-    batches: Iterator | Callable[[int], Iterator],
+    batches: Callable[[int], Iterator],
     evaluate: Callable[[], tuple[float, float]],
     settings: LoopSettings,
     run_dir: Path,
     resume: bool,
-    extra_state: dict[str, object] | None = None,
+    data_position: bool = False,
     progress: Progress = lambda step, row: None,
 ) -> Row:
-    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/. `batches` is
-    the training iterator (its position restored through `extra_state`, if there), or a function of the step the
-    run starts from (0, or the restored checkpoint's) that returns the iterator positioned there."""
+    """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/.
+    `batches(start)`: the training batches from update `start` on. `data_position`: the iterator's position is
+    checkpointed (a tf.data iterator; a distributed one cannot be) and restored where the checkpoint holds it; a
+    checkpoint without it (written with several replicas) resumes from `batches(start)`. Nothing else in a
+    checkpoint depends on the number of replicas, so a run may be resumed with another."""
     run_dir.mkdir(parents=True, exist_ok=True)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
     window = Window()
-    checkpoint = tf.train.Checkpoint(
-        weights=[backing_variable(v) for v in optimizer.model.weights], optimizer=optimizer.checkpoint_state(),
-        elapsed=elapsed, window=window.sums, **(extra_state or {}),
-    )
+    state = {"weights": [backing_variable(v) for v in optimizer.model.weights],
+             "optimizer": optimizer.checkpoint_state(), "elapsed": elapsed, "window": window.sums}
     directory = run_dir / "checkpoints"
-    restored = checkpoints.restore_newest(checkpoint, directory) if resume else None
+    restored = checkpoints.restore_newest(tf.train.Checkpoint(**state), directory) if resume else None
     start = 0
     metrics = run_dir / layout.METRICS
     logged = read_rows(metrics) if resume and metrics.is_file() else []
@@ -88,8 +89,13 @@ def train(
     elif any(int(row["step"]) > 0 for row in logged):
         checkpoints.log.warning("%s holds no checkpoint: training again from step 0 (the rows after step 0 are "
                                 "dropped)", directory)
+    if data_position and restored is not None and checkpoints.holds(directory, restored, DATA):
+        iterator = batches(0)
+        checkpoints.restore_part(tf.train.Checkpoint(**{DATA: iterator}), directory, restored)
+    else:
+        iterator = batches(start)
+    checkpoint = tf.train.Checkpoint(**state, **({DATA: iterator} if data_position else {}))
     manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
-    iterator = batches(start) if callable(batches) else batches
     log = MetricsLog(run_dir / layout.METRICS, resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
