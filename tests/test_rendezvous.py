@@ -113,3 +113,70 @@ def test_sigterm_ends_a_worker_waiting_for_its_peers(tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
     assert process.returncode == 143 and time.monotonic() - sent < 30
+
+
+WATCHED = """
+import os, sys
+from kfac_repro.distribute.rendezvous import StartWatch
+from kfac_repro.runner import interrupts
+interrupts.install()
+watch = StartWatch("worker 0", float(sys.argv[1]), lambda line: print(line, file=sys.stderr, flush=True))
+watch.start()
+watch.stop_at_once()
+if sys.argv[2] == "started":
+    watch.started()
+print("blocked", flush=True)
+read, _ = os.pipe()
+os.read(read, 1)  # blocked, as in a collective that never completes (a signal's handler runs, the read goes on)
+"""
+
+
+def watched(timeout: str, state: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", WATCHED, timeout, state], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "blocked\n"
+    return process
+
+
+def test_sigterm_ends_a_process_blocked_before_training_started() -> None:
+    process = watched("600", "waiting")
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM  # its default action: the shell sees 143
+
+
+def test_the_start_of_training_is_bounded() -> None:
+    process = watched("1", "waiting")
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "worker 0: every peer answered; training must start within 1 s (KFAC_REPRO_CLUSTER_TIMEOUT)" in stderr
+    assert "Timeout (0:00:01)!" in stderr  # and where each thread was
+
+
+def test_once_training_started_the_watch_is_over() -> None:
+    process = watched("1", "started")
+    time.sleep(2)  # past the bound
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)  # recorded for the training loop, which would stop at its next step
+    time.sleep(1)
+    assert process.poll() is None
+    process.kill()
+    process.communicate()
+
+
+def test_a_peer_that_answers_but_never_joins_ends_the_worker_within_the_bound(tmp_path: Path) -> None:
+    """Worker 1's port answers (another program holds it): the rendezvous passes, TensorFlow's registration would
+    wait forever; the watch ends worker 0 after the bound."""
+    mine, other = free_ports(2)
+    impostor = socket.create_server(("127.0.0.1", other))
+    env = {**os.environ, rendezvous.TIMEOUT_VAR: "15", "TF_CONFIG": json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{mine}", f"127.0.0.1:{other}"]}, "task": {"type": "worker", "index": 0}})}
+    command = [sys.executable, "-m", "cli", "worker", "cifar10-async", "--profile", "smoke", "--arm", "sync-gpu1",
+               "--set", "distribution.workers=2", "--run-dir", str(tmp_path / "run")]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        impostor.close()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "worker 0: every peer answered; training must start within 15 s" in result.stderr
+    assert "Timeout (0:00:15)!" in result.stderr

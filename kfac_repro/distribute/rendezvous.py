@@ -8,12 +8,20 @@ server; a worker that has seen them all answers `LINGER` seconds more). Every `P
 peers that have not answered; after `timeout` seconds it gives up with ClusterTimeout naming them; a stop request
 (SIGTERM, SIGINT: runner.interrupts) ends the wait at once.
 The bound is KFAC_REPRO_CLUSTER_TIMEOUT seconds (default 300).
+
+Then, until the first update has finished (TensorFlow's registration, the broadcast of the initial weights, the
+first all-reduces), `StartWatch` ends the process within the same bound, and at once on SIGTERM or SIGINT: the main
+thread may then be blocked inside TensorFlow, where Python code (signal handlers, other threads) may not run, so
+both are left to mechanisms below Python. (While TensorFlow registers the worker it catches SIGTERM itself: a
+SIGTERM then is lost, and the bound ends a registration that never completes.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -123,3 +131,34 @@ def _answers(address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+
+class StartWatch:
+    """From `start()` until `started()`: the process ends after `timeout` seconds (exit 1, every thread's stack on
+    stderr: faulthandler's watchdog, which needs no GIL, since TensorFlow's calls may hold it), and once
+    `stop_at_once()` was called SIGTERM and SIGINT end it at once (their default action) instead of at a step
+    boundary that may never come."""
+
+    def __init__(self, me: str, timeout: float, emit: Callable[[str], None]):
+        self.me, self.timeout, self.emit = me, timeout, emit
+        self._watching = False
+
+    def start(self) -> None:
+        self.emit(f"{self.me}: every peer answered; training must start within {self.timeout:g} s "
+                  f"({TIMEOUT_VAR}), else this worker exits with code 1")
+        faulthandler.dump_traceback_later(self.timeout, exit=True)
+        self._watching = True
+
+    def stop_at_once(self) -> None:
+        """SIGTERM and SIGINT end the process at once until `started()` (main thread only)."""
+        if self._watching:
+            for signum in interrupts.SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+
+    def started(self) -> None:
+        """Training has started: no bound any more, and signals are the training loop's again (main thread)."""
+        if self._watching:
+            faulthandler.cancel_dump_traceback_later()
+            interrupts.install()
+            self._watching = False

@@ -29,6 +29,8 @@ from kfac_repro.runner import layout
 from kfac_repro.specs import schema
 
 if TYPE_CHECKING:
+    from kfac_repro.distribute.cluster import ClusterSpec
+    from kfac_repro.distribute.rendezvous import StartWatch
     from kfac_repro.kfac import KFAC
     from kfac_repro.kfac.base import ModelOptimizer
     from kfac_repro.specs.resolve import ArmConfig
@@ -68,7 +70,6 @@ def run_arm(
     import tensorflow as tf
 
     from kfac_repro.data.registry import dataset_info, make_dataset
-    from kfac_repro.distribute.rendezvous import await_peers, cluster_timeout
     from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
     from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
@@ -87,10 +88,11 @@ def run_arm(
                          "a multi-process run has one gradient worker per process")
     if isinstance(config, KFACConfig) and config.inversion_threads is not None:
         reserve_inversion_cores(config.inversion_threads)  # kept from TensorFlow's pools (before TensorFlow starts)
-    if cluster is not None and processes > 1:  # bounded, reported and stoppable, unlike TensorFlow's own wait
-        await_peers(cluster, cluster_timeout(), lambda line: print(line, file=sys.stderr, flush=True))
+    watch = _start_watch(cluster) if cluster is not None and processes > 1 else None
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
+    if watch is not None:
+        watch.stop_at_once()  # until the first update is done
     if training["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -152,7 +154,8 @@ def run_arm(
         # checkpointable, so a multi-replica run (or one resumed from a multi-replica checkpoint) skips the batches
         # consumed.
         final = train(optimizer, train_batches, evaluate, settings, run_dir, resume,
-                      data_position=strategy.num_replicas_in_sync == 1, progress=progress)
+                      data_position=strategy.num_replicas_in_sync == 1, progress=progress,
+                      started=watch.started if watch else lambda: None)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _evaluator(optimizer, test_data, None)()
@@ -162,6 +165,8 @@ def run_arm(
         _write_status(run_dir, record, status, chief)
         raise
     finally:
+        if watch is not None:
+            watch.started()
         if kfac is not None:
             kfac.close()
         if refresh_log is not None:
@@ -171,6 +176,21 @@ def run_arm(
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return final
+
+
+def _start_watch(cluster: ClusterSpec) -> StartWatch:
+    """Meet the cluster's peers (bounded, reported, stoppable: distribute/rendezvous.py), then bound the start of
+    training by the same time."""
+    from kfac_repro.distribute.rendezvous import StartWatch, await_peers, cluster_timeout
+
+    def emit(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    timeout = cluster_timeout()
+    await_peers(cluster, timeout, emit)
+    watch = StartWatch(f"worker {cluster.index}", timeout, emit)
+    watch.start()
+    return watch
 
 
 def _optimizer(model: Any, config: KFACConfig | SGDConfig) -> tuple[ModelOptimizer, KFAC | None]:

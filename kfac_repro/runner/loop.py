@@ -62,12 +62,14 @@ def train(
     resume: bool,
     data_position: bool = False,
     progress: Progress = lambda step, row: None,
+    started: Callable[[], None] = lambda: None,
 ) -> Row:
     """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/.
     `batches(start)`: the training batches from update `start` on. `data_position`: the iterator's position is
     checkpointed (a tf.data iterator; a distributed one cannot be) and restored where the checkpoint holds it; a
     checkpoint without it (written with several replicas) resumes from `batches(start)`. Nothing else in a
-    checkpoint depends on the number of replicas, so a run may be resumed with another."""
+    checkpoint depends on the number of replicas, so a run may be resumed with another. `started()` is called once
+    the first update of this process has finished."""
     run_dir.mkdir(parents=True, exist_ok=True)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
     window = Window()
@@ -122,6 +124,7 @@ def train(
             if step == start + 1:  # its loss read back: the first update has finished before the clock starts
                 float(window.steps[-1]["loss"])
                 first_update, clock = time.perf_counter() - clock, time.perf_counter()
+                started()
             if step % settings.log_every == 0 or step == settings.steps:
                 elapsed.assign_add(time.perf_counter() - clock)
                 row = window.row(step, settings.global_batch, float(elapsed.numpy()))
