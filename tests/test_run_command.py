@@ -174,7 +174,7 @@ def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) ->
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
 
 
-@pytest.mark.slow  # 3 runs per case, ~1 min each on the shared machine; the fast check of the mechanism is
+@pytest.mark.slow  # 3 runs per case: two cases took 12 min on the shared, loaded machine; the fast check is
 # test_training_loop.py::test_a_checkpoint_with_or_without_the_data_position_resumes_exactly_either_way
 @pytest.mark.parametrize(("before", "after"), [(4, 2), (2, 4), (4, 1), (1, 4)])
 def test_a_run_resumes_exactly_with_another_number_of_replicas(tmp_path: Path, before: int, after: int) -> None:
