@@ -100,3 +100,25 @@ def test_corrupt_binary_batch_names_the_file(cifar10_binary: tuple[Path, dict]) 
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(DataNotFoundError, match=r"test_batch\.bin: .* not a whole number of 3073-byte records"):
         load_cifar10(data_dir)
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ([0.0, 1.0, float("nan"), 3.0], r"label nan at index 2 is not an integer in 0\.\.9"),
+    (np.array([0.0, 1.5, 2.0, 3.0]), r"label 1\.5 at index 1 is not an integer in 0\.\.9"),
+    ([0, 1, 2, 10], r"label 10 at index 3 is not an integer in 0\.\.9"),
+    (["0", "1", "2", "3"], r"labels are of type <U1; expected integers 0\.\.9"),
+    ([True, False, True, False], r"labels are of type bool; expected integers 0\.\.9"),
+    ([[0], [1], [2], [3]], r"b'data' is uint8 \(4, 3072\) and b'labels' has shape \(4, 1\); expected uint8 "
+                           r"\[N, 3072\] and N labels"),
+    (7, r"b'data' is uint8 \(4, 3072\) and b'labels' has shape \(\); expected"),
+])
+def test_labels_that_are_not_integers_0_to_9_name_the_file(labels: object, message: str,
+                                                          cifar10_python: tuple[Path, dict]) -> None:
+    """A NaN or fractional label would be cast to uint8 and trained on; a string or 2-D label would crash later."""
+    data_dir, _ = cifar10_python
+    path = data_dir / "cifar10" / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}, protocol=2))
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-batches-py/data_batch_2: " + message):
+        verify("cifar10", data_dir)
+    with pytest.raises(DataNotFoundError, match="data_batch_2: "):
+        make_dataset("cifar10", "train", 4, data_dir=data_dir)

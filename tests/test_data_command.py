@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from conftest import write_cifar10_python
@@ -47,6 +49,16 @@ def test_verify_exit_codes(cifar10_python: tuple[Path, dict]) -> None:
     bad = invoke("verify", "cifar10", "--data-dir", str(data_dir))
     assert bad.exit_code == 1 and "test_batch: not a readable CIFAR-10 python batch" in bad.output
     assert invoke("verify", "mnist").exit_code == 2
+
+
+def test_verify_fails_on_a_fractional_label_naming_the_file(cifar10_python: tuple[Path, dict]) -> None:
+    data_dir, _ = cifar10_python
+    path = data_dir / "cifar10" / "cifar-10-batches-py" / "data_batch_5"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]}, protocol=2))
+    result = invoke("verify", "cifar10", "--data-dir", str(data_dir))
+    assert result.exit_code == 1, result.output
+    assert "data_batch_5: label 0.5 at index 0 is not an integer in 0..9" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_download_unpacks_a_matching_archive(tmp_path: Path, archive: tuple[str, str]) -> None:

@@ -131,3 +131,16 @@ def test_a_taken_run_id_is_refused_before_training(tmp_path: Path) -> None:
                         "--run-id", "r")
     assert result.returncode == 2 and "already exists: give another --run-id, or --resume" in result.stderr
     assert (tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r" / "metrics.csv").read_text() == "precious\n"
+
+
+def test_a_complete_run_that_lost_its_metrics_is_not_done(tmp_path: Path) -> None:
+    """`run --resume`, `grid` and `reproduce` keep a complete run as a result only while its rows are there."""
+    from kfac_repro.runner.plan import DONE, PARTIAL, run_state
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    layout.write_run_record(run_dir, {"status": layout.COMPLETE, "steps": 4})
+    (run_dir / layout.METRICS).write_text("step,train_loss\n0,\n4,1.5\n")
+    assert layout.run_complete(run_dir, 4) and run_state(run_dir, 4) == (DONE, 0)
+    (run_dir / layout.METRICS).unlink()
+    assert not layout.run_complete(run_dir, 4) and run_state(run_dir, 4) == (PARTIAL, 4)

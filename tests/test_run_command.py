@@ -113,6 +113,20 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], m
     assert not (tmp_path / "results").exists()
 
 
+def test_resuming_a_complete_run_whose_metrics_are_gone_fails_naming_the_file(tmp_path: Path) -> None:
+    common = ["run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--run-id", "r", "--set",
+              "training.steps=2", "--out", str(tmp_path)]
+    assert kfac_repro(*common).returncode == 0
+    run_dir = tmp_path / "cifar10-async" / "smoke" / "sgd-bn" / "r"
+    (run_dir / "metrics.csv").unlink()
+    resumed = kfac_repro(*common, "--resume")
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    assert (f"ResumeError: {run_dir / 'metrics.csv'} is missing or has no rows, but checkpoint "
+            f"{run_dir / 'checkpoints' / 'ckpt-2'} is at step 2") in resumed.stderr
+    assert "Traceback" not in resumed.stderr and "complete already" not in resumed.stdout
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
 def test_workers_not_matching_the_arms_are_refused_before_any_process_starts(tmp_path: Path) -> None:
     result = kfac_repro("run", "cifar10-async", "--profile", "smoke", "--workers", "2", "--out", str(tmp_path / "r"))
     assert result.returncode == 2, result.stderr
@@ -171,6 +185,31 @@ def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) ->
     assert [int(r["step"]) for r in split] == list(range(0, 13))
     for got, want in zip(split[1:], expected[1:], strict=True):
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
+
+
+@pytest.mark.slow  # 3 runs per case: two cases took 12 min on the shared, loaded machine; the fast check is
+# test_training_loop.py::test_a_checkpoint_with_or_without_the_data_position_resumes_exactly_either_way
+@pytest.mark.parametrize(("before", "after"), [(4, 2), (2, 4), (4, 1), (1, 4)])
+def test_a_run_resumes_exactly_with_another_number_of_replicas(tmp_path: Path, before: int, after: int) -> None:
+    """K-FAC checkpointed with `before` in-process replicas and continued with `after` equals an uninterrupted run:
+    the global batches, the sampled targets and the optimizer's state do not depend on the replica count."""
+    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
+              "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
+    whole = kfac_repro("run", *common, "--set", "training.steps=12", "--out", str(tmp_path / "whole"))
+    first = kfac_repro("run", *common, "--set", "training.steps=6", "--set", f"distribution.workers={before}",
+                       "--out", str(tmp_path / "split"))
+    second = kfac_repro("run", *common, "--set", "training.steps=12", "--set", f"distribution.workers={after}",
+                        "--resume", "--out", str(tmp_path / "split"))
+    for result in (whole, first, second):
+        assert result.returncode == 0, result.stderr[-2000:]
+    split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    assert [int(r["step"]) for r in split] == list(range(0, 13))
+    for got, want in zip(split[1:], expected[1:], strict=True):
+        assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
+    assert float(split[-1]["val_loss"]) == pytest.approx(float(expected[-1]["val_loss"]), rel=1e-5)
+    record = json.loads((tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "run.json").read_text())
+    assert record["workers"] == after and record["status"] == "complete"
 
 
 def write_fashion(directory: Path, train_labels: list[int]) -> None:

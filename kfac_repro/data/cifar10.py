@@ -82,7 +82,7 @@ def read_python_batch(path: Path) -> Split:
         raise DataNotFoundError(f"{path}: expected a pickled dict with b'data' and b'labels'")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1 or len(labels) != len(data):
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1 or labels.shape != data.shape[:1]:
         raise DataNotFoundError(f"{path}: b'data' is {data.dtype} {data.shape} and b'labels' has shape {labels.shape}; "
                                 "expected uint8 [N, 3072] and N labels")
     return _to_images(data), _checked_labels(labels, path)
@@ -113,8 +113,15 @@ def _to_images(rows: np.ndarray) -> np.ndarray:
 
 
 def _checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataNotFoundError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+    """The labels as uint8, or DataNotFoundError naming the file and the first label that is not an integer in
+    0..9 (a NaN or fractional label is refused, never rounded; strings are refused)."""
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise DataNotFoundError(f"{path}: labels are of type {labels.dtype}; expected integers 0..{NUM_CLASSES - 1}")
+    wrong = np.flatnonzero(~np.isin(labels, np.arange(NUM_CLASSES)))
+    if wrong.size:
+        index = int(wrong[0])
+        raise DataNotFoundError(f"{path}: label {labels[index]} at index {index} is not an integer in "
+                                f"0..{NUM_CLASSES - 1}")
     return labels.astype(np.uint8)
 
 

@@ -55,6 +55,7 @@ def parse_tf_config(text: str, source: str = "TF_CONFIG") -> ClusterSpec:
         _check_address(address, f"{source}: cluster.worker[{i}]")
     if len(set(workers)) != len(workers):
         raise ClusterConfigError(f"{source}: cluster.worker: duplicate addresses in {workers}")
+    _check_distinct_endpoints(workers, source)
     if not isinstance(task, dict):
         raise ClusterConfigError(f"{source}: task: expected an object with 'type' and 'index'")
     role, index = task.get("type"), task.get("index")
@@ -110,3 +111,32 @@ def _check_address(address: object, where: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ClusterConfigError(f"{where}: expected 'host:port' with a port in 1..65535, found {address!r}")
+
+
+def _check_distinct_endpoints(workers: list[str], source: str) -> None:
+    """ClusterConfigError when two addresses with the same port name the same host two ways (127.0.0.1:N and
+    localhost:N): the second worker could never start its server, and the first would wait for it forever. Only
+    addresses that share a port are resolved; a name that does not resolve is compared as written."""
+    by_port: dict[str, list[int]] = {}
+    for index, address in enumerate(workers):
+        by_port.setdefault(address.rpartition(":")[2], []).append(index)
+    for indices in by_port.values():
+        seen: dict[str, int] = {}
+        for index in indices:
+            for ip in _addresses(workers[index].rpartition(":")[0]):
+                if ip in seen:
+                    first = seen[ip]
+                    raise ClusterConfigError(
+                        f"{source}: cluster.worker[{first}] {workers[first]!r} and cluster.worker[{index}] "
+                        f"{workers[index]!r} are the same endpoint ({ip}): give each worker its own host:port")
+            seen.update((ip, index) for ip in _addresses(workers[index].rpartition(":")[0]))
+
+
+def _addresses(host: str) -> set[str]:
+    """The IP addresses `host` resolves to ({host} when it does not resolve); loopback addresses count as one."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return {host}
+    found = {str(info[4][0]) for info in infos}
+    return {"loopback" if ip.startswith("127.") or ip == "::1" else ip for ip in found}

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from kfac_repro.runner import layout, safe_paths
 from kfac_repro.specs import schema
 
 if TYPE_CHECKING:
+    from kfac_repro.distribute.cluster import ClusterSpec
+    from kfac_repro.distribute.rendezvous import StartWatch
     from kfac_repro.kfac import KFAC
     from kfac_repro.kfac.base import ModelOptimizer
     from kfac_repro.specs.resolve import ArmConfig
@@ -86,8 +89,11 @@ def run_arm(
                          "a multi-process run has one gradient worker per process")
     if isinstance(config, KFACConfig) and config.inversion_threads is not None:
         reserve_inversion_cores(config.inversion_threads)  # kept from TensorFlow's pools (before TensorFlow starts)
+    watch = _start_watch(cluster) if cluster is not None and processes > 1 else None
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
+    if watch is not None:
+        watch.stop_at_once()  # until the first update is done
     if training["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -104,16 +110,16 @@ def run_arm(
     global_batch = int(training["batch_size"])
     chief = cluster is None or cluster.is_chief
     run_dir = identity.run_dir if chief else identity.run_dir / f".worker-{cluster.index if cluster else 0}"
-    # A single-replica run checkpoints its tf.data iterator; a distributed iterator is not checkpointable, so a
-    # resumed multi-replica run skips the batches it had consumed (the seeded order is deterministic).
-    skip = _checkpointed_step(run_dir) if resume and strategy.num_replicas_in_sync > 1 else 0
 
-    def train_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = make_dataset(data_section["name"], "train", global_batch, input_context=context, seed=seed,
-                               augment=data_section.get("augment"), **data_args)
-        return dataset.skip(skip * context.num_replicas_in_sync // context.num_input_pipelines)
+    def train_batches(skip: int) -> Iterator:
+        """The training batches from step `skip` on (the seeded order is deterministic)."""
+        def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            dataset = make_dataset(data_section["name"], "train", global_batch, input_context=context, seed=seed,
+                                   augment=data_section.get("augment"), **data_args)
+            return dataset.skip(skip * context.num_replicas_in_sync // context.num_input_pipelines)
 
-    train_data = strategy.distribute_datasets_from_function(train_pipeline)
+        return iter(strategy.distribute_datasets_from_function(pipeline))
+
     val_data = make_dataset(data_section["name"], "val", global_batch, repeat=False, **data_args)
     knobs = {k: v for k, v in model_section.items() if k not in ("name", "input_size", "num_classes")}
     with strategy.scope():
@@ -156,14 +162,16 @@ def run_arm(
                                 eval_every=int(training["eval_every"]),
                                 checkpoint_every=int(training["checkpoint_every"]), global_batch=global_batch,
                                 divergence_factor=float(training["divergence_factor"]))
-        iterator = iter(train_data)
         if refresh_log is not None:  # the K-FAC library logs each refresh: snapshot step, hand-over step, seconds
             refresh_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger("kfac_repro.kfac").addHandler(refresh_log)
             logging.getLogger("kfac_repro.kfac").setLevel(logging.INFO)
-        extra_state = {"data": iterator} if strategy.num_replicas_in_sync == 1 else {}
-        final = train(optimizer, iterator, evaluate, settings, run_dir, resume, extra_state=extra_state,
-                      progress=progress)
+        # A single-replica run checkpoints its tf.data iterator's position; a distributed iterator is not
+        # checkpointable, so a multi-replica run (or one resumed from a multi-replica checkpoint) skips the batches
+        # consumed.
+        final = train(optimizer, train_batches, evaluate, settings, run_dir, resume,
+                      data_position=strategy.num_replicas_in_sync == 1, progress=progress,
+                      started=watch.started if watch else lambda: None)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _Evaluator(optimizer, test_data, None)()
@@ -173,6 +181,8 @@ def run_arm(
         _write_status(run_dir, record, status, chief)
         raise
     finally:
+        if watch is not None:
+            watch.started()
         if kfac is not None:
             kfac.close()
         if refresh_log is not None:
@@ -184,20 +194,27 @@ def run_arm(
     return final
 
 
+def _start_watch(cluster: ClusterSpec) -> StartWatch:
+    """Meet the cluster's peers (bounded, reported, stoppable: distribute/rendezvous.py), then bound the start of
+    training by the same time."""
+    from kfac_repro.distribute.rendezvous import StartWatch, await_peers, cluster_timeout
+
+    def emit(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    timeout = cluster_timeout()
+    await_peers(cluster, timeout, emit)
+    watch = StartWatch(f"worker {cluster.index}", timeout, emit)
+    watch.start()
+    return watch
+
+
 def _optimizer(model: Any, config: KFACConfig | SGDConfig) -> tuple[ModelOptimizer, KFAC | None]:
     """The optimizer of `config`, and the same object again when it is K-FAC (summary, close), else None."""
     from kfac_repro.kfac import KFAC, optimizer_for
 
     optimizer = optimizer_for(model, config)
     return optimizer, optimizer if isinstance(optimizer, KFAC) else None
-
-
-def _checkpointed_step(run_dir: Path) -> int:
-    """The step of the newest checkpoint in run_dir (0 if none): checkpoints are numbered by step."""
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 class _Evaluator:

@@ -216,7 +216,9 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def run_complete(run_dir: Path, steps: int) -> bool:
-    """Whether `run_dir` holds a complete run of at least `steps` updates (a shorter one is resumed, to `steps`)."""
+    """Whether `run_dir` holds a complete run of at least `steps` updates (a shorter one is resumed, to `steps`),
+    its metrics.csv still there (a run that lost it is not a result)."""
     record = read_run_record(run_dir)
-    return record.get("status") == COMPLETE and int(record.get("steps", 0)) >= steps
+    return (record.get("status") == COMPLETE and int(record.get("steps", 0)) >= steps
+            and (run_dir / METRICS).is_file())
 

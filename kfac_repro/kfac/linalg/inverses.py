@@ -26,10 +26,15 @@ def inverse_cost(shape: tuple[int, ...]) -> float:
     return float(shape[0] if shape else 1)
 
 
+class CurvatureDiverged(FloatingPointError):
+    """A curvature factor has NaN or infinite entries, or is not positive definite once damped: the statistics
+    blew up (the optimizer cannot continue from them)."""
+
+
 def damped_inverse(factor: np.ndarray, shift: float, dtype: InverseDtype = "float32") -> np.ndarray:
     """(½(F + Fᵀ) + shift·I)⁻¹ of a symmetric PSD factor, by Cholesky in `dtype`, retried in float64 when the float32
     factorisation fails (round-off made the damped factor indefinite); float32 for the TF step.
-    FloatingPointError if the factor is not finite, or not positive definite even in float64."""
+    CurvatureDiverged if the factor is not finite, or not positive definite even in float64."""
     return _with_float64_retry(factor, shift, dtype, _damped_cholesky_inverse)
 
 
@@ -46,13 +51,13 @@ def _with_float64_retry(factor: np.ndarray, shift: float, dtype: InverseDtype,
     definite); float32 result."""
     matrix = np.asarray(factor, dtype=dtype)
     if not np.all(np.isfinite(matrix)):
-        raise FloatingPointError(f"a {matrix.shape[0]}×{matrix.shape[1]} Kronecker factor has NaN or infinite "
+        raise CurvatureDiverged(f"a {matrix.shape[0]}×{matrix.shape[1]} Kronecker factor has NaN or infinite "
                                  "entries: the statistics diverged (try a larger damping or a smaller kl_clip)")
     result = compute(matrix, shift)
     if result is None and matrix.dtype != np.float64:
         result = compute(matrix.astype(np.float64), shift)
     if result is None:
-        raise FloatingPointError(f"a damped {matrix.shape[0]}×{matrix.shape[1]} factor is not positive definite "
+        raise CurvatureDiverged(f"a damped {matrix.shape[0]}×{matrix.shape[1]} factor is not positive definite "
                                  f"(shift {shift:.3g}): try a larger damping")
     return result.astype(np.float32, copy=False)
 

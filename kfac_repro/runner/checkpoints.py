@@ -1,0 +1,91 @@
+"""A run's checkpoints/ directory: which checkpoints it holds, and restoring the newest one that can be restored.
+
+The checkpoints are found by listing their files (ckpt-<step>.index), not through TensorFlow's state file
+`checkpoints/checkpoint`, which a crash or a damaged disk can garble (TensorFlow then reports no checkpoint at
+all, and a resume would silently retrain from step 0). A checkpoint that cannot be restored (a truncated or
+damaged file: "Read less bytes than requested", "file is too short to be an sstable") is reported by name and the
+previous one is tried; when checkpoints exist but none can be restored, the resume is refused (ResumeError), never
+silently started again. After a restore the state file is written again, naming the restored checkpoint as the
+newest, so that TensorFlow's CheckpointManager continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+log = logging.getLogger("kfac_repro.runner")
+STATE = "checkpoint"  # TensorFlow's state file, which names the newest checkpoint
+PREFIX = "ckpt"  # the files of the checkpoint of step N: ckpt-N.index and ckpt-N.data-*
+_INDEX = re.compile(rf"{PREFIX}-([0-9]+)\.index")
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be continued from what its directory holds (no checkpoint restorable, its rows missing)."""
+
+
+def checkpoint_steps(directory: Path) -> list[int]:
+    """The steps of the checkpoints in `directory` (from their .index files), newest first."""
+    if not directory.is_dir():
+        return []
+    found = (_INDEX.fullmatch(path.name) for path in directory.iterdir())
+    return sorted((int(match.group(1)) for match in found if match), reverse=True)
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """The path prefix of the checkpoint of `step` (what tf.train.Checkpoint.restore takes)."""
+    return directory / f"{PREFIX}-{step}"
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path) -> int | None:
+    """Restore the newest checkpoint in `directory` that restores whole (every object of `checkpoint` matched; it
+    may hold more, such as the data position that `restore_part` reads),
+    warning with the name and error of each newer one that does not; its step, or None if there is none.
+    ResumeError naming every checkpoint and its error when there are some but none restores."""
+    failures: list[str] = []
+    for step in checkpoint_steps(directory):
+        path = checkpoint_path(directory, step)
+        try:
+            checkpoint.restore(str(path)).expect_partial().assert_existing_objects_matched()
+        except (tf.errors.OpError, IndexError, ValueError, AssertionError) as error:
+            failures.append(f"{path}: {_describe(error)}")
+            log.warning("checkpoint %s cannot be restored (%s): falling back to the previous one", path,
+                        _describe(error))
+            continue
+        _write_state(directory, step)
+        return step
+    if failures:
+        raise ResumeError("no checkpoint of this run can be restored: " + "; ".join(failures) +
+                          " (damaged, or written for another model or optimizer). Start a new run (without --resume)")
+    return None
+
+
+def holds(directory: Path, step: int, name: str) -> bool:
+    """Whether the checkpoint of `step` has an entry `name` at its root."""
+    return any(key.split("/", 1)[0] == name
+               for key, _ in tf.train.list_variables(str(checkpoint_path(directory, step))))
+
+
+def restore_part(checkpoint: tf.train.Checkpoint, directory: Path, step: int) -> None:
+    """Restore the objects of `checkpoint` (a part of what was saved) from the checkpoint of `step`."""
+    checkpoint.restore(str(checkpoint_path(directory, step))).expect_partial().assert_existing_objects_matched()
+
+
+def _write_state(directory: Path, step: int) -> None:
+    """TensorFlow's state file naming the checkpoint of `step` as the newest, after the older ones still there."""
+    kept = [s for s in sorted(checkpoint_steps(directory)) if s <= step]
+    lines = [f'model_checkpoint_path: "{PREFIX}-{step}"',
+             *(f'all_model_checkpoint_paths: "{PREFIX}-{s}"' for s in kept)]
+    temporary = directory / (STATE + ".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(directory / STATE)
+
+
+def _describe(error: Any) -> str:
+    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{type(error).__name__}: {first}"
