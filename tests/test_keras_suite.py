@@ -132,6 +132,7 @@ def test_key_sequence_labels_follow_the_rule() -> None:
     assert (key_sequences(7, 200)[0] == x).all()
 
 
+@pytest.mark.slow  # 20-30 s; `make test-slow`
 def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kfac_repro.benchmarks import keras_suite_models
 

@@ -163,6 +163,7 @@ def test_once_training_started_the_watch_is_over() -> None:
     process.communicate()
 
 
+@pytest.mark.slow  # 20-30 s; `make test-slow`
 def test_a_peer_that_answers_but_never_joins_ends_the_worker_within_the_bound(tmp_path: Path) -> None:
     """Worker 1's port answers (another program holds it): the rendezvous passes, TensorFlow's registration would
     wait forever; the watch ends worker 0 after the bound."""

@@ -174,8 +174,8 @@ def test_done_jobs_are_kept_partial_ones_resumed_and_tuned_arms_tuned(tmp_path: 
     assert len(resumed) == 1 and "--arm sync-gpu1" in resumed[0] and "--seeds 0" in resumed[0]
     runs = [line for line in lines if line.startswith("cli run")]
     assert [line for line in lines if "--tuned" in line] == runs  # every arm: its own grid's best or sync-gpu1's
-    assert "[3/7] cifar10-async async-gpu1 seed 0: done, 0 updates left; elapsed" in result.output
-    assert "[5/7] cifar10-async sync-gpu1 seed 0: partial" in result.output
+    assert "[3/7] cifar10-async async-gpu1 seed 0 (tuned): done, 0 updates left; elapsed" in result.output
+    assert "[5/7] cifar10-async sync-gpu1 seed 0 (tuned): partial" in result.output
     assert "reproduce: 7 jobs, wall 0:00:0" in result.output and "(user+sys of this process and its children)" \
         in result.output
 

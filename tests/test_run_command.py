@@ -284,7 +284,7 @@ def test_a_run_that_fails_after_starting_is_marked_failed_not_left_running(tmp_p
     def broken(*_: object) -> None:
         raise RuntimeError("no evaluator")
 
-    monkeypatch.setattr(experiment, "_evaluator", broken)
+    monkeypatch.setattr(experiment, "_Evaluator", broken)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with pytest.raises(RuntimeError, match="no evaluator"):
