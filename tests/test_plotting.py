@@ -111,8 +111,14 @@ def test_grid_use_says_whether_an_arms_runs_ran_its_grids_best(tmp_path: Path) -
                                               "2,False,0.1,complete\n3,False,0.3,complete\n")
         (grid / "best.json").write_text(json.dumps({"params": {"optimizer.learning_rate": 0.01}}))
     uses = report.grid_use(profile, seed_runs(tmp_path, "s", "cpu"))
-    assert uses == {"tuned": claims.GridUse(3, True), "spec": claims.GridUse(3, False, 3)}
+    edge = ("learning_rate",)  # 0.01 is the smallest rate tried: a better one may lie below
+    assert uses == {"tuned": claims.GridUse(3, True, None, edge), "spec": claims.GridUse(3, False, 3, edge)}
     assert uses["spec"].tuned == 0 and uses["tuned"].tuned == 3
+    assert uses["tuned"].text("tuned") == "tuned: best of a grid of 3, its best at the edge of learning_rate"
+    (profile / "grid-tuned" / "leaderboard.csv").write_text(
+        "rank,best,optimizer.learning_rate,status\n1,True,0.01,complete\n2,False,0.003,complete\n"
+        "3,False,0.3,complete\n")
+    assert report.grid_use(profile, seed_runs(tmp_path, "s", "cpu"))["tuned"].edges == ()  # inside the grid
 
 
 def test_a_figure_short_of_seeds_says_so_and_only_test_split_runs_are_old_method(tmp_path: Path) -> None:

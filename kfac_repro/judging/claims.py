@@ -80,12 +80,14 @@ TABLE: tuple[ClaimSpec, ...] = (
 
 @dataclass(frozen=True)
 class GridUse:
-    """An arm's grid search (`kfac-repro grid`): the settings it tried, whether the arm's runs use its best, and
-    where their settings ranked in it when they do not (None: not among the grid's settings)."""
+    """An arm's grid search (`kfac-repro grid`): the settings it tried, whether the arm's runs use its best, where
+    their settings ranked in it when they do not (None: not among the grid's settings), and the axes on which the
+    best setting is the grid's smallest or largest value (a better one may lie beyond)."""
 
     size: int
     applied: bool
     rank: int | None = None
+    edges: tuple[str, ...] = ()
 
     @property
     def tuned(self) -> int:
@@ -93,10 +95,11 @@ class GridUse:
         return self.size if self.applied else 0
 
     def text(self, arm: str) -> str:
+        edge = f", its best at the edge of {', '.join(self.edges)}" if self.edges else ""
         if self.applied:
-            return f"{arm}: best of a grid of {self.size}"
+            return f"{arm}: best of a grid of {self.size}{edge}"
         where = f"rank {self.rank} of {self.size}" if self.rank else f"not among the {self.size}"
-        return f"{arm}: the spec's settings ({where} in its grid)"
+        return f"{arm}: the spec's settings ({where} in its grid{edge})"
 
 
 Tuning = Mapping[str, GridUse]  # arm → its grid search, for the arms that have one

@@ -109,8 +109,22 @@ def grid_use(directory: Path, arms: Arms) -> dict[str, GridUse]:
             _same(flatten(run.resolved).get(key), value) for run in runs for key, value in best_params.items())
         rank = next((int(row["rank"]) for row in rows if best_params and all(
             _same(ran.get(key), row.get(key)) for key in best_params)), None)
-        uses[arm] = GridUse(len(rows), applied, None if applied else rank)
+        uses[arm] = GridUse(len(rows), applied, None if applied else rank, _edges(rows, best_params))
     return uses
+
+
+def _edges(rows: Sequence[dict[str, str]], best: dict[str, object]) -> tuple[str, ...]:
+    """The grid's axes (of three or more numeric values) on which the best setting is the smallest or largest."""
+    edges = []
+    for key, value in best.items():
+        try:
+            values = sorted({float(row[key]) for row in rows if row.get(key)})
+            chosen = float(str(value))
+        except (TypeError, ValueError):
+            continue
+        if len(values) >= 3 and chosen in (values[0], values[-1]):
+            edges.append(key.split(".")[-1])
+    return tuple(edges)
 
 
 def _same(ran: object, value: object) -> bool:
