@@ -48,7 +48,6 @@ NOT_IN_FIT: dict[str, str] = {
     "from_logits": "the likelihood comes from the compiled loss",
     "max_step_size": "η_max is 1 and the learning_rate (a float or a Keras schedule) scales the step",
     "polyak_decay": "fit evaluates the raw weights",
-    "stats_batch_size": "a Keras optimizer sees no inputs, so the statistics come from the training pass",
 }
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
@@ -258,12 +257,15 @@ class KFAC(keras.optimizers.Optimizer):
         outputs = self._outputs(binding, loss)
         calls = pre.recorded_calls()
         weights = binding.taps.sample_weights()  # Keras's sample weights (class_weight among them), or None
-        statistics = functools.partial(pre.local_batch_factors, outputs, _graph_gradient, calls,
-                                       weights[-1] if weights else None)
+        weight = weights[-1] if weights else None
+        statistics = functools.partial(pre.local_batch_factors, outputs, _graph_gradient, calls, weight)
         first = refresh.uninitialised  # the first inverses come from statistics of their own, as in the host loop
         self._update_statistics(pre, statistics, first)
         context.merge_call(lambda _: refresh.boundary(step, first))
-        every = self.config.stats_every
+        every, sub = self.config.stats_every, self.config.stats_batch_size
+        if sub is not None:  # a separate pass on the first `sub` examples of the step's inputs, as the host loop's
+            inputs = tf.nest.map_structure(lambda t: t[:sub], binding.taps.model_calls()[-1].inputs)
+            statistics = functools.partial(pre.local_statistics_pass, inputs, None if weight is None else weight[:sub])
         self._update_statistics(pre, statistics, None if every == 1 else tf.equal(step % every, 0))
         binding.taps.clear()
         if refresh.background:  # this worker's share finished: the flag a free-running policy listens to

@@ -106,11 +106,15 @@ class Preconditioner:
     # ---- statistics (traced, per replica) ---------------------------------------------------------------------
     def statistics_pass(self, x: tf.Tensor) -> list[tf.Tensor]:
         """A separate forward pass for statistics only; BN moving averages are left as they were."""
+        return all_reduce_mean(self.local_statistics_pass(x))
+
+    def local_statistics_pass(self, x: tf.Tensor, sample_weight: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """`statistics_pass` on this replica's `x` alone (`local_batch_factors`' `sample_weight`)."""
         saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
         self.taps.clear()
         with tf.GradientTape(persistent=True) as tape:
             outputs = tf.cast(self.model(x, training=True), tf.float32)
-        batch_factors = self.batch_factors(outputs, tape_gradient(tape))
+        batch_factors = self.local_batch_factors(outputs, tape_gradient(tape), self.recorded_calls(), sample_weight)
         for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
             variable.assign(value)
         return batch_factors
