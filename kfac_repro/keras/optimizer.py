@@ -3,13 +3,14 @@ front end over the engine the host loop (`kfac_repro.kfac.KFAC`) runs, taking th
 
 Keras's traced train step does the forward pass (through the K-FAC layer taps, installed for the optimizer's
 lifetime) and hands the optimizer the gradients; `apply`, traced into the same graph on every replica, then
-back-propagates the Fisher cotangents from the recorded model output to the recorded pre-activations
-(`tf.gradients`: no second forward pass). On the first step (no inverses yet) their factors are folded in and
-inverted first, as the host loop's first step does; the step boundary runs the refresh engine through the bridge
-(`keras.refresh`); then the batch factors are folded into the moving averages (every `stats_every` steps; not at
-all when they are not finite), the all-reduced gradient is preconditioned, η = learning_rate · min(1, √(kl_clip / vᵀg))
-(Eq. 14 with η_max = 1, scaled by the learning rate, so that a schedule or callback that changes it changes the step)
-and the update rule of `kfac.update` applied."""
+back-propagates the Fisher cotangents, times √ of the loss's sample weights (from the tapped `compute_loss`), from
+the recorded model output to the recorded pre-activations (`tf.gradients`: no second forward pass). On the first
+step (no inverses yet) their factors are folded in and inverted first, as the host loop's first step does; the step
+boundary runs the refresh engine through the bridge (`keras.refresh`); then the batch factors (with
+`stats_batch_size` m: of a separate pass on the first m inputs, as in the host loop) are folded into the moving
+averages (every `stats_every` steps; not at all when they are not finite), the all-reduced gradient is
+preconditioned, η = learning_rate · min(1, √(kl_clip / vᵀg)) (Eq. 14 with η_max = 1, scaled by the learning rate, so
+that a schedule or callback that changes it changes the step) and the update rule of `kfac.update` applied."""
 
 from __future__ import annotations
 
