@@ -357,10 +357,11 @@ def keras_config(settings: dict[str, Any]) -> KFACConfig:
 
 
 def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
-    """The smallest of the replicas' `flag`s (1.0: every replica's is 1)."""
-    if context.num_replicas_in_sync == 1:
+    """1.0 if every replica's `flag` is 1.0, else 0.0 (tf.distribute reduces by SUM and MEAN only)."""
+    replicas = context.num_replicas_in_sync
+    if replicas == 1:
         return flag
-    return context.all_reduce(tf.distribute.ReduceOp.MIN, flag)
+    return tf.cast(context.all_reduce(tf.distribute.ReduceOp.SUM, flag) > replicas - 0.5, tf.float32)
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:
