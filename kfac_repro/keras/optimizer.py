@@ -302,9 +302,8 @@ class KFAC(keras.optimizers.Optimizer):
     def _update_statistics(pre: Preconditioner, statistics: Callable[[], list[tf.Tensor]],
                            when: tf.Tensor | None) -> None:
         """Fold this step's batch factors (`statistics()`) into the moving averages (only where `when` holds, if
-        given). A batch
-        whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
-        weights' fate is the user's, the curvature's stays usable."""
+        given). A batch whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as
+        they were: the weights' fate is the user's, the curvature's stays usable."""
 
         def fold(local: list[tf.Tensor], apply: tf.Tensor | None) -> tf.Tensor:
             batch = all_reduce_mean(local)

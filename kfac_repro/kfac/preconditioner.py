@@ -4,8 +4,8 @@ It owns the Fisher blocks of an unmodified Keras model and their life cycle: cap
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
 block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
 v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14; in `fit`, times
-Keras's learning rate). The inverses are
-computed and installed by the refresh engine (`kfac_repro.kfac.inversion`). The front ends
+Keras's learning rate). The inverses are computed and installed by the refresh engine (`kfac_repro.kfac.inversion`).
+The front ends
 (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
