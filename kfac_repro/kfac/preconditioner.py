@@ -5,8 +5,7 @@ pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from
 block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
 v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14; in `fit`, times
 Keras's learning rate). The inverses are computed and installed by the refresh engine (`kfac_repro.kfac.inversion`).
-The front ends
-(`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
+The front ends (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
 from __future__ import annotations
