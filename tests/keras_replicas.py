@@ -1,5 +1,6 @@
-"""Fit a small model with kfac_repro.keras.KFAC on Fashion-MNIST under MirroredStrategy with N local CPU replicas
-(or the default strategy for N = 1) and save its weights: `python tests/keras_replicas.py N OUT.npz [sync|async]`.
+"""Fit a small model with kfac_repro.keras.KFAC on Fashion-MNIST (class-weighted, with KFACDiagnostics) under
+MirroredStrategy with N local CPU replicas (or the default strategy for N = 1) and save its weights, losses and
+diagnostics: `python tests/keras_replicas.py N OUT.npz [sync|async]`.
 Run as its own process, because logical CPU devices must be set before TensorFlow starts."""
 
 import sys
@@ -15,7 +16,7 @@ def main(replicas: int, out: str, inversion: str) -> None:
     import keras
 
     from kfac_repro.data.fashion_mnist import load_fashion_mnist
-    from kfac_repro.keras import KFAC
+    from kfac_repro.keras import KFAC, KFACDiagnostics
 
     (x, y), _ = load_fashion_mnist()
     x, y = (x[:256, :, :, None] / np.float32(255.0)).astype("float32"), y[:256].astype("int32")
@@ -28,8 +29,11 @@ def main(replicas: int, out: str, inversion: str) -> None:
                                   keras.layers.Flatten(), keras.layers.Dense(10)])
         model.compile(optimizer=KFAC(model, inverse_every=3, inversion=inversion),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
-    np.savez(out, loss=np.array(history.history["loss"]), **{v.path: np.array(v) for v in model.weights})
+    history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0, callbacks=[KFACDiagnostics()],
+                        class_weight={label: 0.5 + 0.1 * label for label in range(10)})
+    logged = {key: np.array(values) for key, values in history.history.items() if key.startswith(("loss", "kfac_"))
+              and "seconds" not in key}
+    np.savez(out, **logged, **{v.path: np.array(v) for v in model.weights})
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ def tiny_mlp(seed: int = 1) -> keras.Model:
     return keras.Model(inputs, logits)
 
 
-def numpy_factors(model: keras.Model, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """Forward and backward of the MLP by hand; G = (1/B) Σ_b Σ_k ds_bk ds_bkᵀ (exact expectation over y)."""
+def numpy_factors(model: keras.Model, x: np.ndarray, weights: np.ndarray | None = None
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """Forward and backward of the MLP by hand; G = (1/B) Σ_b w_b Σ_k ds_bk ds_bkᵀ (exact expectation over y; the
+    Fisher of the loss (1/B) Σ_b w_b ℓ_b, w = 1 unless given)."""
+    w = np.ones((len(x), 1)) if weights is None else np.asarray(weights, np.float64)[:, None]
     w1, b1 = (v.numpy().astype(np.float64) for v in model.get_layer("hidden").weights)
     w2, b2 = (v.numpy().astype(np.float64) for v in model.get_layer("out").weights)
     hidden = np.tanh(x @ w1 + b1)
@@ -28,8 +31,8 @@ def numpy_factors(model: keras.Model, x: np.ndarray) -> dict[str, dict[str, np.n
     g_hidden, g_out = np.zeros((HIDDEN, HIDDEN)), np.zeros((CLASSES, CLASSES))
     for ds_out in exact_logit_cotangents(logits):
         ds_hidden = (ds_out @ w2.T) * (1 - hidden**2)
-        g_out += ds_out.T @ ds_out / BATCH
-        g_hidden += ds_hidden.T @ ds_hidden / BATCH
+        g_out += (w * ds_out).T @ ds_out / BATCH
+        g_hidden += (w * ds_hidden).T @ ds_hidden / BATCH
     a_in, a_hidden = with_ones(x), with_ones(hidden)
     return {
         "hidden": {"A": a_in.T @ a_in / BATCH, "G": g_hidden},

@@ -1,6 +1,7 @@
 """One engine under both front ends: on the same model, data and seed, `kfac.KFAC` (the host loop) and `keras.KFAC`
 (`model.fit`) install the same inverses before the same steps and take the same updates — a synchronous refresh,
-an asynchronous one pinned at a fixed lag, statistics every other step, and the inversion's device and threads."""
+an asynchronous one pinned at a fixed lag, statistics every other step (and on a sub-batch), and the inversion's
+device and threads."""
 
 from typing import Any
 
@@ -34,8 +35,9 @@ def inverses(blocks: list) -> list[np.ndarray]:
     {"inversion": "sync", "inverse_every": 3},
     {"inversion": "async", "async_lag": 2},
     {"inversion": "sync", "inverse_every": 4, "stats_every": 2, "kl_bound": "update"},
+    {"inversion": "async", "async_lag": 3, "stats_every": 2, "stats_batch_size": 16},
     {"inversion": "sync", "inverse_every": 3, "inversion_device": "accelerator", "inversion_threads": 1},
-], ids=["sync", "async-lag-2", "stats-every-2", "device-threads"])
+], ids=["sync", "async-lag-2", "stats-every-2", "stats-sub-batch", "device-threads"])
 def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_the_same_updates(
         fashion: tuple, settings: dict[str, Any]) -> None:
     x, y = fashion
@@ -69,7 +71,8 @@ def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_
     assert installed, "no refresh after the first step: the test would not compare the schedules"
     assert [(r.snapshot_step, r.installed_at) for r in engine.history] == installed
     if settings["inversion"] == "async":  # the first snapshot, taken at step 0, installed `async_lag` steps later
-        assert installed[0] == (0, 2) and installed[1] == (2, 4)
+        lag = settings["async_lag"]
+        assert installed[:2] == [(0, lag), (lag, 2 * lag)]
     for step in range(STEPS):
         for ours, theirs in zip(fit_inverses[step], core_inverses[step], strict=True):
             np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=1e-5, err_msg=f"inverses after step {step}")

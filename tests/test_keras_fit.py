@@ -160,7 +160,7 @@ def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, inversion: str)
             for n in (1, 2)]
     assert [run.wait(timeout=600) for run in runs] == [0, 0]
     one, two = (dict(np.load(tmp_path / f"{n}.npz")) for n in (1, 2))
-    assert one.keys() == two.keys()
+    assert one.keys() == two.keys() and {"kfac_step_size", "kfac_staleness"} < one.keys()
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
@@ -232,8 +232,8 @@ def test_a_batch_with_a_nan_input_leaves_the_factors_usable(fashion: tuple) -> N
 
 def test_every_setting_means_what_it_means_in_the_host_loop_or_is_refused_by_name() -> None:
     model = pooled_mlp()
-    for setting, value in {"stats_batch_size": 32, "polyak_decay": 0.99, "max_step_size": 0.5,
-                           "likelihood": "gaussian", "from_logits": False}.items():
+    for setting, value in {"polyak_decay": 0.99, "max_step_size": 0.5, "likelihood": "gaussian",
+                           "from_logits": False}.items():
         with pytest.raises(TypeError, match=rf"{setting} does not apply in fit: "):
             KFAC(model, **{setting: value})
     with pytest.raises(TypeError, match=r"decay_target 'lr' does not apply in fit: give learning_rate a Keras"):
@@ -241,7 +241,7 @@ def test_every_setting_means_what_it_means_in_the_host_loop_or_is_refused_by_nam
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['dampnig'\]"):
         KFAC(model, dampnig=0.1)
     optimizer = KFAC(model, inversion="async", inversion_threads=2, inversion_device="accelerator", stats_every=3,
-                     decay_every=5)
+                     decay_every=5, stats_batch_size=32)
     assert optimizer.config.async_lag == 10  # the Keras default: pinned at inverse_every (10)
     assert optimizer.config.damping == 0.1 and optimizer.config.kl_bound == "increment"  # KERAS_DEFAULTS
     inversion = optimizer._binding.refresh.engine.inversion

@@ -63,3 +63,28 @@ def test_each_workers_share_of_the_divided_inversion_is_timed_alone() -> None:
     shares = shares_alone((1, 2, 4), repeats=1)
     assert {count: len(seconds) for count, seconds in shares.items()} == {1: 1, 2: 2, 4: 4}
     assert all(value > 0 for seconds in shares.values() for value in seconds)
+
+
+@pytest.mark.fashion_mnist
+def test_bench_fit_prints_kfac_against_adam_at_each_batch_size_from_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks import fit_time
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+
+    assert fit_time.MODELS["bn-cnn"] is TASKS["bn-cnn"].build  # one BN-CNN: the Keras suite's task (b)
+    timed: list[list[str]] = []
+    real = fit_time.in_turns
+
+    def recording(runs: dict, repeats: int, warmup: int) -> dict:
+        timed.append(list(runs))
+        return real(runs, repeats, warmup)
+
+    monkeypatch.setattr(fit_time, "in_turns", recording)
+    result = CliRunner().invoke(cli.main, ["bench", "fit", "--model", "mlp", "--batch-size", "16", "--batch-size", "4",
+                                           "--steps", "2", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert timed == [["K-FAC (defaults), batch 4", "Adam (1e-3), batch 4", "K-FAC (defaults), batch 16",
+                      "Adam (1e-3), batch 16"]]  # every arm in the same turns
+    rows = [line.split() for line in result.output.splitlines() if line.startswith("mlp ")]
+    assert [(row[1], row[2]) for row in rows] == [("4", "K-FAC"), ("4", "Adam"), ("16", "K-FAC"), ("16", "Adam")]
+    assert all(float(row[-3]) > 0 for row in rows)  # ms per step
+    assert [row[-2] for row in rows if row[2] == "Adam"] == ["1.00", "1.00"]  # × Adam at the same batch size

@@ -2,17 +2,16 @@
 CPU), in one process, the methods timed in turns (`step_time.in_turns`), written to a `gpu_table` CSV as measured.
 
 In this order, cheapest and most wanted first (a spent budget skips the rest): the float32 and bfloat16 rates of a
-square matrix product (`arithmetic_floor.matmul_rate`); the Keras `fit` step of K-FAC and Adam on
-`fit_time.bn_cnn` (synthetic 28×28×1 data, epochs in turns); then for ResNet-50, AlexNet and GoogLeNet (the K-FAC arm
-of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's profile) on one fixed batch of synthetic
+square matrix product (`arithmetic_floor.matmul_rate`); the Keras `fit` step of K-FAC and Adam on the Keras suite's
+BN-CNN (`keras_suite_models.bn_cnn`; synthetic 28×28×1 data, epochs in turns); then for ResNet-50, AlexNet and GoogLeNet
+(the K-FAC arm of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's profile) on one fixed batch of synthetic
 ImageNet-shaped data at the paper's per-GPU batch (the spec's batch ÷ its workers, the paper's GPU count: 512/8 = 64,
-2048/8 = 256, 256/4 = 64; `paper_scale.small_batch_overrides` adapts the arm to it): seconds per update of SGD
-(momentum 0.9, the same model), of K-FAC with statistics every step and no inversion in float32 and in bfloat16
-products, and of K-FAC exactly as the profile configures it (statistics every `stats_every` steps on
-`stats_batch_size` examples, inverses asynchronous as in the paper: the amortised update), each the median over
-`repeats` blocks of `Scale.block` updates after a warm-up block; one full inversion of the every-step optimizer's
-factors on the host (LAPACK) and on the device (tf.linalg, `inversion_device: accelerator`), median of `repeats`
-after one; the device's peak memory.
+2048/8 = 256, 256/4 = 64; `paper_scale.small_batch_overrides` adapts the arm to it): seconds per update of SGD (momentum
+0.9, the same model), of K-FAC with statistics every step and no inversion in float32 and in bfloat16 products, and of
+K-FAC exactly as the profile configures it (statistics every `stats_every` steps on `stats_batch_size` examples,
+inverses asynchronous as in the paper: the amortised update), each the median over `repeats` blocks of `Scale.block`
+updates after a warm-up block; one full inversion of the every-step optimizer's factors on the host (LAPACK) and on the
+device (tf.linalg, `inversion_device: accelerator`), median of `repeats` after one; the device's peak memory.
 
 Why it fits in 8 minutes on one H100 at full scale (estimates made before any GPU run; the first one checks them):
 an update of these models at these batches takes tens of milliseconds on an H100 (ResNet-50 at batch 64: SGD about
@@ -274,12 +273,13 @@ def product_rates(scale: Scale, repeats: int) -> list[Row]:
 
 
 def fit_steps(scale: Scale, repeats: int, progress: Callable[[str], None]) -> list[Row]:
-    """Seconds per `fit` step of K-FAC and Adam on `fit_time.bn_cnn`, synthetic data, epochs in turns."""
+    """Seconds per `fit` step of K-FAC and Adam on the Keras suite's BN-CNN (`fit_time.MODELS`), synthetic data,
+    epochs in turns."""
     rng = np.random.default_rng(0)
     count = scale.fit_batch * scale.fit_steps
     x = rng.standard_normal((count, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, count).astype("int32")
-    timings = fit_in_turns("bn-cnn", x, y, scale.fit_batch, repeats, progress)
+    timings = fit_in_turns("bn-cnn", x, y, [scale.fit_batch], scale.fit_steps, repeats, progress)
     return [Row("bn-cnn", scale.fit_batch, FIT_KFAC if t.optimizer.startswith("K-FAC") else FIT_ADAM,
                 t.ms_per_step / 1000, t.low_ms / 1000, t.high_ms / 1000, "seconds", repeats) for t in timings]
 

@@ -20,7 +20,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.fit_time import readme_mlp
 from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, OPTIMIZERS, Scale, budget
 from kfac_repro.keras import KFAC
 
@@ -41,7 +40,13 @@ def _units(count: int, width: float) -> int:
     return max(2, round(count * width))
 
 
-def bn_cnn(width: float) -> keras.Model:
+def readme_mlp() -> keras.Model:
+    """The README's MLP: 784 → 128 (ReLU) → 10 logits."""
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+
+
+def bn_cnn(width: float = 1.0) -> keras.Model:
     """Two stages of two 3×3 conv → BatchNormalization → ReLU (32, 64 channels), 2×2 max-pooling after each,
     global average pooling → 10 logits."""
     layers: list[keras.layers.Layer] = [keras.Input((28, 28, 1))]

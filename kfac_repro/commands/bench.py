@@ -186,27 +186,30 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
 
 @bench.command("fit")
 @click.option("--model", "models", type=click.Choice(["mlp", "cnn", "bn-cnn"]), multiple=True,
-              default=("mlp", "cnn"), show_default=True,
-              help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10; bn-cnn: two 3×3 conv "
-                   "layers (16, 32), each with BatchNormalization → 10")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+              default=("mlp", "cnn", "bn-cnn"), show_default=True,
+              help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10; bn-cnn: the Keras "
+                   "suite's CNN with BatchNormalization (3×3 conv 32-32-64-64, global pooling → 10)")
+@click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True, default=(128, 1024),
+              show_default=True, help="batch size (repeatable)")
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="timed epochs after one warm-up epoch (the median is reported)")
-def fit(models: tuple[str, ...], batch_size: int, steps: int, epochs: int) -> None:
-    """ms per step of Keras `fit` with kfac_repro.keras.KFAC (defaults, inverse refreshes included) and with Adam,
-    their epochs in turns."""
-    from kfac_repro.benchmarks.fit_time import time_fit
+def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epochs: int) -> None:
+    """ms per step of Keras `fit` with kfac_repro.keras.KFAC (its defaults: their amortisation and inverse
+    refreshes included) and with Adam, at each batch size, every optimizer's and batch size's epochs in turns; K-FAC's
+    cost as a ratio to Adam's at the same batch size."""
+    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, time_fit
 
-    click.echo(f"Fashion-MNIST, first {batch_size * steps} training examples, batch {batch_size}; median of "
-               f"{epochs} epochs of {steps} steps after a warm-up epoch, the optimizers in turns")
-    timings = time_fit(list(models), batch_size, steps, epochs,
+    sizes = sorted(set(batch_sizes))
+    click.echo(f"Fashion-MNIST, first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
+               f"of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch size in turns")
+    timings = time_fit(list(models), sizes, steps, epochs,
                        progress=lambda what: click.echo(f"  fitting {what} ...", err=True))
-    click.echo(f"{'model':8}{'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
-    adam = {t.model: t.ms_per_step for t in timings if t.optimizer.startswith("Adam")}
-    for t in timings:
-        ratio = t.ms_per_step / adam[t.model]
-        click.echo(f"{t.model:8}{t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+    click.echo(f"{'model':8}{'batch':>6}  {'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
+    adam = {(t.model, t.batch_size): t.ms_per_step for t in timings if t.optimizer == ADAM_LABEL}
+    for t in sorted(timings, key=lambda t: (t.model, t.batch_size, t.optimizer == ADAM_LABEL)):
+        ratio = t.ms_per_step / adam[t.model, t.batch_size]
+        click.echo(f"{t.model:8}{t.batch_size:6}  {t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
 
 
 @bench.command("keras")

@@ -1,6 +1,7 @@
 """K-FAC inside Keras's own training loop: `model.compile(optimizer=KFAC(model), loss=...)`, then `fit`.
 
-Public API: `KFAC` (a Keras optimizer), `load_model` (keras.saving.load_model that re-attaches K-FAC to the loaded
+Public API: `KFAC` (a Keras optimizer), `KFACDiagnostics` (a callback: K-FAC's step size, KL bound, damping and
+staleness in `fit`'s logs and TensorBoard), `load_model` (keras.saving.load_model that re-attaches K-FAC to the loaded
 model). See README, "Keras fit".
 """
 
@@ -10,9 +11,10 @@ from typing import Any
 
 import keras
 
+from kfac_repro.keras.diagnostics import KFACDiagnostics
 from kfac_repro.keras.optimizer import KFAC
 
-__all__ = ["KFAC", "load_model"]
+__all__ = ["KFAC", "KFACDiagnostics", "load_model"]
 
 
 def load_model(filepath: str, custom_objects: dict[str, Any] | None = None, **kwargs: Any) -> keras.Model:

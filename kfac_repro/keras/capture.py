@@ -1,7 +1,8 @@
 """Layer taps that stay installed while Keras traces `fit`'s train step.
 
 Keras gives an optimizer only the gradients, so the K-FAC optimizer keeps its layer taps (and one on the model's
-own `call`, for its output) installed from construction to `close()`. Each traced call is recorded under the
+own `call`, for its output, and one on its `compute_loss`, for the sample weights the loss is weighted by) installed
+from construction to `close()`. Each traced call is recorded under the
 graph being traced (and, as in `LayerTaps`, per thread, for MirroredStrategy's replica threads); the optimizer's
 `apply`, traced into the same graph right after the forward pass, finds that pass's records there. Eager calls
 are not recorded.
@@ -9,7 +10,10 @@ are not recorded.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -18,12 +22,38 @@ from kfac_repro.kfac.layer_capture import LayerCall, LayerTaps
 
 
 class GraphTaps(LayerTaps):
-    """`LayerTaps` that also record `model`'s calls (`model_calls()`), keyed by the graph being traced."""
+    """`LayerTaps` that also record `model`'s calls (`model_calls()`) and the sample weights its `compute_loss` got
+    (`sample_weights()`), keyed by the graph being traced."""
 
     def __init__(self, model: keras.Model, preactivation_layers: Sequence[keras.layers.Layer],
                  output_layers: Sequence[keras.layers.Layer]):
         super().__init__(preactivation_layers, [*output_layers, model])
+        self._model = model
         self._model_name = model.name
+
+    def __enter__(self) -> GraphTaps:
+        super().__enter__()
+        original = self._model.compute_loss
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)  # keeps the signature, which Keras inspects for a `training` argument
+        def compute_loss(*args: Any, **kwargs: Any) -> Any:
+            if not tf.executing_eagerly():
+                given = signature.bind_partial(*args, **kwargs).arguments
+                self.calls  # noqa: B018 (switches the record to the graph being traced)
+                self._local.sample_weights.append(given.get("sample_weight"))
+            return original(*args, **kwargs)
+
+        self._model.compute_loss = compute_loss
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self._model.compute_loss
+        super().__exit__(*exc)
+
+    def clear(self) -> None:
+        super().clear()
+        self._local.sample_weights = []
 
     @property
     def calls(self) -> dict[str, list[LayerCall]]:
@@ -41,6 +71,11 @@ class GraphTaps(LayerTaps):
     def model_calls(self) -> list[LayerCall]:
         """The model's calls in the graph now being traced; `point` is the model's output."""
         return self.calls[self._model_name]
+
+    def sample_weights(self) -> list[tf.Tensor | None]:
+        """The `sample_weight` of each `compute_loss` call in the graph now being traced (None: unweighted)."""
+        self.calls  # noqa: B018 (switches the record to the graph being traced)
+        return self._local.sample_weights
 
 
 def _encloses(outer: object, graph: object) -> bool:

@@ -3,18 +3,21 @@ front end over the engine the host loop (`kfac_repro.kfac.KFAC`) runs, taking th
 
 Keras's traced train step does the forward pass (through the K-FAC layer taps, installed for the optimizer's
 lifetime) and hands the optimizer the gradients; `apply`, traced into the same graph on every replica, then
-back-propagates the Fisher cotangents from the recorded model output to the recorded pre-activations
-(`tf.gradients`: no second forward pass). On the first step (no inverses yet) their factors are folded in and
-inverted first, as the host loop's first step does; the step boundary runs the refresh engine through the bridge
-(`keras.refresh`); then the batch factors are folded into the moving averages (every `stats_every` steps; not at
-all when they are not finite), the all-reduced gradient is preconditioned, η = min(learning_rate, √(kl_clip / vᵀg))
-(Eq. 14) and the update rule of `kfac.update` applied."""
+back-propagates the Fisher cotangents, times √ of the loss's sample weights (from the tapped `compute_loss`), from
+the recorded model output to the recorded pre-activations (`tf.gradients`: no second forward pass). On the first
+step (no inverses yet) their factors are folded in and inverted first, as the host loop's first step does; the step
+boundary runs the refresh engine through the bridge (`keras.refresh`); then the batch factors (with
+`stats_batch_size` m: of a separate pass on the first m inputs, as in the host loop) are folded into the moving
+averages (every `stats_every` steps; not at all when they are not finite), the all-reduced gradient is
+preconditioned, η = learning_rate · min(1, √(kl_clip / vᵀg)) (Eq. 14 with η_max = 1, scaled by the learning rate, so
+that a schedule or callback that changes it changes the step) and the update rule of `kfac.update` applied."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -44,9 +47,8 @@ KERAS_DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_bound": "increment", "inve
 NOT_IN_FIT: dict[str, str] = {
     "likelihood": "the likelihood comes from the compiled loss",
     "from_logits": "the likelihood comes from the compiled loss",
-    "max_step_size": "η_max is the optimizer's learning_rate (a float or a Keras schedule)",
+    "max_step_size": "η_max is 1 and the learning_rate (a float or a Keras schedule) scales the step",
     "polyak_decay": "fit evaluates the raw weights",
-    "stats_batch_size": "a Keras optimizer sees no inputs, so the statistics come from the training pass",
 }
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
@@ -72,6 +74,9 @@ class _Binding:
         pre.taps = self.taps
         self.refresh = GraphRefresh(pre, config)
         self.loss: LossLikelihood | None = None
+        # the last update's step size and whether the KL bound set it (read by `KFACDiagnostics`; not checkpointed)
+        self.last_step = {key: tf.Variable(0.0, trainable=False, name=f"last_{key}")
+                          for key in ("step_size", "kl_bound_set")}
         self.supports_jit = True  # the model's own flag, restored by `close`
 
     def check_variables(self, variables: list) -> None:
@@ -95,7 +100,8 @@ class _Binding:
 
 @keras.saving.register_keras_serializable(package="kfac_repro")
 class KFAC(keras.optimizers.Optimizer):
-    """K-FAC for `model.fit`. `learning_rate` is η_max (1.0; Keras LR schedules and callbacks may change it);
+    """K-FAC for `model.fit`. `learning_rate` s scales the step, η = s · min(1, √(kl_clip / vᵀg)) (1.0: the paper's
+    Eq. 14 with η_max = 1; Keras LR schedules and callbacks change it, and the step with it, in proportion);
     `settings` are KFACConfig fields, meaning what they mean in the host loop, with the defaults `KERAS_DEFAULTS`
     overrides (those in `NOT_IN_FIT` are refused), and Keras's own options (`KERAS_OPTIONS`: clipping, EMA,
     gradient accumulation, loss scaling). Not supported: `run_eagerly=True`, `jit_compile=True`."""
@@ -182,6 +188,17 @@ class KFAC(keras.optimizers.Optimizer):
         """Each layer, its block type and factor shapes."""
         return self.preconditioner.summary()
 
+    def last_step(self) -> dict[str, Any]:
+        """The last update's step size η and whether the KL bound set it (1.0) or the cap did (0.0); the damping λ
+        of the inverses (damping + weight_decay); the step of the installed inverses' statistics
+        (`inverse_source`, −1 before any); the refreshes installed so far (`kfac.inversion.refresh.Refresh`:
+        snapshot step, step installed at, seconds) and the seconds steps waited for background inversions."""
+        binding = self._require_binding()
+        engine = binding.refresh.engine
+        return {**{key: float(variable.numpy()) for key, variable in binding.last_step.items()},
+                "damping": engine.inversion.damping, "inverse_source": int(binding.refresh.inverse_source.numpy()),
+                "refreshes": list(engine.history), "waited_seconds": engine.waited_seconds}
+
     def _require_binding(self) -> _Binding:
         if self._binding is None:
             raise ValueError("this K-FAC optimizer has no model: it was deserialized without one. Load models with "
@@ -240,11 +257,17 @@ class KFAC(keras.optimizers.Optimizer):
         refresh = binding.refresh
         outputs = self._outputs(binding, loss)
         calls = pre.recorded_calls()
+        weights = binding.taps.sample_weights()  # Keras's sample weights (class_weight among them), or None
+        weight = weights[-1] if weights else None
+        statistics = functools.partial(pre.local_batch_factors, outputs, _graph_gradient, calls, weight)
         first = refresh.uninitialised  # the first inverses come from statistics of their own, as in the host loop
-        self._update_statistics(pre, outputs, calls, first)
+        self._update_statistics(pre, statistics, first)
         context.merge_call(lambda _: refresh.boundary(step, first))
-        every = self.config.stats_every
-        self._update_statistics(pre, outputs, calls, None if every == 1 else tf.equal(step % every, 0))
+        every, sub = self.config.stats_every, self.config.stats_batch_size
+        if sub is not None:  # a separate pass on the first `sub` examples of the step's inputs, as the host loop's
+            inputs = tf.nest.map_structure(lambda t: t[:sub], binding.taps.model_calls()[-1].inputs)
+            statistics = functools.partial(pre.local_statistics_pass, inputs, None if weight is None else weight[:sub])
+        self._update_statistics(pre, statistics, None if every == 1 else tf.equal(step % every, 0))
         binding.taps.clear()
         if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
             ready = _all_replicas(context, refresh.local_ready())
@@ -252,6 +275,7 @@ class KFAC(keras.optimizers.Optimizer):
         direction = pre.precondition(grads)
         scale = pre.step_size(direction, grads, step, tf.cast(learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
+        pairs += [(binding.last_step[key], scale[key]) for key in binding.last_step]
         assign_all([v for v, _ in pairs], [value for _, value in pairs])
 
     @staticmethod
@@ -275,10 +299,11 @@ class KFAC(keras.optimizers.Optimizer):
         return outputs
 
     @staticmethod
-    def _update_statistics(pre: Preconditioner, outputs: tf.Tensor, calls: list, when: tf.Tensor | None) -> None:
-        """Fold this step's batch factors into the moving averages (only where `when` holds, if given). A batch
-        whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as they were: the
-        weights' fate is the user's, the curvature's stays usable."""
+    def _update_statistics(pre: Preconditioner, statistics: Callable[[], list[tf.Tensor]],
+                           when: tf.Tensor | None) -> None:
+        """Fold this step's batch factors (`statistics()`) into the moving averages (only where `when` holds, if
+        given). A batch whose all-reduced factors are not finite (a NaN or infinite input or output) leaves them as
+        they were: the weights' fate is the user's, the curvature's stays usable."""
 
         def fold(local: list[tf.Tensor], apply: tf.Tensor | None) -> tf.Tensor:
             batch = all_reduce_mean(local)
@@ -287,9 +312,6 @@ class KFAC(keras.optimizers.Optimizer):
             pairs = pre.factor_assignments(batch)
             assign_all([v for v, _ in pairs], [tf.where(keep, value, tf.convert_to_tensor(v)) for v, value in pairs])
             return keep
-
-        def statistics() -> list[tf.Tensor]:
-            return pre.local_batch_factors(outputs, _graph_gradient, calls)
 
         if when is None:
             fold(statistics(), None)
@@ -334,10 +356,11 @@ def keras_config(settings: dict[str, Any]) -> KFACConfig:
 
 
 def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
-    """The smallest of the replicas' `flag`s (1.0: every replica's is 1)."""
-    if context.num_replicas_in_sync == 1:
+    """1.0 if every replica's `flag` is 1.0, else 0.0 (tf.distribute reduces by SUM and MEAN only)."""
+    replicas = context.num_replicas_in_sync
+    if replicas == 1:
         return flag
-    return context.all_reduce(tf.distribute.ReduceOp.MIN, flag)
+    return tf.cast(context.all_reduce(tf.distribute.ReduceOp.SUM, flag) > replicas - 0.5, tf.float32)
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:

@@ -3,9 +3,9 @@
 It owns the Fisher blocks of an unmodified Keras model and their life cycle: capture layer inputs and
 pre-activations (`taps`), back-propagate Fisher cotangents (targets sampled from the model, Eq. 1) to get each
 block's batch factors, fold them into moving averages with decay min(1 − 1/k, stats_decay), precondition
-v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14). The inverses are
-computed and installed by the refresh engine (`kfac_repro.kfac.inversion`). The front ends
-(`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
+v = (F̂ + λ)⁻¹ g block by block, and the KL-based step size η = min(η_max, √(c / vᵀg)) (Eq. 14; in `fit`, times
+Keras's learning rate). The inverses are computed and installed by the refresh engine (`kfac_repro.kfac.inversion`).
+The front ends (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call these from their traced steps.
 """
 
 from __future__ import annotations
@@ -88,24 +88,32 @@ class Preconditioner:
         return result
 
     def step_size(self, direction: list[tf.Tensor], grads: list[tf.Tensor], iterations: tf.Tensor,
-                  max_step: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """η = min(η_max, √(c / vᵀg)) (Eq. 14) with c and η_max at step `iterations` (η_max = `max_step` when
-        given); also returns its parts."""
+                  learning_rate: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """η = s · min(η_max, √(c / vᵀg)) (Eq. 14 scaled by s), c and η_max at step `iterations`; s is Keras's
+        `learning_rate` in fit (where η_max is 1), 1 in the host loop (where η_max carries the schedule). Also
+        returns its parts, and whether the KL bound set η (1.0) or η_max did (0.0)."""
         v_dot_g = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(direction, grads, strict=True)])
         kl_clip = scheduled(self.config.kl_schedule(), iterations)
-        if max_step is None:
-            max_step = scheduled(self.config.max_step_schedule(), iterations)
-        step_size = tf.minimum(max_step, tf.sqrt(kl_clip / tf.maximum(v_dot_g, _TINY)))
-        return {"step_size": step_size, "learning_rate": max_step, "kl_clip": kl_clip, "v_dot_g": v_dot_g}
+        max_step = scheduled(self.config.max_step_schedule(), iterations)
+        bound = tf.sqrt(kl_clip / tf.maximum(v_dot_g, _TINY))
+        step_size = tf.minimum(max_step, bound)
+        if learning_rate is not None:
+            step_size = learning_rate * step_size
+        return {"step_size": step_size, "learning_rate": max_step, "kl_clip": kl_clip, "v_dot_g": v_dot_g,
+                "kl_bound_set": tf.cast(bound < max_step, tf.float32)}
 
     # ---- statistics (traced, per replica) ---------------------------------------------------------------------
     def statistics_pass(self, x: tf.Tensor) -> list[tf.Tensor]:
         """A separate forward pass for statistics only; BN moving averages are left as they were."""
+        return all_reduce_mean(self.local_statistics_pass(x))
+
+    def local_statistics_pass(self, x: tf.Tensor, sample_weight: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """`statistics_pass` on this replica's `x` alone (`local_batch_factors`' `sample_weight`)."""
         saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
         self.taps.clear()
         with tf.GradientTape(persistent=True) as tape:
             outputs = tf.cast(self.model(x, training=True), tf.float32)
-        batch_factors = self.batch_factors(outputs, tape_gradient(tape))
+        batch_factors = self.local_batch_factors(outputs, tape_gradient(tape), self.recorded_calls(), sample_weight)
         for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
             variable.assign(value)
         return batch_factors
@@ -123,15 +131,20 @@ class Preconditioner:
                 raise RuntimeError(f"layer {block.name!r} was not called in the forward pass")
         return calls
 
-    def local_batch_factors(self, outputs: tf.Tensor, gradient: Gradient,
-                            calls: list[list[LayerCall]]) -> list[tf.Tensor]:
-        """`batch_factors` of this replica's batch alone, from `calls` (`recorded_calls`)."""
+    def local_batch_factors(self, outputs: tf.Tensor, gradient: Gradient, calls: list[list[LayerCall]],
+                            sample_weight: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """`batch_factors` of this replica's batch alone, from `calls` (`recorded_calls`). `sample_weight` w (per
+        example, or per output position): the loss is Σ w ℓ / N, so each example's Fisher is weighted by w, its
+        cotangents by √w (negative weights count as 0)."""
         seed = tf.stack([tf.constant(self.config.seed, tf.int64), self.stats_updates])
         cotangents = likelihoods.fisher_cotangents(
             self.likelihood, outputs, self.from_logits, self.config.fisher_targets, seed
         )
         if self.cotangent_scale != 1.0:
             cotangents = [self.cotangent_scale * v for v in cotangents]
+        if sample_weight is not None:
+            root = _broadcastable(tf.sqrt(tf.maximum(tf.cast(sample_weight, tf.float32), 0.0)), outputs)
+            cotangents = [v * tf.cast(root, v.dtype) for v in cotangents]
         points = [call.point for block_calls in calls for call in block_calls]
         derivatives = [_float32_derivatives(gradient(outputs, points, v), calls, self.blocks) for v in cotangents]
         calls = [[in_float32(call) for call in block_calls] for block_calls in calls]
@@ -152,6 +165,13 @@ class Preconditioner:
         factors = [var for block in self.blocks for var in block.factors.values()]
         pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
+
+
+def _broadcastable(weights: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """`weights` ([batch] or [batch, positions…]) with trailing axes of size 1 up to the outputs' rank."""
+    while weights.shape.rank < outputs.shape.rank:
+        weights = weights[..., None]
+    return weights
 
 
 def _float32_derivatives(derivatives: Sequence, calls: list[list[LayerCall]],
