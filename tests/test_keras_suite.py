@@ -255,3 +255,25 @@ def test_fashion_splits_hold_out_the_last_training_examples() -> None:
     train, val, target = TASKS["autoencoder"].data(1, SCALES["tiny"])
     assert train[0].shape == (256, 784) and (train[1] == train[0]).all() and (val[1] == val[0]).all()
     assert (target[0] == train[0][:128]).all() and (val[0] * 255 == x[-128:].reshape(128, 784)).all()
+
+
+def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimizer_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks import keras_suite_models
+    from kfac_repro.benchmarks.keras_suite_models import Curve
+
+    trained: list[str] = []
+    timed: list[list[str]] = []
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
+                        or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
+    monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
+        sorted(settings)) or dict.fromkeys(settings, 0.01))
+    args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    assert sorted(trained) == sorted(DEFAULT_OPTIMIZERS * 2) and timed == [sorted(DEFAULT_OPTIMIZERS)]
+    trained.clear()
+    result = CliRunner().invoke(cli.main, [*args, "--ekfac"])
+    assert result.exit_code == 0, result.output
+    assert trained == ["ekfac", "ekfac"] and timed[-1] == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
+    assert sorted(r["optimizer"] for r in read_rows(tmp_path / "costs.csv")) == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
+    assert {r["optimizer"] for r in read_rows(tmp_path / "suite.csv")} == {*DEFAULT_OPTIMIZERS, "ekfac"}
