@@ -10,6 +10,9 @@ import tensorflow as tf
 
 from kfac_repro.keras import KFAC as KerasKFAC
 from kfac_repro.kfac import KFAC, KFACConfig
+from kfac_repro.kfac.blocks.eigenbasis import eigenbasis
+from kfac_repro.kfac.linalg.device import on_device
+from kfac_repro.kfac.linalg.inverses import CurvatureDiverged
 from tests.numpy_reference import (
     eigh_basis,
     ekfac_scaling,
@@ -188,3 +191,20 @@ def test_a_short_fit_in_ekfac_mode_lowers_the_loss() -> None:
 def test_the_setting_takes_true_or_false_only(value: object) -> None:
     with pytest.raises(ValueError, match=r"^eigenvalue_correction: expected true or false"):
         KFACConfig(eigenvalue_correction=value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_eigenbasis_on_the_host_and_on_a_tensorflow_device_agree(dtype: str) -> None:
+    """`inversion_device: accelerator` decomposes with tf.linalg on the replica's device (here the CPU's)."""
+    root = np.random.default_rng(3).normal(size=(7, 5))
+    factor = root @ root.T / 5  # rank 5 of 7: two zero eigenvalues, clipped at 0 (round-off may make them < 0)
+    host = eigenbasis(factor, dtype)
+    with on_device("/CPU:0"):
+        device = eigenbasis(factor, dtype)
+    for found in (host, device):
+        assert found.dtype == np.float32 and found.shape == (8, 7) and (found[-1] >= 0).all()
+        np.testing.assert_allclose(found[:-1] @ np.diag(found[-1]) @ found[:-1].T, factor, atol=1e-5)
+        np.testing.assert_allclose(found[:-1].T @ found[:-1], np.eye(7), atol=1e-5)
+    np.testing.assert_allclose(device[-1], host[-1], atol=1e-5)
+    with pytest.raises(CurvatureDiverged, match="7×7 Kronecker factor has NaN"):
+        eigenbasis(np.full((7, 7), np.nan), dtype)

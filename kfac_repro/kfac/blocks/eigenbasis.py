@@ -28,6 +28,7 @@ from kfac_repro.kfac.blocks.base import Arrays, InverseRecipes
 from kfac_repro.kfac.blocks.kronecker import ConvFactors, KroneckerBlock
 from kfac_repro.kfac.blocks.precision import matmul
 from kfac_repro.kfac.layer_capture import LayerCall
+from kfac_repro.kfac.linalg.device import current_device, eigh_on_device
 from kfac_repro.kfac.linalg.inverses import CurvatureDiverged
 
 
@@ -95,13 +96,15 @@ class EigenbasisBlock(KroneckerBlock):
 
 
 def eigenbasis(factor: np.ndarray, dtype: str) -> np.ndarray:
-    """[U; aᵀ] of the symmetric PSD ½(F + Fᵀ) = U diag(a) Uᵀ, by LAPACK's eigh in `dtype` (negative round-off of a
-    clipped to 0), float32. CurvatureDiverged if F is not finite."""
+    """[U; aᵀ] of the symmetric PSD ½(F + Fᵀ) = U diag(a) Uᵀ in `dtype` (negative round-off of a clipped to 0),
+    float32: by LAPACK's eigh on the host, or tf.linalg's on the device `linalg.device.on_device` chose
+    (`inversion_device: accelerator`). CurvatureDiverged if F is not finite."""
     matrix = np.asarray(factor, dtype=dtype)
     if not np.all(np.isfinite(matrix)):
         raise CurvatureDiverged(f"a {matrix.shape[0]}×{matrix.shape[1]} Kronecker factor has NaN or infinite "
                                 "entries: the statistics diverged (try a larger damping or a smaller kl_clip)")
-    values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
+    symmetric = 0.5 * (matrix + matrix.T)
+    values, vectors = np.linalg.eigh(symmetric) if current_device() is None else eigh_on_device(symmetric)
     return np.concatenate([vectors, np.maximum(values, 0.0)[None, :]], axis=0).astype(np.float32)
 
 
