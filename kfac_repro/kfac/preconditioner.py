@@ -149,7 +149,10 @@ class Preconditioner:
 
     def factor_assignments(self, batch_factors: list[tf.Tensor]) -> list[tuple]:
         """(factor, EMA) pairs with decay min(1 − 1/k, stats_decay), k counting statistics updates, and each block's
-        `scaling_assignments`, for `batch_factors` in `batch_factors` order."""
+        `scaling_assignments`, for `batch_factors` as `batch_factors` returns them (every block's `statistics`)."""
+        expected = sum(len(block.statistics) for block in self.blocks)
+        if len(batch_factors) != expected:
+            raise ValueError(f"factor_assignments: {len(batch_factors)} statistics for blocks holding {expected}")
         count = tf.cast(self.stats_updates + 1, tf.float32)
         decay = tf.minimum(1.0 - 1.0 / count, self.config.stats_decay)
         values = iter(batch_factors)
@@ -157,8 +160,6 @@ class Preconditioner:
         for block in self.blocks:
             pairs += [(f, decay * f + (1.0 - decay) * next(values)) for f in block.factors.values()]
             pairs += block.scaling_assignments([next(values) for _ in block.scaling], self.config.stats_decay)
-        if next(values, None) is not None:
-            raise ValueError("factor_assignments: more statistics than the blocks hold")
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
 
 
