@@ -157,8 +157,9 @@ def test_the_scaling_is_re_estimated_at_exactly_the_statistics_steps_and_afresh_
 
 def test_blocks_ekfac_does_not_cover_keep_k_fac_and_say_so() -> None:
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6, 4)), keras.layers.Conv1D(3, 2), keras.layers.BatchNormalization(),
-                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.Conv1D(3, 2, name="conv1d"),
+                              keras.layers.BatchNormalization(name="batch_normalization"), keras.layers.Flatten(),
+                              keras.layers.Dense(2, name="dense")])
     optimizer = KFAC(model, KFACConfig(eigenvalue_correction=True))
     kinds = {block.name: (block.kind, block.reason) for block in optimizer.blocks}
     optimizer.close()
