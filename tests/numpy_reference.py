@@ -95,3 +95,27 @@ def bfloat16_rounded(values: np.ndarray) -> np.ndarray:
     bits = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def eigh_basis(factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvectors as columns, eigenvalues) of a symmetric factor, ascending."""
+    values, vectors = np.linalg.eigh(factor)
+    return vectors, values
+
+
+def ekfac_scaling(inputs: np.ndarray, derivatives: list[np.ndarray], basis_a: np.ndarray, basis_g: np.ndarray,
+                  batch: int) -> np.ndarray:
+    """s = (1/B) Σ_k Σ_n (U_Aᵀ ∇W_nk U_G)², by explicit per-example gradients ∇W_nk = Σ_t ā_nt ds_ntkᵀ (outer
+    products summed over positions t), projected one by one. inputs [N, T, d_A] (homogeneous), each ds [N, T, d_G]."""
+    scaling = np.zeros((basis_a.shape[1], basis_g.shape[1]))
+    for ds in derivatives:
+        for n in range(inputs.shape[0]):
+            gradient = sum(np.outer(inputs[n, t], ds[n, t]) for t in range(inputs.shape[1]))
+            scaling += (basis_a.T @ gradient @ basis_g) ** 2
+    return scaling / batch
+
+
+def ekfac_solve(basis_a: np.ndarray, basis_g: np.ndarray, scaling: np.ndarray, matrix: np.ndarray,
+                damping: float) -> np.ndarray:
+    """U_A [(U_Aᵀ M U_G) / (s + λ)] U_Gᵀ for M [d_A, d_G]."""
+    return basis_a @ ((basis_a.T @ matrix @ basis_g) / (scaling + damping)) @ basis_g.T

@@ -1,8 +1,8 @@
 """Data-parallel training equals single-process training on the same global batches (weights and loss), for SGD
-and K-FAC, under MirroredStrategy (2 replicas in one process) and MultiWorkerMirroredStrategy (2 processes on
-loopback); K-FAC's inversion divided among them equals single-worker inversion exactly and every worker hands
-over at the same steps; a failed worker stops the job, also one that dies holding an assigned inversion; a long
-multi-worker run does not accumulate threads."""
+and K-FAC (and EKFAC mirrored), under MirroredStrategy (2 replicas in one process) and MultiWorkerMirroredStrategy
+(2 processes on loopback); K-FAC's inversion divided among them equals single-worker inversion exactly and every
+worker hands over at the same steps; a failed worker stops the job, also one that dies holding an assigned
+inversion; a long multi-worker run does not accumulate threads."""
 
 import json
 import sys
@@ -35,8 +35,15 @@ def assert_same_training(reference: dict[str, np.ndarray], other: dict[str, np.n
             np.testing.assert_array_equal(other[key], reference[key], err_msg=key)
 
 
+# EKFAC on a batch of 128: with 16 examples the factors are singular, and the eigenvectors LAPACK picks for a null
+# space (any orthonormal basis of it) differ with the round-off of the replicas' all-reduce; the scaling measured in
+# them, and so the step, then differs too (by 6e-4 of the loss after one step). Slow: 49 s on a shared machine.
+EKFAC = ("--optimizer", "ekfac", "--global-batch", "128")
+
+
 @pytest.mark.parametrize("options", [pytest.param(("--optimizer", "sgd"), marks=pytest.mark.slow),
-                                     ("--optimizer", "kfac")], ids=["sgd", "kfac"])
+                                     ("--optimizer", "kfac"),
+                                     pytest.param(EKFAC, marks=pytest.mark.slow)], ids=["sgd", "kfac", "ekfac"])
 def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[str, ...]) -> None:
     import subprocess
 
@@ -45,7 +52,7 @@ def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[
                    timeout=300)
     mirrored = dict(np.load(out))
     assert_same_training(single_process(tmp_path, *options), mirrored)
-    if "kfac" in options:
+    if "sgd" not in options:
         assert any(key.startswith("inverse:") for key in mirrored)
 
 

@@ -1,7 +1,7 @@
 """One engine under both front ends: on the same model, data and seed, `kfac.KFAC` (the host loop) and `keras.KFAC`
 (`model.fit`) install the same inverses before the same steps and take the same updates — a synchronous refresh,
 an asynchronous one pinned at a fixed lag, statistics every other step (and on a sub-batch), and the inversion's
-device and threads."""
+device and threads; and in EKFAC mode (`eigenvalue_correction`) the same eigenbases, scalings and updates."""
 
 from typing import Any
 
@@ -28,7 +28,8 @@ def fashion() -> tuple[np.ndarray, np.ndarray]:
 
 
 def inverses(blocks: list) -> list[np.ndarray]:
-    return [np.array(var.numpy()) for block in blocks for var in block.inverse.values()]
+    """Every block's installed inverse and scaling (EKFAC's)."""
+    return [np.array(var.numpy()) for block in blocks for var in (*block.inverse.values(), *block.scaling.values())]
 
 
 @pytest.mark.parametrize("settings", [
@@ -37,7 +38,11 @@ def inverses(blocks: list) -> list[np.ndarray]:
     {"inversion": "sync", "inverse_every": 4, "stats_every": 2, "kl_bound": "update"},
     {"inversion": "async", "async_lag": 3, "stats_every": 2, "stats_batch_size": 16},
     {"inversion": "sync", "inverse_every": 3, "inversion_device": "accelerator", "inversion_threads": 1},
-], ids=["sync", "async-lag-2", "stats-every-2", "stats-sub-batch", "device-threads"])
+    # EKFAC refreshed before steps 3, 6 and 9: steps 3 and 9 take no statistics, so they precondition with s = a gᵀ
+    {"inversion": "sync", "inverse_every": 3, "stats_every": 2, "eigenvalue_correction": True},
+    {"inversion": "async", "async_lag": 2, "eigenvalue_correction": True},
+], ids=["sync", "async-lag-2", "stats-every-2", "stats-sub-batch", "device-threads", "ekfac-stats-every-2",
+        "ekfac-async-lag-2"])
 def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_the_same_updates(
         fashion: tuple, settings: dict[str, Any]) -> None:
     x, y = fashion

@@ -116,12 +116,13 @@ def test_backup_and_restore_resumes_exactly(fashion: tuple, tmp_path: Path, inve
     assert_same_weights(uninterrupted, resumed)
 
 
-def test_checkpoint_and_saved_model_resume_exactly(fashion: tuple, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ekfac", [False, True], ids=["kfac", "ekfac"])  # EKFAC: its scalings are state too
+def test_checkpoint_and_saved_model_resume_exactly(fashion: tuple, tmp_path: Path, ekfac: bool) -> None:
     x, y = fashion[0][:256], fashion[1][:256]
 
     def compiled(seed: int = 0) -> keras.Model:
         model = pooled_mlp(seed=seed)
-        model.compile(optimizer=KFAC(model, inverse_every=3), loss=SCCE_LOGITS)
+        model.compile(optimizer=KFAC(model, inverse_every=3, eigenvalue_correction=ekfac), loss=SCCE_LOGITS)
         return model
 
     def one_epoch(model: keras.Model) -> None:

@@ -10,7 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from kfac_repro.benchmarks.keras_suite import GRID_SIZE, GRIDS, OPTIMIZERS, SCALES, grid, setting_text
+from kfac_repro.benchmarks.keras_suite import (
+    DEFAULT_OPTIMIZERS,
+    GRID_SIZE,
+    GRIDS,
+    OPTIMIZERS,
+    SCALES,
+    grid,
+    setting_text,
+)
 from kfac_repro.benchmarks.keras_suite_results import (
     RUN_FIELDS,
     SUITE_FIELDS,
@@ -48,16 +56,20 @@ def _line(span: float, length: int = 301) -> list[float]:
     return [max(0.0, 1.0 - step / span) for step in range(length)]
 
 
-def _synthetic(kfac_ms: float) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _synthetic(kfac_ms: float, ekfac: bool = False) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """K-FAC's curves twice as fast as AdamW's (the fastest opponent; Muon 1.2×, SGD 1.5× slower than AdamW),
-    up to per-seed noise; K-FAC's step costs `kfac_ms` against 10 ms for the others."""
+    up to per-seed noise; K-FAC's step costs `kfac_ms` against 10 ms for the others. With `ekfac`, EKFAC's curves
+    too: 2.5× as fast as AdamW's (faster than K-FAC's) with the same noise, at 40 ms a step."""
+    optimizers = (*DEFAULT_OPTIMIZERS, "ekfac") if ekfac else DEFAULT_OPTIMIZERS
     spans = {"adamw": 100.0, "muon": 120.0, "sgd": 150.0}
-    runs = [_run("tune", o, 0, _line(100.0)) for o in OPTIMIZERS]
+    runs = [_run("tune", o, 0, _line(100.0)) for o in optimizers]
     for seed, noise in zip(SEEDS, NOISE, strict=True):
         runs.append(_run("final", "kfac", seed, _line(50.0 * math.exp(noise))))
+        runs += [_run("final", "ekfac", seed, _line(40.0 * math.exp(noise)))] if ekfac else []
         runs += [_run("final", o, seed, _line(span)) for o, span in spans.items()]
+    ms = {"kfac": kfac_ms, "ekfac": 40.0}
     costs = [{"scale": "tiny", "task": "mlp", "batch": "32", "optimizer": o, "setting": "s=1",
-              "ms_per_step": str(kfac_ms if o == "kfac" else 10.0)} for o in OPTIMIZERS]
+              "ms_per_step": str(ms.get(o, 10.0))} for o in optimizers]
     return runs, costs
 
 
@@ -73,6 +85,36 @@ def test_paired_ratios_find_a_known_effect_against_the_best_opponent() -> None:
         assert float(row["steps_high"]) < 1.0 < float(row["seconds_low"])  # steps: a win; wall-clock: 3× the cost
         assert float(row["seconds_ratio"]) == pytest.approx(3 * float(row["steps_ratio"]), rel=1e-3)
         assert row["censored"] == "0" and row["seeds"] == "5"
+
+
+def test_ekfac_is_compared_with_the_same_opponents_and_gets_its_own_table() -> None:
+    runs, costs = _synthetic(kfac_ms=30.0, ekfac=True)
+    suite = summarise(runs, costs)
+    without = summarise(*_synthetic(kfac_ms=30.0))
+    assert [r for r in suite if r["optimizer"] != "ekfac"] == without  # EKFAC changes nothing of the others' rows
+    ekfac = [r for r in suite if r["optimizer"] == "ekfac"]
+    assert len(ekfac) == len(FRACTIONS)
+    expected = math.exp(sum(NOISE) / len(NOISE)) * 0.4  # EKFAC's span over AdamW's, never K-FAC's
+    for row in ekfac:
+        assert row["steps_opponent"] == row["seconds_opponent"] == "adamw"
+        assert float(row["steps_ratio"]) == pytest.approx(expected, rel=0.03)
+        assert float(row["seconds_ratio"]) == pytest.approx(4 * float(row["steps_ratio"]), rel=1e-3)
+    table = markdown_table(suite, "kfac-repro bench keras --ekfac")
+    assert table.startswith(markdown_table(without, "kfac-repro bench keras --ekfac").rstrip("\n"))
+    assert "| task | batch | target (fraction) | EKFAC steps | steps: opponent, EKFAC ÷ it |" in table
+    assert len([line for line in table.splitlines() if line.startswith("| mlp |")]) == 2 * len(FRACTIONS)
+    unfinished = [r for r in costs if r["optimizer"] != "ekfac"]  # EKFAC's cost not timed yet: no summary yet
+    assert summarise(runs, unfinished) == []
+
+
+def test_the_suite_runs_ekfac_only_when_asked(tmp_path: Path) -> None:
+    from kfac_repro.benchmarks.keras_suite_run import Plan, _runs_of
+
+    plans = {ekfac: Plan(["mlp"], [32], 2, SCALES["tiny"], tmp_path, "c",
+                         (*DEFAULT_OPTIMIZERS, "ekfac") if ekfac else DEFAULT_OPTIMIZERS) for ekfac in (False, True)}
+    assert plans[True].jobs() == plans[False].jobs() + 1 + 2
+    assert {o for _, o, _, _ in _runs_of(plans[False], "mlp", 32, [])} == set(DEFAULT_OPTIMIZERS)
+    assert {(p, o) for p, o, _, _ in _runs_of(plans[True], "mlp", 32, [])} >= {("tune", "ekfac"), ("final", "ekfac")}
 
 
 def test_a_run_that_never_reaches_the_target_is_censored_at_its_budget() -> None:
@@ -141,11 +183,11 @@ def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: py
     assert first.exit_code == 0, first.output
     runs = read_rows(tmp_path / "runs.csv")
     assert sorted((r["phase"], r["optimizer"]) for r in runs) == sorted(
-        [("tune", o) for o in OPTIMIZERS] + [("final", o) for o in OPTIMIZERS for _ in range(2)])
-    assert len(read_rows(tmp_path / "costs.csv")) == len(OPTIMIZERS)
-    assert len(read_rows(tmp_path / "suite.csv")) == 4 * len(OPTIMIZERS)
+        [("tune", o) for o in DEFAULT_OPTIMIZERS] + [("final", o) for o in DEFAULT_OPTIMIZERS for _ in range(2)])
+    assert len(read_rows(tmp_path / "costs.csv")) == len(DEFAULT_OPTIMIZERS)
+    assert len(read_rows(tmp_path / "suite.csv")) == 4 * len(DEFAULT_OPTIMIZERS)
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(read_rows(tmp_path / "reached.csv")) == len(FRACTIONS) * len(OPTIMIZERS) * 2
+    assert len(read_rows(tmp_path / "reached.csv")) == len(FRACTIONS) * len(DEFAULT_OPTIMIZERS) * 2
     assert "| sequence | 32 |" in (tmp_path / "suite.md").read_text()
     assert "[13/13] sequence b32 cost in turns" in first.output
 
@@ -193,7 +235,7 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_
 def test_each_measured_run_is_reported_with_its_steps_and_seconds_to_each_target() -> None:
     runs, costs = _synthetic(kfac_ms=30.0)
     rows = per_run(runs, costs)
-    assert len(rows) == len(FRACTIONS) * len(OPTIMIZERS) * len(SEEDS)
+    assert len(rows) == len(FRACTIONS) * len(DEFAULT_OPTIMIZERS) * len(SEEDS)
     kfac = [r for r in rows if r["optimizer"] == "kfac" and r["fraction"] == "0.8"]
     assert [int(r["steps"]) for r in kfac] == [37, 43, 40, 45, 39]  # ceil(0.8 · 50e^noise)
     assert [float(r["seconds"]) for r in kfac] == pytest.approx([0.03 * s for s in (37, 43, 40, 45, 39)])
@@ -213,3 +255,25 @@ def test_fashion_splits_hold_out_the_last_training_examples() -> None:
     train, val, target = TASKS["autoencoder"].data(1, SCALES["tiny"])
     assert train[0].shape == (256, 784) and (train[1] == train[0]).all() and (val[1] == val[0]).all()
     assert (target[0] == train[0][:128]).all() and (val[0] * 255 == x[-128:].reshape(128, 784)).all()
+
+
+def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimizer_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks import keras_suite_models
+    from kfac_repro.benchmarks.keras_suite_models import Curve
+
+    trained: list[str] = []
+    timed: list[list[str]] = []
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
+                        or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
+    monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
+        sorted(settings)) or dict.fromkeys(settings, 0.01))
+    args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    assert sorted(trained) == sorted(DEFAULT_OPTIMIZERS * 2) and timed == [sorted(DEFAULT_OPTIMIZERS)]
+    trained.clear()
+    result = CliRunner().invoke(cli.main, [*args, "--ekfac"])
+    assert result.exit_code == 0, result.output
+    assert trained == ["ekfac", "ekfac"] and timed[-1] == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
+    assert sorted(r["optimizer"] for r in read_rows(tmp_path / "costs.csv")) == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
+    assert {r["optimizer"] for r in read_rows(tmp_path / "suite.csv")} == {*DEFAULT_OPTIMIZERS, "ekfac"}

@@ -180,9 +180,9 @@ TASKS: dict[str, Task] = {
 
 def make_optimizer(name: str, setting: dict[str, float], model: keras.Model) -> keras.optimizers.Optimizer:
     """The optimizer `name` of keras_suite.GRIDS with `setting`."""
-    if name == "kfac":
+    if name in ("kfac", "ekfac"):
         settings: dict[str, Any] = dict(setting)
-        return KFAC(model, **settings)
+        return KFAC(model, eigenvalue_correction=name == "ekfac", **settings)
     if name == "adamw":
         return keras.optimizers.AdamW(**setting)
     if name == "muon":

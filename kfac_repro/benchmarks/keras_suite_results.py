@@ -12,8 +12,9 @@ results.targets.FRACTIONS. A run's steps to a target are the first evaluation st
 gets there is censored at the budget (a lower bound, counted in the `censored` columns). Wall-clock to a target is
 its steps × the optimizer's seconds per `fit` step from the cost timing (one process, the methods in turns).
 
-K-FAC against the best-tuned opponent: for each target and clock, the opponent with the lowest mean log time; the
-ratio K-FAC ÷ opponent per seed, and the 90% paired t-interval of its mean log (results.paired).
+K-FAC (and EKFAC, where the suite ran it) against the best-tuned opponent (AdamW, Muon, SGD+Nesterov): for each
+target and clock, the opponent with the lowest mean log time; the ratio K-FAC ÷ opponent per seed, and the 90%
+paired t-interval of its mean log (results.paired). EKFAC's runs set the targets like every other optimizer's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite import LABELS, OPTIMIZERS
+from kfac_repro.benchmarks.keras_suite import DEFAULT_OPTIMIZERS, LABELS, OPPONENTS, OPTIMIZERS, SUBJECTS
 from kfac_repro.results.paired import Interval, interval, paired_log_ratios
 from kfac_repro.results.targets import FRACTIONS
 
@@ -122,20 +123,22 @@ class _Reached:
 
 
 def _reached(runs: Sequence[Row], costs: Sequence[Row]) -> Iterator[_Reached]:
-    """Every target of every task and batch size whose measured runs and costs cover all optimizers on at least
-    one common seed (only the common seeds count)."""
+    """Every target of every task and batch size whose measured runs and costs cover all its optimizers (the
+    default ones and any other with runs there) on at least one common seed (only the common seeds count)."""
     for task, batch in sorted({(r["task"], int(r["batch"])) for r in runs if r["phase"] == "final"}):
-        chosen = {o: select(runs, task, batch, o) or "" for o in OPTIMIZERS}
-        measured = {o: [r for r in runs if r["phase"] == "final" and r["task"] == task and int(r["batch"]) == batch
-                        and r["optimizer"] == o and r["setting"] == chosen[o]] for o in OPTIMIZERS}
+        here = [r for r in runs if r["task"] == task and int(r["batch"]) == batch]
+        optimizers = [o for o in OPTIMIZERS if o in DEFAULT_OPTIMIZERS or any(r["optimizer"] == o for r in here)]
+        chosen = {o: select(runs, task, batch, o) or "" for o in optimizers}
+        measured = {o: [r for r in here if r["phase"] == "final" and r["optimizer"] == o
+                        and r["setting"] == chosen[o]] for o in optimizers}
         cost = {c["optimizer"]: float(c["ms_per_step"]) for c in costs
                 if c["task"] == task and int(c["batch"]) == batch}
-        seeds = set.intersection(*({int(r["seed"]) for r in measured[o]} for o in OPTIMIZERS))
-        if not seeds or set(cost) < set(OPTIMIZERS):
+        seeds = set.intersection(*({int(r["seed"]) for r in measured[o]} for o in optimizers))
+        if not seeds or not set(cost) >= set(optimizers):
             continue
-        measured = {o: [r for r in measured[o] if int(r["seed"]) in seeds] for o in OPTIMIZERS}
+        measured = {o: [r for r in measured[o] if int(r["seed"]) in seeds] for o in optimizers}
         for fraction, level in zip(FRACTIONS, targets(measured), strict=True):
-            found = {o: {int(r["seed"]): steps_to(r, level) for r in measured[o]} for o in OPTIMIZERS}
+            found = {o: {int(r["seed"]): steps_to(r, level) for r in measured[o]} for o in optimizers}
             yield _Reached(task, batch, fraction, level, chosen, cost, found)
 
 
@@ -144,7 +147,7 @@ def per_run(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
     return [{"task": r.task, "batch": str(r.batch), "fraction": f"{r.fraction:g}", "target": f"{r.level:.6g}",
              "optimizer": o, "setting": r.chosen[o], "seed": str(seed), "steps": f"{steps:g}",
              "seconds": f"{steps * r.ms_per_step[o] / 1000:.4g}", "censored": str(int(censored))}
-            for r in _reached(runs, costs) for o in OPTIMIZERS
+            for r in _reached(runs, costs) for o in r.chosen
             for seed, (steps, censored) in sorted(r.found[o].items())]
 
 
@@ -153,31 +156,31 @@ def summarise(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
     whose measured runs and costs cover all optimizers on at least one common seed."""
     rows = []
     for r in _reached(runs, costs):
-        times = {"steps": {o: {s: v[0] for s, v in r.found[o].items()} for o in OPTIMIZERS}}
+        times = {"steps": {o: {s: v[0] for s, v in r.found[o].items()} for o in r.chosen}}
         times["seconds"] = {o: {s: v * r.ms_per_step[o] / 1000 for s, v in times["steps"][o].items()}
-                            for o in OPTIMIZERS}
-        versus = {clock: _against_best(times[clock]) for clock in CLOCKS}
-        for o in OPTIMIZERS:
+                            for o in r.chosen}
+        for o in r.chosen:
             row = {"task": r.task, "batch": str(r.batch), "fraction": f"{r.fraction:g}", "target": f"{r.level:.6g}",
                    "optimizer": o, "setting": r.chosen[o], "seeds": str(len(r.found[o])),
                    "steps_median": f"{statistics.median(times['steps'][o].values()):g}",
                    "seconds_median": f"{statistics.median(times['seconds'][o].values()):.4g}",
                    "censored": str(sum(c for _, c in r.found[o].values())), "ms_per_step": f"{r.ms_per_step[o]:.4g}"}
             for clock in CLOCKS:
-                opponent, found_interval = versus[clock]
-                keep = o == "kfac"
-                row[f"{clock}_opponent"] = opponent if keep else ""
+                if o not in SUBJECTS:
+                    row.update({f"{clock}_{key}": "" for key in ("opponent", "ratio", "low", "high")})
+                    continue
+                row[f"{clock}_opponent"], found_interval = _against_best(times[clock], o)
                 for key, value in zip(("ratio", "low", "high"), (found_interval.mean, found_interval.low,
                                                                   found_interval.high), strict=True):
-                    row[f"{clock}_{key}"] = f"{math.exp(value):.4g}" if keep else ""
+                    row[f"{clock}_{key}"] = f"{math.exp(value):.4g}"
             rows.append(row)
     return rows
 
 
-def _against_best(times: dict[str, dict[int, float]]) -> tuple[str, Interval]:
-    """The opponent of K-FAC with the lowest mean log time, and the interval of log(K-FAC / it) over seeds."""
-    opponent = min((o for o in OPTIMIZERS if o != "kfac"), key=lambda o: _mean_log(times[o]))
-    return opponent, interval(paired_log_ratios(times["kfac"], times[opponent]))
+def _against_best(times: dict[str, dict[int, float]], subject: str) -> tuple[str, Interval]:
+    """The opponent with the lowest mean log time, and the interval of log(subject / it) over seeds."""
+    opponent = min(OPPONENTS, key=lambda o: _mean_log(times[o]))
+    return opponent, interval(paired_log_ratios(times[subject], times[opponent]))
 
 
 def _interval_text(row: Row, clock: str) -> str:
@@ -186,14 +189,21 @@ def _interval_text(row: Row, clock: str) -> str:
 
 
 def markdown_table(suite: Sequence[Row], command: str) -> str:
-    """The README's table of K-FAC against the best-tuned opponent, from the suite CSV's rows, with `command`."""
-    lines = [f"Made by `{command}`. Ratios: K-FAC ÷ the best-tuned of AdamW, Muon and SGD+Nesterov at each target "
-             "(mean over paired seeds, 90% interval); censored: seeds that never reached the target (K-FAC / "
-             "opponent).", "",
-             "| task | batch | target (fraction) | K-FAC steps | steps: opponent, K-FAC ÷ it | wall-clock: opponent, "
-             "K-FAC ÷ it | K-FAC ms/step | seeds | censored |", "|---|---|---|---|---|---|---|---|---|"]
+    """The README's table of K-FAC against the best-tuned opponent, from the suite CSV's rows, with `command`; the
+    same table of EKFAC after it where the suite ran EKFAC."""
+    tables = [_subject_table(suite, subject) for subject in SUBJECTS
+              if subject == "kfac" or any(r["optimizer"] == subject for r in suite)]
+    return f"Made by `{command}`. " + "\n".join(tables)
+
+
+def _subject_table(suite: Sequence[Row], subject: str) -> str:
+    name = LABELS[subject]
+    lines = [f"Ratios: {name} ÷ the best-tuned of AdamW, Muon and SGD+Nesterov at each target (mean over paired "
+             f"seeds, 90% interval); censored: seeds that never reached the target ({name} / opponent).", "",
+             f"| task | batch | target (fraction) | {name} steps | steps: opponent, {name} ÷ it | wall-clock: "
+             f"opponent, {name} ÷ it | {name} ms/step | seeds | censored |", "|---|---|---|---|---|---|---|---|---|"]
     by_key = {(r["task"], r["batch"], r["fraction"], r["optimizer"]): r for r in suite}
-    for row in (r for r in suite if r["optimizer"] == "kfac"):
+    for row in (r for r in suite if r["optimizer"] == subject):
         cells = []
         for clock in CLOCKS:
             opponent = by_key[(row["task"], row["batch"], row["fraction"], row[f"{clock}_opponent"])]
@@ -207,15 +217,15 @@ def markdown_table(suite: Sequence[Row], command: str) -> str:
 
 
 def plot(suite: Sequence[Row], path: Path) -> None:
-    """PNG: K-FAC's wall-clock (filled) and steps (open) ratio to the best-tuned opponent at each target, with
-    the 90% paired intervals, on a log axis; 1 marked."""
+    """PNG: K-FAC's (and EKFAC's, where run) wall-clock (filled) and steps (open) ratio to the best-tuned opponent
+    at each target, with the 90% paired intervals, on a log axis; 1 marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    rows = [r for r in suite if r["optimizer"] == "kfac"]
+    rows = [r for r in suite if r["optimizer"] in SUBJECTS]
     figure, axes = plt.subplots(figsize=(7, 1.5 + 0.3 * len(rows)))
     for offset, clock, fill in ((-0.15, "seconds", "C0"), (0.15, "steps", "none")):
         ratio = [float(r[f"{clock}_ratio"]) for r in rows]
@@ -229,9 +239,11 @@ def plot(suite: Sequence[Row], path: Path) -> None:
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     axes.xaxis.set_minor_formatter(ticker.NullFormatter())
-    axes.set_yticks(range(len(rows)), [f"{r['task']} b{r['batch']} f{r['fraction']}" for r in rows])
+    axes.set_yticks(range(len(rows)), [f"{r['task']} b{r['batch']} f{r['fraction']}"
+                                       + (f" {LABELS[r['optimizer']]}" if r["optimizer"] != "kfac" else "")
+                                       for r in rows])
     axes.invert_yaxis()
-    axes.set_xlabel("K-FAC ÷ best-tuned opponent, time to target (90% paired interval)")
+    axes.set_xlabel("K-FAC (EKFAC) ÷ best-tuned opponent, time to target (90% paired interval)")
     axes.legend(loc="best")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite import OPTIMIZERS, Scale, SuiteError, grid, parse_setting, setting_text
+from kfac_repro.benchmarks.keras_suite import (
+    DEFAULT_OPTIMIZERS,
+    Scale,
+    SuiteError,
+    grid,
+    parse_setting,
+    setting_text,
+)
 from kfac_repro.benchmarks.keras_suite_results import (
     COST_FIELDS,
     REACHED_FIELDS,
@@ -35,8 +42,8 @@ TUNING_SEED = 0
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run: tasks, batch sizes, measured seeds (1..seeds), the scale, the output folder, and the command
-    line quoted in the README table."""
+    """What to run: tasks, batch sizes, measured seeds (1..seeds), the scale, the output folder, the command
+    line quoted in the README table, and the optimizers (keras_suite.OPTIMIZERS)."""
 
     tasks: Sequence[str]
     batches: Sequence[int]
@@ -44,10 +51,11 @@ class Plan:
     scale: Scale
     out: Path
     command: str
+    optimizers: Sequence[str] = DEFAULT_OPTIMIZERS
 
     def jobs(self) -> int:
         """Runs and cost timings in all."""
-        per_pair = sum(len(grid(o, self.scale)) for o in OPTIMIZERS) + len(OPTIMIZERS) * self.seeds + 1
+        per_pair = sum(len(grid(o, self.scale)) for o in self.optimizers) + len(self.optimizers) * self.seeds + 1
         return per_pair * len(self.tasks) * len(self.batches)
 
 
@@ -95,7 +103,10 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     from kfac_repro.benchmarks.keras_suite_models import train_run
 
     done_runs = {_run_key(r) for r in runs}
-    done_costs = {(r["task"], r["batch"]) for r in costs}
+    timed: dict[tuple[str, str], set[str]] = {}
+    for r in costs:
+        timed.setdefault((r["task"], r["batch"]), set()).add(r["optimizer"])
+    done_costs = {pair for pair, optimizers in timed.items() if optimizers >= set(plan.optimizers)}
     done = len(done_runs & _wanted(plan, runs)) + sum((t, str(b)) in done_costs for t in plan.tasks
                                                        for b in plan.batches)
     progress = _Progress(plan.jobs(), done, echo)
@@ -119,6 +130,7 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
                                 f"{curve.target[-1]:.4f}", time.perf_counter() - start)
             if (task, str(batch)) not in done_costs:
                 start = time.perf_counter()
+                costs = [r for r in costs if (r["task"], r["batch"]) != (task, str(batch))]  # all timed in turns
                 costs += _cost_rows(plan, task, batch, runs, echo)
                 write_rows(costs_path, COST_FIELDS, costs)
                 done_costs.add((task, str(batch)))
@@ -136,22 +148,22 @@ def _cost_rows(plan: Plan, task: str, batch: int, runs: list[Row], echo: Callabl
     """The cost timing of a task and batch size (keras_suite_models.time_steps) with the selected settings."""
     from kfac_repro.benchmarks.keras_suite_models import time_steps
 
-    chosen = {o: select(runs, task, batch, o) or "" for o in OPTIMIZERS}
+    chosen = {o: select(runs, task, batch, o) or "" for o in plan.optimizers}
     load = os.getloadavg()[0]
     seconds = time_steps(task, {o: parse_setting(s) for o, s in chosen.items()}, batch, plan.scale,
                          progress=lambda what: echo(f"  timing {task} b{batch}: {what} ..."))
     return [{"scale": plan.scale.name, "task": task, "batch": str(batch), "optimizer": o, "setting": chosen[o],
              "ms_per_step": f"{1000 * seconds[o]:.4g}", "cost_steps": str(plan.scale.cost_steps),
-             "rounds": str(plan.scale.cost_rounds), "load": f"{load:.2f}"} for o in OPTIMIZERS]
+             "rounds": str(plan.scale.cost_rounds), "load": f"{load:.2f}"} for o in plan.optimizers]
 
 
 def _runs_of(plan: Plan, task: str, batch: int, runs: list[Row]) -> Iterator[tuple[str, str, str, int]]:
     """(phase, optimizer, setting, seed) of every run of a task and batch size, tuning first; the measured runs'
     settings are selected from `runs` as they stand once the tuning runs are done (a generator: read lazily)."""
-    for optimizer in OPTIMIZERS:
+    for optimizer in plan.optimizers:
         for setting in grid(optimizer, plan.scale):
             yield "tune", optimizer, setting_text(setting), TUNING_SEED
-    for optimizer in OPTIMIZERS:
+    for optimizer in plan.optimizers:
         chosen = select(runs, task, batch, optimizer)
         for seed in range(1, plan.seeds + 1):
             yield "final", optimizer, chosen or "", seed

@@ -225,21 +225,26 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
 @click.option("--tiny", is_flag=True, help="the same as --scale tiny")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/keras"),
               show_default=True, help="runs.csv and costs.csv (resumed from), suite.csv, suite.md, suite.png")
+@click.option("--ekfac", is_flag=True, help="also run EKFAC (K-FAC with eigenvalue_correction) on K-FAC's grid, "
+              "compared with the same opponents; a suite already run adds EKFAC's runs and times every optimizer "
+              "again in turns")
 def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, scale: str, tiny: bool,
-                out: Path) -> None:
+                out: Path, ekfac: bool) -> None:
     """Time to target of K-FAC (kfac_repro.keras.KFAC in `fit`) against AdamW, Muon and SGD+Nesterov, each tuned
-    with an equal grid, on five tasks and two batch sizes; K-FAC's paired ratios to the best-tuned opponent.
+    with an equal grid, on five tasks and two batch sizes; K-FAC's (and with --ekfac EKFAC's) paired ratios to the
+    best-tuned opponent.
     Resumable: each run is written as it finishes, and a rerun skips what OUT holds."""
     import shlex
     import sys
 
-    from kfac_repro.benchmarks.keras_suite import SuiteError
+    from kfac_repro.benchmarks.keras_suite import DEFAULT_OPTIMIZERS, SuiteError
     from kfac_repro.benchmarks.keras_suite_run import Plan, run_suite
 
     chosen = SCALES["tiny" if tiny else scale]
     command = "kfac-repro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
         "kfac-repro bench keras")
-    plan = Plan(tasks or TASK_NAMES, batches or DEFAULT_BATCHES[chosen.name], seeds, chosen, out, command)
+    optimizers = (*DEFAULT_OPTIMIZERS, "ekfac") if ekfac else DEFAULT_OPTIMIZERS
+    plan = Plan(tasks or TASK_NAMES, batches or DEFAULT_BATCHES[chosen.name], seeds, chosen, out, command, optimizers)
     try:
         suite = run_suite(plan, echo=lambda line: click.echo(line, err=True))
     except SuiteError as error:

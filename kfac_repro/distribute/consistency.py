@@ -35,8 +35,8 @@ def train(
     optimizer: str, steps: int, global_batch: int, local_replicas: int = 1, inversion: str = "sync",
     async_lag: int | None = None,
 ) -> tuple[dict, list[float], dict]:
-    """Final weights (by variable path), per-step losses and (K-FAC) the inversion record of the module docstring,
-    under the strategy this process is configured for."""
+    """Final weights (by variable path), per-step losses and (K-FAC, EKFAC) the inversion record of the module
+    docstring, under the strategy this process is configured for."""
     strategy = make_strategy(local_replicas)
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
@@ -45,8 +45,9 @@ def train(
     with strategy.scope():
         model = _model()
         mode: Literal["sync", "async"] = "async" if inversion == "async" else "sync"
-        trainer = optimizer_for(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag)
-                                if optimizer == "kfac" else SGDConfig(learning_rate=0.05))
+        trainer = optimizer_for(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag,
+                                                  eigenvalue_correction=optimizer == "ekfac")
+                                if optimizer in ("kfac", "ekfac") else SGDConfig(learning_rate=0.05))
     rng = np.random.default_rng(1)
     losses = []
     for _ in range(steps):
@@ -87,7 +88,8 @@ def _inversion_record(trainer: KFAC) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--optimizer", choices=["kfac", "sgd"], required=True)
+    parser.add_argument("--optimizer", choices=["kfac", "ekfac", "sgd"], required=True,
+                        help="ekfac: K-FAC with eigenvalue_correction")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--local-replicas", type=int, default=1)

@@ -318,7 +318,7 @@ class KFAC(keras.optimizers.Optimizer):
         elif tf.distribute.get_replica_context().num_replicas_in_sync == 1:  # all of it skipped when not `when`
             tf.cond(when, lambda: fold(statistics(), None), lambda: tf.constant(False))
         else:  # the all-reduce cannot sit in a conditional: the replicas reduce zeros when not `when`
-            factors = [var for block in pre.blocks for var in block.factors.values()]
+            factors = [var for block in pre.blocks for var in block.statistics.values()]
             fold(tf.cond(when, statistics, lambda: [tf.zeros(f.shape, f.dtype) for f in factors]), when)
 
     def save_own_variables(self, store: Any) -> None:

@@ -3,7 +3,8 @@
 Entries, in order: layers matching `skip_layers`; quantized or LoRA layers and recurrent cells (their tensors are
 out of reach); then the user's entries (`register_block`), those naming layers ahead of those naming classes, the
 latest first; then the built-in ones: doubly-factored (named in `doubly_factored`, or large enough), Dense,
-Conv2D/1D/3D, EinsumDense (when its equation is a Dense over positions), Embedding, DepthwiseConv2D,
+Conv2D (both eigenvalue-corrected under `eigenvalue_correction`, except a Dense with `sequence_factors: reduce`),
+Conv1D/3D, EinsumDense (when its equation is a Dense over positions), Embedding, DepthwiseConv2D,
 SeparableConv2D, BatchNormalization, LayerNormalization; any other layer gets the generic per-example block.
 A class entry covers instances of the class and of subclasses keeping its `call` (the statistics read that call);
 a name entry covers layers whose name or path matches its glob pattern (fnmatch). Each entry says why
@@ -24,6 +25,7 @@ from keras.layers import Layer
 from kfac_repro.kfac.blocks.base import FisherBlock
 from kfac_repro.kfac.blocks.depthwise import DepthwiseBlock, SeparableBlock, depthwise_supported
 from kfac_repro.kfac.blocks.doubly_factored import DoublyFactoredBlock, spatial_input_shape
+from kfac_repro.kfac.blocks.eigenbasis import EigenbasisBlock
 from kfac_repro.kfac.blocks.embedding import EmbeddingBlock
 from kfac_repro.kfac.blocks.kronecker import KroneckerBlock
 from kfac_repro.kfac.blocks.shared_weight import (
@@ -38,6 +40,7 @@ from kfac_repro.kfac.blocks.shared_weight import (
 from kfac_repro.kfac.blocks.vector import GenericBlock, ScaleShiftBlock
 from kfac_repro.kfac.config import KFACConfig
 
+_EKFAC = "EKFAC, per-example scaling in the A ⊗ G eigenbasis"
 Decision = tuple[Callable[[], FisherBlock] | None, str]  # (block factory, or None: unpreconditioned; why)
 BlockFactory = Callable[[Layer, KFACConfig], FisherBlock]  # a user's block: factory(layer, config)
 
@@ -159,12 +162,17 @@ def _doubly_factored(layer: Layer, config: KFACConfig) -> Decision:
 def _dense(layer: Layer, config: KFACConfig) -> Decision:
     if config.sequence_factors == "reduce":
         return functools.partial(SequenceDenseBlock, layer, "reduce"), "Dense: A ⊗ G; positions (if any) reduced"
+    if config.eigenvalue_correction:
+        return functools.partial(EigenbasisBlock, layer), f"Dense: {_EKFAC}; positions (if any) summed per example"
     return functools.partial(KroneckerBlock, layer), "Dense: A ⊗ G; positions (if any) expanded"
 
 
 def _conv2d(layer: Layer, config: KFACConfig) -> Decision:
     if layer.data_format != "channels_last" or layer.groups != 1:
         return _generic(layer, config, "Conv2D channels_first or grouped")
+    if config.eigenvalue_correction:
+        return (functools.partial(EigenbasisBlock, layer, config.conv_factors),
+                f"Conv2D: {_EKFAC}, eigenbasis of the {config.conv_factors} factors")
     return functools.partial(KroneckerBlock, layer, config.conv_factors), f"Conv2D: {config.conv_factors} factors"
 
 

@@ -210,6 +210,11 @@ class KFACConfig:
     sequence_factors: Literal["expand", "reduce"] = setting(
         "expand", "Dense/EinsumDense applied over sequence positions: expand or reduce (Eschenhagen et al. 2023; "
         "convolutions follow conv_factors)")
+    eigenvalue_correction: bool = setting(
+        False, "EKFAC (George et al. 2018) for the A ⊗ G blocks of Dense and Conv2D layers: each refresh "
+        "eigendecomposes A and G; each statistics step re-estimates s = E_n[(U_Aᵀ ∇W_n U_G)²] from per-example "
+        "gradients; the step is U_A [(U_Aᵀ ∇W U_G) / (s + λ)] U_Gᵀ (kfac_repro/kfac/blocks/eigenbasis.py); "
+        "other blocks stay K-FAC's")
     inverse_dtype: Literal["float32", "float64"] = setting(
         "float32", "precision of the damped factors' Cholesky inverses (float32 retried in float64 on failure)")
     product_dtype: ProductDtype = setting(  # noqa: RUF009 (a Literal alias: ruff cannot tell it is immutable)

@@ -132,10 +132,11 @@ class KFAC(ModelOptimizer):
         if with_stats and not separate:
             batch_factors = preconditioner.batch_factors(outputs, tape_gradient(tape))
         del tape
+        if with_stats:  # before preconditioning, as in fit: EKFAC's scaling includes this batch
+            self.commit(preconditioner.factor_assignments(batch_factors))
         direction = preconditioner.precondition(grads)
         scale = preconditioner.step_size(direction, grads, self.iterations)
-        pairs = preconditioner.factor_assignments(batch_factors) if with_stats else []
-        self.commit(pairs + self.update_assignments(direction, scale["step_size"]))
+        self.commit(self.update_assignments(direction, scale["step_size"]))
         ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
         return {"loss": loss, "error": error, **scale, "inverses_ready": ready}

@@ -58,9 +58,10 @@ class Preconditioner:
         return summary(self.model, self.blocks, self.skipped)
 
     def communication_bytes(self) -> dict[str, int]:
-        """Bytes each replica all-reduces: gradients every step, factors every statistics step (float32)."""
+        """Bytes each replica all-reduces: gradients every step, statistics (factors, EKFAC's scaling) every
+        statistics step (float32)."""
         gradients = sum(int(np.prod(p.shape)) for p in self.params)
-        factors = sum(int(np.prod(var.shape)) for block in self.blocks for var in block.factors.values())
+        factors = sum(int(np.prod(var.shape)) for block in self.blocks for var in block.statistics.values())
         return {"gradients_per_step": 4 * gradients, "factors_per_refresh": 4 * factors}
 
     def factors(self) -> dict[str, dict[str, np.ndarray]]:
@@ -68,14 +69,15 @@ class Preconditioner:
         return {b.name: {name: var.numpy() for name, var in b.factors.items()} for b in self.blocks}
 
     def variables(self) -> list[tf.Variable]:
-        """Its state: the statistics count, then every block's factors and installed inverse."""
-        return [self.stats_updates, *(v for b in self.blocks for v in (*b.factors.values(), *b.inverse.values()))]
+        """Its state: the statistics count, then every block's factors, installed inverse and scaling."""
+        return [self.stats_updates, *(v for b in self.blocks
+                                      for v in (*b.factors.values(), *b.inverse.values(), *b.scaling.values()))]
 
     def checkpoint_state(self) -> dict[str, object]:
-        """The statistics count, every factor and installed inverse, as tf.train.Checkpoint children."""
+        """The statistics count, every factor, installed inverse and scaling, as tf.train.Checkpoint children."""
         state: dict[str, object] = {"stats_updates": self.stats_updates}
         for i, block in enumerate(self.blocks):  # by position: auto-generated layer names differ between models
-            state[f"block_{i}"] = {**block.factors, **block.inverse}
+            state[f"block_{i}"] = {**block.factors, **block.inverse, **block.scaling}
         return state
 
     # ---- preconditioning and step size (traced) ---------------------------------------------------------------
@@ -119,8 +121,8 @@ class Preconditioner:
         return batch_factors
 
     def batch_factors(self, outputs: tf.Tensor, gradient: Gradient) -> list[tf.Tensor]:
-        """This step's factors of every block (in factor order), averaged over replicas, from the calls the taps
-        recorded while computing `outputs`; `gradient` back-propagates a Fisher cotangent to the tapped points."""
+        """This step's statistics of every block (in `statistics` order), averaged over replicas, from the calls the
+        taps recorded while computing `outputs`; `gradient` back-propagates a Fisher cotangent to the tapped points."""
         return all_reduce_mean(self.local_batch_factors(outputs, gradient, self.recorded_calls()))
 
     def recorded_calls(self) -> list[list[LayerCall]]:
@@ -155,15 +157,22 @@ class Preconditioner:
             per_cotangent = [list(derivs[offset : offset + n]) for derivs in derivatives]
             offset += n
             statistics = block.batch_statistics(block_calls, per_cotangent, batch)
-            values += [statistics[name] for name in block.factors]
+            values += [statistics[name] for name in block.statistics]
         return values
 
     def factor_assignments(self, batch_factors: list[tf.Tensor]) -> list[tuple]:
-        """(factor, EMA) pairs with decay min(1 − 1/k, stats_decay), k counting statistics updates."""
+        """(factor, EMA) pairs with decay min(1 − 1/k, stats_decay), k counting statistics updates, and each block's
+        `scaling_assignments`, for `batch_factors` as `batch_factors` returns them (every block's `statistics`)."""
+        expected = sum(len(block.statistics) for block in self.blocks)
+        if len(batch_factors) != expected:
+            raise ValueError(f"factor_assignments: {len(batch_factors)} statistics for blocks holding {expected}")
         count = tf.cast(self.stats_updates + 1, tf.float32)
         decay = tf.minimum(1.0 - 1.0 / count, self.config.stats_decay)
-        factors = [var for block in self.blocks for var in block.factors.values()]
-        pairs: list[tuple] = [(f, decay * f + (1.0 - decay) * v) for f, v in zip(factors, batch_factors, strict=True)]
+        values = iter(batch_factors)
+        pairs: list[tuple] = []
+        for block in self.blocks:
+            pairs += [(f, decay * f + (1.0 - decay) * next(values)) for f in block.factors.values()]
+            pairs += block.scaling_assignments([next(values) for _ in block.scaling], self.config.stats_decay)
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
 
 

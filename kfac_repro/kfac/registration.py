@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from kfac_repro.kfac.block_table import BLOCKS
 from kfac_repro.kfac.blocks.base import FisherBlock
+from kfac_repro.kfac.blocks.eigenbasis import EigenbasisBlock
 from kfac_repro.kfac.config import KFACConfig
 
 
@@ -49,6 +50,8 @@ def build_blocks(model: keras.Model, config: KFACConfig) -> list[FisherBlock]:
         if factory is not None:
             block = factory()
             block.reason = reason
+            if config.eigenvalue_correction and not isinstance(block, EigenbasisBlock):
+                block.reason += "; K-FAC's, not eigenvalue-corrected (EKFAC covers Dense and Conv2D A ⊗ G blocks)"
             if block.rounds_products:
                 block.product_dtype = config.product_dtype
             blocks.append(block)

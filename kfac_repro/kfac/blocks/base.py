@@ -4,7 +4,9 @@ Every block follows one life cycle: `batch_statistics` (in the TF step, from cap
 factor variables → `compute_inverse` (numpy, from a snapshot of the factors; may run in a background thread;
 returns arrays keyed like `inverse`: "<factor>_inverse", all of them or the `parts` asked for, each inverse
 variable being a unit of work that `inversion` can give to its own worker) → `install_inverse` (assign to the
-block's TF variables) → `precondition` (in the TF step, from the installed inverse).
+block's TF variables) → `precondition` (in the TF step, from the installed inverse). A block may also keep
+`scaling`: statistics measured in terms of the installed inverse (EKFAC's eigenbasis, `eigenbasis`), given by
+`batch_statistics` beside the factors and folded in by `scaling_assignments` rather than the factors' average.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class FisherBlock(abc.ABC):
         self.variables = list(variables)
         self.factors: dict[str, tf.Variable] = {}
         self.inverse: dict[str, tf.Variable] = {}
+        self.scaling: dict[str, tf.Variable] = {}
+
+    @property
+    def statistics(self) -> dict[str, tf.Variable]:
+        """The variables `batch_statistics` feeds, in its order: the factors, then the scaling."""
+        return {**self.factors, **self.scaling}
+
+    def scaling_assignments(self, batch: list[tf.Tensor], stats_decay: float) -> list[tuple]:
+        """(variable, new value) pairs folding this batch's scaling statistics (in `scaling`'s order) in."""
+        return []
 
     def _add_factor(self, name: str, dim: int) -> None:
         """A [dim, dim] factor `name` and its damped inverse `inverse[name + "_inverse"]` (identity until set)."""
@@ -64,7 +76,7 @@ class FisherBlock(abc.ABC):
 
     @abc.abstractmethod
     def batch_statistics(self, calls: list, cotangent_points: list[list[tf.Tensor]], batch_size: tf.Tensor) -> dict:
-        """This mini-batch's factors, keyed like `factors`. `cotangent_points[k][c]`: derivative of the point of
+        """This mini-batch's statistics, keyed like `statistics`. `cotangent_points[k][c]`: derivative of the point of
         call c for Fisher cotangent k."""
 
     @abc.abstractmethod

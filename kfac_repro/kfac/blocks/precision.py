@@ -19,6 +19,8 @@ def rounded(tensor: tf.Tensor, dtype: ProductDtype) -> tf.Tensor:
     return tensor if dtype == "float32" else tf.cast(tensor, tf.bfloat16)
 
 
-def matmul(a: tf.Tensor, b: tf.Tensor, dtype: ProductDtype, *, transpose_a: bool = False) -> tf.Tensor:
-    """a·b (aᵀ·b with `transpose_a`) computed in `dtype`, returned in a's dtype."""
-    return tf.cast(tf.matmul(rounded(a, dtype), rounded(b, dtype), transpose_a=transpose_a), a.dtype)
+def matmul(a: tf.Tensor, b: tf.Tensor, dtype: ProductDtype, *, transpose_a: bool = False,
+           transpose_b: bool = False) -> tf.Tensor:
+    """a·b (aᵀ with `transpose_a`, bᵀ with `transpose_b`) computed in `dtype`, returned in a's dtype."""
+    return tf.cast(tf.matmul(rounded(a, dtype), rounded(b, dtype), transpose_a=transpose_a, transpose_b=transpose_b),
+                   a.dtype)

@@ -54,3 +54,12 @@ def cholesky_on_device(matrix: np.ndarray) -> np.ndarray | None:
             return None
     result = lower.numpy()
     return result if np.all(np.isfinite(result)) else None
+
+
+def eigh_on_device(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues ascending, eigenvectors as columns) of a symmetric M by tf.linalg on `current_device()`."""
+    import tensorflow as tf
+
+    with tf.device(current_device()):
+        values, vectors = tf.linalg.eigh(tf.constant(matrix))
+    return values.numpy(), vectors.numpy()
