@@ -119,7 +119,7 @@ class KFAC(keras.optimizers.Optimizer):
         self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
         self._velocity: list = []
-        self._stashed: dict[str, Any] | None = None
+        self._stashed: list[np.ndarray] | None = None  # saved state loaded before `attach`
         if model is not None:
             self.attach(model)
 
@@ -159,9 +159,8 @@ class KFAC(keras.optimizers.Optimizer):
             model.jit_compile = False
         self._binding = binding
         _ATTACHED[model] = self
-        if self._stashed is not None:
-            stashed, self._stashed = self._stashed, None
-            self.load_own_variables(stashed)
+        if self.built:
+            self._restore_stashed()
 
     def close(self) -> None:
         """Remove the layer taps and stop background inversion (the optimizer cannot train after this)."""
@@ -209,7 +208,16 @@ class KFAC(keras.optimizers.Optimizer):
             self._binding.check_variables(list(model.trainable_variables))
             if getattr(model, "loss", None) is not None:
                 self._binding.bind_loss()
+        elif not variables:  # Keras's .h5 loader gives a Sequential/Functional model's own variables (none)
+            return  # built when attached (kfac_repro.keras.load_model), for the model's variables
         super().build(variables)
+        self._restore_stashed()
+
+    def _restore_stashed(self) -> None:
+        """Assign the state loaded before the optimizer had its model, once it is attached and built."""
+        if self._stashed is not None and self._binding is not None:
+            stashed, self._stashed = self._stashed, None
+            self.set_weights(stashed)
 
     def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
         """K-FAC's update, in place of Keras's per-variable `update_step`: Keras's `apply` has already unscaled,
@@ -299,16 +307,39 @@ class KFAC(keras.optimizers.Optimizer):
             factors = [var for block in pre.blocks for var in block.factors.values()]
             fold(tf.cond(when, statistics, lambda: [tf.zeros(f.shape, f.dtype) for f in factors]), when)
 
+    @property
+    def variables(self) -> list:
+        """Keras's optimizer variables, then K-FAC's own (velocities, factors, inverses, refresh state): the order
+        saved and restored (`.keras`, `.h5`, `get_weights`), whether Keras built it before or after `attach`."""
+        binding = self._binding
+        own = [*self._velocity, *binding.preconditioner.variables(), *binding.refresh.variables] if binding else []
+        ids = {id(v) for v in own}
+        return [v for v in super().variables if id(v) not in ids] + own
+
+    def set_weights(self, weights: list) -> None:
+        """Assign `weights` (as `get_weights` gives them) to `variables`; an optimizer without its model (loaded
+        from a file) keeps them until `attach`."""
+        if self._binding is None:
+            self._stashed = [np.array(w) for w in weights]
+            return
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"K-FAC optimizer {self.name!r} has {len(variables)} variables, given {len(weights)} "
+                             f"arrays: the state saved is not of this model and these settings")
+        for variable, value in zip(variables, weights, strict=True):
+            if tuple(variable.shape) != np.shape(value):
+                raise ValueError(f"K-FAC optimizer variable {variable.path} has shape {tuple(variable.shape)}, the "
+                                 f"saved value {np.shape(value)}")
+        for variable, value in zip(variables, weights, strict=True):
+            variable.assign(value)
+
     def save_own_variables(self, store: Any) -> None:
         self._require_binding()
         super().save_own_variables(store)
 
     def load_own_variables(self, store: Any) -> None:
-        """Restore K-FAC's state (an optimizer without its model keeps it until `attach`)."""
-        if self._binding is None:
-            self._stashed = {key: np.array(store[key]) for key in store.keys()}  # noqa: SIM118 (not a dict)
-            return
-        super().load_own_variables(store)
+        """Restore K-FAC's state (saved by `save_own_variables`, keyed by position in `variables`)."""
+        self.set_weights([store[str(i)] for i in range(len(store.keys()))])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
