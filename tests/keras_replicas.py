@@ -1,14 +1,28 @@
 """Fit a small model with kfac_repro.keras.KFAC on Fashion-MNIST under MirroredStrategy with N local CPU replicas
-(or the default strategy for N = 1) and save its weights: `python tests/keras_replicas.py N OUT.npz [sync|async]`.
-Run as its own process, because logical CPU devices must be set before TensorFlow starts."""
+(or the default strategy for N = 1) and save its weights (before and after) and losses:
+`python tests/keras_replicas.py N OUT.npz [--inversion async] [--policy mixed_float16] [--accumulate K]`.
+Run as its own process (`launch`), because logical CPU devices must be set before TensorFlow starts."""
 
+import argparse
+import os
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 
-def main(replicas: int, out: str, inversion: str) -> None:
+def launch(replicas: int, out: Path, *options: str, **popen: Any) -> subprocess.Popen:
+    """Start the fit in its own process, importing this checkout's kfac_repro (not an installed copy)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, __file__, str(replicas), str(out), *options], env=env, **popen)
+
+
+def main(replicas: int, out: str, inversion: str, policy: str, accumulate: int | None) -> None:
+    import tensorflow as tf
+
     if replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
@@ -17,6 +31,7 @@ def main(replicas: int, out: str, inversion: str) -> None:
     from kfac_repro.data.fashion_mnist import load_fashion_mnist
     from kfac_repro.keras import KFAC
 
+    keras.mixed_precision.set_global_policy(policy)
     (x, y), _ = load_fashion_mnist()
     x, y = (x[:256, :, :, None] / np.float32(255.0)).astype("float32"), y[:256].astype("int32")
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)]) if replicas > 1 \
@@ -26,11 +41,22 @@ def main(replicas: int, out: str, inversion: str) -> None:
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
                                   keras.layers.Flatten(), keras.layers.Dense(10)])
-        model.compile(optimizer=KFAC(model, inverse_every=3, inversion=inversion),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        optimizer = KFAC(model, inverse_every=3, inversion=inversion, gradient_accumulation_steps=accumulate)
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    initial = {f"initial:{v.path}": np.array(v) for v in model.weights}
     history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
-    np.savez(out, loss=np.array(history.history["loss"]), **{v.path: np.array(v) for v in model.weights})
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    np.savez(out, loss=np.array(history.history["loss"]), updates=np.array(int(optimizer.iterations.numpy())),
+             **initial, **{v.path: np.array(v) for v in model.weights})
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "sync")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("replicas", type=int)
+    parser.add_argument("out")
+    parser.add_argument("--inversion", default="sync")
+    parser.add_argument("--policy", default="float32")
+    parser.add_argument("--accumulate", type=int)
+    args = parser.parse_args()
+    main(args.replicas, args.out, args.inversion, args.policy, args.accumulate)

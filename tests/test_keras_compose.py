@@ -118,27 +118,6 @@ def test_keras_options_survive_get_config() -> None:
     optimizer.close()
 
 
-def test_a_keras_that_changed_an_internal_this_front_end_uses_is_named() -> None:
-    from kfac_repro.keras.adapter import check_keras
-
-    check_keras()  # the running Keras has all of them
-
-    class Renamed(keras.optimizers.Optimizer):
-        _backend_update_step = None  # type: ignore[assignment]
-        _track_variable = None  # type: ignore[assignment]
-
-    class NoFlag(keras.layers.Layer):
-        def __init__(self) -> None:
-            super().__init__()
-            del self.supports_jit
-
-    with pytest.raises(RuntimeError, match=r"lacks or changed: Optimizer\._backend_update_step\(grads, "
-                                           r"trainable_variables, learning_rate\); Optimizer\._track_variable"):
-        check_keras(Renamed)
-    with pytest.raises(RuntimeError, match=r"Layer\.supports_jit \(tested with Keras 3\.15\.x\)"):
-        check_keras(layer_class=NoFlag)
-
-
 @pytest.mark.fashion_mnist
 def test_optimizer_map_kfac_on_conv_and_dense_muon_on_the_rest_trains_a_cnn_on_fashion_mnist() -> None:
     """Inside a MultiOptimizer K-FAC trains the variables the OptimizerMap gives it: the layers whose variables

@@ -51,6 +51,12 @@ NOT_IN_FIT: dict[str, str] = {
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
                  "gradient_accumulation_steps", "loss_scale_factor")
+# Keras 3 applies an accumulated update inside a conditional in each replica's step, where tf.distribute cannot
+# synchronise replicas: Keras's own optimizers fail there too (keras-team/keras#20582), and K-FAC synchronises.
+ACCUMULATION_ON_REPLICAS = (
+    "KFAC: gradient_accumulation_steps works on one replica only: Keras applies the accumulated update inside a "
+    "conditional, where tf.distribute cannot synchronise replicas (Keras's own optimizers fail there too, "
+    "keras-team/keras#20582); use a larger batch across the replicas instead")
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
@@ -115,6 +121,8 @@ class KFAC(keras.optimizers.Optimizer):
             raise TypeError("KFAC: decay_target 'lr' does not apply in fit: give learning_rate a Keras schedule")
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
                          name=name, **options)
+        if self.gradient_accumulation_steps and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError(ACCUMULATION_ON_REPLICAS)
         self.config = keras_config(settings)
         self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
@@ -233,10 +241,8 @@ class KFAC(keras.optimizers.Optimizer):
         context = tf.distribute.get_replica_context()
         if context is None:
             raise RuntimeError("K-FAC's apply must run in a replica context (inside fit's train step)")
-        accumulation = self.gradient_accumulation_steps
-        if accumulation and context.num_replicas_in_sync > 1:
-            raise RuntimeError("K-FAC with gradient_accumulation_steps trains on one replica only (its update runs "
-                               "inside a conditional, where tf.distribute cannot synchronise replicas)")
+        if self.gradient_accumulation_steps and context.num_replicas_in_sync > 1:
+            raise RuntimeError(ACCUMULATION_ON_REPLICAS)
         pre = binding.preconditioner
         params = pre.params
         given = {id(v): g for g, v in zip(grads, trainable_variables, strict=True)}  # Keras drops None gradients
@@ -255,8 +261,7 @@ class KFAC(keras.optimizers.Optimizer):
         self._update_statistics(pre, outputs, calls, None if every == 1 else tf.equal(step % every, 0))
         binding.taps.clear()
         if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
-            ready = _all_replicas(context, refresh.local_ready())
-            assign_all([refresh.all_ready], [ready > 0.5])
+            assign_all([refresh.all_ready], [_all_replicas(context, refresh.local_ready())])
         direction = pre.precondition(grads)
         scale = pre.step_size(direction, grads, step, tf.cast(learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
@@ -365,10 +370,10 @@ def keras_config(settings: dict[str, Any]) -> KFACConfig:
 
 
 def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
-    """The smallest of the replicas' `flag`s (1.0: every replica's is 1)."""
-    if context.num_replicas_in_sync == 1:
-        return flag
-    return context.all_reduce(tf.distribute.ReduceOp.MIN, flag)
+    """Whether every replica's `flag` (0.0 or 1.0) is 1.0: their mean is then 1 (tf.distribute has no MIN)."""
+    replicas = context.num_replicas_in_sync
+    mean = flag if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.MEAN, flag)
+    return mean > 1.0 - 0.5 / replicas
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:
