@@ -1,6 +1,7 @@
 """Fit a small model with kfac_repro.keras.KFAC on Fashion-MNIST under MirroredStrategy with N local CPU replicas
 (or the default strategy for N = 1) and save its weights (before and after) and losses:
-`python tests/keras_replicas.py N OUT.npz [--inversion async] [--policy mixed_float16] [--accumulate K]`.
+`python tests/keras_replicas.py N OUT.npz [--inversion async] [--policy mixed_float16] [--accumulate K]
+[--inversion-device accelerator]`; also where each inverse was computed, and the inverses installed last.
 Run as its own process (`launch`), because logical CPU devices must be set before TensorFlow starts."""
 
 import argparse
@@ -20,7 +21,7 @@ def launch(replicas: int, out: Path, *options: str, **popen: Any) -> subprocess.
     return subprocess.Popen([sys.executable, __file__, str(replicas), str(out), *options], env=env, **popen)
 
 
-def main(replicas: int, out: str, inversion: str, policy: str, accumulate: int | None) -> None:
+def main(replicas: int, out: str, inversion: str, policy: str, accumulate: int | None, device: str) -> None:
     import tensorflow as tf
 
     if replicas > 1:
@@ -30,6 +31,16 @@ def main(replicas: int, out: str, inversion: str, policy: str, accumulate: int |
 
     from kfac_repro.data.fashion_mnist import load_fashion_mnist
     from kfac_repro.keras import KFAC
+    from kfac_repro.kfac.inversion import divided
+
+    devices: list[str] = []  # the device each inverse was computed on (None: the host), one entry per computation
+    compute_on = divided._on
+
+    def recorded(device: str | None, recipe: Any) -> Any:
+        devices.append(str(device))
+        return compute_on(device, recipe)
+
+    divided._on = recorded
 
     keras.mixed_precision.set_global_policy(policy)
     (x, y), _ = load_fashion_mnist()
@@ -41,14 +52,20 @@ def main(replicas: int, out: str, inversion: str, policy: str, accumulate: int |
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
                                   keras.layers.Flatten(), keras.layers.Dense(10)])
-        optimizer = KFAC(model, inverse_every=3, inversion=inversion, gradient_accumulation_steps=accumulate)
+        optimizer = KFAC(model, inverse_every=3, inversion=inversion, gradient_accumulation_steps=accumulate,
+                         inversion_device=device)
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
     initial = {f"initial:{v.path}": np.array(v) for v in model.weights}
     history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    inversion = optimizer._binding.refresh.engine.inversion
+    inverses = {f"inverse:{b.name}/{n}": np.array(v) for b in optimizer.preconditioner.blocks
+                for n, v in b.inverse.items()}
     np.savez(out, loss=np.array(history.history["loss"]), updates=np.array(int(optimizer.iterations.numpy())),
-             **initial, **{v.path: np.array(v) for v in model.weights})
+             **initial, **inverses, **{v.path: np.array(v) for v in model.weights},
+             devices=np.array(devices), owners=np.array(inversion.owners),
+             replica_devices=np.array([str(inversion.local_devices[r]) for r in sorted(inversion.local_devices)]))
 
 
 if __name__ == "__main__":
@@ -58,5 +75,6 @@ if __name__ == "__main__":
     parser.add_argument("--inversion", default="sync")
     parser.add_argument("--policy", default="float32")
     parser.add_argument("--accumulate", type=int)
+    parser.add_argument("--inversion-device", default="host")
     args = parser.parse_args()
-    main(args.replicas, args.out, args.inversion, args.policy, args.accumulate)
+    main(args.replicas, args.out, args.inversion, args.policy, args.accumulate, args.inversion_device)
