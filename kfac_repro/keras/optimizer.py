@@ -51,8 +51,7 @@ NOT_IN_FIT: dict[str, str] = {
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
                  "gradient_accumulation_steps", "loss_scale_factor")
-# Keras 3 applies an accumulated update inside a conditional in each replica's step, where tf.distribute cannot
-# synchronise replicas: Keras's own optimizers fail there too (keras-team/keras#20582), and K-FAC synchronises.
+# Refused when a KFAC is made in a strategy of several replicas, and in the step (whatever made it).
 ACCUMULATION_ON_REPLICAS = (
     "KFAC: gradient_accumulation_steps works on one replica only: Keras applies the accumulated update inside a "
     "conditional, where tf.distribute cannot synchronise replicas (Keras's own optimizers fail there too, "
@@ -315,15 +314,15 @@ class KFAC(keras.optimizers.Optimizer):
     @property
     def variables(self) -> list:
         """Keras's optimizer variables, then K-FAC's own (velocities, factors, inverses, refresh state): the order
-        saved and restored (`.keras`, `.h5`, `get_weights`), whether Keras built it before or after `attach`."""
+        saved and restored (`.keras`, `.h5`, `set_weights`), whether Keras built it before or after `attach`."""
         binding = self._binding
         own = [*self._velocity, *binding.preconditioner.variables(), *binding.refresh.variables] if binding else []
         ids = {id(v) for v in own}
         return [v for v in super().variables if id(v) not in ids] + own
 
     def set_weights(self, weights: list) -> None:
-        """Assign `weights` (as `get_weights` gives them) to `variables`; an optimizer without its model (loaded
-        from a file) keeps them until `attach`."""
+        """Assign `weights` (arrays in the order of `variables`) to `variables`; an optimizer without its model
+        (loaded from a file) keeps them until it is attached and built."""
         if self._binding is None:
             self._stashed = [np.array(w) for w in weights]
             return
