@@ -3,7 +3,7 @@ PYTEST = $(PYTHON) -m pytest
 KFAC_REPRO ?= kfac-repro
 RESULTS ?= results
 
-.PHONY: install data test test-slow lint bench bench-arms bench-gpu reproduce-cpu reproduce-fig2-cpu figures report
+.PHONY: install data test test-slow test-keras-next lint bench bench-arms bench-gpu reproduce-cpu reproduce-fig2-cpu figures report
 
 install:  ## install the package, its pinned dependencies, the dev tools and the tests' real data (Fashion-MNIST)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -18,6 +18,14 @@ test:  ## the default test run (under 10 minutes on 2 cores)
 
 test-slow:  ## long tests: real-data training, multi-process runs
 	$(PYTEST) -m slow -q
+
+KERAS_TESTS = tests/test_keras_*.py tests/test_front_ends_agree.py
+test-keras-next:  ## the Keras front end's tests (not slow) against the newest Keras on the package index, in a throwaway venv
+	@venv=$$(mktemp -d) && trap 'rm -rf "$$venv"' EXIT && \
+	$(PYTHON) -m venv --system-site-packages "$$venv" && \
+	"$$venv/bin/python" -m pip install --quiet --upgrade keras && \
+	"$$venv/bin/python" -c "import keras; print('testing with Keras', keras.__version__)" && \
+	"$$venv/bin/python" -m pytest -m "not slow" -q -p no:cacheprovider $(KERAS_TESTS)
 
 lint:  ## ruff and mypy over the library and the CLI
 	$(PYTHON) -m ruff check kfac_repro cli.py tests

@@ -1,10 +1,8 @@
 """K-FAC in Keras's own loop (kfac_repro.keras.KFAC): fit/evaluate/predict with metrics and callbacks on real
 Fashion-MNIST, the first update equal to the core optimizer's, exact resumption from BackupAndRestore,
-tf.train.Checkpoint and model.save, MirroredStrategy equal to one replica, and `trainable` changes refused in both
-APIs."""
+tf.train.Checkpoint and model.save, and `trainable` changes refused in both APIs (MirroredStrategy:
+test_keras_mirrored.py)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -152,18 +150,6 @@ def test_checkpoint_and_saved_model_resume_exactly(fashion: tuple, tmp_path: Pat
     loaded = load_model(str(tmp_path / "model.keras"))
     one_epoch(loaded)
     assert_same_weights(reference, loaded)
-
-
-@pytest.mark.parametrize("inversion", ["sync", pytest.param("async", marks=pytest.mark.slow)])
-def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, inversion: str) -> None:
-    script = Path(__file__).with_name("keras_replicas.py")
-    runs = [subprocess.Popen([sys.executable, str(script), str(n), str(tmp_path / f"{n}.npz"), inversion])
-            for n in (1, 2)]
-    assert [run.wait(timeout=600) for run in runs] == [0, 0]
-    one, two = (dict(np.load(tmp_path / f"{n}.npz")) for n in (1, 2))
-    assert one.keys() == two.keys() and {"kfac_step_size", "kfac_staleness"} < one.keys()
-    for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_trainable_change_after_construction_is_refused(fashion: tuple) -> None:

@@ -18,9 +18,12 @@ __all__ = ["KFAC", "KFACDiagnostics", "load_model"]
 
 
 def load_model(filepath: str, custom_objects: dict[str, Any] | None = None, **kwargs: Any) -> keras.Model:
-    """`keras.saving.load_model` for a model compiled with K-FAC: the optimizer, saved without its model, is
-    attached to the loaded model and gets its saved state, so that `fit` continues where it stopped."""
+    """`keras.saving.load_model` for a model compiled with K-FAC (`.keras` or `.h5`): the optimizer, saved without
+    its model, is attached to the loaded model and gets its saved state, so that `fit` continues where it stopped."""
     model = keras.saving.load_model(filepath, custom_objects={"KFAC": KFAC, **(custom_objects or {})}, **kwargs)
-    if isinstance(getattr(model, "optimizer", None), KFAC) and model.optimizer._binding is None:
-        model.optimizer.attach(model)
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, KFAC) and optimizer._binding is None:
+        optimizer.attach(model)
+        if not optimizer.built:  # the .h5 loader leaves it unbuilt: built here, its saved state then assigned
+            optimizer.build(model.trainable_variables)
     return model

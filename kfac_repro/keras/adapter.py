@@ -8,6 +8,8 @@ one fails at once with a message naming it rather than somewhere inside a traced
   (checkpointed and saved with it) without the per-parameter shape `add_variable_from_reference` imposes.
 - `Optimizer._variables`: the list `_track_variable` adds to; K-FAC built for the whole model and then given only
   part of it (inside a MultiOptimizer) drops its first state from it.
+- `Variable.path` (public on Keras variables, which K-FAC's `tf.Variable`s are not): Keras's `.h5` writer names each
+  optimizer variable by its `path`, so `track_variable` gives K-FAC's state one (`<optimizer name>/<variable name>`).
 - `Layer.supports_jit` (a model's): set False while K-FAC is attached, so that `jit_compile="auto"` resolves to
   False (the inversion runs on the host).
 Layer calls are tapped by wrapping each layer's public `call` (`kfac.layer_capture`).
@@ -49,8 +51,10 @@ def check_keras(optimizer_class: type = keras.optimizers.Optimizer, layer_class:
 
 
 def track_variable(optimizer: keras.optimizers.Optimizer, variable: tf.Variable) -> None:
-    """Make `variable` part of the optimizer's state (`optimizer.variables`, checkpoints, saving)."""
+    """Make `variable` part of the optimizer's state (`optimizer.variables`, checkpoints, saving in either format)."""
     optimizer._track_variable(variable)
+    if not hasattr(variable, "path"):
+        variable.path = f"{optimizer.name}/{variable.name.split(':')[0]}"
 
 
 def untrack_variables(optimizer: keras.optimizers.Optimizer, variables: list) -> None:

@@ -2,10 +2,11 @@
 
 Keras gives an optimizer only the gradients, so the K-FAC optimizer keeps its layer taps (and one on the model's
 own `call`, for its output, and one on its `compute_loss`, for the sample weights the loss is weighted by) installed
-from construction to `close()`. Each traced call is recorded under the
-graph being traced (and, as in `LayerTaps`, per thread, for MirroredStrategy's replica threads); the optimizer's
-`apply`, traced into the same graph right after the forward pass, finds that pass's records there. Eager calls
-are not recorded.
+from construction to `close()`. Each traced call is recorded under the graph being traced and per replica
+(MirroredStrategy traces each replica in a thread of its own, and LossScaleOptimizer applies the update in threads
+of other ones: the replica's id, not the thread, finds its records); the optimizer's `apply`, traced into the same
+graph (or one inside it) right after the forward pass, finds that pass's records there. Eager calls are not
+recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import keras
@@ -27,6 +29,7 @@ class GraphTaps(LayerTaps):
 
     def __init__(self, model: keras.Model, preactivation_layers: Sequence[keras.layers.Layer],
                  output_layers: Sequence[keras.layers.Layer]):
+        self._slots: dict[int | None, SimpleNamespace] = {}
         super().__init__(preactivation_layers, [*output_layers, model])
         self._model = model
         self._model_name = model.name
@@ -41,7 +44,7 @@ class GraphTaps(LayerTaps):
             if not tf.executing_eagerly():
                 given = signature.bind_partial(*args, **kwargs).arguments
                 self.calls  # noqa: B018 (switches the record to the graph being traced)
-                self._local.sample_weights.append(given.get("sample_weight"))
+                self._slot().sample_weights.append(given.get("sample_weight"))
             return original(*args, **kwargs)
 
         self._model.compute_loss = compute_loss
@@ -51,10 +54,6 @@ class GraphTaps(LayerTaps):
         del self._model.compute_loss
         super().__exit__(*exc)
 
-    def clear(self) -> None:
-        super().clear()
-        self._local.sample_weights = []
-
     @property
     def calls(self) -> dict[str, list[LayerCall]]:
         """This thread's calls recorded in the graph now being traced, or in a graph enclosing it (the optimizer's
@@ -62,11 +61,25 @@ class GraphTaps(LayerTaps):
         if tf.executing_eagerly():
             return _Discard()
         graph = tf.compat.v1.get_default_graph()
-        recorded = getattr(self._local, "graph", None)
+        slot = self._slot()
+        recorded = getattr(slot, "graph", None)
         if recorded is not graph and not _encloses(recorded, graph):
-            self._local.graph = graph
+            slot.graph = graph
             self.clear()
-        return self._local.calls
+        return slot.calls
+
+    def clear(self) -> None:
+        """Forget this replica's recorded calls and sample weights."""
+        slot = self._slot()
+        slot.calls = {layer.name: [] for layer in self._preactivation + self._output}
+        slot.sample_weights = []
+
+    def _slot(self) -> SimpleNamespace:
+        """This replica's records (the graph they were traced in, the calls); one slot in cross-replica context."""
+        context = tf.distribute.get_replica_context()
+        replica = None if context is None else tf.get_static_value(context.replica_id_in_sync_group)
+        key = None if replica is None else int(replica)
+        return self._slots.setdefault(key, SimpleNamespace())
 
     def model_calls(self) -> list[LayerCall]:
         """The model's calls in the graph now being traced; `point` is the model's output."""
@@ -75,7 +88,7 @@ class GraphTaps(LayerTaps):
     def sample_weights(self) -> list[tf.Tensor | None]:
         """The `sample_weight` of each `compute_loss` call in the graph now being traced (None: unweighted)."""
         self.calls  # noqa: B018 (switches the record to the graph being traced)
-        return self._local.sample_weights
+        return self._slot().sample_weights
 
 
 def _encloses(outer: object, graph: object) -> bool:

@@ -53,6 +53,11 @@ NOT_IN_FIT: dict[str, str] = {
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
                  "gradient_accumulation_steps", "loss_scale_factor")
+# Refused when a KFAC is made in a strategy of several replicas, and in the step (whatever made it).
+ACCUMULATION_ON_REPLICAS = (
+    "KFAC: gradient_accumulation_steps works on one replica only: Keras applies the accumulated update inside a "
+    "conditional, where tf.distribute cannot synchronise replicas (Keras's own optimizers fail there too, "
+    "keras-team/keras#20582); use a larger batch across the replicas instead")
 _NAME_LISTS = ("doubly_factored", "skip_layers")  # settings holding layer names: tuples here, lists in a config
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the KFAC whose taps it carries
 
@@ -121,11 +126,13 @@ class KFAC(keras.optimizers.Optimizer):
             raise TypeError("KFAC: decay_target 'lr' does not apply in fit: give learning_rate a Keras schedule")
         super().__init__(learning_rate=float(learning_rate) if isinstance(learning_rate, int) else learning_rate,
                          name=name, **options)
+        if self.gradient_accumulation_steps and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError(ACCUMULATION_ON_REPLICAS)
         self.config = keras_config(settings)
         self.settings = {key: getattr(self.config, key) for key in known}
         self._binding: _Binding | None = None
         self._velocity: list = []
-        self._stashed: dict[str, Any] | None = None
+        self._stashed: list[np.ndarray] | None = None  # saved state loaded before `attach`
         if model is not None:
             self.attach(model)
 
@@ -165,9 +172,8 @@ class KFAC(keras.optimizers.Optimizer):
             model.jit_compile = False
         self._binding = binding
         _ATTACHED[model] = self
-        if self._stashed is not None:
-            stashed, self._stashed = self._stashed, None
-            self.load_own_variables(stashed)
+        if self.built:
+            self._restore_stashed()
 
     def close(self) -> None:
         """Remove the layer taps and stop background inversion (the optimizer cannot train after this)."""
@@ -226,7 +232,16 @@ class KFAC(keras.optimizers.Optimizer):
             self._binding.check_variables(list(model.trainable_variables))
             if getattr(model, "loss", None) is not None:
                 self._binding.bind_loss()
+        elif not variables:  # Keras's .h5 loader gives a Sequential/Functional model's own variables (none)
+            return  # built when attached (kfac_repro.keras.load_model), for the model's variables
         super().build(variables)
+        self._restore_stashed()
+
+    def _restore_stashed(self) -> None:
+        """Assign the state loaded before the optimizer had its model, once it is attached and built."""
+        if self._stashed is not None and self._binding is not None:
+            stashed, self._stashed = self._stashed, None
+            self.set_weights(stashed)
 
     def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
         """K-FAC's update, in place of Keras's per-variable `update_step`: Keras's `apply` has already unscaled,
@@ -242,10 +257,8 @@ class KFAC(keras.optimizers.Optimizer):
         context = tf.distribute.get_replica_context()
         if context is None:
             raise RuntimeError("K-FAC's apply must run in a replica context (inside fit's train step)")
-        accumulation = self.gradient_accumulation_steps
-        if accumulation and context.num_replicas_in_sync > 1:
-            raise RuntimeError("K-FAC with gradient_accumulation_steps trains on one replica only (its update runs "
-                               "inside a conditional, where tf.distribute cannot synchronise replicas)")
+        if self.gradient_accumulation_steps and context.num_replicas_in_sync > 1:
+            raise RuntimeError(ACCUMULATION_ON_REPLICAS)
         pre = binding.preconditioner
         params = pre.params
         given = {id(v): g for g, v in zip(grads, trainable_variables, strict=True)}  # Keras drops None gradients
@@ -270,8 +283,7 @@ class KFAC(keras.optimizers.Optimizer):
         self._update_statistics(pre, statistics, None if every == 1 else tf.equal(step % every, 0))
         binding.taps.clear()
         if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
-            ready = _all_replicas(context, refresh.local_ready())
-            assign_all([refresh.all_ready], [ready > 0.5])
+            assign_all([refresh.all_ready], [_all_replicas(context, refresh.local_ready())])
         direction = pre.precondition(grads)
         scale = pre.step_size(direction, grads, step, tf.cast(learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
@@ -321,16 +333,39 @@ class KFAC(keras.optimizers.Optimizer):
             factors = [var for block in pre.blocks for var in block.statistics.values()]
             fold(tf.cond(when, statistics, lambda: [tf.zeros(f.shape, f.dtype) for f in factors]), when)
 
+    @property
+    def variables(self) -> list:
+        """Keras's optimizer variables, then K-FAC's own (velocities, factors, inverses, refresh state): the order
+        saved and restored (`.keras`, `.h5`, `set_weights`), whether Keras built it before or after `attach`."""
+        binding = self._binding
+        own = [*self._velocity, *binding.preconditioner.variables(), *binding.refresh.variables] if binding else []
+        ids = {id(v) for v in own}
+        return [v for v in super().variables if id(v) not in ids] + own
+
+    def set_weights(self, weights: list) -> None:
+        """Assign `weights` (arrays in the order of `variables`) to `variables`; an optimizer without its model
+        (loaded from a file) keeps them until it is attached and built."""
+        if self._binding is None:
+            self._stashed = [np.array(w) for w in weights]
+            return
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"K-FAC optimizer {self.name!r} has {len(variables)} variables, given {len(weights)} "
+                             f"arrays: the state saved is not of this model and these settings")
+        for variable, value in zip(variables, weights, strict=True):
+            if tuple(variable.shape) != np.shape(value):
+                raise ValueError(f"K-FAC optimizer variable {variable.path} has shape {tuple(variable.shape)}, the "
+                                 f"saved value {np.shape(value)}")
+        for variable, value in zip(variables, weights, strict=True):
+            variable.assign(value)
+
     def save_own_variables(self, store: Any) -> None:
         self._require_binding()
         super().save_own_variables(store)
 
     def load_own_variables(self, store: Any) -> None:
-        """Restore K-FAC's state (an optimizer without its model keeps it until `attach`)."""
-        if self._binding is None:
-            self._stashed = {key: np.array(store[key]) for key in store.keys()}  # noqa: SIM118 (not a dict)
-            return
-        super().load_own_variables(store)
+        """Restore K-FAC's state (saved by `save_own_variables`, keyed by position in `variables`)."""
+        self.set_weights([store[str(i)] for i in range(len(store.keys()))])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -356,11 +391,10 @@ def keras_config(settings: dict[str, Any]) -> KFACConfig:
 
 
 def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
-    """1.0 if every replica's `flag` is 1.0, else 0.0 (tf.distribute reduces by SUM and MEAN only)."""
+    """Whether every replica's `flag` (0.0 or 1.0) is 1.0: their mean is then 1 (tf.distribute has no MIN)."""
     replicas = context.num_replicas_in_sync
-    if replicas == 1:
-        return flag
-    return tf.cast(context.all_reduce(tf.distribute.ReduceOp.SUM, flag) > replicas - 0.5, tf.float32)
+    mean = flag if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.MEAN, flag)
+    return mean > 1.0 - 0.5 / replicas
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:

@@ -5,10 +5,15 @@ At each step's boundary (traced, in cross-replica context), host functions (`tf.
 on the first step (no inverses yet) `invert_now`; then `plan` (the step, the previous step's all-reduced readiness
 flag, the checkpointed snapshot step), and, as planned, `start` (the current factors passed in; asynchronous
 policies also copy them into the snapshot variables), `take` (its inverses assigned to the inverse variables) and
-`start` again. Only these host calls copy factors or inverses. Every process inverts every block
-(`BlockInversion(divided=False)`), spread over its cores (`inversion_threads`), on the host or its accelerator
-(`inversion_device`). A restored checkpoint whose snapshot this process is not inverting is inverted when taken,
-so a resumed `fit` installs exactly the inverses of the uninterrupted one.
+`start` again. Only these host calls copy factors or inverses. The inversion is divided among the replicas as in
+the host loop (`BlockInversion`: each inverse assigned to one replica, computed on its device with
+`inversion_device: accelerator`, spread over the host's cores, `inversion_threads`); in one process (the default
+strategy, MirroredStrategy) every replica is local, so this process computes all the shares and installs them
+without a collective. Across processes each would compute only its own and the shares would have to be
+all-reduced inside the traced step (not built: `fit` across processes is untested), so there every process inverts
+every block (`divided=False`). A restored
+checkpoint whose snapshot this process is not inverting is inverted when taken, so a resumed `fit` installs exactly
+the inverses of the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class GraphRefresh:
 
     def __init__(self, preconditioner: Preconditioner, config: KFACConfig):
         self.blocks = preconditioner.blocks
-        inversion = BlockInversion(self.blocks, config, tf.distribute.get_strategy(), divided=False)
+        strategy = tf.distribute.get_strategy()
+        inversion = BlockInversion(self.blocks, config, strategy, divided=_one_process(strategy))
         self.engine = InverseRefresh(inversion, policy_for(config))
         self.background = self.engine.policy.background
         self._factors = [(b.name, name, var) for b in self.blocks for name, var in b.factors.items()]
@@ -127,6 +133,12 @@ class GraphRefresh:
         for block in self.blocks:
             values += _values_installed(block, computed.inverses[block.name])
         return values
+
+
+def _one_process(strategy: tf.distribute.Strategy) -> bool:
+    """Every replica of `strategy` lives in this process."""
+    replicas = strategy.num_replicas_in_sync
+    return replicas == 1 or len(strategy.extended.worker_devices) == replicas
 
 
 def _no() -> tf.Tensor:

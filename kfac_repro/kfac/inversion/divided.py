@@ -48,7 +48,8 @@ class BlockInversion:
 
     def __init__(self, blocks: list[FisherBlock], config: KFACConfig, strategy: tf.distribute.Strategy,
                  divided: bool = True):
-        """`divided` False: this process computes every part, on its first replica's device (`fit`)."""
+        """`divided` False: this process computes every part, on its first replica's device (`fit` across
+        processes, `keras.refresh`)."""
         self.blocks = blocks
         self.damping = config.damping + config.weight_decay
         self.dtype = config.inverse_dtype
@@ -133,9 +134,11 @@ def _on(device: str | None, recipe: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def _local_replica_ids(strategy: tf.distribute.Strategy) -> list[int]:
-    """The replica ids (in sync group) that live in this process, in the order of worker_devices."""
-    if strategy.num_replicas_in_sync == 1:
-        return [0]
+    """The replica ids (in sync group) that live in this process, in the order of worker_devices (all of them in
+    one process: no eager call, so that a strategy may be asked inside a traced step)."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1 or len(strategy.extended.worker_devices) == replicas:
+        return list(range(replicas))
     ids = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(context.replica_id_in_sync_group))
     return [int(value.numpy()) for value in strategy.experimental_local_results(ids)]
