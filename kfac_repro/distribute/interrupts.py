@@ -81,18 +81,38 @@ def shielded() -> Iterator[None]:
         raise KeyboardInterrupt(deferred)
 
 
+def handled() -> tuple[int, ...]:
+    """The signals that ask this process to stop: SIGNALS, and PARENT_DEATH in a child that follows its parent."""
+    return (*SIGNALS, PARENT_DEATH) if _follows_parent else SIGNALS
+
+
 def install() -> None:
-    """Record SIGTERM/SIGINT (and PARENT_DEATH in a child that follows its parent) instead of dying (main thread
-    only; idempotent; also after a library that installed its own SIGTERM handler, such as TensorFlow's
-    multi-worker coordination)."""
+    """Record the `handled()` signals instead of dying (main thread only; idempotent; also after a library that
+    installed its own SIGTERM handler, such as TensorFlow's multi-worker coordination)."""
     if threading.current_thread() is threading.main_thread():
-        for signum in (*SIGNALS, PARENT_DEATH) if _follows_parent else SIGNALS:
+        for signum in handled():
             signal.signal(signum, _handler)
 
 
+def hold() -> None:
+    """Block the `handled()` signals in the calling thread and in every thread it starts from now on (they inherit
+    its mask): a stop then stays pending, seen by `requested()` and from outside (/proc/PID/status, ShdPnd), and no
+    handler runs, not even one that a library installed over ours (TensorFlow's, which swallows SIGTERM while it
+    registers a worker). Call it before the threads exist (before importing TensorFlow); `release()` ends it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled())
+
+
+def release() -> None:
+    """Unblock the `handled()` signals in the calling thread: one pending is handled now (by `install`'s handler)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled())
+
+
 def requested() -> int | None:
-    """The signal that asked this process to stop, or None."""
-    return _received[0] if _received else None
+    """The signal that asked this process to stop (handled, or pending while held), or None."""
+    if _received:
+        return _received[0]
+    pending = signal.sigpending() & set(handled())
+    return min(pending) if pending else None
 
 
 def check() -> None:
