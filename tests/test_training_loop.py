@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from kfac_repro.distribute import interrupts
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
-from kfac_repro.runner import safe_paths
+from kfac_repro.kfac.replicas import backing_variable
+from kfac_repro.runner import checkpoints, safe_paths
 from kfac_repro.runner.checkpoints import ResumeError
 from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
@@ -287,3 +288,20 @@ def test_a_link_planted_in_the_checkpoints_while_training_is_refused_naming_it(t
     with pytest.raises(safe_paths.UnsafePath, match=rf"run/checkpoints/{planted} is a symlink \(to .*victim"):
         train(optimizer, batches, evaluate, settings, run_dir, False, progress=plant)
     assert [p.name for p in victim.iterdir()] == ["precious"] and (victim / "precious").read_text() == "precious\n"
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_naming_what_it_lacks(tmp_path: Path) -> None:
+    """A checkpoint without the training clock and the partial window (as written before they were saved): the
+    resume names the checkpoint and the variables it has no value for; nothing is trained."""
+    run("kfac", tmp_path / "run", 3, resume=False)
+    optimizer, _, _ = setup("kfac")
+    older = tf.train.Checkpoint(weights=[backing_variable(v) for v in optimizer.model.weights],
+                                optimizer=optimizer.checkpoint_state())
+    optimizer.close()
+    checkpoints.save(older, tmp_path / "run", 3)
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+    with pytest.raises(ResumeError, match=r"no checkpoint of this run can be restored: .*run/checkpoints/ckpt-3: "
+                                          r"it holds no value for elapsed_seconds:0, window_sums:0 \(damaged, .* by "
+                                          r"an older version"):
+        run("kfac", tmp_path / "run", 6, resume=True)
+    assert (tmp_path / "run" / "metrics.csv").read_text() == metrics

@@ -32,6 +32,8 @@ KEEP = 2  # the checkpoints kept: the newest ones
 STATE = "checkpoint"  # TensorFlow's state file, which names the newest checkpoint
 PREFIX = "ckpt"  # the files of the checkpoint of step N: ckpt-N.index and ckpt-N.data-*
 _INDEX = re.compile(rf"{PREFIX}-([0-9]+)\.index")
+_UNMATCHED = re.compile(r"<tf\.Variable '([^']+)'")  # in TensorFlow's list of objects a checkpoint has no value for
+_COUNT = re.compile(r"Showing [0-9]+ of ([0-9]+) unmatched objects")
 _FILE = re.compile(rf"{PREFIX}-([0-9]+)\.(index|data-[0-9]+-of-[0-9]+)")
 
 
@@ -73,11 +75,12 @@ def save(checkpoint: tf.train.Checkpoint, run_dir: Path, step: int) -> None:
     _write_state(run_dir, step)
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, run_dir: Path) -> int | None:
+def restore_newest(checkpoint: tf.train.Checkpoint, run_dir: Path, own: bool = True) -> int | None:
     """Restore the newest checkpoint in run_dir/checkpoints that restores whole (every object of `checkpoint`
     matched; it may hold more, such as the data position that `restore_part` reads), warning with the name and
     error of each newer one that does not; its step, or None if there is none.
-    ResumeError naming every checkpoint and its error when there are some but none restores."""
+    ResumeError naming every checkpoint and its error when there are some but none restores. `own`: the
+    checkpoints are this process's (the state file is rewritten), not another worker's (read only)."""
     directory = run_dir / FOLDER
     failures: list[str] = []
     for step in checkpoint_steps(directory):
@@ -89,11 +92,13 @@ def restore_newest(checkpoint: tf.train.Checkpoint, run_dir: Path) -> int | None
             log.warning("checkpoint %s cannot be restored (%s): falling back to the previous one", path,
                         _describe(error))
             continue
-        _write_state(run_dir, step)
+        if own:
+            _write_state(run_dir, step)
         return step
     if failures:
         raise ResumeError("no checkpoint of this run can be restored: " + "; ".join(failures) +
-                          " (damaged, or written for another model or optimizer). Start a new run (without --resume)")
+                          " (damaged, or written for another model or optimizer, or by an older version of "
+                          "kfac-repro whose checkpoints hold other variables). Start a new run (without --resume)")
     return None
 
 
@@ -117,6 +122,13 @@ def _write_state(run_dir: Path, step: int) -> None:
 
 
 def _describe(error: Any) -> str:
+    """What is wrong with a checkpoint, in one line: the variables it has no value for (TensorFlow lists them as
+    unmatched objects), else the first line of the error (a shape that differs names the variable)."""
     message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    missing = _UNMATCHED.findall(message) if isinstance(error, AssertionError) else []
+    if missing:
+        count = _COUNT.search(message)
+        more = f" (of {count.group(1)} in all)" if count and int(count.group(1)) > len(missing) else ""
+        return f"it holds no value for {', '.join(sorted(missing))}{more}"
     first = message.strip().splitlines()[0] if message.strip() else ""
     return f"{type(error).__name__}: {first}"

@@ -175,7 +175,8 @@ def run_arm(
         # consumed.
         final = train(optimizer, train_batches, evaluate, settings, run_dir, resume,
                       data_position=strategy.num_replicas_in_sync == 1, progress=progress,
-                      started=watch.started if watch else lambda: None)
+                      started=watch.started if watch else lambda: None,
+                      chief_dir=None if chief else identity.run_dir)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _Evaluator(optimizer, test_data, None)()
