@@ -95,16 +95,18 @@ def install() -> None:
 
 
 def hold() -> None:
-    """Block the `handled()` signals in the calling thread and in every thread it starts from now on (they inherit
-    its mask): a stop then stays pending, seen by `requested()` and from outside (/proc/PID/status, ShdPnd), and no
-    handler runs, not even one that a library installed over ours (TensorFlow's, which swallows SIGTERM while it
-    registers a worker). Call it before the threads exist (before importing TensorFlow); `release()` ends it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, handled())
+    """Block SIGNALS and PARENT_DEATH in the calling thread and in every thread it starts from now on (they inherit
+    its mask): a stop then stays pending, seen by `requested()` (when `handled()`) and from outside
+    (/proc/PID/status, ShdPnd), and no handler runs, not even one that a library installed over ours (TensorFlow's,
+    which swallows SIGTERM while it registers a worker). Call it before the threads exist (before importing numpy
+    or TensorFlow, and before `follow_parent` decides whether PARENT_DEATH is handled); `release()` ends it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, (*SIGNALS, PARENT_DEATH))
 
 
 def release() -> None:
-    """Unblock the `handled()` signals in the calling thread: one pending is handled now (by `install`'s handler)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled())
+    """Unblock what `hold` blocked in the calling thread: a signal pending is handled now (by `install`'s handler,
+    or its default action)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*SIGNALS, PARENT_DEATH))
 
 
 def requested() -> int | None:

@@ -22,13 +22,13 @@ POLL = 0.1  # seconds between two readings of the worker's pending signals
 
 
 def pending(pid: int) -> set[int]:
-    """The signals pending for process `pid` as a whole (ShdPnd: those sent to the process, not to one thread)."""
+    """The signals pending for process `pid`: sent to the process (ShdPnd) or to its main thread (SigPnd)."""
+    mask = 0
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("ShdPnd:"):
-                mask = int(line.split()[1], 16)
-                return {number for number in range(1, 65) if mask >> (number - 1) & 1}
-    return set()
+            if line.startswith(("ShdPnd:", "SigPnd:")):
+                mask |= int(line.split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
 
 
 def guard(pid: int, signals: set[int], name: str) -> None:
