@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from kfac_repro.distribute import interrupts
 from kfac_repro.distribute.cluster import ClusterSpec
@@ -164,8 +165,11 @@ class StartWatch:
         faulthandler.dump_traceback_later(self.timeout, exit=True)
         if self._held and sys.platform.startswith("linux"):
             numbers = ",".join(str(int(signum)) for signum in interrupts.handled())
+            package_root = str(Path(__file__).resolve().parents[2])  # importable from any directory, installed or not
+            path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
             self._guard = subprocess.Popen([sys.executable, "-m", "kfac_repro.distribute.stop_guard",
-                                            str(os.getpid()), numbers, self.me], stdin=subprocess.PIPE)
+                                            str(os.getpid()), numbers, self.me], stdin=subprocess.PIPE,
+                                           env={**os.environ, "PYTHONPATH": path})
 
     def started(self) -> None:
         """Training has started (or ended before it): no bound any more, and signals are the training loop's again
