@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
+
+from kfac_repro.distribute import interrupts
+
+if sys.argv[1:2] == ["worker"]:  # before numpy or TensorFlow start threads, which inherit the blocked signals
+    interrupts.hold()  # a cluster worker's stop signals stay pending until it trains: distribute/rendezvous.py
 
 import click
 
@@ -24,9 +30,7 @@ def _package_version() -> str:
 @click.version_option(_package_version(), "--version", prog_name="kfac-repro")
 def main() -> None:
     """Distributed K-FAC for TensorFlow 2 / Keras 3, and the reproduction of Ba, Grosse & Martens (ICLR 2017)."""
-    from kfac_repro.distribute.interrupts import follow_parent
-
-    follow_parent()  # a child of `run` or `grid` ends with its parent
+    interrupts.follow_parent()  # a child of `run` or `grid` ends with its parent
 
 
 if __name__ == "__main__":

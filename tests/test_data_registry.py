@@ -57,6 +57,32 @@ def test_synthetic_shards_are_disjoint() -> None:
     assert len(shards[0]) == len(shards[1]) == 512 and not shards[0] & shards[1]
 
 
+def global_batches(name: str, pipelines: int, replicas: int, count: int, **options: object) -> list[np.ndarray]:
+    """The first `count` global batches of 8 (images, then labels, in replica order) that `pipelines` input
+    pipelines feed to `replicas` replicas, as distribute_datasets_from_function would assemble them."""
+    streams = [iter(make_dataset(name, "train", 8, seed=3, input_context=tf.distribute.InputContext(
+        pipelines, index, replicas), **options)) for index in range(pipelines)]
+    batches = []
+    for _ in range(count):
+        parts = [next(stream) for stream in streams for _ in range(replicas // pipelines)]
+        batches.append(np.concatenate([np.concatenate([x.numpy().ravel(), y.numpy().astype(np.float32)])
+                                       for x, y in parts]))
+    return batches
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_the_global_batches_do_not_depend_on_the_number_of_input_pipelines(
+        replicas: int, tiny_fashion: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    """One pipeline feeding every replica (one process) and one pipeline per replica (one process per replica)
+    give the same global batches, in the same order, with the same augmentation: a run can move between them."""
+    for name, options in (("synthetic", {"image_size": 8}),
+                          ("fashion_mnist", {"data_dir": tiny_fashion[0], "augment": True, "image_size": 24})):
+        one = global_batches(name, 1, replicas, 5, **options)
+        for pipelines in {2, replicas}:
+            for got, want in zip(global_batches(name, pipelines, replicas, 5, **options), one, strict=True):
+                np.testing.assert_array_equal(got, want, err_msg=f"{name}, {pipelines} pipelines")
+
+
 def test_fashion_mnist_from_idx_files_tiled_to_rgb(tiny_fashion: tuple[Path, np.ndarray, np.ndarray]) -> None:
     data_dir, images, labels = tiny_fashion
     x, y = next(iter(make_dataset("fashion_mnist", "train", 6, data_dir=data_dir, channels=3, repeat=False)))

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -299,3 +300,25 @@ def test_a_second_signal_aborts_after_the_run_record_is_written_not_during(tmp_p
     assert done.stdout == "aborted: second signal (SIGTERM): aborting\n", done.stderr[-3000:]
     assert status(tmp_path) == "interrupted"
     assert not (tmp_path / "run.json.tmp").exists()
+
+
+def test_a_held_stop_stays_pending_until_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While held, a SIGTERM runs no handler (none of ours, none a library put over ours) but `requested()` sees
+    it (and /proc shows it pending, for the stop guard); released, it is handled as usual."""
+    from kfac_repro.distribute import interrupts, stop_guard
+
+    received: list[int] = []
+    monkeypatch.setattr(interrupts, "_received", received)
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.SIGNALS}
+    interrupts.install()
+    interrupts.hold()
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # pytest's other threads
+        time.sleep(0.1)  # (numpy's) were started before the hold: only a worker holds from its first line
+        assert received == [] and interrupts.requested() == signal.SIGTERM
+        assert signal.SIGTERM in stop_guard.pending(os.getpid())
+    finally:
+        interrupts.release()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert received == [signal.SIGTERM] and interrupts.requested() == signal.SIGTERM

@@ -110,8 +110,9 @@ def test_sigterm_ends_a_worker_waiting_for_its_peers(tmp_path: Path) -> None:
             break
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143 and time.monotonic() - sent < 30
+    assert "worker 0: stopped by SIGTERM while waiting for its peers, before training started" in stderr
 
 
 WATCHED = """
@@ -120,8 +121,8 @@ from kfac_repro.distribute.rendezvous import StartWatch
 from kfac_repro.distribute import interrupts
 interrupts.install()
 watch = StartWatch("worker 0", float(sys.argv[1]), lambda line: print(line, file=sys.stderr, flush=True))
+watch.hold()
 watch.start()
-watch.stop_at_once()
 if sys.argv[2] == "started":
     watch.started()
 print("blocked", flush=True)
@@ -139,9 +140,11 @@ def watched(timeout: str, state: str) -> subprocess.Popen:
 
 def test_sigterm_ends_a_process_blocked_before_training_started() -> None:
     process = watched("600", "waiting")
+    sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGTERM  # its default action: the shell sees 143
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL and time.monotonic() - sent < 5  # ended by the guard: 137
+    assert "worker 0: stopped by SIGTERM before training started" in stderr
 
 
 def test_the_start_of_training_is_bounded() -> None:
@@ -163,20 +166,47 @@ def test_once_training_started_the_watch_is_over() -> None:
     process.communicate()
 
 
-@pytest.mark.slow  # 20-30 s; `make test-slow`
-def test_a_peer_that_answers_but_never_joins_ends_the_worker_within_the_bound(tmp_path: Path) -> None:
-    """Worker 1's port answers (another program holds it): the rendezvous passes, TensorFlow's registration would
-    wait forever; the watch ends worker 0 after the bound."""
+def start_impostor_worker(tmp_path: Path, timeout: str) -> tuple[subprocess.Popen, socket.socket]:
+    """`kfac-repro worker` as worker 0 of a 2-worker cluster whose worker 1's port answers (another program holds
+    it): the rendezvous passes, TensorFlow's registration would wait for worker 1 forever."""
     mine, other = free_ports(2)
     impostor = socket.create_server(("127.0.0.1", other))
-    env = {**os.environ, rendezvous.TIMEOUT_VAR: "15", "TF_CONFIG": json.dumps(
+    env = {**os.environ, rendezvous.TIMEOUT_VAR: timeout, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CONFIG": json.dumps(
         {"cluster": {"worker": [f"127.0.0.1:{mine}", f"127.0.0.1:{other}"]}, "task": {"type": "worker", "index": 0}})}
     command = [sys.executable, "-m", "cli", "worker", "cifar10-async", "--profile", "smoke", "--arm", "sync-gpu1",
                "--set", "distribution.workers=2", "--run-dir", str(tmp_path / "run")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, impostor
+
+
+@pytest.mark.slow  # 20-30 s; `make test-slow`
+def test_a_peer_that_answers_but_never_joins_ends_the_worker_within_the_bound(tmp_path: Path) -> None:
+    """The watch ends worker 0 after the bound."""
+    process, impostor = start_impostor_worker(tmp_path, "15")
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        _, stderr = process.communicate(timeout=300)
     finally:
         impostor.close()
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "worker 0: every peer answered; training must start within 15 s" in result.stderr
-    assert "Timeout (0:00:15)!" in result.stderr
+    assert process.returncode == 1, stderr[-3000:]
+    assert "worker 0: every peer answered; training must start within 15 s" in stderr
+    assert "Timeout (0:00:15)!" in stderr
+
+
+@pytest.mark.slow  # 15-25 s (TensorFlow's import and start); `make test-slow`
+def test_sigterm_during_tensorflows_registration_ends_the_worker_at_once(tmp_path: Path) -> None:
+    """TensorFlow's registration holds the GIL and swallows SIGTERM (its own handler): the held signal and the
+    guard process end the worker within seconds, saying it was stopped before training."""
+    process, impostor = start_impostor_worker(tmp_path, "60")  # the bound ends it if the test fails
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:  # TensorFlow's coordination service waits for worker 1
+            if "tasks to connect" in line:
+                break
+        time.sleep(1.0)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        impostor.close()
+    assert process.returncode == -signal.SIGKILL and time.monotonic() - sent < 5, stderr[-3000:]
+    assert "worker 0: stopped by SIGTERM before training started" in stderr

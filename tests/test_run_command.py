@@ -170,46 +170,67 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_repeating_rows(tmp_pa
         assert float(final[column]) == pytest.approx(float(expected[column]), rel=1e-5), column
 
 
-@pytest.mark.slow  # 60 s on 2 cores: three runs with four replicas
-def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path) -> None:
-    """Four in-process replicas: a distributed iterator cannot be checkpointed, so a resume skips what was used."""
-    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
-              "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
-    whole = kfac_repro("run", *common, "--set", "training.steps=12", "--out", str(tmp_path / "whole"))
-    first = kfac_repro("run", *common, "--set", "training.steps=6", "--out", str(tmp_path / "split"))
-    second = kfac_repro("run", *common, "--set", "training.steps=12", "--resume", "--out", str(tmp_path / "split"))
-    for result in (whole, first, second):
+RESUMABLE = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
+             "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
+RESUMABLE_RUN = Path("cifar10-async") / "smoke" / "sync-gpu4" / "r"  # below --out
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of RESUMABLE trained uninterrupted to 12 steps (four in-process replicas)."""
+    out = tmp_path_factory.mktemp("whole")
+    result = kfac_repro("run", *RESUMABLE, "--set", "training.steps=12", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out / RESUMABLE_RUN
+
+
+def assert_resumes_exactly(tmp_path: Path, whole_run: Path, first: list[str], then: list[str]) -> Path:
+    """RESUMABLE trained to 6 steps with the options `first`, then resumed to 12 with `then`, logs every step once
+    and the training losses (and the last validation loss) of the uninterrupted run; its run directory."""
+    out = tmp_path / "split"
+    for steps, options in ((6, first), (12, [*then, "--resume"])):
+        result = kfac_repro("run", *RESUMABLE, "--set", f"training.steps={steps}", *options, "--out", str(out))
         assert result.returncode == 0, result.stderr[-2000:]
-    split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
-    expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
+    split, expected = rows(out / RESUMABLE_RUN / "metrics.csv"), rows(whole_run / "metrics.csv")
     assert [int(r["step"]) for r in split] == list(range(0, 13))
     for got, want in zip(split[1:], expected[1:], strict=True):
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
+    assert float(split[-1]["val_loss"]) == pytest.approx(float(expected[-1]["val_loss"]), rel=1e-5)
+    return out / RESUMABLE_RUN
+
+
+@pytest.mark.slow  # 60 s on 2 cores: three runs with four replicas
+def test_multi_replica_run_resumes_at_the_right_data_position(tmp_path: Path, whole_run: Path) -> None:
+    """Four in-process replicas: a distributed iterator cannot be checkpointed, so a resume skips what was used."""
+    assert_resumes_exactly(tmp_path, whole_run, [], [])
 
 
 @pytest.mark.slow  # 3 runs per case: two cases took 12 min on the shared, loaded machine; the fast check is
 # test_training_loop.py::test_a_checkpoint_with_or_without_the_data_position_resumes_exactly_either_way
 @pytest.mark.parametrize(("before", "after"), [(4, 2), (2, 4), (4, 1), (1, 4)])
-def test_a_run_resumes_exactly_with_another_number_of_replicas(tmp_path: Path, before: int, after: int) -> None:
+def test_a_run_resumes_exactly_with_another_number_of_replicas(tmp_path: Path, whole_run: Path, before: int,
+                                                               after: int) -> None:
     """K-FAC checkpointed with `before` in-process replicas and continued with `after` equals an uninterrupted run:
     the global batches, the sampled targets and the optimizer's state do not depend on the replica count."""
-    common = ["cifar10-async", "--profile", "smoke", "--arm", "sync-gpu4", "--set", "training.log_every=1",
-              "--set", "training.eval_every=3", "--set", "training.checkpoint_every=3", "--run-id", "r"]
-    whole = kfac_repro("run", *common, "--set", "training.steps=12", "--out", str(tmp_path / "whole"))
-    first = kfac_repro("run", *common, "--set", "training.steps=6", "--set", f"distribution.workers={before}",
-                       "--out", str(tmp_path / "split"))
-    second = kfac_repro("run", *common, "--set", "training.steps=12", "--set", f"distribution.workers={after}",
-                        "--resume", "--out", str(tmp_path / "split"))
-    for result in (whole, first, second):
-        assert result.returncode == 0, result.stderr[-2000:]
-    split = rows(tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
-    expected = rows(tmp_path / "whole" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "metrics.csv")
-    assert [int(r["step"]) for r in split] == list(range(0, 13))
-    for got, want in zip(split[1:], expected[1:], strict=True):
-        assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), rel=1e-5), got["step"]
-    assert float(split[-1]["val_loss"]) == pytest.approx(float(expected[-1]["val_loss"]), rel=1e-5)
-    record = json.loads((tmp_path / "split" / "cifar10-async" / "smoke" / "sync-gpu4" / "r" / "run.json").read_text())
+    run_dir = assert_resumes_exactly(tmp_path, whole_run, ["--set", f"distribution.workers={before}"],
+                                     ["--set", f"distribution.workers={after}"])
+    record = json.loads((run_dir / "run.json").read_text())
     assert record["workers"] == after and record["status"] == "complete"
+
+
+@pytest.mark.slow  # ~95 s a case and 180 s for the shared uninterrupted run, on the shared, loaded 2 cores
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_run_resumes_exactly_with_another_number_of_worker_processes(tmp_path: Path, whole_run: Path,
+                                                                       before: int, after: int) -> None:
+    """K-FAC checkpointed by `before` worker processes (one replica each) and continued by `after` equals an
+    uninterrupted run: every worker restores the chief's checkpoint, whichever workers wrote it."""
+    def processes(count: int) -> list[str]:
+        return ["--set", f"distribution.workers={count}", *(["--workers", str(count)] if count > 1 else [])]
+
+    run_dir = assert_resumes_exactly(tmp_path, whole_run, processes(before), processes(after))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["workers"] == after and record["status"] == "complete"
+    assert not list(run_dir.glob(".worker-*"))  # the other workers' directories are gone once it is complete
 
 
 def write_fashion(directory: Path, train_labels: list[int]) -> None:

@@ -93,6 +93,22 @@ def test_a_stale_temporary_left_by_a_crash_is_replaced(root: Path) -> None:
     assert (root / "run.json").read_text() == "whole\n" and not (root / "run.json.tmp").exists()
 
 
+def test_a_rename_refuses_a_linked_target_and_a_removal_removes_the_link_not_its_target(root: Path,
+                                                                                       victim: Path) -> None:
+    safe_paths.make_dirs(root, "a")
+    (root / "a" / "new").write_text("new\n")
+    (root / "old").symlink_to(victim)
+    with pytest.raises(safe_paths.UnsafePath, match="out/old is a symlink"):
+        safe_paths.rename(root, "a/new", "old")
+    safe_paths.remove(root, "old")
+    assert victim.read_text() == VICTIM_TEXT and not (root / "old").is_symlink()
+    safe_paths.rename(root, "a/new", "old")
+    assert (root / "old").read_text() == "new\n" and not (root / "a" / "new").exists()
+    (root / "a" / "link").symlink_to(victim.parent)
+    safe_paths.remove(root, "a")
+    assert not (root / "a").exists() and victim.read_text() == VICTIM_TEXT
+
+
 def test_links_anywhere_in_a_tree_are_found(root: Path, victim: Path) -> None:
     safe_paths.make_dirs(root, "checkpoints/deep")
     safe_paths.refuse_links(root, "checkpoints")

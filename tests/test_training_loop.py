@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from kfac_repro.distribute import interrupts
 from kfac_repro.kfac import KFAC, SGD, KFACConfig, SGDConfig
+from kfac_repro.kfac.replicas import backing_variable
+from kfac_repro.runner import checkpoints, safe_paths
 from kfac_repro.runner.checkpoints import ResumeError
 from kfac_repro.runner.loop import LoopSettings, TrainingDiverged, train
 from kfac_repro.runner.metrics_log import COLUMNS, MetricsLog, read_rows
@@ -266,3 +268,40 @@ def test_a_checkpoint_with_or_without_the_data_position_resumes_exactly_either_w
             optimizer.close()
     assert final["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
     assert final["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("planted", ["ckpt-3_temp", "checkpoint", ".saving-3"])
+def test_a_link_planted_in_the_checkpoints_while_training_is_refused_naming_it(tmp_path: Path, planted: str) -> None:
+    """Planted after training started (at step 2, before the checkpoint of step 3): TensorFlow's temporary folder
+    for a checkpoint, its state file, the staging folder; each is refused and what it points to is untouched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("precious\n")
+    run_dir = tmp_path / "run"
+    optimizer, batches, evaluate = setup("sgd")
+
+    def plant(step: int, row: dict) -> None:
+        if step == 2:
+            (run_dir / "checkpoints" / planted).symlink_to(victim / "precious" if planted == "checkpoint" else victim)
+
+    settings = LoopSettings(steps=4, log_every=2, eval_every=4, checkpoint_every=3, global_batch=8)
+    with pytest.raises(safe_paths.UnsafePath, match=rf"run/checkpoints/{planted} is a symlink \(to .*victim"):
+        train(optimizer, batches, evaluate, settings, run_dir, False, progress=plant)
+    assert [p.name for p in victim.iterdir()] == ["precious"] and (victim / "precious").read_text() == "precious\n"
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_naming_what_it_lacks(tmp_path: Path) -> None:
+    """A checkpoint without the training clock and the partial window (as written before they were saved): the
+    resume names the checkpoint and the variables it has no value for; nothing is trained."""
+    run("kfac", tmp_path / "run", 3, resume=False)
+    optimizer, _, _ = setup("kfac")
+    older = tf.train.Checkpoint(weights=[backing_variable(v) for v in optimizer.model.weights],
+                                optimizer=optimizer.checkpoint_state())
+    optimizer.close()
+    checkpoints.save(older, tmp_path / "run", 3)
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+    with pytest.raises(ResumeError, match=r"no checkpoint of this run can be restored: .*run/checkpoints/ckpt-3: "
+                                          r"it holds no value for elapsed_seconds:0, window_sums:0 \(damaged, .* by "
+                                          r"an older version"):
+        run("kfac", tmp_path / "run", 6, resume=True)
+    assert (tmp_path / "run" / "metrics.csv").read_text() == metrics

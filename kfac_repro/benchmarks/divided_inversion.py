@@ -119,7 +119,8 @@ def shares_alone(counts: Sequence[int], repeats: int = 3) -> dict[int, list[floa
 def _worker(out: Path, repeats: int) -> None:
     import dataclasses
 
-    from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
+    from kfac_repro.distribute.cluster import cluster_from_environment
+    from kfac_repro.distribute.strategy import make_strategy
 
     strategy = make_strategy()
     optimizer = _reduced_alexnet_kfac(strategy)

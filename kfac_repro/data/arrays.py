@@ -35,8 +35,8 @@ def array_dataset(
     if num_classes is not None:
         keep = labels < num_classes
         images, labels = images[keep], labels[keep]
-    images = images[sharding.index::sharding.num_workers]
-    labels = labels[sharding.index::sharding.num_workers].astype(np.int32)
+    images = images[sharding.source]
+    labels = labels[sharding.source].astype(np.int32)
     size = images.shape[1] if image_size is None else image_size
 
     def preprocess(element: tuple, crop_seed: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:

@@ -4,11 +4,14 @@ Each example is decoded (JPEG, or PNG where a file is one), resized to R×R and 
 (random crop for training with `augment`, centre crop otherwise; `preprocessing`), and normalised with the ImageNet
 channel statistics. Yields (images float32 [B, S, S, 3], labels int32 [B]).
 
-Sharding: folders are split by image; TFRecords by shard file when there are at least as many files as workers,
-else by record.
+Sharding: folders are split by image (by position for distributed training: data.pipeline); TFRecords by shard file
+when there are at least as many files as workers, else by record (so a TFRecord run's global batches depend on the
+number of worker processes).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import tensorflow as tf
 
@@ -48,10 +51,10 @@ def imagenet_dataset(
 
     if layout.format == "folders":
         paths, labels = imagenet_files.folder_examples(layout.root, split, num_classes)
-        examples = tf.data.Dataset.from_tensor_slices((paths[sharding.index::sharding.num_workers],
-                                                       labels[sharding.index::sharding.num_workers]))
-        shuffle_buffer = max(1, len(paths) // sharding.num_workers + 1)
-    else:
+        examples = tf.data.Dataset.from_tensor_slices((paths[sharding.source], labels[sharding.source]))
+        shuffle_buffer = max(1, len(paths[sharding.source]) + 1)
+    else:  # records are sharded by file, or by record (not by position: each worker would read every file)
+        sharding = dataclasses.replace(sharding, replicas=0)
         files = [str(p) for p in imagenet_files.tfrecord_shards(layout.root, split)]
         examples = _records(files, training=training, sharding=sharding, seed=seed, num_classes=num_classes,
                             label_offset=label_offset)

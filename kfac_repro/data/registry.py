@@ -121,8 +121,8 @@ def make_dataset(
         raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
     from kfac_repro.data.pipeline import resolve_sharding
 
-    sharding = resolve_sharding(batch_size, shard, input_context)
     training = split == "train"
+    sharding = resolve_sharding(batch_size, shard, input_context, training)
     augment = (name == "imagenet" and training) if augment is None else augment
     common: dict[str, Any] = {"sharding": sharding, "seed": seed, "repeat": repeat, "num_classes": num_classes}
     if holdout and name not in ("cifar10", "fashion_mnist"):

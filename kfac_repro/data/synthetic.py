@@ -68,7 +68,8 @@ def synthetic_dataset(
     size = image_size or IMAGE_SHAPE[0]
     depth = channels or IMAGE_SHAPE[2]
     weights = tf.constant(teacher(depth, num_classes or NUM_CLASSES))
-    indices = tf.data.Dataset.range(sharding.index, SIZES[split], sharding.num_workers).map(lambda i: (i,))
+    share = sharding.source
+    indices = tf.data.Dataset.range(share.start or 0, SIZES[split], share.step or 1).map(lambda i: (i,))
 
     def preprocess(element: tuple, _: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
         return synthetic_example(element[0], split, size, depth, weights)

@@ -4,6 +4,7 @@ and a one-machine cluster on 127.0.0.1. No TensorFlow import: errors are reporte
 from __future__ import annotations
 
 import json
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,12 @@ def parse_tf_config(text: str, source: str = "TF_CONFIG") -> ClusterSpec:
     if not 0 <= index < count:
         raise ClusterConfigError(f"{source}: task.index: {index} is out of range for {count} {role}(s)")
     return ClusterSpec(tuple(workers), index + offset)
+
+
+def cluster_from_environment() -> ClusterSpec | None:
+    """The validated TF_CONFIG of this process, or None when it is not set."""
+    text = os.environ.get("TF_CONFIG")
+    return parse_tf_config(text) if text else None
 
 
 def load_cluster_file(path: Path, index: int) -> ClusterSpec:

@@ -81,18 +81,40 @@ def shielded() -> Iterator[None]:
         raise KeyboardInterrupt(deferred)
 
 
+def handled() -> tuple[int, ...]:
+    """The signals that ask this process to stop: SIGNALS, and PARENT_DEATH in a child that follows its parent."""
+    return (*SIGNALS, PARENT_DEATH) if _follows_parent else SIGNALS
+
+
 def install() -> None:
-    """Record SIGTERM/SIGINT (and PARENT_DEATH in a child that follows its parent) instead of dying (main thread
-    only; idempotent; also after a library that installed its own SIGTERM handler, such as TensorFlow's
-    multi-worker coordination)."""
+    """Record the `handled()` signals instead of dying (main thread only; idempotent; also after a library that
+    installed its own SIGTERM handler, such as TensorFlow's multi-worker coordination)."""
     if threading.current_thread() is threading.main_thread():
-        for signum in (*SIGNALS, PARENT_DEATH) if _follows_parent else SIGNALS:
+        for signum in handled():
             signal.signal(signum, _handler)
 
 
+def hold() -> None:
+    """Block SIGNALS and PARENT_DEATH in the calling thread and in every thread it starts from now on (they inherit
+    its mask): a stop then stays pending, seen by `requested()` (when `handled()`) and from outside
+    (/proc/PID/status, ShdPnd), and no handler runs, not even one that a library installed over ours (TensorFlow's,
+    which swallows SIGTERM while it registers a worker). Call it before the threads exist (before importing numpy
+    or TensorFlow, and before `follow_parent` decides whether PARENT_DEATH is handled); `release()` ends it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, (*SIGNALS, PARENT_DEATH))
+
+
+def release() -> None:
+    """Unblock what `hold` blocked in the calling thread: a signal pending is handled now (by `install`'s handler,
+    or its default action)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*SIGNALS, PARENT_DEATH))
+
+
 def requested() -> int | None:
-    """The signal that asked this process to stop, or None."""
-    return _received[0] if _received else None
+    """The signal that asked this process to stop (handled, or pending while held), or None."""
+    if _received:
+        return _received[0]
+    pending = signal.sigpending() & set(handled())
+    return min(pending) if pending else None
 
 
 def check() -> None:

@@ -11,9 +11,11 @@ The bound is KFAC_REPRO_CLUSTER_TIMEOUT seconds (default 300).
 
 Then, until the first update has finished (TensorFlow's registration, the broadcast of the initial weights, the
 first all-reduces), `StartWatch` ends the process within the same bound, and at once on SIGTERM or SIGINT: the main
-thread may then be blocked inside TensorFlow, where Python code (signal handlers, other threads) may not run, so
-both are left to mechanisms below Python. (While TensorFlow registers the worker it catches SIGTERM itself: a
-SIGTERM then is lost, and the bound ends a registration that never completes.)
+thread is then blocked inside TensorFlow holding the GIL, where no Python code runs (signal handlers, other threads),
+and TensorFlow's registration replaces the SIGTERM handler with one that only records it. So both are left to
+mechanisms outside Python: faulthandler's watchdog thread for the bound, and for a stop the signals held blocked
+(interrupts.hold, from before TensorFlow starts its threads) and a guard process (distribute/stop_guard.py) that
+sees one pending and ends the worker, saying it was stopped before training.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import faulthandler
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from kfac_repro.distribute import interrupts
 from kfac_repro.distribute.cluster import ClusterSpec
@@ -82,7 +87,10 @@ def await_peers(cluster: ClusterSpec, timeout: float, emit: Callable[[str], None
             if waited - reported >= PROGRESS:
                 emit(f"{me}: waiting for {_names(missing)} to answer ({waited:.0f} s of at most {timeout:g} s)")
                 reported = waited
-            interrupts.check()
+            signum = interrupts.requested()
+            if signum is not None:
+                raise interrupts.Interrupted(signum, f"{me}: stopped by {signal.Signals(signum).name} while "
+                                                     "waiting for its peers, before training started")
             time.sleep(POLL)
 
 
@@ -135,30 +143,44 @@ def _answers(address: str) -> bool:
 
 
 class StartWatch:
-    """From `start()` until `started()`: the process ends after `timeout` seconds (exit 1, every thread's stack on
-    stderr: faulthandler's watchdog, which needs no GIL, since TensorFlow's calls may hold it), and once
-    `stop_at_once()` was called SIGTERM and SIGINT end it at once (their default action) instead of at a step
-    boundary that may never come."""
+    """From `hold()` until `started()`, the stop signals are held pending (interrupts.hold); from `start()` on, the
+    process ends after `timeout` seconds (exit 1, every thread's stack on stderr: faulthandler's watchdog, which
+    needs no GIL, since TensorFlow's calls may hold it), and at once on a stop (the guard process ends it, exit
+    137, see distribute/stop_guard.py) instead of at a step boundary that may never come."""
 
     def __init__(self, me: str, timeout: float, emit: Callable[[str], None]):
         self.me, self.timeout, self.emit = me, timeout, emit
-        self._watching = False
+        self._held = False
+        self._guard: subprocess.Popen[bytes] | None = None
+
+    def hold(self) -> None:
+        """Hold the stop signals (main thread, before TensorFlow starts its threads): `await_peers` still sees
+        one (interrupts.requested)."""
+        interrupts.hold()
+        self._held = True
 
     def start(self) -> None:
         self.emit(f"{self.me}: every peer answered; training must start within {self.timeout:g} s "
                   f"({TIMEOUT_VAR}), else this worker exits with code 1")
         faulthandler.dump_traceback_later(self.timeout, exit=True)
-        self._watching = True
-
-    def stop_at_once(self) -> None:
-        """SIGTERM and SIGINT end the process at once until `started()` (main thread only)."""
-        if self._watching:
-            for signum in interrupts.SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
+        if self._held and sys.platform.startswith("linux"):
+            numbers = ",".join(str(int(signum)) for signum in interrupts.handled())
+            package_root = str(Path(__file__).resolve().parents[2])  # importable from any directory, installed or not
+            path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
+            self._guard = subprocess.Popen([sys.executable, "-m", "kfac_repro.distribute.stop_guard",
+                                            str(os.getpid()), numbers, self.me], stdin=subprocess.PIPE,
+                                           env={**os.environ, "PYTHONPATH": path})
 
     def started(self) -> None:
-        """Training has started: no bound any more, and signals are the training loop's again (main thread)."""
-        if self._watching:
-            faulthandler.cancel_dump_traceback_later()
+        """Training has started (or ended before it): no bound any more, and signals are the training loop's again
+        (main thread); a stop pending now is handled (the loop stops at its next step boundary)."""
+        faulthandler.cancel_dump_traceback_later()
+        if self._guard is not None:
+            assert self._guard.stdin is not None
+            self._guard.stdin.close()
+            self._guard.wait()
+            self._guard = None
+        if self._held:
             interrupts.install()
-            self._watching = False
+            interrupts.release()
+            self._held = False

@@ -10,11 +10,9 @@ per collective for the whole timeout, about 20 per K-FAC step here, until the pr
 
 from __future__ import annotations
 
-import os
-
 import tensorflow as tf
 
-from kfac_repro.distribute.cluster import ClusterSpec, parse_tf_config
+from kfac_repro.distribute.cluster import cluster_from_environment
 
 
 def reserve_cpu_replicas(replicas: int) -> None:
@@ -27,12 +25,6 @@ def reserve_cpu_replicas(replicas: int) -> None:
     if existing and len(existing) >= replicas:
         return
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-
-
-def cluster_from_environment() -> ClusterSpec | None:
-    """The validated TF_CONFIG of this process, or None when it is not set."""
-    text = os.environ.get("TF_CONFIG")
-    return parse_tf_config(text) if text else None
 
 
 def local_devices(replicas: int, gpus: int) -> list[str]:

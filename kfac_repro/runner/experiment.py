@@ -67,12 +67,25 @@ def run_arm(
     progress: Callable[[int, dict], None] = lambda step, row: None,
 ) -> dict[str, Any]:
     """Train one arm to completion in this process (one worker of a multi-process run if TF_CONFIG is set)."""
+    from kfac_repro.distribute import interrupts
+    from kfac_repro.distribute.cluster import cluster_from_environment
+
+    cluster = cluster_from_environment()
+    replicas = int(arm.distribution["workers"])
+    processes = len(cluster.workers) if cluster else 1
+    if processes > 1 and replicas != processes:
+        raise ValueError(f"distribution.workers is {replicas} but {processes} worker processes were started: "
+                         "a multi-process run has one gradient worker per process")
+    # before TensorFlow is imported (and starts threads): the stop signals held, the peers met, the start bounded
+    watch = _start_watch(cluster) if cluster is not None and processes > 1 else None
+    if watch is None:
+        interrupts.release()  # held by a `worker` command from its start (cli.py): a one-process cluster needs none
+
     import keras
     import tensorflow as tf
 
     from kfac_repro.data.registry import dataset_info, make_dataset
-    from kfac_repro.distribute import interrupts
-    from kfac_repro.distribute.strategy import cluster_from_environment, make_strategy
+    from kfac_repro.distribute.strategy import make_strategy
     from kfac_repro.kfac.inversion.resources import reserve_inversion_cores
     from kfac_repro.models.registry import build_model
     from kfac_repro.runner.environment import environment_record, write_environment
@@ -81,19 +94,10 @@ def run_arm(
     model_section, data_section, training = arm.model, arm.data, arm.training
     seed = int(training["seed"])
     method, config = optimizer_config(arm.optimizer, seed)
-    cluster = cluster_from_environment()
-    replicas = int(arm.distribution["workers"])
-    processes = len(cluster.workers) if cluster else 1
-    if processes > 1 and replicas != processes:
-        raise ValueError(f"distribution.workers is {replicas} but {processes} worker processes were started: "
-                         "a multi-process run has one gradient worker per process")
     if isinstance(config, KFACConfig) and config.inversion_threads is not None:
         reserve_inversion_cores(config.inversion_threads)  # kept from TensorFlow's pools (before TensorFlow starts)
-    watch = _start_watch(cluster) if cluster is not None and processes > 1 else None
     strategy = make_strategy(local_replicas=1 if cluster else replicas)
     interrupts.install()  # again: TensorFlow's multi-worker coordination installs its own SIGTERM handler
-    if watch is not None:
-        watch.stop_at_once()  # until the first update is done
     if training["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -171,7 +175,8 @@ def run_arm(
         # consumed.
         final = train(optimizer, train_batches, evaluate, settings, run_dir, resume,
                       data_position=strategy.num_replicas_in_sync == 1, progress=progress,
-                      started=watch.started if watch else lambda: None)
+                      started=watch.started if watch else lambda: None,
+                      chief_dir=None if chief else identity.run_dir)
         if holdout:
             test_data = make_dataset(data_section["name"], "test", global_batch, repeat=False, **data_args)
             record["test_loss"], record["test_error"] = _Evaluator(optimizer, test_data, None)()
@@ -195,16 +200,21 @@ def run_arm(
 
 
 def _start_watch(cluster: ClusterSpec) -> StartWatch:
-    """Meet the cluster's peers (bounded, reported, stoppable: distribute/rendezvous.py), then bound the start of
-    training by the same time."""
+    """Hold the stop signals, meet the cluster's peers (bounded, reported, stoppable: distribute/rendezvous.py),
+    then bound the start of training by the same time and end it at once on a stop."""
     from kfac_repro.distribute.rendezvous import StartWatch, await_peers, cluster_timeout
 
     def emit(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     timeout = cluster_timeout()
-    await_peers(cluster, timeout, emit)
     watch = StartWatch(f"worker {cluster.index}", timeout, emit)
+    watch.hold()
+    try:
+        await_peers(cluster, timeout, emit)
+    except BaseException:
+        watch.started()
+        raise
     watch.start()
     return watch
 

@@ -64,30 +64,39 @@ def train(
     data_position: bool = False,
     progress: Progress = lambda step, row: None,
     started: Callable[[], None] = lambda: None,
+    chief_dir: Path | None = None,
 ) -> Row:
     """Train to `settings.steps` updates, writing run_dir/metrics.csv, tensorboard/ and checkpoints/.
     `batches(start)`: the training batches from update `start` on. `data_position`: the iterator's position is
     checkpointed (a tf.data iterator; a distributed one cannot be) and restored where the checkpoint holds it; a
     checkpoint without it (written with several replicas) resumes from `batches(start)`. Nothing else in a
     checkpoint depends on the number of replicas, so a run may be resumed with another. `started()` is called once
-    the first update of this process has finished. TensorFlow writes checkpoints/ and tensorboard/ by path: a
-    symlink found in them when training starts is refused."""
-    for folder in ("checkpoints", "tensorboard"):
+    the first update of this process has finished. TensorFlow writes tensorboard/ by path: a symlink found in
+    it when training starts is refused (checkpoints/: runner/checkpoints.py).
+    `chief_dir`: in a worker other than the chief, the chief's run directory: a resume restores the chief's
+    checkpoint when it can see one (a shared file system), so that every worker continues from the same state
+    whichever workers wrote it (a run may be resumed with another number of worker processes); the worker's own
+    checkpoints (run_dir) otherwise."""
+    for folder in (checkpoints.FOLDER, "tensorboard"):
         safe_paths.make_dirs(run_dir, folder)
         safe_paths.refuse_links(run_dir, folder)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
     window = Window()
     state = {"weights": [backing_variable(v) for v in optimizer.model.weights],
              "optimizer": optimizer.checkpoint_state(), "elapsed": elapsed, "window": window.sums}
-    directory = run_dir / "checkpoints"
-    restored = checkpoints.restore_newest(tf.train.Checkpoint(**state), directory) if resume else None
+    source = run_dir  # whose checkpoints a resume restores
+    if chief_dir is not None and checkpoints.checkpoint_steps(chief_dir / checkpoints.FOLDER):
+        source = chief_dir
+    directory = source / checkpoints.FOLDER
+    restored = (checkpoints.restore_newest(tf.train.Checkpoint(**state), source, own=source == run_dir)
+                if resume else None)
     start = 0
     metrics = run_dir / layout.METRICS
     logged = read_rows(metrics) if resume and metrics.is_file() else []
     if restored is not None:
         optimizer.restored()
         start = int(optimizer.iterations.numpy())
-        if not logged:
+        if not logged and chief_dir is None:
             raise checkpoints.ResumeError(
                 f"{metrics} is missing or has no rows, but checkpoint "
                 f"{checkpoints.checkpoint_path(directory, restored)} is at step {start}: the rows up to step {start} "
@@ -101,7 +110,7 @@ def train(
     else:
         iterator = batches(start)
     checkpoint = tf.train.Checkpoint(**state, **({DATA: iterator} if data_position else {}))
-    manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
+    saved = restored  # the step of the newest checkpoint
     log = MetricsLog(run_dir / layout.METRICS, resume_step=start if resume else None)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     row: Row = dict(log.last)  # a run resumed at its last step returns its final row
@@ -115,9 +124,9 @@ def train(
             if interrupts.requested() is not None:
                 elapsed.assign_add(time.perf_counter() - clock)
                 log.sync()
-                if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step - 1}"):
+                if saved != step - 1:
                     window.store()
-                    manager.save(checkpoint_number=step - 1)
+                    checkpoints.save(checkpoint, run_dir, step - 1)
                 interrupts.check()
             x, y = next(iterator)
             try:
@@ -144,7 +153,8 @@ def train(
                 elapsed.assign_add(time.perf_counter() - clock)
                 log.sync()
                 window.store()
-                manager.save(checkpoint_number=step)
+                checkpoints.save(checkpoint, run_dir, step)
+                saved = step
                 clock = time.perf_counter()
     finally:
         log.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,6 +191,34 @@ def _refuse_link(where: Path, parent: int, name: str) -> None:
         return
     if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
         raise _refusal(where, (), parent, name, OSError(errno.EEXIST, "exists"), "a regular file")
+
+
+def rename(root: Path, source: Path | str, target: Path | str) -> None:
+    """Rename root/source to root/target (replacing a regular file there), both directories reached as
+    `_directory` does; a symlink or directory at the target is refused (UnsafePath)."""
+    source, target = Path(source), Path(target)
+    with _directory(root, source.parent) as origin, _directory(root, target.parent) as destination:
+        where = root / target.parent
+        _refuse_link(where, destination, target.name)
+        try:
+            os.replace(source.name, target.name, src_dir_fd=origin, dst_dir_fd=destination)
+        except OSError as error:
+            raise _refusal(root, _parts(root, source.parent), origin, source.name, error, "a regular file") from None
+
+
+def remove(root: Path, relative: Path | str) -> None:
+    """Remove root/relative (a file or a link, never what a link points to; a directory with all it holds), its
+    parents reached as `_directory` does; nothing there is no error."""
+    path = Path(relative)
+    with _directory(root, path.parent) as parent:
+        try:
+            mode = os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path.name, dir_fd=parent)  # the fd-based walk: links inside are removed, not followed
+        else:
+            os.unlink(path.name, dir_fd=parent)
 
 
 def refuse_links(root: Path, relative: Path | str) -> None:
