@@ -26,9 +26,12 @@ def omega(every: int) -> float:
 
 
 def reduction_ratio(change: tf.Tensor, predicted: tf.Tensor) -> tf.Tensor:
-    """ρ = change / predicted; −∞ where the loss at θ+δ is not finite (λ grows), NaN where the model predicts no
-    change (λ is kept)."""
+    """ρ = change / predicted where the model predicts a decrease (predicted < 0). −∞ (λ grows) where it predicts
+    an increase, the step having gone past the model's minimum along δ (the KL bound, not the model, sets the step
+    length here, so this happens: change/predicted would then be positive, even large, for a loss that rose), or
+    where the loss at θ+δ is not finite; NaN (λ kept) where it predicts no change (δ = 0)."""
     ratio = tf.math.divide_no_nan(change, predicted)
+    ratio = tf.where(predicted > 0.0, tf.constant(float("-inf")), ratio)
     ratio = tf.where(tf.equal(predicted, 0.0), tf.constant(float("nan")), ratio)
     return tf.where(tf.math.is_finite(change), ratio, tf.constant(float("-inf")))
 
