@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kfac_repro.keras import KFAC as KerasKFAC
 from kfac_repro.kfac import KFAC, KFACConfig, likelihoods
 from kfac_repro.kfac.damping_adaptation import adapted, omega, reduction_ratio
-from kfac_repro.keras import KFAC as KerasKFAC
 
 
 def _model(seed: int = 0, inputs: int = 3, hidden: int = 4, classes: int = 3) -> keras.Model:
