@@ -200,3 +200,25 @@ def test_initial_damping_outside_bounds_refused() -> None:
     with pytest.raises(ValueError, match=r"damping: expected a number in \[damping_min, damping_max\]"):
         KFACConfig(damping=10.0, damping_adaptation_every=5, damping_max=1.0)
     assert KFACConfig(damping=10.0, damping_max=1.0).damping == 10.0  # bounds bind only an adapted λ
+
+
+def test_two_replicas_adapt_as_one() -> None:
+    """Under MirroredStrategy (two replicas, half the batch each) ρ and λ are those of one replica on the batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "tests.damping_replicas"], cwd=root, env=env, check=True,
+                          capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [rho is None for rho, _ in result["one"]] == [True, False, True, False]
+    for (rho_one, damping_one), (rho_two, damping_two) in zip(result["one"], result["two"], strict=True):
+        assert (rho_one is None) == (rho_two is None)
+        if rho_one is not None:
+            assert rho_two == pytest.approx(rho_one, rel=1e-4)
+        assert damping_two == pytest.approx(damping_one, rel=1e-6)
+    assert result["one"][-1][1] != pytest.approx(0.1)  # λ moved, so that its agreement means something
