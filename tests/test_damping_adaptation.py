@@ -125,8 +125,10 @@ def test_fisher_quadratic_equals_exact_cotangents(likelihood: str, from_logits: 
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
-def test_damping_is_checkpointed(tmp_path) -> None:
-    config = KFACConfig(damping=1.0, weight_decay=0.001, kl_clip=0.1, damping_adaptation_every=1)
+@pytest.mark.parametrize("inversion", ["sync", "async"])
+def test_damping_is_checkpointed(tmp_path, inversion: str) -> None:
+    config = KFACConfig(damping=1.0, weight_decay=0.001, kl_clip=0.1, damping_adaptation_every=1,
+                        inversion=inversion, async_lag=2 if inversion == "async" else None, inverse_every=2)
     rng = np.random.default_rng(2)
     x = rng.normal(size=(16, 3)).astype(np.float32)
     y = rng.integers(0, 3, size=16)
@@ -191,9 +193,11 @@ def test_bad_initial_damping_recovers(initial: float) -> None:
         assert adaptive < fixed
 
 
-def test_fit_refuses_it_by_name() -> None:
-    with pytest.raises(TypeError, match="damping_adaptation_every does not apply in fit"):
-        KerasKFAC(_model(), damping_adaptation_every=5)
+@pytest.mark.parametrize(("setting", "value"), [("damping_adaptation_every", 5), ("damping_min", 1e-3),
+                                                ("damping_max", 10.0)])
+def test_fit_refuses_it_by_name(setting: str, value: float) -> None:
+    with pytest.raises(TypeError, match=f"{setting} does not apply in fit: the adaptive damping runs in the host"):
+        KerasKFAC(_model(), **{setting: value})
 
 
 def test_initial_damping_outside_bounds_refused() -> None:
@@ -222,3 +226,31 @@ def test_two_replicas_adapt_as_one() -> None:
             assert rho_two == pytest.approx(rho_one, rel=1e-4)
         assert damping_two == pytest.approx(damping_one, rel=1e-6)
     assert result["one"][-1][1] != pytest.approx(0.1)  # λ moved, so that its agreement means something
+
+
+def test_next_refresh_inverts_with_the_adapted_damping() -> None:
+    """The inverses installed at the refresh after an adaptation are the damped inverses of the factors with the
+    adapted λ + wd (computed here by the block itself from the factors), not with the initial λ."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    y = rng.integers(0, 3, size=16)
+    wd = 0.001
+    optimizer = KFAC(_model(), KFACConfig(damping=1.0, weight_decay=wd, kl_clip=0.1, damping_adaptation_every=1,
+                                          inverse_every=3))
+    try:
+        for _ in range(3):  # steps 0, 1, 2 adapt λ; step 3 starts with a refresh
+            optimizer.train_step(x, y)
+        damping = float(optimizer.adaptation.damping.numpy())
+        assert damping != pytest.approx(1.0)
+        factors = optimizer.factors()
+        optimizer.train_step(x, y)
+        assert optimizer.refresh.history[-1].installed_at == 3
+        for block in optimizer.blocks:
+            adapted_inverse = block.compute_inverse(factors[block.name], damping + wd, "float32")
+            initial_inverse = block.compute_inverse(factors[block.name], 1.0 + wd, "float32")
+            for name, value in adapted_inverse.items():
+                installed = block.inverse[name].numpy()
+                np.testing.assert_allclose(installed, value, rtol=1e-5, atol=1e-7)
+                assert not np.allclose(installed, initial_inverse[name], rtol=1e-3)
+    finally:
+        optimizer.close()
