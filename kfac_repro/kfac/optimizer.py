@@ -48,10 +48,10 @@ class KFAC(ModelOptimizer):
         self._host_iteration = 0
         self.inversion = BlockInversion(self.blocks, self.config, self.strategy)
         self.refresh = InverseRefresh(self.inversion, policy_for(self.config))
-        every = self.config.damping_adaptation_every
-        self.adaptation = DampingAdaptation(self.config) if every is not None else None
+        adapting = self.config.damping_adaptation_every is not None
+        self.adaptation = DampingAdaptation(self.config) if adapting else None
         self._steps = {(s, a): self.distributed(functools.partial(self._replica_step, with_stats=s, adapt=a))
-                       for s in (True, False) for a in (True, False)}
+                       for s in (True, False) for a in {False, adapting}}
         self._stats_only = tf.function(
             lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True, autograph=False
         )
