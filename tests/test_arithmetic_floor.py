@@ -42,7 +42,7 @@ def test_counts_equal_the_products_of_the_compiled_sgd_and_kfac_steps() -> None:
     kfac = KFAC(deep_mlp(WIDTHS), KFACConfig(inverse_every=10**9))
     kfac.train_step(x, y)
     with kfac.taps:
-        graph = kfac._steps[True].get_concrete_function(x, y, tf.constant(1.0)).graph
+        graph = kfac._steps[True, False].get_concrete_function(x, y, tf.constant(1.0)).graph
     assert product_multiply_adds(graph) == counts.kfac
     kfac.close()
     # by hand: forward 6·(12·9 + 9·7 + 7·5) = 1236; input gradients of the last two layers 6·(63 + 35) = 588

@@ -49,6 +49,8 @@ NOT_IN_FIT: dict[str, str] = {
     "from_logits": "the likelihood comes from the compiled loss",
     "max_step_size": "η_max is 1 and the learning_rate (a float or a Keras schedule) scales the step",
     "polyak_decay": "fit evaluates the raw weights",
+    **dict.fromkeys(("damping_adaptation_every", "damping_min", "damping_max"),
+                    "the adaptive damping runs in the host loop (kfac_repro.kfac.KFAC) only; fit's damping is fixed"),
 }
 # Keras's own optimizer options, handled by Keras's `apply` around K-FAC's update (`_backend_update_step`).
 KERAS_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",

@@ -173,7 +173,14 @@ class KFACConfig:
     paper) or η_max ("lr", Fig. 8's decayLR) follows the schedule decay_rate^⌊k / decay_every⌋.
     """
 
-    damping: float = setting(1e-3, "λ: factored Tikhonov damping", above=0)
+    damping: float = setting(1e-3, "λ: factored Tikhonov damping (the initial λ when adapted)", above=0)
+    damping_adaptation_every: int | None = setting(
+        None, "adapt λ every T steps (Levenberg–Marquardt, Martens & Grosse 2015 §6.5; host loop only): on the "
+        "step's batch ρ = (h(θ+δ) − h(θ)) / (½δᵀ(F + wd)δ + ∇hᵀδ), F the exact Fisher; λ ← ωλ if ρ > 3/4, λ/ω if "
+        "ρ < 1/4, ω = (19/20)^T, clipped to [damping_min, damping_max] (null: λ fixed)", minimum=1,
+        maximum=MAX_STEPS)
+    damping_min: float = setting(1e-8, "the smallest adapted λ", above=0)
+    damping_max: float = setting(1e4, "the largest adapted λ", above=0)
     weight_decay: float = _weight_decay()
     momentum: float = _momentum()
     kl_clip: float = setting(0.01, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) "
@@ -241,6 +248,10 @@ class KFACConfig:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         _validate(self)
+        if self.damping_adaptation_every is not None:
+            _check(self.damping_min <= self.damping <= self.damping_max, "damping",
+                   f"a number in [damping_min, damping_max] = [{self.damping_min:g}, {self.damping_max:g}] when "
+                   "adapted", self.damping)
 
     def kl_schedule(self) -> Schedule:
         if self.decay_target == "kl":

@@ -76,6 +76,25 @@ def fisher_cotangents(
     return [tf.cast(v, dtype) for v in cotangents]
 
 
+def fisher_quadratic(likelihood: Likelihood, outputs: tf.Tensor, from_logits: bool, u: tf.Tensor) -> tf.Tensor:
+    """uᵀ F_z u per example [B], F_z the exact Fisher of the predictive distribution in output space (= Σ_k (v_k·u)²
+    for `fisher_cotangents`' exact v_k): Σ p u² − (p·u)² for a softmax of logits, Σ u²/p for probabilities, ‖u‖²
+    for a unit Gaussian, Σ p(1 − p) u² for Bernoulli logits, Σ u²/(p(1 − p)) for Bernoulli probabilities."""
+    batch = tf.shape(outputs)[0]
+    z = tf.reshape(tf.cast(tf.stop_gradient(outputs), tf.float32), [batch, -1])
+    u = tf.reshape(tf.cast(u, tf.float32), [batch, -1])
+    if likelihood == "gaussian":
+        return tf.reduce_sum(tf.square(u), axis=1)
+    if likelihood == "bernoulli":
+        p = tf.sigmoid(z) if from_logits else tf.clip_by_value(z, _EPSILON, 1.0 - _EPSILON)
+        variance = p * (1.0 - p)
+        return tf.reduce_sum(tf.square(u) * (variance if from_logits else 1.0 / variance), axis=1)
+    if from_logits:
+        p = tf.nn.softmax(z)
+        return tf.reduce_sum(p * tf.square(u), axis=1) - tf.square(tf.reduce_sum(p * u, axis=1))
+    return tf.reduce_sum(tf.square(u) / tf.square(tf.maximum(tf.sqrt(z), _EPSILON)), axis=1)
+
+
 def _float32_cotangents(likelihood: Likelihood, outputs: tf.Tensor, from_logits: bool, mode: FisherTargets,
                         seed: tf.Tensor) -> list[tf.Tensor]:
     batch = tf.shape(outputs)[0]

@@ -7,7 +7,9 @@ layers, all-reduced, folded into moving averages); precondition each block with 
 (`kl_bound: increment`: on η·v), the update rule of `kfac_repro.kfac.update`. Between steps the refresh engine
 (`kfac_repro.kfac.inversion.refresh`, the one `keras.KFAC` runs too) installs inverses as its policy says:
 synchronously every `inverse_every` steps or asynchronously from a background thread (paper §3.1), each block
-inverted by one replica and shared (`kfac_repro.kfac.inversion.divided`).
+inverted by one replica and shared (`kfac_repro.kfac.inversion.divided`). With `damping_adaptation_every` the
+damping λ adapts (`kfac_repro.kfac.damping_adaptation`): those steps also evaluate the loss at the updated weights
+and the exact Fisher's quadratic form of the update (one Jacobian-vector product) on their batch.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfac_repro.kfac import likelihoods
 from kfac_repro.kfac.base import Metrics, ModelOptimizer
 from kfac_repro.kfac.config import KFACConfig
+from kfac_repro.kfac.damping_adaptation import DampingAdaptation, reduction_ratio
 from kfac_repro.kfac.inversion.divided import BlockInversion
 from kfac_repro.kfac.inversion.policy import policy_for
 from kfac_repro.kfac.inversion.refresh import InverseRefresh
@@ -44,7 +48,10 @@ class KFAC(ModelOptimizer):
         self._host_iteration = 0
         self.inversion = BlockInversion(self.blocks, self.config, self.strategy)
         self.refresh = InverseRefresh(self.inversion, policy_for(self.config))
-        self._steps = {s: self.distributed(functools.partial(self._replica_step, with_stats=s)) for s in (True, False)}
+        adapting = self.config.damping_adaptation_every is not None
+        self.adaptation = DampingAdaptation(self.config) if adapting else None
+        self._steps = {(s, a): self.distributed(functools.partial(self._replica_step, with_stats=s, adapt=a))
+                       for s in (True, False) for a in {False, adapting}}
         self._stats_only = tf.function(
             lambda x: self.strategy.run(self._replica_statistics, args=(x,)), reduce_retracing=True, autograph=False
         )
@@ -88,8 +95,11 @@ class KFAC(ModelOptimizer):
         if installed is not None:
             self._set_source(installed)
         ready = tf.constant(1.0 if self.refresh.locally_ready() else 0.0)
+        adapt = self.adaptation is not None and self.adaptation.due(step)
         with self.taps:
-            metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0](x, y, ready))
+            metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0, adapt](x, y, ready))
+        if adapt:
+            self._use_damping()
         agreed, threshold = metrics.pop("inverses_ready"), 1.0 - 0.5 / self.strategy.num_replicas_in_sync
         self.refresh.after_step(lambda: float(agreed) > threshold)  # read at the next boundary, if needed
         metrics["inverse_staleness"] = float(step - self.inverse_iteration)
@@ -104,6 +114,8 @@ class KFAC(ModelOptimizer):
         state = {**super().checkpoint_state(), **self.preconditioner.checkpoint_state()}
         state["inverse_source"] = self.inverse_source
         state.update(self.refresh.checkpoint_state())
+        if self.adaptation is not None:
+            state["damping"] = self.adaptation.damping
         return state
 
     def restored(self) -> None:
@@ -111,7 +123,14 @@ class KFAC(ModelOptimizer):
         inversion that was in flight is restarted on its checkpointed snapshot."""
         self._host_iteration = int(self.iterations.numpy())
         self.inverse_iteration = int(self.inverse_source.numpy())
+        if self.adaptation is not None:
+            self._use_damping()
         self.refresh.restored()
+
+    def _use_damping(self) -> None:
+        """Inversions started from now on use the adapted λ (plus the weight decay, as a fixed λ)."""
+        assert self.adaptation is not None
+        self.inversion.damping = float(self.adaptation.damping.numpy()) + self.config.weight_decay
 
     def _set_source(self, snapshot_step: int) -> None:
         self.inverse_iteration = snapshot_step
@@ -121,7 +140,8 @@ class KFAC(ModelOptimizer):
     def _replica_statistics(self, x: tf.Tensor) -> None:
         self.commit(self.preconditioner.factor_assignments(self.preconditioner.statistics_pass(x)))
 
-    def _replica_step(self, x: tf.Tensor, y: tf.Tensor, ready: tf.Tensor, with_stats: bool) -> dict[str, tf.Tensor]:
+    def _replica_step(self, x: tf.Tensor, y: tf.Tensor, ready: tf.Tensor, with_stats: bool,
+                      adapt: bool) -> dict[str, tf.Tensor]:
         preconditioner = self.preconditioner
         separate = with_stats and self.config.stats_batch_size is not None
         batch_factors = preconditioner.statistics_pass(x[: self.config.stats_batch_size]) if separate else []
@@ -136,7 +156,47 @@ class KFAC(ModelOptimizer):
             self.commit(preconditioner.factor_assignments(batch_factors))
         direction = preconditioner.precondition(grads)
         scale = preconditioner.step_size(direction, grads, self.iterations)
-        self.commit(self.update_assignments(direction, scale["step_size"]))
+        updates = self.update_assignments(direction, scale["step_size"])
+        extra: dict[str, tf.Tensor] = {}
+        if adapt:
+            old = [tf.convert_to_tensor(p) for p in self.params]
+            new = {id(variable): value for variable, value in updates}
+            update = [new[id(variable)] - p for variable, p in zip(self.params, old, strict=True)]
+            saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]  # extra passes leave BN be
+            curvature = self._fisher_quadratic(x, update)
+        self.commit(updates)
+        if adapt:
+            extra = self._adapt(x, y, loss, grads, old, update, curvature)
+            for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
+                variable.assign(value)
         ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
-        return {"loss": loss, "error": error, **scale, "inverses_ready": ready}
+        if self.adaptation is not None:
+            extra["damping"] = tf.convert_to_tensor(self.adaptation.damping)
+        return {"loss": loss, "error": error, **scale, "inverses_ready": ready, **extra}
+
+    def _fisher_quadratic(self, x: tf.Tensor, update: list[tf.Tensor]) -> tf.Tensor:
+        """δᵀFδ on this replica's batch: F the exact Fisher of the predictive distribution (one Jacobian-vector
+        product through the model at θ)."""
+        with tf.autodiff.ForwardAccumulator([p.value for p in self.params], update) as accumulator:
+            outputs = tf.cast(self.model(x, training=True), tf.float32)
+        tangent = accumulator.jvp(outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        per_example = likelihoods.fisher_quadratic(self.likelihood, outputs, self.from_logits, tangent)
+        return tf.reduce_mean(per_example)
+
+    def _adapt(self, x: tf.Tensor, y: tf.Tensor, loss: tf.Tensor, grads: list[tf.Tensor], old: list[tf.Tensor],
+               update: list[tf.Tensor], curvature: tf.Tensor) -> dict[str, tf.Tensor]:
+        """ρ of the update just committed and the adapted λ (`kfac.damping_adaptation`), assigned on every
+        replica; the weight decay wd counts as ½ wd‖θ‖² in h and wd·I in the curvature."""
+        assert self.adaptation is not None
+        moved, _ = self.loss_and_outputs(x, y, training=True)
+        difference, curvature = all_reduce_mean([moved - loss, tf.identity(curvature)])
+        wd = self.config.weight_decay
+        length = tf.add_n([tf.reduce_sum(tf.square(d)) for d in update])
+        cross = tf.add_n([tf.reduce_sum(p * d) for p, d in zip(old, update, strict=True)])
+        change = difference + wd * (cross + 0.5 * length)  # ½wd(‖θ+δ‖² − ‖θ‖²)
+        predicted = 0.5 * (curvature + wd * length) + tf.add_n(
+            [tf.reduce_sum(g * d) for g, d in zip(grads, update, strict=True)])
+        rho = reduction_ratio(change, predicted)
+        self.commit([(self.adaptation.damping, self.adaptation.new_damping(rho))])
+        return {"reduction_ratio": rho}

@@ -80,9 +80,11 @@ class BlockInversion:
         """The summed cost of this process's parts."""
         return sum(c for c, owner in zip(self.costs, self.owners, strict=True) if owner in self.local_devices)
 
-    def compute(self, factors: FactorSource, snapshot_step: int) -> Computed:
+    def compute(self, factors: FactorSource, snapshot_step: int, damping: float | None = None) -> Computed:
         """`compute_inverse` of this process's parts from `factors` (block name → factor variables), spread over
-        `threads` cores (`run_parts`)."""
+        `threads` cores (`run_parts`), with `damping` (by default `self.damping`, λ + wd; an adapted λ changes it
+        between refreshes)."""
+        damping = self.damping if damping is None else damping
         start = time.perf_counter()
         keys: list[tuple[str, str]] = []
         parts: list[tuple[float, Callable[[], np.ndarray]]] = []
@@ -91,7 +93,7 @@ class BlockInversion:
             if not mine:
                 continue
             arrays = {name: host_array(value) for name, value in factors[block.name].items()}
-            recipes = block.inverse_recipes(arrays, self.damping, self.dtype)  # the damping split once per block
+            recipes = block.inverse_recipes(arrays, damping, self.dtype)  # the damping split once per block
             for part, device in mine.items():
                 keys.append((block.name, part))
                 parts.append((self._cost[block.name, part], functools.partial(_on, device, recipes[part])))

@@ -69,7 +69,7 @@ class InverseRefresh:
         """Start inverting `factors` (the snapshot of `step`): in the background or now, as the policy says."""
         self._last, self._pending_step, self._source = step, step, factors
         if self._pool is not None:
-            self._pending = self._pool.submit(self.inversion.compute, factors, step)
+            self._pending = self._pool.submit(self.inversion.compute, factors, step, self.inversion.damping)
         else:
             self._pending = Future()
             self._pending.set_result(self.inversion.compute(factors, step))
