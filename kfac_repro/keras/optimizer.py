@@ -31,7 +31,7 @@ from kfac_repro.keras.refresh import GraphRefresh
 from kfac_repro.kfac.base import check_same_variables
 from kfac_repro.kfac.config import KFACConfig
 from kfac_repro.kfac.preconditioner import Preconditioner
-from kfac_repro.kfac.replicas import all_reduce_mean, assign_all
+from kfac_repro.kfac.replicas import all_reduce_mean, assign_all, every_replica
 from kfac_repro.kfac.update import UpdateRule
 
 # The Keras API's defaults where they differ from KFACConfig's (the paper's); every other setting means what it means
@@ -393,10 +393,10 @@ def keras_config(settings: dict[str, Any]) -> KFACConfig:
 
 
 def _all_replicas(context: tf.distribute.ReplicaContext, flag: tf.Tensor) -> tf.Tensor:
-    """Whether every replica's `flag` (0.0 or 1.0) is 1.0: their mean is then 1 (tf.distribute has no MIN)."""
+    """Whether every replica's `flag` (0.0 or 1.0) is 1.0 (`every_replica` of their mean)."""
     replicas = context.num_replicas_in_sync
     mean = flag if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.MEAN, flag)
-    return mean > 1.0 - 0.5 / replicas
+    return every_replica(mean, replicas)
 
 
 def _sum_over_replicas(context: tf.distribute.ReplicaContext, values: list[tf.Tensor]) -> list[tf.Tensor]:

@@ -27,8 +27,8 @@ from kfac_repro.kfac.damping_adaptation import DampingAdaptation, reduction_rati
 from kfac_repro.kfac.inversion.divided import BlockInversion
 from kfac_repro.kfac.inversion.policy import policy_for
 from kfac_repro.kfac.inversion.refresh import InverseRefresh
-from kfac_repro.kfac.preconditioner import Preconditioner, tape_gradient
-from kfac_repro.kfac.replicas import all_reduce_mean
+from kfac_repro.kfac.preconditioner import Preconditioner, kept, tape_gradient
+from kfac_repro.kfac.replicas import all_reduce_mean, every_replica
 from kfac_repro.kfac.update import UpdateRule
 
 
@@ -100,8 +100,8 @@ class KFAC(ModelOptimizer):
             metrics: Metrics = dict(self._steps[step % self.config.stats_every == 0, adapt](x, y, ready))
         if adapt:
             self._use_damping()
-        agreed, threshold = metrics.pop("inverses_ready"), 1.0 - 0.5 / self.strategy.num_replicas_in_sync
-        self.refresh.after_step(lambda: float(agreed) > threshold)  # read at the next boundary, if needed
+        agreed, replicas = metrics.pop("inverses_ready"), self.strategy.num_replicas_in_sync
+        self.refresh.after_step(lambda: bool(every_replica(float(agreed), replicas)))  # read at the next boundary
         metrics["inverse_staleness"] = float(step - self.inverse_iteration)
         self._host_iteration += 1
         return metrics
@@ -162,13 +162,12 @@ class KFAC(ModelOptimizer):
             old = [tf.convert_to_tensor(p) for p in self.params]
             new = {id(variable): value for variable, value in updates}
             update = [new[id(variable)] - p for variable, p in zip(self.params, old, strict=True)]
-            saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]  # extra passes leave BN be
-            curvature = self._fisher_quadratic(x, update)
-        self.commit(updates)
-        if adapt:
-            extra = self._adapt(x, y, loss, grads, old, update, curvature)
-            for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
-                variable.assign(value)
+            with kept(self.model.non_trainable_variables):  # the extra passes leave BN's moving averages be
+                curvature = self._fisher_quadratic(x, update)
+                self.commit(updates)
+                extra = self._adapt(x, y, loss, grads, old, update, curvature)
+        else:
+            self.commit(updates)
         ready = tf.identity(ready)  # a copy on this replica's device, for the all-reduce (inversion.refresh)
         loss, error, ready = all_reduce_mean([loss, self.error_rate(outputs, y), ready])
         if self.adaptation is not None:

@@ -10,7 +10,8 @@ The front ends (`kfac_repro.kfac.optimizer.KFAC`, `kfac_repro.keras.KFAC`) call 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -111,14 +112,11 @@ class Preconditioner:
 
     def local_statistics_pass(self, x: tf.Tensor, sample_weight: tf.Tensor | None = None) -> list[tf.Tensor]:
         """`statistics_pass` on this replica's `x` alone (`local_batch_factors`' `sample_weight`)."""
-        saved = [tf.identity(v.value) for v in self.model.non_trainable_variables]
         self.taps.clear()
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = tf.cast(self.model(x, training=True), tf.float32)
-        batch_factors = self.local_batch_factors(outputs, tape_gradient(tape), self.recorded_calls(), sample_weight)
-        for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
-            variable.assign(value)
-        return batch_factors
+        with kept(self.model.non_trainable_variables):
+            with tf.GradientTape(persistent=True) as tape:
+                outputs = tf.cast(self.model(x, training=True), tf.float32)
+            return self.local_batch_factors(outputs, tape_gradient(tape), self.recorded_calls(), sample_weight)
 
     def batch_factors(self, outputs: tf.Tensor, gradient: Gradient) -> list[tf.Tensor]:
         """This step's statistics of every block (in `statistics` order), averaged over replicas, from the calls the
@@ -174,6 +172,15 @@ class Preconditioner:
             pairs += [(f, decay * f + (1.0 - decay) * next(values)) for f in block.factors.values()]
             pairs += block.scaling_assignments([next(values) for _ in block.scaling], self.config.stats_decay)
         return [*pairs, (self.stats_updates, self.stats_updates + 1)]
+
+
+@contextlib.contextmanager
+def kept(variables: Sequence) -> Iterator[None]:
+    """Restore `variables` (e.g. a model's BN moving averages) to their values on entry when the block ends."""
+    saved = [tf.identity(v.value) for v in variables]
+    yield
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(value)
 
 
 def _broadcastable(weights: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:

@@ -4,6 +4,7 @@ included), with all-reduced gradients and statistics and one cross-replica assig
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -16,6 +17,12 @@ def all_reduce_mean(values: list[tf.Tensor]) -> list[tf.Tensor]:
     if context is None or context.num_replicas_in_sync == 1 or not values:
         return values
     return list(context.all_reduce(MEAN, values))
+
+
+def every_replica(mean_flag: Any, replicas: int) -> Any:
+    """Whether every replica's flag (0.0 or 1.0) is 1.0, from their mean over `replicas` (a float or a tensor):
+    the mean is then 1, else at most 1 − 1/replicas (tf.distribute reduces by SUM and MEAN only, not MIN)."""
+    return mean_flag > 1.0 - 0.5 / replicas
 
 
 def backing_variable(variable: tf.Variable) -> tf.Variable:
