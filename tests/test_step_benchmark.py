@@ -80,11 +80,25 @@ def test_bench_fit_prints_kfac_against_adam_at_each_batch_size_from_one_run(monk
 
     monkeypatch.setattr(fit_time, "in_turns", recording)
     result = CliRunner().invoke(cli.main, ["bench", "fit", "--model", "mlp", "--batch-size", "16", "--batch-size", "4",
-                                           "--steps", "2", "--epochs", "1"])
+                                           "--steps", "2", "--epochs", "1", "--kfac", "stats_every=2 damping=1"])
     assert result.exit_code == 0, result.output
-    assert timed == [["K-FAC (defaults), batch 4", "Adam (1e-3), batch 4", "K-FAC (defaults), batch 16",
-                      "Adam (1e-3), batch 16"]]  # every arm in the same turns
+    assert timed == [[f"{arm}, batch {b}" for b in (4, 16)
+                      for arm in ("K-FAC (defaults)", "K-FAC stats_every=2 damping=1", "Adam (1e-3)")]]  # same turns
     rows = [line.split() for line in result.output.splitlines() if line.startswith("mlp ")]
-    assert [(row[1], row[2]) for row in rows] == [("4", "K-FAC"), ("4", "Adam"), ("16", "K-FAC"), ("16", "Adam")]
-    assert all(float(row[-3]) > 0 for row in rows)  # ms per step
+    assert [(row[1], row[2], row[3]) for row in rows] == [(b, *arm) for b in ("4", "16") for arm in (
+        ("K-FAC", "(defaults)"), ("K-FAC", "stats_every=2"), ("Adam", "(1e-3)"))]
+    assert all(float(row[-4]) > 0 for row in rows)  # ms per step
+    assert all(float(low) <= float(row[-4]) <= float(high) for row in rows for low, high in [row[-3].split("-")])
     assert [row[-2] for row in rows if row[2] == "Adam"] == ["1.00", "1.00"]  # × Adam at the same batch size
+    # the variant's losses differ from the defaults' (its settings reach the optimizer)
+    losses = {(row[1], row[3]): float(row[-1]) for row in rows}
+    assert losses["4", "stats_every=2"] != losses["4", "(defaults)"]
+
+
+@pytest.mark.parametrize(("text", "named"), [("stats_every", "KEY=VALUE"), ("stats_evry=2", "stats_evry"),
+                                              ("stats_every=0", "stats_every"), ("max_step_size=1", "max_step_size")])
+def test_bench_fit_refuses_a_bad_kfac_variant_before_training(text: str, named: str) -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "fit", "--model", "mlp", "--kfac", text])
+    assert result.exit_code == 2
+    assert "--kfac" in result.output and named in result.output
+    assert "fitting" not in result.output

@@ -1,14 +1,17 @@
 """`model.fit` step time with kfac_repro.keras.KFAC (its defaults, their amortisation and inverse refreshes
-included) against Adam, at one or more batch sizes, on the README's MLP, a small CNN and the Keras suite's CNN with
-BatchNormalization (`keras_suite_models`: its task (b)), on Fashion-MNIST (or any arrays of its shape), all in one
-process, every optimizer's and batch size's epochs in turns, so that the ratios are comparable. The training loss
-after the timed epochs is reported too (the same steps and batches for both optimizers)."""
+included, and any other settings asked for) against Adam, at one or more batch sizes, on the README's MLP, a small
+CNN and the Keras suite's CNN with BatchNormalization (`keras_suite_models`: its task (b)), on Fashion-MNIST (or any
+arrays of its shape), all in one process, every optimizer's and batch size's epochs in turns, so that the ratios are
+comparable. The training loss after the timed epochs is reported too (the same steps and batches for both
+optimizers)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,6 +22,12 @@ from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.keras import KFAC
 
 KFAC_LABEL, ADAM_LABEL = "K-FAC (defaults)", "Adam (1e-3)"
+DEFAULTS: Mapping[str, Any] = {}  # the settings of K-FAC's default arm
+
+
+def kfac_label(settings: Mapping[str, Any]) -> str:
+    """'K-FAC (defaults)', or 'K-FAC stats_every=5 inverse_every=20' for an arm with settings."""
+    return " ".join(["K-FAC", *(f"{key}={value}" for key, value in settings.items())]) if settings else KFAC_LABEL
 
 
 @dataclass(frozen=True)
@@ -45,29 +54,40 @@ def small_cnn() -> keras.Model:
 MODELS: dict[str, Callable[[], keras.Model]] = {"mlp": readme_mlp, "cnn": small_cnn, "bn-cnn": bn_cnn}
 
 
+def _kfac(model: keras.Model, settings: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    return KFAC(model, **settings)
+
+
 def time_fit(models: list[str], batch_sizes: Sequence[int], steps: int, epochs: int,
-             progress: Callable[[str], None] = lambda _: None) -> list[FitTiming]:
+             progress: Callable[[str], None] = lambda _: None,
+             variants: Sequence[Mapping[str, Any]] = (DEFAULTS,)) -> list[FitTiming]:
     """`fit_in_turns` of each model on the first `batch_size` × `steps` Fashion-MNIST training examples."""
     (x, y), _ = load_fashion_mnist()
     count = max(batch_sizes) * steps
     x = (x[:count, :, :, None] / np.float32(255.0)).astype("float32")
     return [t for name in models for t in fit_in_turns(name, x, y[:count].astype("int32"), batch_sizes, steps,
-                                                      epochs, progress)]
+                                                      epochs, progress, variants)]
 
 
 def fit_in_turns(name: str, x: np.ndarray, y: np.ndarray, batch_sizes: Sequence[int], steps: int, epochs: int,
-                 progress: Callable[[str], None] = lambda _: None) -> list[FitTiming]:
-    """Model `name` (`MODELS`) compiled with K-FAC and, separately, with Adam, for each batch size b: one warm-up
-    epoch each (tracing, first inversion), then `epochs` timed epochs of `steps` steps over the first b × `steps`
-    examples of (x, y), one epoch of every optimizer and batch size in turn."""
-    progress(f"{name}, K-FAC (defaults) and Adam (1e-3), batch {' and '.join(map(str, batch_sizes))}, epochs in turns")
+                 progress: Callable[[str], None] = lambda _: None,
+                 variants: Sequence[Mapping[str, Any]] = (DEFAULTS,)) -> list[FitTiming]:
+    """Model `name` (`MODELS`) compiled with K-FAC (once per settings in `variants`, KFAC's keyword arguments) and,
+    separately, with Adam, for each batch size b: one warm-up epoch each (tracing, first inversion), then `epochs`
+    timed epochs of `steps` steps over the first b × `steps` examples of (x, y), one epoch of every optimizer and
+    batch size in turn."""
+    optimizers: list[tuple[str, Callable[[keras.Model], keras.optimizers.Optimizer]]] = [
+        (kfac_label(settings), functools.partial(_kfac, settings=settings)) for settings in variants]
+    optimizers.append((ADAM_LABEL, lambda _: keras.optimizers.Adam(1e-3)))
+    progress(f"{name}, {', '.join(label for label, _ in optimizers)}, batch {' and '.join(map(str, batch_sizes))}, "
+             "epochs in turns")
     fits: dict[str, Callable[[], None]] = {}
     arms: dict[str, tuple[str, int]] = {}
     losses: dict[str, float] = {}
     for batch in batch_sizes:
         if len(x) < batch * steps:
             raise ValueError(f"bench fit: {len(x)} examples cannot make {steps} steps of batch {batch}")
-        for label, make in ((KFAC_LABEL, KFAC), (ADAM_LABEL, lambda _: keras.optimizers.Adam(1e-3))):
+        for label, make in optimizers:
             keras.utils.set_random_seed(0)
             model = MODELS[name]()
             model.compile(optimizer=make(model), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -194,22 +194,49 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="timed epochs after one warm-up epoch (the median is reported)")
-def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epochs: int) -> None:
+@click.option("--kfac", "variants", multiple=True, metavar="'KEY=VALUE ...'",
+              help="also time K-FAC with these settings (KFAC's keyword arguments, e.g. 'stats_every=5 "
+                   "inverse_every=20'; repeatable), in the same turns")
+def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epochs: int,
+        variants: tuple[str, ...]) -> None:
     """ms per step of Keras `fit` with kfac_repro.keras.KFAC (its defaults: their amortisation and inverse
-    refreshes included) and with Adam, at each batch size, every optimizer's and batch size's epochs in turns; K-FAC's
-    cost as a ratio to Adam's at the same batch size."""
-    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, time_fit
+    refreshes included; and each --kfac variant) and with Adam, at each batch size, every optimizer's and batch
+    size's epochs in turns; K-FAC's cost as a ratio to Adam's at the same batch size."""
+    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, time_fit
 
+    settings = [DEFAULTS, *(_kfac_settings(text) for text in variants)]
     sizes = sorted(set(batch_sizes))
     click.echo(f"Fashion-MNIST, first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
-               f"of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch size in turns")
+               f"(and range) of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch "
+               "size in turns")
     timings = time_fit(list(models), sizes, steps, epochs,
-                       progress=lambda what: click.echo(f"  fitting {what} ...", err=True))
-    click.echo(f"{'model':8}{'batch':>6}  {'optimizer':20}{'ms/step':>10}{'× Adam':>9}{'train loss':>12}")
+                       progress=lambda what: click.echo(f"  fitting {what} ...", err=True), variants=settings)
+    width = max(20, *(len(t.optimizer) + 2 for t in timings))
+    click.echo(f"{'model':8}{'batch':>6}  {'optimizer':{width}}{'ms/step':>10}{'range':>16}{'× Adam':>9}"
+               f"{'train loss':>12}")
     adam = {(t.model, t.batch_size): t.ms_per_step for t in timings if t.optimizer == ADAM_LABEL}
     for t in sorted(timings, key=lambda t: (t.model, t.batch_size, t.optimizer == ADAM_LABEL)):
         ratio = t.ms_per_step / adam[t.model, t.batch_size]
-        click.echo(f"{t.model:8}{t.batch_size:6}  {t.optimizer:20}{t.ms_per_step:10.1f}{ratio:9.2f}{t.loss:12.4f}")
+        spread = f"{t.low_ms:.1f}-{t.high_ms:.1f}"
+        click.echo(f"{t.model:8}{t.batch_size:6}  {t.optimizer:{width}}{t.ms_per_step:10.1f}{spread:>16}"
+                   f"{ratio:9.2f}{t.loss:12.4f}")
+
+
+def _kfac_settings(text: str) -> dict[str, object]:
+    """'stats_every=5 inverse_every=20' → KFAC's keyword arguments, checked by building an unattached KFAC."""
+    from kfac_repro.keras import KFAC
+    from kfac_repro.specs.yaml_source import parse_scalar
+
+    pairs = [item.partition("=") for item in text.split()]
+    bad = [key for key, sign, value in pairs if not (key and sign and value)]
+    if bad or not pairs:
+        raise click.BadParameter(f"{text!r}: expected KEY=VALUE items separated by spaces", param_hint="--kfac")
+    settings = {key: parse_scalar(value) for key, _, value in pairs}
+    try:
+        KFAC(None, **settings)
+    except (TypeError, ValueError) as error:
+        raise click.BadParameter(f"{text!r}: {error}", param_hint="--kfac") from error
+    return settings
 
 
 @bench.command("keras")
