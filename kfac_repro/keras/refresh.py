@@ -10,8 +10,9 @@ the host loop (`BlockInversion`: each inverse assigned to one replica, computed 
 `inversion_device: accelerator`, spread over the host's cores, `inversion_threads`); in one process (the default
 strategy, MirroredStrategy) every replica is local, so this process computes all the shares and installs them
 without a collective. Across processes each would compute only its own and the shares would have to be
-all-reduced inside the traced step (not built: `fit` across processes is untested), so there every process inverts
-every block (`divided=False`). A restored
+all-reduced inside the traced step; Keras 3.15.1's `fit` does not run across processes at all (keras-team/keras#20585,
+checked by tests/test_distributed.py), so that is not built, and a process whose strategy has replicas elsewhere
+inverts every block (`divided=False`). A restored
 checkpoint whose snapshot this process is not inverting is inverted when taken, so a resumed `fit` installs exactly
 the inverses of the uninterrupted one.
 """
