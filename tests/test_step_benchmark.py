@@ -70,7 +70,8 @@ def test_bench_fit_prints_kfac_against_adam_at_each_batch_size_from_one_run(monk
     from kfac_repro.benchmarks import fit_time
     from kfac_repro.benchmarks.keras_suite_models import TASKS
 
-    assert fit_time.MODELS["bn-cnn"] is TASKS["bn-cnn"].build  # one BN-CNN: the Keras suite's task (b)
+    for name, task in TASKS.items():  # one definition of each model: the Keras suite's
+        assert fit_time.MODELS[name].build.func is task.build and fit_time.MODELS[name].loss is task.loss
     timed: list[list[str]] = []
     real = fit_time.in_turns
 

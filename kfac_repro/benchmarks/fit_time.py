@@ -1,9 +1,9 @@
 """`model.fit` step time with kfac_repro.keras.KFAC (its defaults, their amortisation and inverse refreshes
-included, and any other settings asked for) against Adam, at one or more batch sizes, on the README's MLP, a small
-CNN and the Keras suite's CNN with BatchNormalization (`keras_suite_models`: its task (b)), on Fashion-MNIST (or any
-arrays of its shape), all in one process, every optimizer's and batch size's epochs in turns, so that the ratios are
-comparable. The training loss after the timed epochs is reported too (the same steps and batches for both
-optimizers)."""
+included, and any other settings asked for) against Adam, at one or more batch sizes, on a small CNN or any of the
+Keras suite's tasks (`keras_suite_models.TASKS`: the README's MLP, the CNN with BatchNormalization, the residual
+CNN, the deep autoencoder, the sequence model; full width, their own data and loss), all in one process, every
+optimizer's and batch size's epochs in turns, so that the ratios are comparable. The training loss after the
+timed epochs is reported too (the same steps and batches for both optimizers)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite_models import bn_cnn, readme_mlp
+from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, SCALES, TASK_NAMES
+from kfac_repro.benchmarks.keras_suite_models import TASKS
 from kfac_repro.benchmarks.step_time import in_turns
-from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.keras import KFAC
 
 KFAC_LABEL, ADAM_LABEL = "K-FAC (defaults)", "Adam (1e-3)"
@@ -51,7 +51,30 @@ def small_cnn() -> keras.Model:
                              keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(10)])
 
 
-MODELS: dict[str, Callable[[], keras.Model]] = {"mlp": readme_mlp, "cnn": small_cnn, "bn-cnn": bn_cnn}
+@dataclass(frozen=True)
+class FitModel:
+    """A model `bench fit` times: its builder, its compiled loss, its first `count` training examples and its
+    compiled metrics (accuracy for classifiers, as the suite compiles them)."""
+
+    build: Callable[[], keras.Model]
+    loss: Callable[[], keras.losses.Loss]
+    data: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    metrics: tuple[str, ...] = ("accuracy",)
+
+
+def _task(name: str) -> FitModel:
+    """The Keras suite's task `name` at full width, on the training split of its seed-0 data."""
+    task = TASKS[name]
+
+    def data(count: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = task.data(0, SCALES["full"])[0]
+        return x[:count], y[:count]
+
+    return FitModel(functools.partial(task.build, 1.0), task.loss, data, ("accuracy",) if ERROR_METRIC[name] else ())
+
+
+MODELS: dict[str, FitModel] = {"cnn": FitModel(small_cnn, TASKS["mlp"].loss, _task("mlp").data),
+                               **{name: _task(name) for name in TASK_NAMES}}
 
 
 def _kfac(model: keras.Model, settings: Mapping[str, Any]) -> keras.optimizers.Optimizer:
@@ -61,12 +84,10 @@ def _kfac(model: keras.Model, settings: Mapping[str, Any]) -> keras.optimizers.O
 def time_fit(models: list[str], batch_sizes: Sequence[int], steps: int, epochs: int,
              progress: Callable[[str], None] = lambda _: None,
              variants: Sequence[Mapping[str, Any]] = (DEFAULTS,)) -> list[FitTiming]:
-    """`fit_in_turns` of each model on the first `batch_size` × `steps` Fashion-MNIST training examples."""
-    (x, y), _ = load_fashion_mnist()
-    count = max(batch_sizes) * steps
-    x = (x[:count, :, :, None] / np.float32(255.0)).astype("float32")
-    return [t for name in models for t in fit_in_turns(name, x, y[:count].astype("int32"), batch_sizes, steps,
-                                                      epochs, progress, variants)]
+    """`fit_in_turns` of each model on its first `batch_size` × `steps` training examples."""
+    return [t for name in models
+            for t in fit_in_turns(name, *MODELS[name].data(max(batch_sizes) * steps), batch_sizes, steps, epochs,
+                                  progress, variants)]
 
 
 def fit_in_turns(name: str, x: np.ndarray, y: np.ndarray, batch_sizes: Sequence[int], steps: int, epochs: int,
@@ -89,9 +110,8 @@ def fit_in_turns(name: str, x: np.ndarray, y: np.ndarray, batch_sizes: Sequence[
             raise ValueError(f"bench fit: {len(x)} examples cannot make {steps} steps of batch {batch}")
         for label, make in optimizers:
             keras.utils.set_random_seed(0)
-            model = MODELS[name]()
-            model.compile(optimizer=make(model), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"])
+            model = MODELS[name].build()
+            model.compile(optimizer=make(model), loss=MODELS[name].loss(), metrics=list(MODELS[name].metrics))
             key = f"{label}, batch {batch}"
 
             def epoch(model: keras.Model = model, key: str = key, count: int = batch * steps, batch: int = batch

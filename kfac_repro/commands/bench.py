@@ -185,10 +185,11 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
 
 
 @bench.command("fit")
-@click.option("--model", "models", type=click.Choice(["mlp", "cnn", "bn-cnn"]), multiple=True,
+@click.option("--model", "models", type=click.Choice(["cnn", *TASK_NAMES]), multiple=True,
               default=("mlp", "cnn", "bn-cnn"), show_default=True,
-              help="mlp: the README's 784-128-10 MLP; cnn: two 5×5 conv layers (16, 32) → 10; bn-cnn: the Keras "
-                   "suite's CNN with BatchNormalization (3×3 conv 32-32-64-64, global pooling → 10)")
+              help="cnn: two 5×5 conv layers (16, 32) → 10 on Fashion-MNIST; or a task of the Keras suite at full "
+                   "width, with its data and loss: " + "; ".join(f"{name}: {text}"
+                                                               for name, text in TASK_DESCRIPTIONS.items()))
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True, default=(128, 1024),
               show_default=True, help="batch size (repeatable)")
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
@@ -206,19 +207,20 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
 
     settings = [DEFAULTS, *(_kfac_settings(text) for text in variants)]
     sizes = sorted(set(batch_sizes))
-    click.echo(f"Fashion-MNIST, first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
+    click.echo(f"each model's first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
                f"(and range) of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch "
                "size in turns")
     timings = time_fit(list(models), sizes, steps, epochs,
                        progress=lambda what: click.echo(f"  fitting {what} ...", err=True), variants=settings)
     width = max(20, *(len(t.optimizer) + 2 for t in timings))
-    click.echo(f"{'model':8}{'batch':>6}  {'optimizer':{width}}{'ms/step':>10}{'range':>16}{'× Adam':>9}"
+    named = max(8, *(len(t.model) + 1 for t in timings))
+    click.echo(f"{'model':{named}}{'batch':>6}  {'optimizer':{width}}{'ms/step':>10}{'range':>16}{'× Adam':>9}"
                f"{'train loss':>12}")
     adam = {(t.model, t.batch_size): t.ms_per_step for t in timings if t.optimizer == ADAM_LABEL}
     for t in sorted(timings, key=lambda t: (t.model, t.batch_size, t.optimizer == ADAM_LABEL)):
         ratio = t.ms_per_step / adam[t.model, t.batch_size]
         spread = f"{t.low_ms:.1f}-{t.high_ms:.1f}"
-        click.echo(f"{t.model:8}{t.batch_size:6}  {t.optimizer:{width}}{t.ms_per_step:10.1f}{spread:>16}"
+        click.echo(f"{t.model:{named}}{t.batch_size:6}  {t.optimizer:{width}}{t.ms_per_step:10.1f}{spread:>16}"
                    f"{ratio:9.2f}{t.loss:12.4f}")
 
 
