@@ -103,3 +103,16 @@ def test_bench_fit_refuses_a_bad_kfac_variant_before_training(text: str, named: 
     assert result.exit_code == 2
     assert "--kfac" in result.output and named in result.output
     assert "fitting" not in result.output
+
+
+@pytest.mark.parametrize(("arms", "named"), [
+    (["stats_every=2 damping=1", "damping=1 stats_every=2"], "another --kfac"),
+    (["damping=1", "stats_every=2", "damping=1.0"], "another --kfac"),
+    (["damping=1 stats_every=2 damping=0.1"], "damping given more than once")])
+def test_bench_fit_refuses_two_arms_with_the_same_settings(arms: list[str], named: str) -> None:
+    """Two arms with one label (or one settings dict) would leave one of them out of the table without a word."""
+    options = [text for arm in arms for text in ("--kfac", arm)]
+    result = CliRunner().invoke(cli.main, ["bench", "fit", "--model", "mlp", *options])
+    assert result.exit_code == 2
+    assert named in result.output
+    assert "fitting" not in result.output

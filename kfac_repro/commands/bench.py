@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -10,7 +11,13 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from kfac_repro.benchmarks.gpu_table import PAPER_MODELS, Row, ratios, write_rows
-from kfac_repro.benchmarks.keras_suite import DEFAULT_BATCHES, SCALES, TASK_DESCRIPTIONS, TASK_NAMES
+from kfac_repro.benchmarks.keras_suite import (
+    DEFAULT_BATCHES,
+    SCALE_DESCRIPTIONS,
+    SCALES,
+    TASK_DESCRIPTIONS,
+    TASK_NAMES,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -205,7 +212,14 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
     size's epochs in turns; K-FAC's cost as a ratio to Adam's at the same batch size."""
     from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, time_fit
 
-    settings = [DEFAULTS, *(_kfac_settings(text) for text in variants)]
+    settings = [DEFAULTS]
+    for text in variants:
+        arm = _kfac_settings(text)
+        if arm in settings:
+            raise click.BadParameter(f"{text!r}: the same settings as another --kfac; every arm must differ",
+                                     param_hint="--kfac")
+        settings.append(arm)
+    models = tuple(dict.fromkeys(models))
     sizes = sorted(set(batch_sizes))
     click.echo(f"each model's first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
                f"(and range) of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch "
@@ -233,6 +247,9 @@ def _kfac_settings(text: str) -> dict[str, object]:
     bad = [key for key, sign, value in pairs if not (key and sign and value)]
     if bad or not pairs:
         raise click.BadParameter(f"{text!r}: expected KEY=VALUE items separated by spaces", param_hint="--kfac")
+    repeated = sorted(key for key, count in Counter(key for key, _, _ in pairs).items() if count > 1)
+    if repeated:
+        raise click.BadParameter(f"{text!r}: {', '.join(repeated)} given more than once", param_hint="--kfac")
     settings = {key: parse_scalar(value) for key, _, value in pairs}
     try:
         KFAC(None, **settings)
@@ -250,7 +267,7 @@ def _kfac_settings(text: str) -> dict[str, object]:
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="measured seeds per optimizer (1..N; the tuning runs use seed 0)")
 @click.option("--scale", type=click.Choice(sorted(SCALES)), default="full", show_default=True,
-              help="tiny: every task at toy size in seconds, for tests")
+              help="; ".join(f"{name}: {text}" for name, text in SCALE_DESCRIPTIONS.items()))
 @click.option("--tiny", is_flag=True, help="the same as --scale tiny")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/keras"),
               show_default=True, help="runs.csv and costs.csv (resumed from), suite.csv, suite.md, suite.png")
