@@ -16,6 +16,7 @@ from kfac_repro.benchmarks.keras_suite import (
     GRIDS,
     OPTIMIZERS,
     SCALES,
+    TASK_NAMES,
     grid,
     setting_text,
 )
@@ -157,7 +158,6 @@ def test_results_of_another_scale_are_refused(tmp_path: Path) -> None:
 
 
 def test_every_named_task_has_a_model_and_data() -> None:
-    from kfac_repro.benchmarks.keras_suite import TASK_NAMES
     from kfac_repro.benchmarks.keras_suite_models import TASKS
 
     assert tuple(TASKS) == TASK_NAMES
@@ -277,3 +277,16 @@ def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimi
     assert trained == ["ekfac", "ekfac"] and timed[-1] == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
     assert sorted(r["optimizer"] for r in read_rows(tmp_path / "costs.csv")) == sorted((*DEFAULT_OPTIMIZERS, "ekfac"))
     assert {r["optimizer"] for r in read_rows(tmp_path / "suite.csv")} == {*DEFAULT_OPTIMIZERS, "ekfac"}
+
+
+@pytest.mark.fashion_mnist
+def test_the_cpu_scale_halves_only_the_convolutional_nets_and_trains_on_20000_examples() -> None:
+    from kfac_repro.benchmarks.keras_suite_models import TASKS
+
+    cpu, full = SCALES["cpu"], SCALES["full"]
+    for task in TASK_NAMES:
+        narrow, wide = (TASKS[task].build(s.width_of(task)).count_params() for s in (cpu, full))
+        assert (narrow < wide / 3) if task in ("bn-cnn", "resnet") else (narrow == wide), task
+    for task in ("mlp", "autoencoder", "sequence"):
+        train, val, target = TASKS[task].data(0, cpu)
+        assert len(train[0]) == 20_000 and len(val[0]) == len(target[0]) == 5000, task

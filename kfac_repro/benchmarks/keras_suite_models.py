@@ -239,7 +239,7 @@ def train_run(task_name: str, optimizer: str, setting: dict[str, float], seed: i
     per_epoch = len(train[0]) // batch
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(train[0]))[:per_epoch * batch] for _ in range(scale.epochs)])
-    model = _compiled(task_name, optimizer, setting, seed, scale.width)
+    model = _compiled(task_name, optimizer, setting, seed, scale.width_of(task_name))
     curve = Curve([0], [_metric(task_name, model, val)], [_metric(task_name, model, target)], steps, 0.0)
     seconds, done = 0.0, 0
     while done < steps and not math.isnan(curve.target[-1]):
@@ -272,7 +272,8 @@ def time_steps(task_name: str, settings: dict[str, dict[str, float]], batch: int
     (x, y), _, _ = TASKS[task_name].data(0, scale)
     index = np.arange(batch * scale.cost_steps) % len(x)
     x, y = x[index], y[index]
-    models = {name: _compiled(task_name, name, setting, 0, scale.width) for name, setting in settings.items()}
+    models = {name: _compiled(task_name, name, setting, 0, scale.width_of(task_name))
+              for name, setting in settings.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(scale.cost_rounds + 1):
         progress(f"round {round_}/{scale.cost_rounds}" if round_ else "warm-up")
