@@ -290,3 +290,28 @@ def test_the_cpu_scale_halves_only_the_convolutional_nets_and_trains_on_20000_ex
     for task in ("mlp", "autoencoder", "sequence"):
         train, val, target = TASKS[task].data(0, cpu)
         assert len(train[0]) == 20_000 and len(val[0]) == len(target[0]) == 5000, task
+
+
+def test_no_timing_trains_every_run_and_a_later_call_times_the_costs_without_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks import keras_suite_models
+    from kfac_repro.benchmarks.keras_suite_models import Curve
+
+    trained: list[str] = []
+    timed: list[list[str]] = []
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
+                        or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
+    monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
+        sorted(settings)) or dict.fromkeys(settings, 0.01))
+    args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli.main, [*args, "--no-timing"])
+    assert result.exit_code == 0, result.output
+    assert sorted(trained) == sorted(DEFAULT_OPTIMIZERS * 2) and timed == []
+    assert "[8/8]" in result.output and not (tmp_path / "costs.csv").exists()
+    assert read_rows(tmp_path / "suite.csv") == []
+    trained.clear()
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert trained == [] and timed == [sorted(DEFAULT_OPTIMIZERS)]
+    assert "9 jobs (8 done" in result.output
+    assert {r["optimizer"] for r in read_rows(tmp_path / "suite.csv")} == set(DEFAULT_OPTIMIZERS)

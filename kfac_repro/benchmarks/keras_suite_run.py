@@ -43,7 +43,8 @@ TUNING_SEED = 0
 @dataclass(frozen=True)
 class Plan:
     """What to run: tasks, batch sizes, measured seeds (1..seeds), the scale, the output folder, the command
-    line quoted in the README table, and the optimizers (keras_suite.OPTIMIZERS)."""
+    line quoted in the README table, the optimizers (keras_suite.OPTIMIZERS), and whether to time the per-step
+    costs (False: train only, and leave the timing to a later call on an otherwise idle machine)."""
 
     tasks: Sequence[str]
     batches: Sequence[int]
@@ -52,10 +53,12 @@ class Plan:
     out: Path
     command: str
     optimizers: Sequence[str] = DEFAULT_OPTIMIZERS
+    timing: bool = True
 
     def jobs(self) -> int:
         """Runs and cost timings in all."""
-        per_pair = sum(len(grid(o, self.scale)) for o in self.optimizers) + len(self.optimizers) * self.seeds + 1
+        per_pair = (sum(len(grid(o, self.scale)) for o in self.optimizers) + len(self.optimizers) * self.seeds
+                    + self.timing)
         return per_pair * len(self.tasks) * len(self.batches)
 
 
@@ -107,8 +110,8 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     for r in costs:
         timed.setdefault((r["task"], r["batch"]), set()).add(r["optimizer"])
     done_costs = {pair for pair, optimizers in timed.items() if optimizers >= set(plan.optimizers)}
-    done = len(done_runs & _wanted(plan, runs)) + sum((t, str(b)) in done_costs for t in plan.tasks
-                                                       for b in plan.batches)
+    done = len(done_runs & _wanted(plan, runs)) + plan.timing * sum((t, str(b)) in done_costs for t in plan.tasks
+                                                                     for b in plan.batches)
     progress = _Progress(plan.jobs(), done, echo)
     echo(f"{progress.total} jobs ({progress.done} done in {plan.out}); scale {plan.scale.name}")
     for task in plan.tasks:
@@ -128,7 +131,7 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
                 done_runs.add(key)
                 progress.finish(f"{task} b{batch} {phase} {optimizer} {setting} seed {seed} → "
                                 f"{curve.target[-1]:.4f}", time.perf_counter() - start)
-            if (task, str(batch)) not in done_costs:
+            if plan.timing and (task, str(batch)) not in done_costs:
                 start = time.perf_counter()
                 costs = [r for r in costs if (r["task"], r["batch"]) != (task, str(batch))]  # all timed in turns
                 costs += _cost_rows(plan, task, batch, runs, echo)
