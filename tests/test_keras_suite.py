@@ -257,8 +257,10 @@ def test_fashion_splits_hold_out_the_last_training_examples() -> None:
     assert (target[0] == train[0][:128]).all() and (val[0] * 255 == x[-128:].reshape(128, 784)).all()
 
 
-def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimizer_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fake_suite(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[list[str]]]:
+    """The suite's training and cost timing replaced by stand-ins that record what they were asked: the optimizer
+    of each run trained, and the optimizers of each cost timing."""
     from kfac_repro.benchmarks import keras_suite_models
     from kfac_repro.benchmarks.keras_suite_models import Curve
 
@@ -268,6 +270,12 @@ def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimi
                         or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
     monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
         sorted(settings)) or dict.fromkeys(settings, 0.01))
+    return trained, timed
+
+
+def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimizer_again(
+        tmp_path: Path, fake_suite: tuple[list[str], list[list[str]]]) -> None:
+    trained, timed = fake_suite
     args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
     assert CliRunner().invoke(cli.main, args).exit_code == 0
     assert sorted(trained) == sorted(DEFAULT_OPTIMIZERS * 2) and timed == [sorted(DEFAULT_OPTIMIZERS)]
@@ -293,16 +301,8 @@ def test_the_cpu_scale_halves_only_the_convolutional_nets_and_trains_on_20000_ex
 
 
 def test_no_timing_trains_every_run_and_a_later_call_times_the_costs_without_training(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kfac_repro.benchmarks import keras_suite_models
-    from kfac_repro.benchmarks.keras_suite_models import Curve
-
-    trained: list[str] = []
-    timed: list[list[str]] = []
-    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
-                        or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
-    monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
-        sorted(settings)) or dict.fromkeys(settings, 0.01))
+        tmp_path: Path, fake_suite: tuple[list[str], list[list[str]]]) -> None:
+    trained, timed = fake_suite
     args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
     result = CliRunner().invoke(cli.main, [*args, "--no-timing"])
     assert result.exit_code == 0, result.output
