@@ -102,7 +102,7 @@ def test_ekfac_is_compared_with_the_same_opponents_and_gets_its_own_table() -> N
         assert float(row["seconds_ratio"]) == pytest.approx(4 * float(row["steps_ratio"]), rel=1e-3)
     table = markdown_table(suite, "kfac-repro bench keras --ekfac")
     assert table.startswith(markdown_table(without, "kfac-repro bench keras --ekfac").rstrip("\n"))
-    assert "| task | batch | target (fraction) | EKFAC steps | steps: opponent, EKFAC ÷ it |" in table
+    assert "| EKFAC setting | EKFAC steps | steps: opponent (median), EKFAC ÷ it |" in table
     assert len([line for line in table.splitlines() if line.startswith("| mlp |")]) == 2 * len(FRACTIONS)
     unfinished = [r for r in costs if r["optimizer"] != "ekfac"]  # EKFAC's cost not timed yet: no summary yet
     assert summarise(runs, unfinished) == []
@@ -142,10 +142,11 @@ def test_markdown_table_from_a_written_suite_csv(tmp_path: Path) -> None:
     rows = [line for line in table.splitlines() if line.startswith("| mlp |")]
     assert len(rows) == 4
     cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
-    assert cells[:2] == ["mlp", "32"] and cells[2] == "0.2 (0.8)"
+    assert cells[:4] == ["mlp", "32", "0.2 (0.8)", "s=1"]
     # K-FAC at 0.8 of the way: steps ceil(0.8 · 50e^noise) = 37, 43, 40, 45, 39 against AdamW's 80
-    assert cells[4].startswith("AdamW (80) 0.51× [") and cells[5].startswith("AdamW (0.8) 1.53× [")
-    assert cells[7:] == ["5", "0 / 0"]
+    assert cells[5].startswith("AdamW s=1 (80) 0.51× [") and cells[6].startswith("AdamW s=1 (0.8) 1.53× [")
+    assert cells[8:] == ["5", "0 / 0"]
+    assert "Data: Fashion-MNIST" in table
     assert "`kfac-repro bench keras --seeds 5`" in table
 
 
