@@ -316,3 +316,39 @@ def test_no_timing_trains_every_run_and_a_later_call_times_the_costs_without_tra
     assert trained == [] and timed == [sorted(DEFAULT_OPTIMIZERS)]
     assert "9 jobs (8 done" in result.output
     assert {r["optimizer"] for r in read_rows(tmp_path / "suite.csv")} == set(DEFAULT_OPTIMIZERS)
+
+
+def test_a_variant_that_never_gets_far_leaves_the_targets_and_the_others_rows_alone() -> None:
+    runs, costs = _synthetic(kfac_ms=30.0)
+    without = summarise(runs, costs)
+    runs += [_run("tune", "kfac-amortised", 0, _line(100.0))]
+    runs += [_run("final", "kfac-amortised", seed, [1.0] + [0.6] * 300) for seed in SEEDS]  # stuck at 0.6
+    costs += [{**costs[0], "optimizer": "kfac-amortised", "ms_per_step": "11"}]
+    suite = summarise(runs, costs)
+    assert [r for r in suite if r["optimizer"] != "kfac-amortised"] == without
+    amortised = [r for r in suite if r["optimizer"] == "kfac-amortised"]
+    assert [r["censored"] for r in amortised] == ["5"] * len(FRACTIONS)  # censored at its budget, every seed
+    assert "| K-FAC amortised setting |" in markdown_table(suite, "c")
+
+
+@pytest.mark.parametrize(("flag", "variant", "settings"), [
+    ("--ekfac", "ekfac", {"eigenvalue_correction": True}),
+    ("--amortised", "kfac-amortised", {"stats_every": 10, "inverse_every": 50})])
+def test_each_variant_is_k_fac_with_its_settings_on_k_fac_s_grid_and_runs_only_when_asked(
+        tmp_path: Path, fake_suite: tuple[list[str], list[list[str]]], flag: str, variant: str,
+        settings: dict[str, object]) -> None:
+    import keras
+
+    from kfac_repro.benchmarks.keras_suite_models import make_optimizer, readme_mlp
+
+    assert GRIDS[variant] == GRIDS["kfac"]
+    optimizer = make_optimizer(variant, {"damping": 1.0, "kl_clip": 0.001}, readme_mlp())
+    assert {key: getattr(optimizer.config, key) for key in settings} == settings
+    assert (optimizer.config.damping, optimizer.config.kl_clip) == (1.0, 0.001)
+    plain = make_optimizer("kfac", {"damping": 1.0, "kl_clip": 0.001}, readme_mlp())
+    assert {key: getattr(plain.config, key) for key in settings} != settings
+    keras.backend.clear_session()
+    trained, _ = fake_suite
+    args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli.main, [*args, flag]).exit_code == 0
+    assert sorted(trained) == sorted([*DEFAULT_OPTIMIZERS, variant] * 2)

@@ -65,22 +65,25 @@ SCALE_DESCRIPTIONS = {
 DEFAULT_BATCHES = {"full": (128, 1024), "cpu": (128, 1024), "tiny": (32,)}
 
 # Every grid has GRID_SIZE settings: K-FAC's damping × KL bound c (its learning rate, η_max = 1, does not set its
-# step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9). EKFAC (an option of
-# the suite, `--ekfac`) is K-FAC with `eigenvalue_correction` on the same grid.
+# step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9).
 GRID_SIZE = 4
 _KFAC_GRID = [{"damping": d, "kl_clip": c} for d in (0.1, 1.0) for c in (0.01, 0.001)]
+# K-FAC's variants, options of the suite (`--ekfac`, `--amortised`): K-FAC with these settings on K-FAC's grid.
+AMORTISED: dict[str, object] = {"stats_every": 10, "inverse_every": 50}
+VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True}, "kfac-amortised": AMORTISED}
 GRIDS: dict[str, list[dict[str, float]]] = {
     "kfac": _KFAC_GRID,
     "adamw": [{"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
     "muon": [{"learning_rate": lr} for lr in (1e-3, 3e-3, 1e-2, 3e-2)],
     "sgd": [{"learning_rate": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
-    "ekfac": _KFAC_GRID,
+    **dict.fromkeys(VARIANTS, _KFAC_GRID),
 }
 OPTIMIZERS = tuple(GRIDS)
-DEFAULT_OPTIMIZERS = ("kfac", "adamw", "muon", "sgd")  # what the suite runs unless asked for EKFAC too
-SUBJECTS = ("kfac", "ekfac")  # each compared with the best-tuned of the OPPONENTS
+DEFAULT_OPTIMIZERS = ("kfac", "adamw", "muon", "sgd")  # what the suite runs unless asked for a variant too
+SUBJECTS = ("kfac", *VARIANTS)  # each compared with the best-tuned of the OPPONENTS
 OPPONENTS = ("adamw", "muon", "sgd")
-LABELS = {"kfac": "K-FAC", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov", "ekfac": "EKFAC"}
+LABELS = {"kfac": "K-FAC", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov", "ekfac": "EKFAC",
+          "kfac-amortised": "K-FAC amortised"}
 
 
 def grid(optimizer: str, scale: Scale) -> list[dict[str, float]]:

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, OPTIMIZERS, Scale, budget
+from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget
 from kfac_repro.keras import KFAC
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -180,9 +180,9 @@ TASKS: dict[str, Task] = {
 
 def make_optimizer(name: str, setting: dict[str, float], model: keras.Model) -> keras.optimizers.Optimizer:
     """The optimizer `name` of keras_suite.GRIDS with `setting`."""
-    if name in ("kfac", "ekfac"):
-        settings: dict[str, Any] = dict(setting)
-        return KFAC(model, eigenvalue_correction=name == "ekfac", **settings)
+    if name == "kfac" or name in VARIANTS:
+        settings: dict[str, Any] = {**VARIANTS.get(name, {}), **setting}
+        return KFAC(model, **settings)
     if name == "adamw":
         return keras.optimizers.AdamW(**setting)
     if name == "muon":

@@ -274,13 +274,16 @@ def _kfac_settings(text: str) -> dict[str, object]:
 @click.option("--ekfac", is_flag=True, help="also run EKFAC (K-FAC with eigenvalue_correction) on K-FAC's grid, "
               "compared with the same opponents; a suite already run adds EKFAC's runs and times every optimizer "
               "again in turns")
+@click.option("--amortised", is_flag=True, help="also run K-FAC amortised (statistics and inverses less often: "
+              "keras_suite.AMORTISED) on K-FAC's grid, compared with the same opponents; added to a suite already "
+              "run like --ekfac")
 @click.option("--no-timing", is_flag=True, help="train only: leave the per-step cost timings to a later call "
               "without this flag, made on an otherwise idle machine (training runs count steps, not seconds, so "
               "they may share the machine; the timings may not)")
 def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, scale: str, tiny: bool,
-                out: Path, ekfac: bool, no_timing: bool) -> None:
+                out: Path, ekfac: bool, amortised: bool, no_timing: bool) -> None:
     """Time to target of K-FAC (kfac_repro.keras.KFAC in `fit`) against AdamW, Muon and SGD+Nesterov, each tuned
-    with an equal grid, on five tasks and two batch sizes; K-FAC's (and with --ekfac EKFAC's) paired ratios to the
+    with an equal grid, on five tasks and two batch sizes; K-FAC's (and its variants') paired ratios to the
     best-tuned opponent.
     Resumable: each run is written as it finishes, and a rerun skips what OUT holds."""
     import shlex
@@ -292,7 +295,7 @@ def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, sc
     chosen = SCALES["tiny" if tiny else scale]
     command = "kfac-repro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
         "kfac-repro bench keras")
-    optimizers = (*DEFAULT_OPTIMIZERS, "ekfac") if ekfac else DEFAULT_OPTIMIZERS
+    optimizers = (*DEFAULT_OPTIMIZERS, *(["ekfac"] if ekfac else []), *(["kfac-amortised"] if amortised else []))
     plan = Plan(tasks or TASK_NAMES, batches or DEFAULT_BATCHES[chosen.name], seeds, chosen, out, command, optimizers,
                 timing=not no_timing)
     try:
