@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kfac_repro.benchmarks.cost_table import FILE_NAME, read_costs
+from kfac_repro.benchmarks.arm_costs.table import FILE_NAME, read_costs
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from kfac_repro.benchmarks import gpu_table as gt
 from kfac_repro.benchmarks.budget import Budget, BudgetSpent, run_measurements
+from kfac_repro.benchmarks.gpu import table as gt
 
 MODEL_QUANTITIES = (gt.SGD, gt.EVERY_STEP, gt.EVERY_STEP_BF16, gt.AMORTISED, gt.HOST_INVERSION,
                     gt.DEVICE_INVERSION, gt.PEAK_MEMORY)
@@ -125,7 +125,7 @@ def test_bench_gpu_help_imports_no_tensorflow() -> None:
     ({32, 64}, 64, [32, 64, 128]), ({32, 64, 128}, 128, [32, 64, 128]), (set(), None, [32]), ({64}, None, [32])])
 def test_the_largest_batch_is_found_by_doubling_until_one_does_not_fit(fitting: set[int], expected: int | None,
                                                                       tried: list[int]) -> None:
-    from kfac_repro.benchmarks.gpu_profile import largest_fitting
+    from kfac_repro.benchmarks.gpu.profile import largest_fitting
 
     calls = []
 
@@ -169,7 +169,7 @@ def test_bench_gpu_runs_end_to_end_at_tiny_scale(tmp_path: Path) -> None:
 
 
 def test_bench_gpu_stops_cleanly_when_its_budget_runs_out(tmp_path: Path) -> None:
-    import kfac_repro.benchmarks.gpu_profile  # noqa: F401  (imported before the budget starts)
+    import kfac_repro.benchmarks.gpu.profile  # noqa: F401  (imported before the budget starts)
 
     out = tmp_path / "gpu.csv"
     result = CliRunner().invoke(cli.main, ["bench", "gpu", "--scale", "tiny", "--model", "alexnet", "--repeats", "1",

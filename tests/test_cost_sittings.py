@@ -7,7 +7,7 @@ import pytest
 from test_judging_claims import curve
 from test_plotting import IDLE, write_run
 
-from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, earlier_sittings, read_costs, write_costs
+from kfac_repro.benchmarks.arm_costs.table import FILE_NAME, Measurement, earlier_sittings, read_costs, write_costs
 from kfac_repro.plotting import report
 from kfac_repro.results import paired
 from kfac_repro.results.runs import seed_runs

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kfac_repro.benchmarks.cpu_identity import cpu_flags, cpu_model
+from kfac_repro.benchmarks.arm_costs.cpu_identity import cpu_flags, cpu_model
 
 
 def test_model_and_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

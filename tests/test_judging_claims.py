@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from test_plotting import IDLE, write_run
 
-from kfac_repro.benchmarks.cluster_clock import Components, Layout, per_update_seconds
-from kfac_repro.benchmarks.cost_table import FILE_NAME, ArmCosts, Measurement, read_costs, write_costs
+from kfac_repro.benchmarks.arm_costs.cluster_clock import Components, Layout, per_update_seconds
+from kfac_repro.benchmarks.arm_costs.table import FILE_NAME, ArmCosts, Measurement, read_costs, write_costs
 from kfac_repro.judging import claims, sittings
 from kfac_repro.judging.clocks import CLUSTER, modelled_cost
 from kfac_repro.plotting import report

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from kfac_repro.benchmarks.keras_suite import (
+from kfac_repro.benchmarks.keras_suite.plan import (
     DEFAULT_OPTIMIZERS,
     GRID_SIZE,
     GRIDS,
@@ -20,7 +20,7 @@ from kfac_repro.benchmarks.keras_suite import (
     grid,
     setting_text,
 )
-from kfac_repro.benchmarks.keras_suite_results import (
+from kfac_repro.benchmarks.keras_suite.results import (
     RUN_FIELDS,
     SUITE_FIELDS,
     markdown_table,
@@ -109,7 +109,7 @@ def test_ekfac_is_compared_with_the_same_opponents_and_gets_its_own_table() -> N
 
 
 def test_the_suite_runs_ekfac_only_when_asked(tmp_path: Path) -> None:
-    from kfac_repro.benchmarks.keras_suite_run import Plan, _runs_of
+    from kfac_repro.benchmarks.keras_suite.run import Plan, _runs_of
 
     plans = {ekfac: Plan(["mlp"], [32], 2, SCALES["tiny"], tmp_path, "c",
                          (*DEFAULT_OPTIMIZERS, "ekfac") if ekfac else DEFAULT_OPTIMIZERS) for ekfac in (False, True)}
@@ -159,13 +159,13 @@ def test_results_of_another_scale_are_refused(tmp_path: Path) -> None:
 
 
 def test_every_named_task_has_a_model_and_data() -> None:
-    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.benchmarks.keras_suite.models import TASKS
 
     assert tuple(TASKS) == TASK_NAMES
 
 
 def test_key_sequence_labels_follow_the_rule() -> None:
-    from kfac_repro.benchmarks.keras_suite_models import KEYS, key_sequences
+    from kfac_repro.benchmarks.keras_suite.models import KEYS, key_sequences
 
     x, y = key_sequences(7, 200)
     for tokens, label in zip(x.tolist(), y.tolist(), strict=True):
@@ -177,7 +177,7 @@ def test_key_sequence_labels_follow_the_rule() -> None:
 
 @pytest.mark.slow  # 20-30 s; `make test-slow`
 def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kfac_repro.benchmarks import keras_suite_models
+    from kfac_repro.benchmarks.keras_suite import models as keras_suite_models
 
     args = ["bench", "keras", "--tiny", "--only", "sequence", "--seeds", "2", "--out", str(tmp_path)]
     first = CliRunner().invoke(cli.main, args)
@@ -212,7 +212,7 @@ def test_eager_metric_equals_keras_evaluate() -> None:
     import keras
     import numpy as np
 
-    from kfac_repro.benchmarks.keras_suite_models import _compiled, _metric, key_sequences
+    from kfac_repro.benchmarks.keras_suite.models import _compiled, _metric, key_sequences
 
     x, y = key_sequences(3, 300)
     model = _compiled("sequence", "adamw", {"learning_rate": 1e-3}, 0, 0.25)
@@ -245,7 +245,7 @@ def test_each_measured_run_is_reported_with_its_steps_and_seconds_to_each_target
 
 @pytest.mark.fashion_mnist
 def test_fashion_splits_hold_out_the_last_training_examples() -> None:
-    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.benchmarks.keras_suite.models import TASKS
     from kfac_repro.data.fashion_mnist import load_fashion_mnist
 
     (x, y), (x_test, y_test) = load_fashion_mnist()
@@ -262,8 +262,8 @@ def test_fashion_splits_hold_out_the_last_training_examples() -> None:
 def fake_suite(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[list[str]]]:
     """The suite's training and cost timing replaced by stand-ins that record what they were asked: the optimizer
     of each run trained, and the optimizers of each cost timing."""
-    from kfac_repro.benchmarks import keras_suite_models
-    from kfac_repro.benchmarks.keras_suite_models import Curve
+    from kfac_repro.benchmarks.keras_suite import models as keras_suite_models
+    from kfac_repro.benchmarks.keras_suite.models import Curve
 
     trained: list[str] = []
     timed: list[list[str]] = []
@@ -290,7 +290,7 @@ def test_a_suite_run_without_ekfac_adds_only_ekfac_s_runs_and_times_every_optimi
 
 @pytest.mark.fashion_mnist
 def test_the_cpu_scale_halves_only_the_convolutional_nets_and_trains_on_20000_examples() -> None:
-    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.benchmarks.keras_suite.models import TASKS
 
     cpu, full = SCALES["cpu"], SCALES["full"]
     for task in TASK_NAMES:
@@ -339,7 +339,7 @@ def test_each_variant_is_k_fac_with_its_settings_on_k_fac_s_grid_and_runs_only_w
         settings: dict[str, object]) -> None:
     import keras
 
-    from kfac_repro.benchmarks.keras_suite_models import make_optimizer, readme_mlp
+    from kfac_repro.benchmarks.keras_suite.models import make_optimizer, readme_mlp
 
     assert GRIDS[variant] == GRIDS["kfac"]
     optimizer = make_optimizer(variant, {"damping": 1.0, "kl_clip": 0.001}, readme_mlp())

@@ -1,5 +1,5 @@
-"""The other processes' share of the machine's CPU time while a benchmark runs (benchmarks/other_cpu.py), and the
-shared-machine rule the report applies to bench-arms.csv."""
+"""The other processes' share of the machine's CPU time while a benchmark runs (benchmarks/arm_costs/other_cpu.py),
+and the shared-machine rule the report applies to bench-arms.csv."""
 
 import os
 import subprocess
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kfac_repro.benchmarks import other_cpu
-from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
+from kfac_repro.benchmarks.arm_costs import other_cpu
+from kfac_repro.benchmarks.arm_costs.table import FILE_NAME, Measurement, read_costs, write_costs
 
 linux = pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux's /proc/stat")
 

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 import cli
-from kfac_repro.benchmarks.cost_table import FILE_NAME, Measurement, read_costs, write_costs
+from kfac_repro.benchmarks.arm_costs.table import FILE_NAME, Measurement, read_costs, write_costs
 from kfac_repro.judging import claims
 from kfac_repro.plotting import report
 from kfac_repro.plotting.clock import figure_clock
@@ -257,7 +257,7 @@ def test_a_diverged_run_is_a_result_in_figures_tables_and_claims(tmp_path: Path)
 
 
 def test_cluster_clock_on_hand_computed_layouts() -> None:
-    from kfac_repro.benchmarks.cluster_clock import (
+    from kfac_repro.benchmarks.arm_costs.cluster_clock import (
         Components,
         Layout,
         allreduce_seconds,

@@ -68,7 +68,7 @@ def test_each_workers_share_of_the_divided_inversion_is_timed_alone() -> None:
 @pytest.mark.fashion_mnist
 def test_bench_fit_prints_kfac_against_adam_at_each_batch_size_from_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from kfac_repro.benchmarks import fit_time
-    from kfac_repro.benchmarks.keras_suite_models import TASKS
+    from kfac_repro.benchmarks.keras_suite.models import TASKS
 
     for name, task in TASKS.items():  # one definition of each model: the Keras suite's
         assert fit_time.MODELS[name].build.func is task.build and fit_time.MODELS[name].loss is task.loss

@@ -1,6 +1,6 @@
 """`model.fit` step time with kfac_repro.keras.KFAC (its defaults, their amortisation and inverse refreshes
 included, and any other settings asked for) against Adam, at one or more batch sizes, on a small CNN or any of the
-Keras suite's tasks (`keras_suite_models.TASKS`: the README's MLP, the CNN with BatchNormalization, the residual
+Keras suite's tasks (`keras_suite.models.TASKS`: the README's MLP, the CNN with BatchNormalization, the residual
 CNN, the deep autoencoder, the sequence model; full width, their own data and loss), all in one process, every
 optimizer's and batch size's epochs in turns, so that the ratios are comparable. The training loss after the
 timed epochs is reported too (the same steps and batches for both optimizers)."""
@@ -16,8 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, SCALES, TASK_NAMES
-from kfac_repro.benchmarks.keras_suite_models import TASKS
+from kfac_repro.benchmarks.keras_suite.models import TASKS
+from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, SCALES, TASK_NAMES
 from kfac_repro.benchmarks.step_time import in_turns
 from kfac_repro.keras import KFAC
 

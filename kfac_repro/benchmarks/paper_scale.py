@@ -54,7 +54,7 @@ def check_arm(spec: str, arm_name: str, arm: ArmConfig, updates: int) -> PaperSc
     """`updates` updates of the arm (already adapted by `small_batch_overrides`) on one fixed synthetic batch."""
     import keras
 
-    from kfac_repro.benchmarks.arm_cost import build_arm_model
+    from kfac_repro.benchmarks.arm_costs.measure import build_arm_model
     from kfac_repro.data.registry import make_dataset
     from kfac_repro.kfac import KFAC, optimizer_for
     from kfac_repro.runner.experiment import optimizer_config

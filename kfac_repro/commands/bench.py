@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from kfac_repro.benchmarks.gpu_table import PAPER_MODELS, Row, ratios, write_rows
-from kfac_repro.benchmarks.keras_suite import (
+from kfac_repro.benchmarks.gpu.table import PAPER_MODELS, Row, ratios, write_rows
+from kfac_repro.benchmarks.keras_suite.plan import (
     DEFAULT_BATCHES,
     SCALE_DESCRIPTIONS,
     SCALES,
@@ -54,15 +54,15 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     from kfac_repro.distribute.strategy import make_strategy, reserve_cpu_replicas
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
-    from kfac_repro.benchmarks.arm_cost import machine_record, measure_arm
-    from kfac_repro.benchmarks.cost_table import (
+    from kfac_repro.benchmarks.arm_costs.measure import machine_record, measure_arm
+    from kfac_repro.benchmarks.arm_costs.other_cpu import OtherCPU
+    from kfac_repro.benchmarks.arm_costs.table import (
         SHARED_OTHER,
         earlier_sittings,
         shared_by_other_cpu,
         table_path,
         write_costs,
     )
-    from kfac_repro.benchmarks.other_cpu import OtherCPU
     from kfac_repro.runner.environment import git_commit
 
     machine = {**machine_record(), "commit": git_commit(Path(__file__).resolve().parent),
@@ -275,7 +275,7 @@ def _kfac_settings(text: str) -> dict[str, object]:
               "compared with the same opponents; a suite already run adds EKFAC's runs and times every optimizer "
               "again in turns")
 @click.option("--amortised", is_flag=True, help="also run K-FAC amortised (statistics and inverses less often: "
-              "keras_suite.AMORTISED) on K-FAC's grid, compared with the same opponents; added to a suite already "
+              "keras_suite.plan.AMORTISED) on K-FAC's grid, compared with the same opponents; added to a suite already "
               "run like --ekfac")
 @click.option("--no-timing", is_flag=True, help="train only: leave the per-step cost timings to a later call "
               "without this flag, made on an otherwise idle machine (training runs count steps, not seconds, so "
@@ -289,8 +289,8 @@ def keras_suite(tasks: tuple[str, ...], batches: tuple[int, ...], seeds: int, sc
     import shlex
     import sys
 
-    from kfac_repro.benchmarks.keras_suite import DEFAULT_OPTIMIZERS, SuiteError
-    from kfac_repro.benchmarks.keras_suite_run import Plan, run_suite
+    from kfac_repro.benchmarks.keras_suite.plan import DEFAULT_OPTIMIZERS, SuiteError
+    from kfac_repro.benchmarks.keras_suite.run import Plan, run_suite
 
     chosen = SCALES["tiny" if tiny else scale]
     command = "kfac-repro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
@@ -469,7 +469,7 @@ def paper_scale(names: tuple[str, ...], arms: tuple[str, ...], batch_size: int, 
                    "measurement running then is dropped, the rest skipped")
 @click.option("--largest-batch", is_flag=True,
               help="also each model's largest batch that fits, doubling the per-GPU batch up to the scale's limit "
-                   "(gpu_profile.SCALES), and SGD and K-FAC amortised there; each batch tried traces anew (minutes "
+                   "(gpu.profile.SCALES), and SGD and K-FAC amortised there; each batch tried traces anew (minutes "
                    "on a GPU)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="the CSV, rewritten after each measurement (default: results/gpu/<UTC time>-<scale>.csv)")
@@ -484,8 +484,8 @@ def gpu(scale: str, models: tuple[str, ...], repeats: int, budget_s: float, larg
     budget = Budget(budget_s)  # the whole command, imports included
     from datetime import UTC, datetime
 
-    from kfac_repro.benchmarks import gpu_profile
     from kfac_repro.benchmarks.budget import run_measurements
+    from kfac_repro.benchmarks.gpu import profile as gpu_profile
     from kfac_repro.runner.environment import git_commit
 
     now = datetime.now(UTC)

@@ -50,7 +50,7 @@ def plot(figure: str, results: Path, out: Path, profile: str | None) -> None:
 
 
 def _plot(figure: str, results: Path, out: Path, profile: str | None) -> int:
-    from kfac_repro.benchmarks.cost_table import read_costs, table_path
+    from kfac_repro.benchmarks.arm_costs.table import read_costs, table_path
     from kfac_repro.plotting.clock import figure_clock
     from kfac_repro.plotting.figures import render
 

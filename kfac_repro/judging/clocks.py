@@ -1,6 +1,7 @@
 """The two clocks every speed claim is shown on: the measured single-machine clock (`bench arms`' seconds per
 update) and the cluster clock modelled from measured components on the layout the paper used for the figure
-(benchmarks/cluster_clock.py). Each clock is a function arm → (seconds per update or None, where it came from)."""
+(benchmarks/arm_costs/cluster_clock.py). Each clock is a function arm → (seconds per update or None, where it came
+from)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kfac_repro.benchmarks.cluster_clock import LABEL, Components, Layout, per_update_seconds
-from kfac_repro.benchmarks.cost_table import ArmCosts
+from kfac_repro.benchmarks.arm_costs.cluster_clock import LABEL, Components, Layout, per_update_seconds
+from kfac_repro.benchmarks.arm_costs.table import ArmCosts
 from kfac_repro.results.runs import Run
 
 MEASURED, CLUSTER = "measured", "cluster"

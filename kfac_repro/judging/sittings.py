@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from kfac_repro.benchmarks.cost_table import ArmCosts, sitting_commit, sitting_cpu
+from kfac_repro.benchmarks.arm_costs.table import ArmCosts, sitting_commit, sitting_cpu
 
 SGD_UPDATE_RANGE = (0.9, 1.2)
 SAME_PASS_TOLERANCE = 0.15

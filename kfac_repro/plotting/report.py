@@ -11,9 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kfac_repro.benchmarks import gpu_table
-from kfac_repro.benchmarks.cluster_clock import LABEL, per_update_seconds
-from kfac_repro.benchmarks.cost_table import (
+from kfac_repro.benchmarks.arm_costs.cluster_clock import LABEL, per_update_seconds
+from kfac_repro.benchmarks.arm_costs.table import (
     ArmCosts,
     earlier_sittings,
     read_costs,
@@ -21,6 +20,7 @@ from kfac_repro.benchmarks.cost_table import (
     sitting_time,
     table_path,
 )
+from kfac_repro.benchmarks.gpu import table as gpu_table
 from kfac_repro.judging.claims import NOT_TESTABLE, TABLE, Claim, GridUse, title
 from kfac_repro.judging.claims import figure_claims as judged_claims
 from kfac_repro.judging.clocks import Arms, components, layout

@@ -1,4 +1,4 @@
-"""The Keras benchmark suite's models, data and optimizers (keras_suite.py: their names, grids and scales), one
+"""The Keras benchmark suite's models, data and optimizers (plan.py: their names, grids and scales), one
 training run, and the per-step cost in turns.
 
 A run trains one task with one optimizer setting from one seed for the same budget of steps as every other run of
@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget
+from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget
 from kfac_repro.keras import KFAC
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -179,7 +179,7 @@ TASKS: dict[str, Task] = {
 
 
 def make_optimizer(name: str, setting: dict[str, float], model: keras.Model) -> keras.optimizers.Optimizer:
-    """The optimizer `name` of keras_suite.GRIDS with `setting`."""
+    """The optimizer `name` of plan.GRIDS with `setting`."""
     if name == "kfac" or name in VARIANTS:
         settings: dict[str, Any] = {**VARIANTS.get(name, {}), **setting}
         return KFAC(model, **settings)

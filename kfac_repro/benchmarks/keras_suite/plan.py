@@ -1,7 +1,7 @@
 """The Keras benchmark suite's plan, without TensorFlow: task names, optimizer grids, scales, and the budget.
 
 Every optimizer is tuned with a grid of GRID_SIZE settings on the same budget of steps and selected by the same
-rule (keras_suite_results.select); keras_suite_models.py builds the models and runs them.
+rule (results.select); models.py builds the models and runs them.
 """
 
 from __future__ import annotations

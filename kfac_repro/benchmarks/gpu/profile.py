@@ -1,10 +1,10 @@
 """`bench gpu`: the paper profile's costs on whatever device TensorFlow finds (a GPU if there is one, else the
-CPU), in one process, the methods timed in turns (`step_time.in_turns`), written to a `gpu_table` CSV as measured.
+CPU), in one process, the methods timed in turns (`step_time.in_turns`), written to a `gpu.table` CSV as measured.
 
 In this order, cheapest and most wanted first (a spent budget skips the rest): the float32 and bfloat16 rates of a
 square matrix product (`arithmetic_floor.matmul_rate`); the Keras `fit` step of K-FAC and Adam on the Keras suite's
-BN-CNN (`keras_suite_models.bn_cnn`; synthetic 28×28×1 data, epochs in turns); then for ResNet-50, AlexNet and GoogLeNet
-(the K-FAC arm of `gpu_table.PAPER_MODELS`' specs, resolved for the scale's profile) on one fixed batch of synthetic
+BN-CNN (`keras_suite.models.bn_cnn`; synthetic 28×28×1 data, epochs in turns); then for ResNet-50, AlexNet and GoogLeNet
+(the K-FAC arm of `gpu.table.PAPER_MODELS`' specs, resolved for the scale's profile) on one fixed batch of synthetic
 ImageNet-shaped data at the paper's per-GPU batch (the spec's batch ÷ its workers, the paper's GPU count: 512/8 = 64,
 2048/8 = 256, 256/4 = 64; `paper_scale.small_batch_overrides` adapts the arm to it): seconds per update of SGD (momentum
 0.9, the same model), of K-FAC with statistics every step and no inversion in float32 and in bfloat16 products, and of
@@ -44,9 +44,9 @@ import numpy as np
 import tensorflow as tf
 
 from kfac_repro.benchmarks.arithmetic_floor import matmul_rate
-from kfac_repro.benchmarks.arm_cost import build_arm_model
+from kfac_repro.benchmarks.arm_costs.measure import build_arm_model
 from kfac_repro.benchmarks.fit_time import fit_in_turns
-from kfac_repro.benchmarks.gpu_table import (
+from kfac_repro.benchmarks.gpu.table import (
     AMORTISED,
     DEVICE_INVERSION,
     EVERY_STEP,

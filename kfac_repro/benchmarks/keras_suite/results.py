@@ -12,7 +12,7 @@ results.targets.FRACTIONS. A run's steps to a target are the first evaluation st
 gets there is censored at the budget (a lower bound, counted in the `censored` columns). Wall-clock to a target is
 its steps × the optimizer's seconds per `fit` step from the cost timing (one process, the methods in turns).
 
-K-FAC (and each variant of keras_suite.VARIANTS the suite ran) against the best-tuned opponent (AdamW, Muon,
+K-FAC (and each variant of plan.VARIANTS the suite ran) against the best-tuned opponent (AdamW, Muon,
 SGD+Nesterov): for each target and clock, the opponent with the lowest mean log time; the ratio K-FAC ÷ opponent per
 seed, and the 90% paired t-interval of its mean log (results.paired). The targets come from K-FAC's and the
 opponents' runs alone.
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite import DEFAULT_OPTIMIZERS, LABELS, OPPONENTS, OPTIMIZERS, SUBJECTS
+from kfac_repro.benchmarks.keras_suite.plan import DEFAULT_OPTIMIZERS, LABELS, OPPONENTS, OPTIMIZERS, SUBJECTS
 from kfac_repro.results.paired import Interval, interval, paired_log_ratios
 from kfac_repro.results.targets import FRACTIONS
 

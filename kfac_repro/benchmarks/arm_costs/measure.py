@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfac_repro.benchmarks.cost_table import Measurement
-from kfac_repro.benchmarks.cpu_identity import cpu_flags, cpu_model
+from kfac_repro.benchmarks.arm_costs.cpu_identity import cpu_flags, cpu_model
+from kfac_repro.benchmarks.arm_costs.table import Measurement
 from kfac_repro.benchmarks.step_time import NEVER, random_batch, timed
 from kfac_repro.kfac import KFAC, KFACConfig, SGDConfig, optimizer_for
 from kfac_repro.models.registry import build_model

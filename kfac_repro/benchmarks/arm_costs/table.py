@@ -27,7 +27,7 @@ MACHINE = ("host", "device", "cpu_model", "cpu_flags", "cpus", "tensorflow",
            "load_before", "load_after", "other_cpu", "commit", "time_utc")
 COLUMNS = ("spec", "profile", "arm", "quantity", "examples", "value", "low", "high", "unit", "repeats", *MACHINE)
 SHARED_OTHER = 0.05  # other work shared the machine: other processes used more than this share of its CPU time
-# while the benchmark ran (benchmarks/other_cpu.py)
+# while the benchmark ran (arm_costs/other_cpu.py)
 SHARED_LOAD = 0.5  # tables without other_cpu (older): a 1-minute load average above this before timing, or above
 # the core count plus this after it (the benchmark alone can raise the load average to the core count, not past it)
 

@@ -1,7 +1,7 @@
 """The Keras suite's resumable driver: per task and batch size, the tuning runs (every optimizer's grid on seed 0),
 the measured runs (each optimizer's selected setting on seeds 1..n), then the per-step cost in turns; each result is
 written to OUT/runs.csv or OUT/costs.csv as soon as it is done, and a rerun skips what those files hold. At the end
-OUT/reached.csv (each measured run's steps and seconds to each target), OUT/suite.csv (keras_suite_results.summarise),
+OUT/reached.csv (each measured run's steps and seconds to each target), OUT/suite.csv (results.summarise),
 OUT/suite.png and OUT/suite.md are written from whatever is done.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite import (
+from kfac_repro.benchmarks.keras_suite.plan import (
     DEFAULT_OPTIMIZERS,
     Scale,
     SuiteError,
@@ -21,7 +21,7 @@ from kfac_repro.benchmarks.keras_suite import (
     parse_setting,
     setting_text,
 )
-from kfac_repro.benchmarks.keras_suite_results import (
+from kfac_repro.benchmarks.keras_suite.results import (
     COST_FIELDS,
     REACHED_FIELDS,
     RUN_FIELDS,
@@ -43,7 +43,7 @@ TUNING_SEED = 0
 @dataclass(frozen=True)
 class Plan:
     """What to run: tasks, batch sizes, measured seeds (1..seeds), the scale, the output folder, the command
-    line quoted in the README table, the optimizers (keras_suite.OPTIMIZERS), and whether to time the per-step
+    line quoted in the README table, the optimizers (plan.OPTIMIZERS), and whether to time the per-step
     costs (False: train only, and leave the timing to a later call on an otherwise idle machine)."""
 
     tasks: Sequence[str]
@@ -103,7 +103,7 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     runs, costs = read_rows(runs_path), read_rows(costs_path)
     _check_scale(runs, plan.scale, runs_path)
     _check_scale(costs, plan.scale, costs_path)
-    from kfac_repro.benchmarks.keras_suite_models import train_run
+    from kfac_repro.benchmarks.keras_suite.models import train_run
 
     done_runs = {_run_key(r) for r in runs}
     timed: dict[tuple[str, str], set[str]] = {}
@@ -148,8 +148,8 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
 
 
 def _cost_rows(plan: Plan, task: str, batch: int, runs: list[Row], echo: Callable[[str], None]) -> list[Row]:
-    """The cost timing of a task and batch size (keras_suite_models.time_steps) with the selected settings."""
-    from kfac_repro.benchmarks.keras_suite_models import time_steps
+    """The cost timing of a task and batch size (models.time_steps) with the selected settings."""
+    from kfac_repro.benchmarks.keras_suite.models import time_steps
 
     chosen = {o: select(runs, task, batch, o) or "" for o in plan.optimizers}
     load = os.getloadavg()[0]

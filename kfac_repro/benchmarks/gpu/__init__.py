@@ -1,0 +1,1 @@
+"""`kfac-repro bench gpu`: the paper profile's costs on one device (`profile`) and their CSV tables (`table`)."""
