@@ -352,3 +352,25 @@ def test_each_variant_is_k_fac_with_its_settings_on_k_fac_s_grid_and_runs_only_w
     args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path)]
     assert CliRunner().invoke(cli.main, [*args, flag]).exit_code == 0
     assert sorted(trained) == sorted([*DEFAULT_OPTIMIZERS, variant] * 2)
+
+
+def test_evaluations_are_dense_early_and_even_later() -> None:
+    from kfac_repro.benchmarks.keras_suite.plan import evaluation_steps
+
+    for steps, evals in ((780, 20), (95, 20), (3900, 40), (16, 4)):
+        found = evaluation_steps(steps, evals)
+        assert found[0] == 1 and found[-1] == steps and len(found) <= evals
+        assert found == sorted(set(found))
+        late = [b - a for a, b in zip(found[-evals // 2:], found[-evals // 2 + 1:], strict=False)]
+        assert max(late) - min(late) <= 1  # the later half evenly spaced
+    early = evaluation_steps(780, 20)[:10]
+    assert early == [1, 2, 3, 4, 7, 11, 18, 30, 48, 78]  # 1 to 78 = 780/10 in equal ratios, rounded
+
+
+def test_selection_compares_time_averages_whatever_the_evaluation_steps() -> None:
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 100]
+    falling = _run("tune", "adamw", 0, [1 - s / 100 for s in steps], "learning_rate=0.01")  # time-average 0.5
+    flat = _run("tune", "adamw", 0, [0.6] * len(steps), "learning_rate=0.001")  # 0.6, below the other's mean 0.75
+    for row in (falling, flat):
+        row["steps"] = " ".join(map(str, steps))
+    assert select([flat, falling], "mlp", 32, "adamw") == "learning_rate=0.01"

@@ -2,10 +2,11 @@
 training run, and the per-step cost in turns.
 
 A run trains one task with one optimizer setting from one seed for the same budget of steps as every other run of
-that task and batch size, through Keras's own `model.fit`, and logs, every `budget/evals` steps (and before the
-first), two lower-is-better metrics in inference mode: the *selection* metric on a held-out split of the training
-data (used only to pick each optimizer's setting) and the *target* metric (classifiers: error on the test split;
-the autoencoder: reconstruction loss on training examples, the classic benchmark's training loss).
+that task and batch size, through Keras's own `model.fit`, and logs, at step 0 and after each step of
+`plan.evaluation_steps` (dense early, even later), two lower-is-better metrics in inference mode: the *selection*
+metric on a held-out split of the training data (used only to pick each optimizer's setting) and the *target* metric
+(classifiers: error on the test split; the autoencoder: reconstruction loss on training examples, the classic
+benchmark's training loss).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget
+from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget, evaluation_steps
 from kfac_repro.keras import KFAC
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -235,20 +236,20 @@ def train_run(task_name: str, optimizer: str, setting: dict[str, float], seed: i
     """One run: seed `seed` sets the initialisation and the example order (the same for every optimizer)."""
     train, val, target = TASKS[task_name].data(seed, scale)
     steps = budget(len(train[0]), batch, scale)
-    every = max(1, steps // scale.evals)
     per_epoch = len(train[0]) // batch
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(train[0]))[:per_epoch * batch] for _ in range(scale.epochs)])
     model = _compiled(task_name, optimizer, setting, seed, scale.width_of(task_name))
     curve = Curve([0], [_metric(task_name, model, val)], [_metric(task_name, model, target)], steps, 0.0)
     seconds, done = 0.0, 0
-    while done < steps and not math.isnan(curve.target[-1]):
-        count = min(every, steps - done)
-        chunk = order[done * batch:(done + count) * batch]
+    for until in evaluation_steps(steps, scale.evals):
+        if math.isnan(curve.target[-1]):
+            break
+        chunk = order[done * batch:until * batch]
         start = time.perf_counter()
         model.fit(train[0][chunk], train[1][chunk], batch_size=batch, epochs=1, shuffle=False, verbose=0)
         seconds += time.perf_counter() - start
-        done += count
+        done = until
         curve.steps.append(done)
         curve.selection.append(_metric(task_name, model, val))
         curve.target.append(_metric(task_name, model, target))

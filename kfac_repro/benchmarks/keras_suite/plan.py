@@ -107,3 +107,15 @@ def budget(train_examples: int, batch: int, scale: Scale) -> int:
         raise SuiteError(f"batch {batch} is larger than the {train_examples} training examples at scale "
                          f"{scale.name!r}")
     return scale.epochs * (train_examples // batch)
+
+
+def evaluation_steps(steps: int, evals: int) -> list[int]:
+    """The steps after which a run of `steps` steps is evaluated (besides step 0): half of `evals` evenly spaced to
+    the budget, the other half geometrically spaced from step 1 to the first of those, so that the early, steep part
+    of a curve is resolved as finely, relative to the step, as its later part; distinct steps, the last the budget."""
+    even = max(1, evals // 2)
+    linear = [steps * k / even for k in range(1, even + 1)]
+    early = evals - even
+    geometric = [linear[0] ** (k / (early - 1)) for k in range(early)] if early > 1 else []
+    return sorted({min(steps, max(1, round(step))) for step in (*geometric, *linear)})
+

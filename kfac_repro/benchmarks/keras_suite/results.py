@@ -1,9 +1,10 @@
 """The Keras suite's results, without TensorFlow: the CSV files (written atomically), each optimizer's selected
 setting, the targets, steps and wall-clock to each target, K-FAC's paired ratios, the README table and the plot.
 
-Selection: the grid setting with the lowest mean of the held-out metric over the evaluation points of its run on
-the tuning seed (the area under the held-out curve: it rewards getting low early and staying low; NaN counts as
-worse than any value), the same rule for every optimizer.
+Selection: the grid setting with the lowest time-average of the held-out metric over its run on the tuning seed
+(the area under the held-out curve by the trapezoid rule over the evaluation steps, ÷ the last step: it rewards
+getting low early and staying low, whatever the spacing of the evaluations; NaN counts as worse than any value), the
+same rule for every optimizer.
 
 Targets, per task and batch size, from the measured runs (the selected settings on the measured seeds): with s the
 median first value of the target metric and w the worst, over the optimizers, of the median over seeds of each
@@ -76,8 +77,15 @@ def number_text(values: Sequence[float]) -> str:
 
 
 def _score(row: Row) -> float:
-    values = numbers(row["selection"])
-    return math.inf if not values or any(math.isnan(v) for v in values) else sum(values) / len(values)
+    """The time-average of the run's held-out curve (module docstring)."""
+    steps, values = numbers(row["steps"]), numbers(row["selection"])
+    if not values or any(math.isnan(v) for v in values):
+        return math.inf
+    if len(values) == 1 or steps[-1] == steps[0]:
+        return values[0]
+    pairs = zip(zip(steps, values, strict=True), zip(steps[1:], values[1:], strict=True), strict=False)
+    area = sum((b - a) * (u + v) / 2 for (a, u), (b, v) in pairs)
+    return area / (steps[-1] - steps[0])
 
 
 def select(runs: Sequence[Row], task: str, batch: int, optimizer: str) -> str | None:
