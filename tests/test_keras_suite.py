@@ -270,7 +270,7 @@ def fake_suite(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[list[st
     monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
                         or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
     monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
-        sorted(settings)) or dict.fromkeys(settings, 0.01))
+        sorted(settings)) or (dict.fromkeys(settings, 0.01), 10))
     return trained, timed
 
 
@@ -374,3 +374,13 @@ def test_selection_compares_time_averages_whatever_the_evaluation_steps() -> Non
     for row in (falling, flat):
         row["steps"] = " ".join(map(str, steps))
     assert select([flat, falling], "mlp", 32, "adamw") == "learning_rate=0.01"
+
+
+def test_cost_rounds_hold_whole_refresh_periods_of_every_k_fac_optimizer() -> None:
+    """Rounds of 10 steps with inverses every 50 would leave the inversion out of most rounds' median."""
+    from kfac_repro.benchmarks.keras_suite.models import time_steps
+
+    seconds, steps = time_steps("mlp", {"kfac-amortised": GRIDS["kfac"][0], "adamw": GRIDS["adamw"][0]}, 32,
+                                SCALES["tiny"])
+    assert steps == 50 and set(seconds) == {"kfac-amortised", "adamw"} and min(seconds.values()) > 0
+    assert time_steps("mlp", {"adamw": GRIDS["adamw"][0]}, 32, SCALES["tiny"])[1] == SCALES["tiny"].cost_steps

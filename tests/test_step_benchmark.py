@@ -116,3 +116,17 @@ def test_bench_fit_refuses_two_arms_with_the_same_settings(arms: list[str], name
     assert result.exit_code == 2
     assert named in result.output
     assert "fitting" not in result.output
+
+
+def test_whole_periods_rounds_up_to_a_common_multiple() -> None:
+    assert [step_time.whole_periods(steps, (10, 4)) for steps in (1, 20, 21, 40, 41)] == [20, 20, 40, 40, 60]
+    assert step_time.whole_periods(40, ()) == 40  # no periodic refresh: as asked
+
+
+def test_bench_fit_times_whole_refresh_periods_of_every_k_fac_arm() -> None:
+    from kfac_repro.benchmarks.fit_time import epoch_steps
+    from kfac_repro.keras import KFAC
+
+    assert KFAC(None, stats_every=4, inverse_every=6).refresh_period == 12
+    assert epoch_steps(40, [{}, {"stats_every": 10, "inverse_every": 50}]) == 50
+    assert epoch_steps(40, [{}]) == 40  # the defaults: statistics every step, inverses every 10

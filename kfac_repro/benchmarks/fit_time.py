@@ -18,7 +18,7 @@ import numpy as np
 
 from kfac_repro.benchmarks.keras_suite.models import TASKS
 from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, SCALES, TASK_NAMES
-from kfac_repro.benchmarks.step_time import in_turns
+from kfac_repro.benchmarks.step_time import in_turns, whole_periods
 from kfac_repro.keras import KFAC
 
 KFAC_LABEL, ADAM_LABEL = "K-FAC (defaults)", "Adam (1e-3)"
@@ -79,6 +79,12 @@ MODELS: dict[str, FitModel] = {"cnn": FitModel(small_cnn, TASKS["mlp"].loss, _ta
 
 def _kfac(model: keras.Model, settings: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     return KFAC(model, **settings)
+
+
+def epoch_steps(steps: int, variants: Sequence[Mapping[str, Any]]) -> int:
+    """Steps per timed epoch: at least `steps`, and whole refresh periods of every K-FAC arm (`step_time.
+    whole_periods`), so that an epoch's median counts inversions as often as training does."""
+    return whole_periods(steps, (KFAC(None, **settings).refresh_period for settings in variants))
 
 
 def time_fit(models: list[str], batch_sizes: Sequence[int], steps: int, epochs: int,

@@ -12,7 +12,7 @@ import functools
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import keras
@@ -65,6 +65,13 @@ def timed(run: Callable[[], object], repeats: int, warmup: int) -> tuple[float, 
     """(median, min, max) seconds of `repeats` calls of `run` after `warmup` untimed ones."""
     times = in_turns({"run": run}, repeats, warmup)["run"]
     return statistics.median(times), min(times), max(times)
+
+
+def whole_periods(steps: int, periods: Iterable[int]) -> int:
+    """The least multiple of every period in `periods` that is at least `steps`: a timed stretch of that many steps
+    holds each periodic refresh exactly as often as training does, whatever step it starts at."""
+    period = math.lcm(*periods)
+    return period * math.ceil(steps / period)
 
 
 def in_turns(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:

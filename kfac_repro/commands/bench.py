@@ -199,7 +199,8 @@ def inversion(map_shape: tuple[int, int, int], outputs: int, dtype: Literal["flo
                                                                for name, text in TASK_DESCRIPTIONS.items()))
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True, default=(128, 1024),
               show_default=True, help="batch size (repeatable)")
-@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="steps per epoch")
+@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True,
+              help="steps per epoch, rounded up to whole statistics and inverse periods of every K-FAC arm")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="timed epochs after one warm-up epoch (the median is reported)")
 @click.option("--kfac", "variants", multiple=True, metavar="'KEY=VALUE ...'",
@@ -210,7 +211,7 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
     """ms per step of Keras `fit` with kfac_repro.keras.KFAC (its defaults: their amortisation and inverse
     refreshes included; and each --kfac variant) and with Adam, at each batch size, every optimizer's and batch
     size's epochs in turns; K-FAC's cost as a ratio to Adam's at the same batch size."""
-    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, time_fit
+    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, epoch_steps, time_fit
 
     settings = [DEFAULTS]
     for text in variants:
@@ -221,9 +222,11 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
         settings.append(arm)
     models = tuple(dict.fromkeys(models))
     sizes = sorted(set(batch_sizes))
+    asked, steps = steps, epoch_steps(steps, settings)
+    rounded = f" ({asked} asked, rounded up to whole refresh periods of every K-FAC arm)" if steps != asked else ""
     click.echo(f"each model's first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
-               f"(and range) of {epochs} epochs of {steps} steps after a warm-up epoch, every optimizer and batch "
-               "size in turns")
+               f"(and range) of {epochs} epochs of {steps} steps{rounded} after a warm-up epoch, every optimizer "
+               "and batch size in turns")
     timings = time_fit(list(models), sizes, steps, epochs,
                        progress=lambda what: click.echo(f"  fitting {what} ...", err=True), variants=settings)
     width = max(20, *(len(t.optimizer) + 2 for t in timings))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,12 @@ class KFAC(keras.optimizers.Optimizer):
         binding.model.supports_jit = binding.supports_jit
         binding.refresh.close()
         _ATTACHED.pop(binding.model, None)
+
+    @property
+    def refresh_period(self) -> int:
+        """Steps after which the schedule of statistics and inverse refreshes repeats: lcm(stats_every,
+        inverse_every). A timing over whole periods counts every refresh as often as training does."""
+        return math.lcm(self.config.stats_every, self.config.inverse_every)
 
     @property
     def preconditioner(self) -> Preconditioner:

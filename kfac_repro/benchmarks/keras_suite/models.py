@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget, evaluation_steps
+from kfac_repro.benchmarks.step_time import whole_periods
 from kfac_repro.keras import KFAC
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -266,15 +267,18 @@ def _close(model: keras.Model) -> None:
 
 
 def time_steps(task_name: str, settings: dict[str, dict[str, float]], batch: int, scale: Scale,
-               progress: Callable[[str], None] = lambda _: None) -> dict[str, float]:
-    """Seconds per `fit` step of each optimizer with its setting, measured in this one process: after a warm-up
-    turn each (tracing, the first inversion), `scale.cost_rounds` rounds in which every optimizer in turn fits
-    `scale.cost_steps` steps on the same examples; the median over rounds."""
-    (x, y), _, _ = TASKS[task_name].data(0, scale)
-    index = np.arange(batch * scale.cost_steps) % len(x)
-    x, y = x[index], y[index]
+               progress: Callable[[str], None] = lambda _: None) -> tuple[dict[str, float], int]:
+    """Seconds per `fit` step of each optimizer with its setting, measured in this one process, and the steps per
+    round: after a warm-up turn each (tracing, the first inversion), `scale.cost_rounds` rounds in which every
+    optimizer in turn fits the same examples for at least `scale.cost_steps` steps, whole refresh periods of every
+    K-FAC optimizer (so each round holds its refreshes as often as training does); the median over rounds."""
     models = {name: _compiled(task_name, name, setting, 0, scale.width_of(task_name))
               for name, setting in settings.items()}
+    steps = whole_periods(scale.cost_steps, (model.optimizer.refresh_period for model in models.values()
+                                             if isinstance(model.optimizer, KFAC)))
+    (x, y), _, _ = TASKS[task_name].data(0, scale)
+    index = np.arange(batch * steps) % len(x)
+    x, y = x[index], y[index]
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(scale.cost_rounds + 1):
         progress(f"round {round_}/{scale.cost_rounds}" if round_ else "warm-up")
@@ -282,7 +286,7 @@ def time_steps(task_name: str, settings: dict[str, dict[str, float]], batch: int
             start = time.perf_counter()
             model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
             if round_:
-                times[name].append((time.perf_counter() - start) / scale.cost_steps)
+                times[name].append((time.perf_counter() - start) / steps)
     for model in models.values():
         _close(model)
-    return {name: float(np.median(values)) for name, values in times.items()}
+    return {name: float(np.median(values)) for name, values in times.items()}, steps

@@ -153,10 +153,10 @@ def _cost_rows(plan: Plan, task: str, batch: int, runs: list[Row], echo: Callabl
 
     chosen = {o: select(runs, task, batch, o) or "" for o in plan.optimizers}
     load = os.getloadavg()[0]
-    seconds = time_steps(task, {o: parse_setting(s) for o, s in chosen.items()}, batch, plan.scale,
-                         progress=lambda what: echo(f"  timing {task} b{batch}: {what} ..."))
+    seconds, steps = time_steps(task, {o: parse_setting(s) for o, s in chosen.items()}, batch, plan.scale,
+                                progress=lambda what: echo(f"  timing {task} b{batch}: {what} ..."))
     return [{"scale": plan.scale.name, "task": task, "batch": str(batch), "optimizer": o, "setting": chosen[o],
-             "ms_per_step": f"{1000 * seconds[o]:.4g}", "cost_steps": str(plan.scale.cost_steps),
+             "ms_per_step": f"{1000 * seconds[o]:.4g}", "cost_steps": str(steps),
              "rounds": str(plan.scale.cost_rounds), "load": f"{load:.2f}"} for o in plan.optimizers]
 
 
