@@ -31,3 +31,29 @@ def test_bench_arms_writes_every_arm_and_component_with_the_machine(tmp_path: Pa
     kind = "a shared" if kfac.shared else "an idle"  # what it prints is the reading the report gives the table
     assert f"so the report reads these timings as taken on {kind} machine (shared above 5%)" in result.stdout
     assert "wrote" in result.stdout and "earlier sittings" not in result.stdout
+
+
+def test_every_quantity_is_timed_in_turns_across_the_arms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow spell of the machine must fall on every arm alike: each timing round holds every arm (every K-FAC arm
+    for K-FAC's components), never one arm's repeats back to back."""
+    import tensorflow as tf
+
+    from kfac_repro.benchmarks.arm_costs import measure
+    from kfac_repro.specs import load_spec
+
+    rounds: list[list[str]] = []
+
+    def recording(runs: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+        rounds.append(list(runs))
+        for run in runs.values():
+            run()
+        return {name: [0.002, 0.001, 0.003] for name in runs}
+
+    monkeypatch.setattr(measure, "in_turns", recording)
+    spec = load_spec("cifar10-async", profile="smoke", arms=("sync-gpu1", "sgd-bn"))
+    found = measure.measure_arms(spec.arms, 1, lambda _: tf.distribute.get_strategy())
+    assert rounds[:4] == [["sync-gpu1", "sgd-bn"]] * 4  # the update blocks, then the gradient pass at B, B/2, B/4
+    assert rounds[4:] == [["sync-gpu1"]] * 3  # statistics, inversion, preconditioning: the K-FAC arms
+    update = next(m for m in found if m.arm == "sgd-bn" and m.quantity == "update")
+    assert (update.low, update.value, update.high) == pytest.approx((0.001 / 20, 0.002 / 20, 0.003 / 20))
+    assert [m.quantity for m in found if m.arm == "sgd-bn"] == ["update"] + ["gradient_pass"] * 3 + ["gradient_bytes"]

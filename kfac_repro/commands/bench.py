@@ -36,7 +36,8 @@ def bench() -> None:
 @click.option("--arm", "arms", multiple=True, help="time only this arm (repeatable; default: all)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a resolved field")
 @click.option("--blocks", type=click.IntRange(min=1), default=3, show_default=True,
-              help="timed blocks of updates per arm (each at least one inversion period)")
+              help="timed rounds, each a block of updates of every arm in turn (a block: at least one inversion "
+                   "period)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="writes OUT/<spec>/<profile>/bench-arms.csv, which `kfac-repro report` reads")
 def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, ...], blocks: int,
@@ -54,7 +55,7 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
     from kfac_repro.distribute.strategy import make_strategy, reserve_cpu_replicas
 
     reserve_cpu_replicas(max(int(a.distribution["workers"]) for a in spec.arms.values()))
-    from kfac_repro.benchmarks.arm_costs.measure import machine_record, measure_arm
+    from kfac_repro.benchmarks.arm_costs.measure import machine_record, measure_arms
     from kfac_repro.benchmarks.arm_costs.other_cpu import OtherCPU
     from kfac_repro.benchmarks.arm_costs.table import (
         SHARED_OTHER,
@@ -69,15 +70,16 @@ def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, .
                "time_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     click.echo(f"{spec.name} [{profile}] on {machine['host']}, {machine['device']}, {machine['cpus']} cores; "
                f"load average before: {machine['load_before']}")
-    measurements = []
     others = OtherCPU()
-    strategies: dict[int, tf.distribute.Strategy] = {}  # one per replica count (see measure_arm)
-    for arm, config in spec.arms.items():
-        replicas = int(config.distribution["workers"])
+    strategies: dict[int, tf.distribute.Strategy] = {}  # one per replica count (see measure_arms)
+
+    def strategy_for(replicas: int) -> tf.distribute.Strategy:
         if replicas not in strategies:
             strategies[replicas] = make_strategy(local_replicas=replicas)
-        measurements += measure_arm(arm, config, blocks, strategies[replicas],
-                                    progress=lambda what: click.echo(f"  {what} ...", err=True))
+        return strategies[replicas]
+
+    measurements = measure_arms(spec.arms, blocks, strategy_for,
+                                progress=lambda what: click.echo(f"  {what} ...", err=True))
     machine["load_after"] = round(os.getloadavg()[0], 2)
     share = others.share()
     machine["other_cpu"] = "" if share is None else round(share, 4)

@@ -4,7 +4,9 @@ the component times the cluster clock (`cluster_clock`) is built from.
 An arm's update is timed exactly as configured (statistics every `stats_every` steps, inverses refreshed inline
 every `inverse_every` steps or in the background thread, the arm's replicas) on one fixed batch of the arm's input
 shape, in blocks of updates long enough to contain a whole inversion period; seconds per update = block time /
-block length (median over blocks, with the range). Components, on one device: a gradient pass on B/n examples
+block length (median over blocks, with the range). Every quantity is timed in turns across the arms (a round times
+one block, or one call, of every arm), so that a slow spell of the machine (this VM has them) falls on every arm
+alike instead of on whichever arm it met. Components, on one device: a gradient pass on B/n examples
 (n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced gradient and
 factors.
 """
@@ -15,7 +17,8 @@ import dataclasses
 import functools
 import os
 import platform
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -24,7 +27,7 @@ import tensorflow as tf
 
 from kfac_repro.benchmarks.arm_costs.cpu_identity import cpu_flags, cpu_model
 from kfac_repro.benchmarks.arm_costs.table import Measurement
-from kfac_repro.benchmarks.step_time import NEVER, random_batch, timed
+from kfac_repro.benchmarks.step_time import NEVER, in_turns, random_batch
 from kfac_repro.kfac import KFAC, KFACConfig, SGDConfig, optimizer_for
 from kfac_repro.models.registry import build_model
 from kfac_repro.runner.experiment import optimizer_config
@@ -54,11 +57,43 @@ def build_arm_model(arm: ArmConfig) -> tuple[keras.Model, tuple[int, ...], int]:
     return build_model(model_section["name"], input_shape=shape, num_classes=classes, **knobs), shape, classes
 
 
-def measure_arm(name: str, arm: ArmConfig, blocks: int, strategy: tf.distribute.Strategy,
-                progress: Callable[[str], None] = lambda _: None) -> list[Measurement]:
-    """The arm's seconds per update (as configured) and its components; see the module docstring. `strategy` has
-    the arm's replicas; arms with as many replicas must share one strategy in a process (a second strategy over the
-    same devices reuses the first one's collective keys, and TensorFlow then refuses its all-reduces)."""
+@dataclasses.dataclass
+class _Timed:
+    """One arm ready to time: its config, batch, optimizer as configured, and its block of updates."""
+
+    config: KFACConfig | SGDConfig
+    batch: tuple[tf.Tensor, tf.Tensor]
+    optimizer: KFAC | Any
+    block: int
+    updates: Callable[[], None]
+
+
+def measure_arms(arms: Mapping[str, ArmConfig], blocks: int, strategy_for: Callable[[int], tf.distribute.Strategy],
+                 progress: Callable[[str], None] = lambda _: None) -> list[Measurement]:
+    """Every arm's seconds per update (as configured) and its components (module docstring), each quantity timed
+    in turns: one block (or call) of every arm per round, so that a slow spell of the machine falls on every arm
+    alike. `strategy_for(replicas)` gives the strategy of an arm's replica count (arms with as many replicas share
+    one: a second strategy over the same devices reuses the first one's collective keys, and TensorFlow then
+    refuses its all-reduces)."""
+    timed_arms = {name: _prepare(arm, strategy_for(int(arm.distribution["workers"]))) for name, arm in arms.items()}
+    progress(f"updates: {blocks} rounds, each a block of every arm in turn ("
+             + ", ".join(f"{name} {t.block}" for name, t in timed_arms.items()) + " updates)")
+    times = in_turns({name: t.updates for name, t in timed_arms.items()}, blocks, warmup=1)
+    found: dict[str, list[Measurement]] = {}
+    for name, t in timed_arms.items():
+        if isinstance(t.optimizer, KFAC):
+            t.optimizer.close()
+        median, low, high = _spread(times[name])
+        found[name] = [Measurement(name, "update", int(t.batch[0].shape[0]), median / t.block, low / t.block,
+                                   high / t.block, "seconds", blocks)]
+    progress("components, every arm in turn")
+    _components(arms, timed_arms, found)
+    return [m for name in arms for m in found[name]]
+
+
+def _prepare(arm: ArmConfig, strategy: tf.distribute.Strategy) -> _Timed:
+    """The arm's model and optimizer in `strategy`, on one fixed random batch, and a block of updates long enough
+    to contain a whole inversion period."""
     keras.utils.set_random_seed(0)
     batch = int(arm.training["batch_size"])
     _, config = optimizer_config(arm.optimizer, 0)
@@ -67,29 +102,68 @@ def measure_arm(name: str, arm: ArmConfig, blocks: int, strategy: tf.distribute.
         optimizer = optimizer_for(model, config)
     x, y = random_batch(batch, shape, classes)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
-    period = config.inverse_every if isinstance(config, KFACConfig) else 20
-    block = max(20, period)
+    block = max(20, config.inverse_every if isinstance(config, KFACConfig) else 20)
 
     def updates() -> None:
         for _ in range(block):
             optimizer.train_step(*next(batches))
 
-    progress(f"{name}: {blocks} blocks of {block} updates")
-    median, low, high = timed(updates, blocks, warmup=1)
-    if isinstance(optimizer, KFAC):
-        optimizer.close()
-    found = [Measurement(name, "update", batch, median / block, low / block, high / block, "seconds", blocks)]
-    progress(f"{name}: components")
-    return found + _components(name, arm, config, x, y)
+    return _Timed(config, (x, y), optimizer, block, updates)
 
 
-def _components(name: str, arm: ArmConfig, config: KFACConfig | SGDConfig, x: tf.Tensor,
-                y: tf.Tensor) -> list[Measurement]:
-    """Gradient pass on B/n examples, and for K-FAC the statistics pass, preconditioning and one inversion."""
-    keras.utils.set_random_seed(0)
-    model, _, _ = build_arm_model(arm)
+def _spread(times: Sequence[float]) -> tuple[float, float, float]:
+    return statistics.median(times), min(times), max(times)
+
+
+def _components(arms: Mapping[str, ArmConfig], timed_arms: Mapping[str, _Timed],
+                found: dict[str, list[Measurement]]) -> None:
+    """Append to `found` each arm's gradient pass on B/n examples, and for K-FAC its statistics pass,
+    preconditioning and one inversion, every quantity timed in turns across the arms, on one device."""
+    gradients, kfacs, sizes = {}, {}, {}
+    params: dict[str, list[tf.Variable]] = {}
+    for name, arm in arms.items():
+        keras.utils.set_random_seed(0)
+        model, _, _ = build_arm_model(arm)
+        params[name] = model.trainable_variables
+        gradients[name] = _gradient_function(model)
+        config = timed_arms[name].config
+        if isinstance(config, KFACConfig):
+            kfacs[name] = KFAC(model, dataclasses.replace(config, inverse_every=NEVER, inversion="sync"))
+            sizes[name] = config.stats_batch_size
+    data = {name: t.batch for name, t in timed_arms.items()}
+    for n in SHARDS:
+        times = in_turns({name: functools.partial(gradients[name], x[:int(x.shape[0]) // n], y[:int(x.shape[0]) // n])
+                          for name, (x, y) in data.items()}, 10, 3)
+        for name, (x, _) in data.items():
+            found[name].append(Measurement(name, "gradient_pass", int(x.shape[0]) // n, *_spread(times[name]),
+                                           "seconds", 10))
+    for name, (x, _) in data.items():
+        size = 4 * sum(int(np.prod(p.shape)) for p in params[name])
+        found[name].append(Measurement(name, "gradient_bytes", int(x.shape[0]), size, size, size, "bytes", 1))
+    if not kfacs:
+        return
+    stats = {name: data[name][0][:sizes[name] or int(data[name][0].shape[0])] for name in kfacs}
+    statistics_times = in_turns({name: functools.partial(k.accumulate_statistics, stats[name])
+                                 for name, k in kfacs.items()}, 5, 2)
+    inversion_times = in_turns({name: k.refresh_inverses for name, k in kfacs.items()}, 3, 1)
+    preconditions = {name: functools.partial(tf.function(k.precondition, reduce_retracing=True),
+                                             gradients[name](*data[name])) for name, k in kfacs.items()}
+    apply_times = in_turns(preconditions, 10, 3)
+    for name, kfac in kfacs.items():
+        batch = int(data[name][0].shape[0])
+        factor_bytes = int(kfac.communication_bytes()["factors_per_refresh"])
+        found[name] += [
+            Measurement(name, "statistics_pass", int(stats[name].shape[0]), *_spread(statistics_times[name]),
+                        "seconds", 5),
+            Measurement(name, "factor_bytes", batch, factor_bytes, factor_bytes, factor_bytes, "bytes", 1),
+            Measurement(name, "inversion", batch, *_spread(inversion_times[name]), "seconds", 3),
+            Measurement(name, "apply", batch, *_spread(apply_times[name]), "seconds", 10)]
+        kfac.close()
+
+
+def _gradient_function(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]]:
+    """The traced gradient of the mean cross-entropy on a batch (the gradient pass of one device)."""
     params = model.trainable_variables
-    batch = int(x.shape[0])
 
     @tf.function(reduce_retracing=True)
     def gradient(xs: tf.Tensor, ys: tf.Tensor) -> list[tf.Tensor]:
@@ -98,27 +172,4 @@ def _components(name: str, arm: ArmConfig, config: KFACConfig | SGDConfig, x: tf
                                                                                from_logits=True))
         return tape.gradient(loss, params)
 
-    found = []
-    for n in SHARDS:
-        shard = batch // n
-        median, low, high = timed(functools.partial(gradient, x[:shard], y[:shard]), 10, 3)
-        found.append(Measurement(name, "gradient_pass", shard, median, low, high, "seconds", 10))
-    gradient_bytes = 4 * sum(int(np.prod(p.shape)) for p in params)
-    found.append(Measurement(name, "gradient_bytes", batch, gradient_bytes, gradient_bytes, gradient_bytes, "bytes",
-                             1))
-    if not isinstance(config, KFACConfig):
-        return found
-    kfac = KFAC(model, dataclasses.replace(config, inverse_every=NEVER, inversion="sync"))
-    stats_batch = config.stats_batch_size or batch
-    median, low, high = timed(lambda: kfac.accumulate_statistics(x[:stats_batch]), 5, 2)
-    found.append(Measurement(name, "statistics_pass", stats_batch, median, low, high, "seconds", 5))
-    factor_bytes = int(kfac.communication_bytes()["factors_per_refresh"])
-    found.append(Measurement(name, "factor_bytes", batch, factor_bytes, factor_bytes, factor_bytes, "bytes", 1))
-    median, low, high = timed(kfac.refresh_inverses, 3, 1)
-    found.append(Measurement(name, "inversion", batch, median, low, high, "seconds", 3))
-    grads = gradient(x, y)
-    precondition = tf.function(kfac.precondition, reduce_retracing=True)
-    median, low, high = timed(lambda: precondition(grads), 10, 3)
-    found.append(Measurement(name, "apply", batch, median, low, high, "seconds", 10))
-    kfac.close()
-    return found
+    return gradient
