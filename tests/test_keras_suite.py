@@ -17,6 +17,7 @@ from kfac_repro.benchmarks.keras_suite.plan import (
     OPTIMIZERS,
     SCALES,
     TASK_NAMES,
+    UNTUNED,
     grid,
     setting_text,
 )
@@ -37,11 +38,13 @@ NOISE = (-0.08, 0.05, 0.0, 0.1, -0.04)  # per-seed log-noise on K-FAC's time sca
 
 
 def test_every_optimizer_has_an_equally_large_grid_of_distinct_settings() -> None:
-    for optimizer, settings in GRIDS.items():
-        assert len(settings) == GRID_SIZE, optimizer
-        assert len({setting_text(s) for s in settings}) == GRID_SIZE, optimizer
+    tuned = [o for o in OPTIMIZERS if o not in UNTUNED]
+    for optimizer in tuned:
+        assert len(GRIDS[optimizer]) == GRID_SIZE, optimizer
+        assert len({setting_text(s) for s in GRIDS[optimizer]}) == GRID_SIZE, optimizer
     for scale in SCALES.values():
-        assert len({len(grid(o, scale)) for o in OPTIMIZERS}) == 1, scale.name
+        assert len({len(grid(o, scale)) for o in tuned}) == 1, scale.name
+    assert all(GRIDS[o] == [{}] for o in UNTUNED)  # one setting: the defaults
 
 
 def _run(phase: str, optimizer: str, seed: int, values: list[float], setting: str = "s=1") -> dict[str, str]:
@@ -384,3 +387,23 @@ def test_cost_rounds_hold_whole_refresh_periods_of_every_k_fac_optimizer() -> No
                                 SCALES["tiny"])
     assert steps == 50 and set(seconds) == {"kfac-amortised", "adamw"} and min(seconds.values()) > 0
     assert time_steps("mlp", {"adamw": GRIDS["adamw"][0]}, 32, SCALES["tiny"])[1] == SCALES["tiny"].cost_steps
+
+
+def test_k_fac_defaults_is_the_untuned_keras_optimizer_against_the_tuned_opponents(
+        tmp_path: Path, fake_suite: tuple[list[str], list[list[str]]]) -> None:
+    import keras
+
+    from kfac_repro.benchmarks.keras_suite.models import make_optimizer, readme_mlp
+    from kfac_repro.keras import KFAC
+
+    made = make_optimizer("kfac-defaults", {}, readme_mlp())
+    assert made.config == KFAC(None).config  # KERAS_DEFAULTS, nothing else
+    keras.backend.clear_session()
+    trained, _ = fake_suite
+    args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path), "--defaults"]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    assert trained.count("kfac-defaults") == 2  # its one setting on seed 0, then seed 1
+    rows = read_rows(tmp_path / "runs.csv")
+    assert {r["setting"] for r in rows if r["optimizer"] == "kfac-defaults"} == {""}
+    table = (tmp_path / "suite.md").read_text()
+    assert "| K-FAC defaults setting |" in table and "| mlp | 32 |" in table and "| defaults |" in table

@@ -68,22 +68,25 @@ DEFAULT_BATCHES = {"full": (128, 1024), "cpu": (128, 1024), "tiny": (32,)}
 # step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9).
 GRID_SIZE = 4
 _KFAC_GRID = [{"damping": d, "kl_clip": c} for d in (0.1, 1.0) for c in (0.01, 0.001)]
-# K-FAC's variants, options of the suite (`--ekfac`, `--amortised`): K-FAC with these settings on K-FAC's grid.
+# K-FAC's variants, options of the suite (`--ekfac`, `--amortised`, `--defaults`): K-FAC with these settings, on
+# K-FAC's grid; K-FAC defaults is not tuned (its one setting: the Keras defaults), the arm the README's targets name.
 AMORTISED: dict[str, object] = {"stats_every": 10, "inverse_every": 50}
-VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True}, "kfac-amortised": AMORTISED}
+VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True}, "kfac-amortised": AMORTISED,
+                                          "kfac-defaults": {}}
+UNTUNED = ("kfac-defaults",)
 GRIDS: dict[str, list[dict[str, float]]] = {
     "kfac": _KFAC_GRID,
     "adamw": [{"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
     "muon": [{"learning_rate": lr} for lr in (1e-3, 3e-3, 1e-2, 3e-2)],
     "sgd": [{"learning_rate": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
-    **dict.fromkeys(VARIANTS, _KFAC_GRID),
+    **{name: [{}] if name in UNTUNED else _KFAC_GRID for name in VARIANTS},
 }
 OPTIMIZERS = tuple(GRIDS)
 DEFAULT_OPTIMIZERS = ("kfac", "adamw", "muon", "sgd")  # what the suite runs unless asked for a variant too
 SUBJECTS = ("kfac", *VARIANTS)  # each compared with the best-tuned of the OPPONENTS
 OPPONENTS = ("adamw", "muon", "sgd")
 LABELS = {"kfac": "K-FAC", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov", "ekfac": "EKFAC",
-          "kfac-amortised": "K-FAC amortised"}
+          "kfac-amortised": "K-FAC amortised", "kfac-defaults": "K-FAC defaults"}
 
 
 def grid(optimizer: str, scale: Scale) -> list[dict[str, float]]:

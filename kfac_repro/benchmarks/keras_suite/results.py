@@ -232,8 +232,8 @@ def _subject_table(suite: Sequence[Row], subject: str) -> str:
 
 
 def _short(setting: str) -> str:
-    """A setting as the table shows it: 'learning_rate=0.003' as 'lr=0.003'."""
-    return setting.replace("learning_rate=", "lr=")
+    """A setting as the table shows it: 'learning_rate=0.003' as 'lr=0.003', no setting as 'defaults'."""
+    return setting.replace("learning_rate=", "lr=") or "defaults"
 
 
 def plot(suite: Sequence[Row], path: Path) -> None:
