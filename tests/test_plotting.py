@@ -320,7 +320,8 @@ def test_every_figure_draws_each_arm_with_a_band_on_fitted_axes(tmp_path: Path, 
         assert len(panel.collections) == 2 * len(figure.splits)  # one band per arm and split
         values = [v for line in panel.get_lines() for v in line.get_ydata()]
         low, high = panel.get_ylim()
-        assert low >= min(values) - 0.1 * (max(values) - min(values)) and high <= max(values) * 1.1 + 1e-9
+        assert panel.get_yscale() == "log"
+        assert min(values) / 2 <= low <= min(values) and max(values) <= high <= max(values) * 1.5  # bands and all
     assert drawn.legends and drawn.legends[0].get_bbox_to_anchor().x0 >= drawn.bbox.x1 - 1  # outside the panels
 
 
@@ -522,3 +523,10 @@ def test_an_out_that_cannot_be_written_is_a_usage_error(tmp_path: Path, command:
     assert result.exit_code == 2 and "Invalid value for --out" in result.output, result.output
     assert "is not a directory" in result.output or "is not a regular file" in result.output
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_log_axes_label_the_minor_ticks_at_two_three_and_five_only() -> None:
+    from kfac_repro.plotting.figures import _minor_tick
+
+    assert [_minor_tick(v, None) for v in (0.2, 0.3, 0.4, 0.5, 0.7, 3.0, 0.05)] == ["0.2", "0.3", "", "0.5", "", "3",
+                                                                                    "0.05"]

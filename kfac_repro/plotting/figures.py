@@ -4,6 +4,7 @@ with a band (the range over seeds), training dashed and validation solid as in t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,12 +111,14 @@ def caption(figure: FigureSpec, arms: Arms, clock: Clock | None = None) -> str:
 
 def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = None) -> Any:
     """The matplotlib Figure: rows cross-entropy and error, one column per x axis; per arm a mean line and a
-    band for each split; time in minutes (updates × the clock's s/update, else logged wall-clock); axes fitted to
-    the plotted data; the legend outside."""
+    band for each split; time in minutes (updates × the clock's s/update, else logged wall-clock); log-scaled y axes
+    fitted to the plotted data (so neither the untrained start nor a spike flattens the curves' later differences);
+    the legend outside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
     from matplotlib.lines import Line2D
 
     columns = len(figure.x_axes)
@@ -141,8 +144,11 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
                     drawn.append((curve["x"], curve["low"], curve["high"]))
             if drawn:
                 low, high, above = _y_range(drawn)
-                margin = 0.05 * (high - low or 1.0)
-                axis.set_ylim(max(0.0, low - margin), high + margin)
+                margin = (high / low) ** 0.05 if high > low else 1.1
+                axis.set_yscale("log")
+                axis.set_ylim(low / margin, high * margin)
+                axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                axis.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_tick))
                 if above is not None:
                     untrained = max(untrained or 0.0, above)
             axis.set_xlabel(_x_label(x, clock))
@@ -162,9 +168,10 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
 
 
 def _y_range(bands: Sequence[tuple[Any, Any, Any]]) -> tuple[float, float, float | None]:
-    """(low, high) over every band's points, and None; but where the bands' step-0 points (x = 0, the untrained
-    model) reach above twice the highest later point, the range of the later points and that step-0 height."""
-    low = min(float(lows.min()) for _, lows, _ in bands)
+    """(low, high) over every band's points (low: the smallest positive one, for the log axis), and None; but where
+    the bands' step-0 points (x = 0, the untrained model) reach above twice the highest later point, the range of the
+    later points and that step-0 height."""
+    low = _positive_min([lows for _, lows, _ in bands])
     high = max(float(highs.max()) for _, _, highs in bands)
     later = [(lows[xs > 0], highs[xs > 0]) for xs, lows, highs in bands if (xs > 0).any()]
     if not later:
@@ -172,7 +179,19 @@ def _y_range(bands: Sequence[tuple[Any, Any, Any]]) -> tuple[float, float, float
     later_high = max(float(highs.max()) for _, highs in later)
     if high <= 2.0 * later_high:
         return low, high, None
-    return min(float(lows.min()) for lows, _ in later), later_high, high
+    return _positive_min([lows for lows, _ in later]), later_high, high
+
+
+def _minor_tick(value: float, _: object) -> str:
+    """A log axis's minor tick label: 2, 3 and 5 times a power of ten, the others unlabelled."""
+    leading = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if any(math.isclose(leading, digit) for digit in (2, 3, 5)) else ""
+
+
+def _positive_min(values: Sequence[Any]) -> float:
+    """The smallest positive value of the arrays (a log axis cannot show 0), 1e-3 when none is positive."""
+    positive = [float(v[v > 0].min()) for v in values if (v > 0).any()]
+    return min(positive) if positive else 1e-3
 
 
 def _source(x: str, clock: Clock | None) -> str:
