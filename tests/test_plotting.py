@@ -530,3 +530,21 @@ def test_log_axes_label_the_minor_ticks_at_two_three_and_five_only() -> None:
 
     assert [_minor_tick(v, None) for v in (0.2, 0.3, 0.4, 0.5, 0.7, 3.0, 0.05)] == ["0.2", "0.3", "", "0.5", "", "3",
                                                                                     "0.05"]
+
+
+@pytest.mark.parametrize("number", [6, 4])
+def test_methods_are_told_apart_by_colour_family_and_batch_sizes_by_shade(tmp_path: Path, number: int) -> None:
+    from matplotlib.colors import to_rgb
+
+    figure = FIGURES[number]
+    for method, arm, batch in (("kfac", "k-small", 100), ("kfac", "k-large", 400), ("sgd", "s-small", 100),
+                               ("sgd", "s-large", 400)):
+        write_run(tmp_path, figure.spec, arm, "r", [0.5, 0.4, 0.3], method=method, batch=batch)
+    drawn = draw(figure, seed_runs(tmp_path, figure.spec, "cpu"), "cpu")
+    colours = {line.get_label().split(" (")[0]: to_rgb(line.get_color()) for line in drawn.axes[0].get_lines()}
+    assert all(colours[a][2] > colours[a][0] for a in ("k-small", "k-large"))  # K-FAC: cool (more blue than red)
+    assert all(colours[a][0] > colours[a][2] for a in ("s-small", "s-large"))  # SGD: warm
+    assert len(set(colours.values())) == 4 and not any(line.get_marker() not in ("None", None, "")
+                                                       for line in drawn.axes[0].get_lines())
+    if figure.colour_by == "batch_size":  # the larger batch in the darker shade of its family
+        assert sum(colours["k-large"]) < sum(colours["k-small"]) and sum(colours["s-large"]) < sum(colours["s-small"])

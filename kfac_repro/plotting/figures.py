@@ -26,8 +26,8 @@ Arms = Mapping[str, Sequence[Run]]
 class FigureSpec:
     """Which experiment a figure shows, on which axes, and what the paper ran (for the caption). The "time" axis is
     updates × each arm's seconds per update (`clock.Clock`; the modelled cluster clock's when `modelled_clock`),
-    or the runs' logged wall-clock without one. colour_by "batch_size": one colour per batch size across methods,
-    methods told apart by marker (Fig. 6)."""
+    or the runs' logged wall-clock without one. Methods are told apart by colour family (`FAMILIES`); colour_by
+    "batch_size": a method's arms in its shades, light to dark with the batch size (Fig. 6)."""
 
     number: int
     spec: str
@@ -87,11 +87,31 @@ def _order(arms: Arms, figure: FigureSpec) -> list[str]:
     return sorted(arms, key=key) if figure.colour_by == "batch_size" else list(arms)
 
 
-def _colours(arms: Arms, order: list[str], figure: FigureSpec) -> dict[str, str]:
-    if figure.colour_by != "batch_size":
-        return {arm: f"C{i % 10}" for i, arm in enumerate(order)}
-    sizes = sorted({int(arms[a][0].setting("training", "batch_size") or 0) for a in order})
-    return {a: f"C{sizes.index(int(arms[a][0].setting('training', 'batch_size') or 0)) % 10}" for a in order}
+# Each method's colour family (K-FAC cool, SGD warm): its arms take the family's colours in turn (colour_by "arm")
+# or its shades, light to dark with the batch size (colour_by "batch_size").
+FAMILIES = {"kfac": ("#1f4e9c", "#7b4fb0", "#2aa1b8", "#5b8fd6", "#0b2a5c"),
+            "sgd": ("#e07b00", "#c0392b", "#b59a00", "#8c564b", "#f2a65a")}
+SHADES = {"kfac": "Blues", "sgd": "Oranges"}
+
+
+def _colours(arms: Arms, order: list[str], figure: FigureSpec) -> dict[str, Any]:
+    """Every arm's colour: methods told apart by colour family, arms of one method by the family's colours or, by
+    batch size, its shades."""
+    from matplotlib import colormaps
+
+    colours: dict[str, Any] = {}
+    for method in dict.fromkeys(arms[a][0].method for a in order):
+        mine = [a for a in order if arms[a][0].method == method]
+        if figure.colour_by == "batch_size":
+            sizes = sorted({int(arms[a][0].setting("training", "batch_size") or 0) for a in mine})
+            shades = colormaps[SHADES.get(method, "Greys")]
+            colours.update({a: shades(0.45 + 0.5 * sizes.index(int(arms[a][0].setting("training", "batch_size")
+                                                                      or 0)) / max(1, len(sizes) - 1))
+                            for a in mine})
+        else:
+            family = FAMILIES.get(method, tuple(f"C{i}" for i in range(10)))
+            colours.update({a: family[i % len(family)] for i, a in enumerate(mine)})
+    return colours
 
 
 def caption(figure: FigureSpec, arms: Arms, clock: Clock | None = None) -> str:
@@ -126,7 +146,6 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
     fig, axes = plt.subplots(2, columns, figsize=(5.0 * columns + 4.2, 7.4), squeeze=False)
     order = _order(arms, figure)
     colours = _colours(arms, order, figure)
-    markers = {"kfac": "o", "sgd": "s"}
     for row, y in enumerate(("loss", "error")):
         for column, x in enumerate(figure.x_axes):
             axis = axes[row][column]
@@ -138,8 +157,7 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
                         continue
                     xs = _x_values(curve["x"], x, arm, clock)
                     axis.plot(xs, curve["mean"], color=colours[arm], linestyle="--" if split == "train" else "-",
-                              marker=markers.get(arms[arm][0].method) if figure.colour_by == "batch_size" else None,
-                              markersize=3, label=f"{arm} ({split})")
+                              label=f"{arm} ({split})")
                     axis.fill_between(xs, curve["low"], curve["high"], color=colours[arm], alpha=0.15, linewidth=0)
                     drawn.append((curve["x"], curve["low"], curve["high"]))
             if drawn:
@@ -154,8 +172,7 @@ def draw(figure: FigureSpec, arms: Arms, profile: str, clock: Clock | None = Non
             axis.set_xlabel(_x_label(x, clock))
             axis.set_ylabel(Y_LABELS[y])
             axis.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colours[a], marker=markers.get(arms[a][0].method)
-                      if figure.colour_by == "batch_size" else None, label=arm_label(arms[a])) for a in order]
+    handles = [Line2D([], [], color=colours[a], label=arm_label(arms[a])) for a in order]
     handles += [Line2D([], [], color="grey", linestyle="--", label="training"),
                 Line2D([], [], color="grey", linestyle="-", label="validation")][: 2 if len(figure.splits) > 1 else 1]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
