@@ -407,3 +407,14 @@ def test_k_fac_defaults_is_the_untuned_keras_optimizer_against_the_tuned_opponen
     assert {r["setting"] for r in rows if r["optimizer"] == "kfac-defaults"} == {""}
     table = (tmp_path / "suite.md").read_text()
     assert "| K-FAC defaults setting |" in table and "| mlp | 32 |" in table and "| defaults |" in table
+
+
+def test_the_eta_takes_each_task_and_batch_at_its_own_jobs_mean() -> None:
+    from kfac_repro.benchmarks.keras_suite.run import _Progress
+
+    lines: list[str] = []
+    progress = _Progress({("mlp", "128"): 2, ("bn-cnn", "128"): 3}, 4, lines.append)
+    progress.finish("a", 10.0, ("mlp", "128"))
+    assert lines[-1] == "[5/9] a: 10 s; ETA 40 s (tasks not run yet taken at this session's mean job)"
+    progress.finish("b", 100.0, ("bn-cnn", "128"))
+    assert lines[-1] == "[6/9] b: 100 s; ETA 4 min"  # 1 × 10 s + 2 × 100 s = 210 s

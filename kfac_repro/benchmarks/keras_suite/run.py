@@ -8,6 +8,7 @@ OUT/suite.png and OUT/suite.md are written from whatever is done.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,27 +56,38 @@ class Plan:
     optimizers: Sequence[str] = DEFAULT_OPTIMIZERS
     timing: bool = True
 
+    def jobs_per_pair(self) -> int:
+        """Runs and cost timings of one task and batch size."""
+        return (sum(len(grid(o, self.scale)) for o in self.optimizers) + len(self.optimizers) * self.seeds
+                + self.timing)
+
     def jobs(self) -> int:
         """Runs and cost timings in all."""
-        per_pair = (sum(len(grid(o, self.scale)) for o in self.optimizers) + len(self.optimizers) * self.seeds
-                    + self.timing)
-        return per_pair * len(self.tasks) * len(self.batches)
+        return self.jobs_per_pair() * len(self.tasks) * len(self.batches)
+
+
+Pair = tuple[str, str]  # (task, batch)
 
 
 class _Progress:
-    """'[k/N] what ... done in 12 s; ETA 3 min' lines: the ETA is the mean time of this session's jobs so far
-    times the jobs left (jobs differ in cost, so it is rough)."""
+    """'[k/N] what: 12 s; ETA 3 min' lines. The ETA sums, over the tasks and batch sizes, the jobs left times the
+    mean time of this session's jobs of that task and batch size, or of all its jobs where none of that pair ran
+    yet (then it says so: the tasks differ in cost several times over)."""
 
-    def __init__(self, total: int, done: int, echo: Callable[[str], None]):
-        self.total, self.done, self.echo = total, done, echo
-        self.ran, self.spent = 0, 0.0
+    def __init__(self, left: dict[Pair, int], done: int, echo: Callable[[str], None]):
+        self.left, self.echo = left, echo
+        self.done, self.total = done, done + sum(left.values())
+        self.spent: dict[Pair, list[float]] = {}
 
-    def finish(self, what: str, seconds: float) -> None:
+    def finish(self, what: str, seconds: float, pair: Pair) -> None:
         self.done += 1
-        self.ran += 1
-        self.spent += seconds
-        left = (self.total - self.done) * self.spent / self.ran
-        self.echo(f"[{self.done}/{self.total}] {what}: {seconds:.0f} s; ETA {_duration(left)}")
+        self.left[pair] -= 1
+        self.spent.setdefault(pair, []).append(seconds)
+        every = [s for times in self.spent.values() for s in times]
+        unseen = any(count and pair not in self.spent for pair, count in self.left.items())
+        left = sum(count * statistics.fmean(self.spent.get(pair, every)) for pair, count in self.left.items())
+        self.echo(f"[{self.done}/{self.total}] {what}: {seconds:.0f} s; ETA {_duration(left)}"
+                  + (" (tasks not run yet taken at this session's mean job)" if unseen else ""))
 
 
 def _duration(seconds: float) -> str:
@@ -110,9 +122,10 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     for r in costs:
         timed.setdefault((r["task"], r["batch"]), set()).add(r["optimizer"])
     done_costs = {pair for pair, optimizers in timed.items() if optimizers >= set(plan.optimizers)}
-    done = len(done_runs & _wanted(plan, runs)) + plan.timing * sum((t, str(b)) in done_costs for t in plan.tasks
-                                                                     for b in plan.batches)
-    progress = _Progress(plan.jobs(), done, echo)
+    wanted = _wanted(plan, runs)
+    left = {(t, str(b)): plan.jobs_per_pair() - len({k for k in done_runs & wanted if k[1:3] == (t, str(b))})
+            - plan.timing * ((t, str(b)) in done_costs) for t in plan.tasks for b in plan.batches}
+    progress = _Progress(left, plan.jobs() - sum(left.values()), echo)
     echo(f"{progress.total} jobs ({progress.done} done in {plan.out}); scale {plan.scale.name}")
     for task in plan.tasks:
         for batch in plan.batches:
@@ -130,14 +143,14 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
                 write_rows(runs_path, RUN_FIELDS, runs)
                 done_runs.add(key)
                 progress.finish(f"{task} b{batch} {phase} {optimizer} {setting} seed {seed} → "
-                                f"{curve.target[-1]:.4f}", time.perf_counter() - start)
+                                f"{curve.target[-1]:.4f}", time.perf_counter() - start, (task, str(batch)))
             if plan.timing and (task, str(batch)) not in done_costs:
                 start = time.perf_counter()
                 costs = [r for r in costs if (r["task"], r["batch"]) != (task, str(batch))]  # all timed in turns
                 costs += _cost_rows(plan, task, batch, runs, echo)
                 write_rows(costs_path, COST_FIELDS, costs)
                 done_costs.add((task, str(batch)))
-                progress.finish(f"{task} b{batch} cost in turns", time.perf_counter() - start)
+                progress.finish(f"{task} b{batch} cost in turns", time.perf_counter() - start, (task, str(batch)))
     suite = summarise(runs, costs)
     write_rows(plan.out / "suite.csv", SUITE_FIELDS, suite)
     write_rows(plan.out / "reached.csv", REACHED_FIELDS, per_run(runs, costs))
