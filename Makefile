@@ -14,7 +14,7 @@ data:  ## Fashion-MNIST into the data root ($$KFAC_REPRO_DATA or ~/.kfac_repro/d
 		"the tests that train on it will be skipped"
 
 test:  ## the default test run (under 10 minutes on 2 cores)
-	$(PYTEST) -m "not slow" -q
+	$(PYTEST) -m "not slow" -q --durations=10
 
 test-slow:  ## long tests: real-data training, multi-process runs
 	$(PYTEST) -m slow -q
