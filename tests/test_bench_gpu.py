@@ -136,6 +136,7 @@ def test_the_largest_batch_is_found_by_doubling_until_one_does_not_fit(fitting: 
     assert largest_fitting(16, 128, fits) == expected and calls == tried
 
 
+@pytest.mark.slow  # 15 s; the default run keeps its table, ratio and budget tests, under its 10 minutes
 def test_bench_gpu_runs_end_to_end_at_tiny_scale(tmp_path: Path) -> None:
     out = tmp_path / "gpu.csv"
     result = CliRunner().invoke(cli.main, ["bench", "gpu", "--scale", "tiny", "--model", "alexnet", "--repeats", "1",
