@@ -55,3 +55,5 @@ def test_every_quantity_is_timed_in_turns_across_the_arms(monkeypatch: pytest.Mo
     update = next(m for m in found if m.arm == "sgd-bn" and m.quantity == "update")
     assert (update.low, update.value, update.high) == pytest.approx((0.001 / 20, 0.002 / 20, 0.003 / 20))
     assert [m.quantity for m in found if m.arm == "sgd-bn"] == ["update"] + ["gradient_pass"] * 3 + ["gradient_bytes"]
+    passes = [m for m in found if m.quantity == "gradient_pass"]  # a turn: CALLS_PER_TURN calls back to back
+    assert all(m.value == pytest.approx(0.002 / measure.CALLS_PER_TURN) for m in passes)

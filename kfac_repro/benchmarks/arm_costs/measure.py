@@ -3,12 +3,12 @@ the component times the cluster clock (`cluster_clock`) is built from.
 
 An arm's update is timed exactly as configured (statistics every `stats_every` steps, inverses refreshed inline
 every `inverse_every` steps or in the background thread, the arm's replicas) on one fixed batch of the arm's input
-shape, in blocks of updates long enough to contain a whole inversion period; seconds per update = block time /
-block length (median over blocks, with the range). Every quantity is timed in turns across the arms (a round times
-one block, or one call, of every arm), so that a slow spell of the machine (this VM has them) falls on every arm
-alike instead of on whichever arm it met. Components, on one device: a gradient pass on B/n examples
-(n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced gradient and
-factors.
+shape, in blocks of updates long enough to contain a whole inversion period; seconds per update = block time / block
+length (median over blocks, with the range). Every quantity is timed in turns across the arms (a round times one
+block of updates, or of CALLS_PER_TURN calls, of every arm), so that a slow spell of the machine (this VM has them)
+falls on every arm alike instead of on whichever arm it met. Components, on one device: a gradient pass on B/n
+examples (n = 1, 2, 4), the statistics pass, preconditioning, one inversion, and the bytes of the all-reduced
+gradient and factors.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from kfac_repro.specs.resolve import ArmConfig
 
 SHARDS = (1, 2, 4)
+CALLS_PER_TURN = 5  # a component's back-to-back calls in each turn (see _calls_in_turns)
 
 
 def machine_record() -> dict[str, Any]:
@@ -132,33 +133,46 @@ def _components(arms: Mapping[str, ArmConfig], timed_arms: Mapping[str, _Timed],
             sizes[name] = config.stats_batch_size
     data = {name: t.batch for name, t in timed_arms.items()}
     for n in SHARDS:
-        times = in_turns({name: functools.partial(gradients[name], x[:int(x.shape[0]) // n], y[:int(x.shape[0]) // n])
-                          for name, (x, y) in data.items()}, 10, 3)
+        times = _calls_in_turns({name: functools.partial(gradients[name], x[:int(x.shape[0]) // n],
+                                                         y[:int(x.shape[0]) // n])
+                                 for name, (x, y) in data.items()}, 5, 2)
         for name, (x, _) in data.items():
             found[name].append(Measurement(name, "gradient_pass", int(x.shape[0]) // n, *_spread(times[name]),
-                                           "seconds", 10))
+                                           "seconds", 5 * CALLS_PER_TURN))
     for name, (x, _) in data.items():
         size = 4 * sum(int(np.prod(p.shape)) for p in params[name])
         found[name].append(Measurement(name, "gradient_bytes", int(x.shape[0]), size, size, size, "bytes", 1))
     if not kfacs:
         return
     stats = {name: data[name][0][:sizes[name] or int(data[name][0].shape[0])] for name in kfacs}
-    statistics_times = in_turns({name: functools.partial(k.accumulate_statistics, stats[name])
-                                 for name, k in kfacs.items()}, 5, 2)
+    statistics_times = _calls_in_turns({name: functools.partial(k.accumulate_statistics, stats[name])
+                                        for name, k in kfacs.items()}, 3, 1)
     inversion_times = in_turns({name: k.refresh_inverses for name, k in kfacs.items()}, 3, 1)
     preconditions = {name: functools.partial(tf.function(k.precondition, reduce_retracing=True),
                                              gradients[name](*data[name])) for name, k in kfacs.items()}
-    apply_times = in_turns(preconditions, 10, 3)
+    apply_times = _calls_in_turns(preconditions, 5, 2)
     for name, kfac in kfacs.items():
         batch = int(data[name][0].shape[0])
         factor_bytes = int(kfac.communication_bytes()["factors_per_refresh"])
         found[name] += [
             Measurement(name, "statistics_pass", int(stats[name].shape[0]), *_spread(statistics_times[name]),
-                        "seconds", 5),
+                        "seconds", 3 * CALLS_PER_TURN),
             Measurement(name, "factor_bytes", batch, factor_bytes, factor_bytes, factor_bytes, "bytes", 1),
             Measurement(name, "inversion", batch, *_spread(inversion_times[name]), "seconds", 3),
-            Measurement(name, "apply", batch, *_spread(apply_times[name]), "seconds", 10)]
+            Measurement(name, "apply", batch, *_spread(apply_times[name]), "seconds", 5 * CALLS_PER_TURN)]
         kfac.close()
+
+
+def _calls_in_turns(calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each short call, timed in turns as blocks of CALLS_PER_TURN back-to-back calls: one call
+    after another arm's would find the caches cold (the arm-by-arm passes it follows evict them), and so come out
+    slower than the same computation inside an update block."""
+    def block(call: Callable[[], object]) -> None:
+        for _ in range(CALLS_PER_TURN):
+            call()
+
+    times = in_turns({name: functools.partial(block, call) for name, call in calls.items()}, rounds, warmup)
+    return {name: [t / CALLS_PER_TURN for t in values] for name, values in times.items()}
 
 
 def _gradient_function(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]]:
