@@ -296,6 +296,8 @@ def test_the_cpu_scale_halves_only_the_convolutional_nets_and_trains_on_20000_ex
     from kfac_repro.benchmarks.keras_suite.models import TASKS
 
     cpu, full = SCALES["cpu"], SCALES["full"]
+    assert cpu.description.startswith("20000 training examples, 5 epochs, 20 evaluations per run, bn-cnn and resnet "
+                                      "at width 0.5 (about 6 hours")  # --help's words, from the fields
     for task in TASK_NAMES:
         narrow, wide = (TASKS[task].build(s.width_of(task)).count_params() for s in (cpu, full))
         assert (narrow < wide / 3) if task in ("bn-cnn", "resnet") else (narrow == wide), task

@@ -13,7 +13,6 @@ import click
 from kfac_repro.benchmarks.gpu.table import PAPER_MODELS, Row, ratios, write_rows
 from kfac_repro.benchmarks.keras_suite.plan import (
     DEFAULT_BATCHES,
-    SCALE_DESCRIPTIONS,
     SCALES,
     TASK_DESCRIPTIONS,
     TASK_NAMES,
@@ -272,7 +271,7 @@ def _kfac_settings(text: str) -> dict[str, object]:
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="measured seeds per optimizer (1..N; the tuning runs use seed 0)")
 @click.option("--scale", type=click.Choice(sorted(SCALES)), default="full", show_default=True,
-              help="; ".join(f"{name}: {text}" for name, text in SCALE_DESCRIPTIONS.items()))
+              help="; ".join(f"{name}: {scale.description}" for name, scale in SCALES.items()))
 @click.option("--tiny", is_flag=True, help="the same as --scale tiny")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/keras"),
               show_default=True, help="runs.csv and costs.csv (resumed from), suite.csv, suite.md, suite.png")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 SHARDS = (1, 2, 4)
 CALLS_PER_TURN = 5  # a component's back-to-back calls in each turn (see _calls_in_turns)
+SHORT_ROUNDS, STATISTICS_ROUNDS = 5, 3  # timed rounds of the gradient pass and preconditioning; of the statistics
 
 
 def machine_record() -> dict[str, Any]:
@@ -133,12 +134,12 @@ def _components(arms: Mapping[str, ArmConfig], timed_arms: Mapping[str, _Timed],
             sizes[name] = config.stats_batch_size
     data = {name: t.batch for name, t in timed_arms.items()}
     for n in SHARDS:
-        times = _calls_in_turns({name: functools.partial(gradients[name], x[:int(x.shape[0]) // n],
-                                                         y[:int(x.shape[0]) // n])
-                                 for name, (x, y) in data.items()}, 5, 2)
-        for name, (x, _) in data.items():
-            found[name].append(Measurement(name, "gradient_pass", int(x.shape[0]) // n, *_spread(times[name]),
-                                           "seconds", 5 * CALLS_PER_TURN))
+        shards = {name: int(x.shape[0]) // n for name, (x, _) in data.items()}
+        times = _calls_in_turns({name: functools.partial(gradients[name], x[:shards[name]], y[:shards[name]])
+                                 for name, (x, y) in data.items()}, SHORT_ROUNDS, 2)
+        for name in data:
+            found[name].append(Measurement(name, "gradient_pass", shards[name], *_spread(times[name]), "seconds",
+                                           SHORT_ROUNDS * CALLS_PER_TURN))
     for name, (x, _) in data.items():
         size = 4 * sum(int(np.prod(p.shape)) for p in params[name])
         found[name].append(Measurement(name, "gradient_bytes", int(x.shape[0]), size, size, size, "bytes", 1))
@@ -146,20 +147,20 @@ def _components(arms: Mapping[str, ArmConfig], timed_arms: Mapping[str, _Timed],
         return
     stats = {name: data[name][0][:sizes[name] or int(data[name][0].shape[0])] for name in kfacs}
     statistics_times = _calls_in_turns({name: functools.partial(k.accumulate_statistics, stats[name])
-                                        for name, k in kfacs.items()}, 3, 1)
+                                        for name, k in kfacs.items()}, STATISTICS_ROUNDS, 1)
     inversion_times = in_turns({name: k.refresh_inverses for name, k in kfacs.items()}, 3, 1)
     preconditions = {name: functools.partial(tf.function(k.precondition, reduce_retracing=True),
                                              gradients[name](*data[name])) for name, k in kfacs.items()}
-    apply_times = _calls_in_turns(preconditions, 5, 2)
+    apply_times = _calls_in_turns(preconditions, SHORT_ROUNDS, 2)
     for name, kfac in kfacs.items():
         batch = int(data[name][0].shape[0])
         factor_bytes = int(kfac.communication_bytes()["factors_per_refresh"])
         found[name] += [
             Measurement(name, "statistics_pass", int(stats[name].shape[0]), *_spread(statistics_times[name]),
-                        "seconds", 3 * CALLS_PER_TURN),
+                        "seconds", STATISTICS_ROUNDS * CALLS_PER_TURN),
             Measurement(name, "factor_bytes", batch, factor_bytes, factor_bytes, factor_bytes, "bytes", 1),
             Measurement(name, "inversion", batch, *_spread(inversion_times[name]), "seconds", 3),
-            Measurement(name, "apply", batch, *_spread(apply_times[name]), "seconds", 5 * CALLS_PER_TURN)]
+            Measurement(name, "apply", batch, *_spread(apply_times[name]), "seconds", SHORT_ROUNDS * CALLS_PER_TURN)]
         kfac.close()
 
 

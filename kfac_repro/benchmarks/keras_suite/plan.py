@@ -18,8 +18,9 @@ class Scale:
     """Sizes of one suite scale: training examples (None: all of Fashion-MNIST's training set less the held-out
     split; 20 000 generated sequences), examples of the held-out and target splits, epochs of budget, evaluation
     points per run, the width multiplier of the tasks in `narrowed` (the others keep their full width), grid
-    settings tried per optimizer (the first `grid` of each grid), and the cost timing's steps per turn and
-    rounds."""
+    settings tried per optimizer (the first `grid` of each grid), the cost timing's steps per turn and rounds, and
+    what the scale costs (an estimate: per-step and per-evaluation timings of every task at the cpu scale on this
+    project's 2-core CPU, 5 measured seeds; the README's "Keras benchmark suite" says how)."""
 
     name: str
     train: int | None
@@ -31,10 +32,19 @@ class Scale:
     grid: int
     cost_steps: int
     cost_rounds: int
+    cost: str
 
     def width_of(self, task: str) -> float:
         """The width multiplier of `task`'s model at this scale."""
         return self.width if task in self.narrowed else 1.0
+
+    @property
+    def description(self) -> str:
+        """The scale in words, from its fields: '20000 training examples, 5 epochs, 20 evaluations per run, ...'."""
+        examples = "all of Fashion-MNIST's training set" if self.train is None else f"{self.train} training examples"
+        models = ("every model" if set(self.narrowed) == set(TASK_NAMES) else " and ".join(self.narrowed)) + (
+            " at full width" if self.width == 1 else f" at width {self.width:g}")
+        return (f"{examples}, {self.epochs} epochs, {self.evals} evaluations per run, {models} ({self.cost})")
 
 
 # name -> what is measured; ERROR_METRIC: the target metric is the error (else the loss)
@@ -49,18 +59,10 @@ TASK_NAMES = tuple(TASK_DESCRIPTIONS)
 ERROR_METRIC = {name: name != "autoencoder" for name in TASK_NAMES}
 
 SCALES = {
-    "full": Scale("full", None, 5000, 10, 40, 1.0, TASK_NAMES, 4, 20, 5),
-    "cpu": Scale("cpu", 20_000, 5000, 5, 20, 0.5, ("bn-cnn", "resnet"), 4, 20, 5),
-    "tiny": Scale("tiny", 256, 128, 2, 4, 0.125, TASK_NAMES, 1, 10, 1),
-}
-# What each scale is and costs (estimates from per-step and per-evaluation timings of every task at the cpu scale
-# on this project's 2-core CPU, 5 measured seeds; the README's "Keras benchmark suite" says how).
-SCALE_DESCRIPTIONS = {
-    "full": "all of Fashion-MNIST's training set, 10 epochs, every model at full width (about 40 hours of a "
-            "2-core CPU at 5 seeds)",
-    "cpu": "20 000 training examples, 5 epochs, 20 evaluations per run, the two convolutional nets at half width "
-           "(about 6 hours of a 2-core CPU at 5 seeds)",
-    "tiny": "every task at toy size in seconds, for tests",
+    "full": Scale("full", None, 5000, 10, 40, 1.0, TASK_NAMES, 4, 20, 5, "about 40 hours of a 2-core CPU at 5 seeds"),
+    "cpu": Scale("cpu", 20_000, 5000, 5, 20, 0.5, ("bn-cnn", "resnet"), 4, 20, 5,
+                 "about 6 hours of a 2-core CPU at 5 seeds"),
+    "tiny": Scale("tiny", 256, 128, 2, 4, 0.125, TASK_NAMES, 1, 10, 1, "seconds, for tests"),
 }
 DEFAULT_BATCHES = {"full": (128, 1024), "cpu": (128, 1024), "tiny": (32,)}
 

@@ -22,6 +22,7 @@ opponents' runs alone.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import statistics
@@ -83,8 +84,7 @@ def _score(row: Row) -> float:
         return math.inf
     if len(values) == 1 or steps[-1] == steps[0]:
         return values[0]
-    pairs = zip(zip(steps, values, strict=True), zip(steps[1:], values[1:], strict=True), strict=False)
-    area = sum((b - a) * (u + v) / 2 for (a, u), (b, v) in pairs)
+    area = sum((b - a) * (u + v) / 2 for (a, u), (b, v) in itertools.pairwise(zip(steps, values, strict=True)))
     return area / (steps[-1] - steps[0])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,9 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
     for r in costs:
         timed.setdefault((r["task"], r["batch"]), set()).add(r["optimizer"])
     done_costs = {pair for pair, optimizers in timed.items() if optimizers >= set(plan.optimizers)}
-    wanted = _wanted(plan, runs)
-    left = {(t, str(b)): plan.jobs_per_pair() - len({k for k in done_runs & wanted if k[1:3] == (t, str(b))})
-            - plan.timing * ((t, str(b)) in done_costs) for t in plan.tasks for b in plan.batches}
+    finished = Counter(key[1:3] for key in done_runs & _wanted(plan, runs))  # (task, batch) of each run done
+    left = {(t, str(b)): plan.jobs_per_pair() - finished[t, str(b)] - plan.timing * ((t, str(b)) in done_costs)
+            for t in plan.tasks for b in plan.batches}
     progress = _Progress(left, plan.jobs() - sum(left.values()), echo)
     echo(f"{progress.total} jobs ({progress.done} done in {plan.out}); scale {plan.scale.name}")
     for task in plan.tasks:
