@@ -434,3 +434,20 @@ def test_the_eta_takes_each_task_and_batch_at_its_own_jobs_mean() -> None:
     assert lines[-1] == "[5/9] a: 10 s; ETA 40 s (tasks not run yet taken at this session's mean job)"
     progress.finish("b", 100.0, ("bn-cnn", "128"))
     assert lines[-1] == "[6/9] b: 100 s; ETA 4 min"  # 1 × 10 s + 2 × 100 s = 210 s
+
+
+def test_bn_statistics_recomputed_before_every_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfac_repro.benchmarks.keras_suite import models as keras_suite_models
+
+    seen: list[tuple[int, list[int]]] = []
+    real = keras_suite_models.recompute_batch_norm_statistics
+
+    def recompute(model, batches):  # type: ignore[no-untyped-def]
+        layers = real(model, batches)
+        seen.append((layers, [len(b) for b in batches]))
+        return layers
+
+    monkeypatch.setattr(keras_suite_models, "recompute_batch_norm_statistics", recompute)
+    curve = keras_suite_models.train_run("bn-cnn", "sgd", {"learning_rate": 0.01}, 1, 32, SCALES["tiny"])
+    size = keras_suite_models.PRECISE_BN_SIZE
+    assert seen == [(4, [size, size, 112])] * len(curve.steps)  # 4 BN layers; 2 tiny epochs: 512 examples
