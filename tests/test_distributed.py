@@ -62,7 +62,8 @@ ASYNC_FREE = ("--optimizer", "kfac", "--inversion", "async", "--steps", "12")
 @pytest.mark.parametrize(
     "options",
     [pytest.param(("--optimizer", "sgd"), marks=pytest.mark.slow), ("--optimizer", "kfac"),
-     ("--optimizer", "kfac", "--inversion", "async", "--async-lag", "2"), ASYNC_FREE],
+     pytest.param(("--optimizer", "kfac", "--inversion", "async", "--async-lag", "2"), marks=pytest.mark.slow),
+     ASYNC_FREE],
     ids=["sgd", "kfac-sync", "kfac-async-lag2", "kfac-async-free"],
 )
 def test_two_workers_on_loopback_agree_and_equal_one_process(tmp_path: Path, options: tuple[str, ...]) -> None:

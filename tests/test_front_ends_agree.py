@@ -94,11 +94,15 @@ def test_fit_free_running_hands_over_after_every_replica_reported_and_restarts_a
     model = pooled_mlp()
     optimizer = KFAC(model, inversion="async", async_lag=None, damping=0.1)
     model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
-    model.fit(np.concatenate([x] * 3), np.concatenate([y] * 3), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     engine = optimizer._binding.refresh.engine
+    for _ in range(10):  # how many steps an inversion spans depends on the machine's load: fit until two hand-overs
+        model.fit(np.concatenate([x] * 3), np.concatenate([y] * 3), batch_size=BATCH, epochs=1, shuffle=False,
+                  verbose=0)
+        if len(engine.history) >= 2:
+            break
     optimizer.close()
     history = engine.history
-    assert len(history) >= 2, "no second hand-over in 30 steps"
+    assert len(history) >= 2, "no second hand-over in 300 steps"
     installed = [r.installed_at for r in history]
     assert [r.snapshot_step for r in history] == [0, *installed[:-1]]  # restarted at each hand-over
     assert all(r.installed_at > r.snapshot_step for r in history)  # reported during a step, installed after it

@@ -34,9 +34,10 @@ def bench() -> None:
 @click.option("--profile", default="paper", show_default=True)
 @click.option("--arm", "arms", multiple=True, help="time only this arm (repeatable; default: all)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a resolved field")
-@click.option("--blocks", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--blocks", type=click.IntRange(min=1), default=7, show_default=True,
               help="timed rounds, each a block of updates of every arm in turn (a block: at least one inversion "
-                   "period)")
+                   "period); the median over them is the arm's cost, so a slow spell of the machine needs more than "
+                   "half of the rounds to move it")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="writes OUT/<spec>/<profile>/bench-arms.csv, which `kfac-repro report` reads")
 def arms(name: str, profile: str, arms: tuple[str, ...], overrides: tuple[str, ...], blocks: int,
