@@ -252,3 +252,38 @@ def test_async_against_sync_pools_the_components_both_arms_compute_alike(tmp_pat
     assert seconds("async-gpu1")[0] == pytest.approx(0.12 + 0.05 + 0.01)
     assert seconds("sync-gpu1")[0] == pytest.approx(0.12 + 0.05 + 0.01 + 0.6 / 20)
     assert "statistics and apply pooled over both arms" in seconds("sync-gpu1")[1]
+
+
+def _lag(runs: list, until: int, seeds: set[int]) -> None:
+    """Make `runs` BN runs whose inference-mode training loss is 3× the training-mode one up to update `until` (in
+    `seeds`), and 0.9× after."""
+    for run in runs:
+        run.resolved.setdefault("model", {})["batch_norm"] = True
+        lagging = (run.metrics["step"] <= until) & (run.seed in seeds)
+        run.metrics["train_eval_loss"] = run.metrics["train_loss"] * lagging.map({True: 3.0, False: 0.9})
+
+
+def test_statistics_lag_ends_at_the_first_evaluation_that_does_not_lag(tmp_path: Path) -> None:
+    from kfac_repro.results.statistics_lag import statistics_lag
+
+    arms = fig2(tmp_path, kfac_speed=0.9, sgd_speed=0.3)
+    run = arms["sgd-bn"][0]
+    assert statistics_lag(run) == 0  # no BN
+    _lag([run], until=30, seeds={run.seed})
+    assert statistics_lag(run) == 30
+    run.metrics.loc[run.metrics["step"] == 80, "train_eval_loss"] *= 10  # a late excursion is noise, not lag
+    assert statistics_lag(run) == 30
+    run.resolved["model"]["batch_norm"] = False
+    assert statistics_lag(run) == 0
+
+
+def test_a_target_reached_on_a_lagging_curve_gives_no_verdict(tmp_path: Path) -> None:
+    arms = fig2(tmp_path, kfac_speed=0.9, sgd_speed=0.3)  # sgd-bn reaches the 80% level at update 50
+    sitting = costs(tmp_path, "cifar10-async", {"sync-gpu1": 0.5, "sgd-bn": 0.5})
+    _lag(arms["sgd-bn"], until=60, seeds={3})
+    row = claims.judge(C3_CIFAR, arms, sitting, TUNED)
+    assert row.verdict == paired.REPRODUCED, row.measured  # judged at the three later targets
+    assert row.measured.count("read off a lagging curve") == 1 and "sgd-bn seed 3 at update 50" in row.measured
+    assert "BN statistics lagging until 60" in row.measured and "1.5× the training-mode one" in row.rule
+    _lag(arms["sgd-bn"], until=200, seeds={3})
+    assert claims.judge(C3_CIFAR, arms, sitting, TUNED).verdict == paired.INCONCLUSIVE

@@ -24,6 +24,7 @@ from kfac_repro.results import paired
 from kfac_repro.results.paired import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, PARTLY, REPRODUCED
 from kfac_repro.results.runs import Run
 from kfac_repro.results.seeds import capped_share, final
+from kfac_repro.results.statistics_lag import INFERENCE_COLUMNS, LAG_FACTOR, statistics_lag
 from kfac_repro.results.targets import targets, updates_to
 
 NOT_TESTABLE = "not testable here"
@@ -162,6 +163,9 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
             f"first value to the worst best over seeds; judged on the {spec.clock} clock; {paired.RULE}")
     if spec.methods:
         rule += f"; {TUNING_RULE}"
+    if spec.metric in INFERENCE_COLUMNS:
+        rule += (f"; a target some BN run reached while its moving statistics lagged (inference-mode training loss "
+                 f"above {LAG_FACTOR:g}× the training-mode one) gives no verdict")
     absent = _missing(spec, arms, rule)
     if absent:
         return absent
@@ -169,9 +173,11 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     runs = {better: arms[better], other: arms[other]}
     levels = targets([*runs[better], *runs[other]], spec.metric)
     steps = [_paired_updates(runs, spec.metric, level) for level in levels]
+    lagging = [_lagging(runs, spec.metric, updates) for updates, _ in steps]
     progress = "; ".join(
         f"{spec.metric} ≤ {level:.3f}: updates {other} {_seed_values(u[other])}, {better} {_seed_values(u[better])}"
-        for level, (u, _) in zip(levels, steps, strict=True))
+        + (f" (read off a lagging curve, no verdict at this target: {lag})" if lag else "")
+        for level, (u, _), lag in zip(levels, steps, lagging, strict=True))
     per_clock, verdicts, effect = [], {}, ""
     for name, clock in _clock_rows(spec, arms, costs).items():
         (slow, slow_note), (fast, fast_note) = clock(other), clock(better)
@@ -185,8 +191,10 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
                        for s in sorted(set(updates[other]) & set(updates[better]))]
             interval = paired.interval(effects)
             found.append((interval, paired.verdict(interval, spec.factor, better in censored, other in censored)))
-        ratios = ", ".join(f"{interval.ratio_text()} {verdict}" for interval, verdict in found)
-        verdicts[name] = paired.combined([verdict for _, verdict in found])
+        ratios = ", ".join(f"{interval.ratio_text()} {'lagging' if lag else verdict}"
+                           for (interval, verdict), lag in zip(found, lagging, strict=True))
+        judged = [verdict for (_, verdict), lag in zip(found, lagging, strict=True) if not lag]
+        verdicts[name] = paired.combined(judged) if judged else INCONCLUSIVE
         text = (f"{name} clock ({fast_note}): s/update {other} {slow:.4f}, {better} {fast:.4f}; time ratio per "
                 f"target {ratios}")
         if spec.bounded and slow / fast < max(paired.THRESHOLD * spec.factor, 1.0):
@@ -202,6 +210,21 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     measured = f"{progress}; {'; '.join(per_clock)} ({_seeds_note(runs)})"
     measured, verdict = _checked(spec, runs, tuning, measured, verdict)
     return Claim(spec.figure, title(spec), measured, verdict, rule, effect)
+
+
+def _lagging(runs: Mapping[str, Sequence[Run]], column: str, updates: Mapping[str, Mapping[int, float]]) -> str:
+    """Which runs reached a level of an inference-mode `column` while their BN moving statistics still lagged
+    (results.statistics_lag), as text; '' where none did."""
+    if column not in INFERENCE_COLUMNS:
+        return ""
+    found = []
+    for arm, arm_runs in runs.items():
+        for run in arm_runs:
+            lag = statistics_lag(run)
+            if lag and updates[arm][run.seed] <= lag:
+                found.append(f"{arm} seed {run.seed} at update {updates[arm][run.seed]:g}, its BN statistics lagging "
+                             f"until {lag}")
+    return ", ".join(found)
 
 
 def _checked(spec: ClaimSpec, runs: Arms, tuning: Tuning, measured: str, verdict: str) -> tuple[str, str]:
