@@ -36,10 +36,13 @@ if TYPE_CHECKING:
     from kfac_repro.specs.resolve import ArmConfig
 
 SHARDS = (1, 2, 4)
-CALLS_PER_TURN = 5  # a component's back-to-back calls in each turn (see _calls_in_turns)
-# Timed rounds of the gradient pass and preconditioning, and of the statistics: a median moves only when more than
-# half of them meet a slow spell (with 5, AlexNet's pass at 2048 read 187.6 ms [163.4, 241.6] against 82.9 at 1024)
-SHORT_ROUNDS, STATISTICS_ROUNDS = 9, 5
+UPDATE_BLOCK = 20  # updates in a timed block, at least (a K-FAC arm's block spans its inversion period)
+# A component's back-to-back calls in each turn, as many as an update block's: after another arm's turn the caches
+# are cold, and the shorter the turn the more of it that costs. Timed in turns with SGD's update alone (7 rounds),
+# AlexNet's gradient pass at 2048 examples read 1.05x SGD's whole update with 5 calls per turn and 1.00x with 20;
+# in a sitting, beside the other arms' turns, 1.12x with 5.
+CALLS_PER_TURN = UPDATE_BLOCK
+SHORT_ROUNDS, STATISTICS_ROUNDS = 5, 3  # timed rounds of the gradient pass and preconditioning; of the statistics
 
 
 def machine_record() -> dict[str, Any]:
@@ -106,7 +109,7 @@ def _prepare(arm: ArmConfig, strategy: tf.distribute.Strategy) -> _Timed:
         optimizer = optimizer_for(model, config)
     x, y = random_batch(batch, shape, classes)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
-    block = max(20, config.inverse_every if isinstance(config, KFACConfig) else 20)
+    block = max(UPDATE_BLOCK, config.inverse_every if isinstance(config, KFACConfig) else UPDATE_BLOCK)
 
     def updates() -> None:
         for _ in range(block):
