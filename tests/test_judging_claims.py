@@ -287,3 +287,16 @@ def test_a_target_reached_on_a_lagging_curve_gives_no_verdict(tmp_path: Path) ->
     assert "BN statistics lagging until 60" in row.measured and "1.5× the training-mode one" in row.rule
     _lag(arms["sgd-bn"], until=200, seeds={3})
     assert claims.judge(C3_CIFAR, arms, sitting, TUNED).verdict == paired.INCONCLUSIVE
+
+
+def test_the_progress_ratio_is_shown_apart_from_the_cost(tmp_path: Path) -> None:
+    arms = fig2(tmp_path, kfac_speed=0.9, sgd_speed=0.3)
+    row = claims.judge(C3_CIFAR, arms, costs(tmp_path, "cifar10-async", {"sync-gpu1": 2.0, "sgd-bn": 0.5}), TUNED)
+    shown = row.measured.split("updates ratio per target (progress alone, cost apart) ")[1].split(";")[0]
+    ratios = [float(text.split("×")[0]) for text in shown.split("], ")]
+    updates = [sorted((r.seed, claims.updates_to(r, "val_error", level)[0]) for r in arms[arm])
+               for level in claims.targets([*arms["sync-gpu1"], *arms["sgd-bn"]], "val_error")
+               for arm in ("sgd-bn", "sync-gpu1")]
+    expected = [math.exp(sum(math.log(a / b) for (_, a), (_, b) in zip(slow, fast, strict=True)) / len(SEEDS))
+                for slow, fast in zip(updates[::2], updates[1::2], strict=True)]
+    assert ratios == pytest.approx(expected, abs=0.006) and min(ratios) > 2  # K-FAC's ~3x fewer updates, cost apart
