@@ -188,6 +188,9 @@ def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: py
     runs = read_rows(tmp_path / "runs.csv")
     assert sorted((r["phase"], r["optimizer"]) for r in runs) == sorted(
         [("tune", o) for o in DEFAULT_OPTIMIZERS] + [("final", o) for o in DEFAULT_OPTIMIZERS for _ in range(2)])
+    for r in runs:  # the held-out curve only where it selects; the target curve everywhere
+        assert len(r["target"].split()) == len(r["steps"].split()) > 2
+        assert len(r["selection"].split()) == (len(r["steps"].split()) if r["phase"] == "tune" else 0)
     assert len(read_rows(tmp_path / "costs.csv")) == len(DEFAULT_OPTIMIZERS)
     assert len(read_rows(tmp_path / "suite.csv")) == 4 * len(DEFAULT_OPTIMIZERS)
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -197,7 +200,7 @@ def test_bench_keras_tiny_end_to_end_and_resumed(tmp_path: Path, monkeypatch: py
 
     calls: list[tuple] = []
     real = keras_suite_models.train_run
-    monkeypatch.setattr(keras_suite_models, "train_run", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setattr(keras_suite_models, "time_steps", lambda *a, **k: pytest.fail("cost timed again"))
     again = CliRunner().invoke(cli.main, args)
     assert again.exit_code == 0, again.output
@@ -270,7 +273,7 @@ def fake_suite(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[list[st
 
     trained: list[str] = []
     timed: list[list[str]] = []
-    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest: trained.append(optimizer)
+    monkeypatch.setattr(keras_suite_models, "train_run", lambda task, optimizer, *rest, **kw: trained.append(optimizer)
                         or Curve([0, 1], [1.0, 0.5], [1.0, 0.5], 1, 0.0))
     monkeypatch.setattr(keras_suite_models, "time_steps", lambda task, settings, *rest, **kw: timed.append(
         sorted(settings)) or (dict.fromkeys(settings, 0.01), 10))

@@ -4,7 +4,8 @@ training run, and the per-step cost in turns.
 A run trains one task with one optimizer setting from one seed for the same budget of steps as every other run of
 that task and batch size, through Keras's own `model.fit`, and logs, at step 0 and after each step of
 `plan.evaluation_steps` (dense early, even later), two lower-is-better metrics in inference mode: the *selection*
-metric on a held-out split of the training data (used only to pick each optimizer's setting) and the *target* metric
+metric on a held-out split of the training data (used only to pick each optimizer's setting, so only the tuning runs
+log it) and the *target* metric
 (classifiers: error on the test split; the autoencoder: reconstruction loss on training examples, the classic
 benchmark's training loss). Before each evaluation of a model with batch normalisation, its population statistics
 are recomputed from the same PRECISE_BN_BATCHES × PRECISE_BN_SIZE training examples of the run
@@ -201,8 +202,9 @@ def make_optimizer(name: str, setting: dict[str, float], model: keras.Model) -> 
 
 @dataclass(frozen=True)
 class Curve:
-    """The run's evaluation steps and, at each, the selection and the target metric (NaN once diverged), its budget
-    of steps, and its own training seconds (informative only: the suite's wall-clock comes from the cost timing)."""
+    """The run's evaluation steps and, at each, the selection (tuning runs; else empty) and the target metric (NaN
+    once diverged), its budget of steps, and its own training seconds (informative only: the suite's wall-clock
+    comes from the cost timing)."""
 
     steps: list[int]
     selection: list[float]
@@ -238,8 +240,9 @@ def _metric(name: str, model: keras.Model, data: Arrays, chunk: int = 1000) -> f
 
 
 def train_run(task_name: str, optimizer: str, setting: dict[str, float], seed: int, batch: int,
-              scale: Scale) -> Curve:
-    """One run: seed `seed` sets the initialisation and the example order (the same for every optimizer)."""
+              scale: Scale, selecting: bool = True) -> Curve:
+    """One run: seed `seed` sets the initialisation and the example order (the same for every optimizer);
+    `selecting=False` (a measured run, whose setting is chosen already) leaves the selection curve empty."""
     train, val, target = TASKS[task_name].data(seed, scale)
     steps = budget(len(train[0]), batch, scale)
     per_epoch = len(train[0]) // batch
@@ -249,12 +252,14 @@ def train_run(task_name: str, optimizer: str, setting: dict[str, float], seed: i
     calibration = [train[0][order[k * PRECISE_BN_SIZE:(k + 1) * PRECISE_BN_SIZE]] for k in range(PRECISE_BN_BATCHES)
                    if k * PRECISE_BN_SIZE < len(order)]
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> None:
         recompute_batch_norm_statistics(model, calibration)
-        return _metric(task_name, model, val), _metric(task_name, model, target)
+        if selecting:
+            curve.selection.append(_metric(task_name, model, val))
+        curve.target.append(_metric(task_name, model, target))
 
-    selection, reached = evaluate()
-    curve = Curve([0], [selection], [reached], steps, 0.0)
+    curve = Curve([0], [], [], steps, 0.0)
+    evaluate()
     seconds, done = 0.0, 0
     for until in evaluation_steps(steps, scale.evals):
         if math.isnan(curve.target[-1]):
@@ -265,9 +270,7 @@ def train_run(task_name: str, optimizer: str, setting: dict[str, float], seed: i
         seconds += time.perf_counter() - start
         done = until
         curve.steps.append(done)
-        selection, reached = evaluate()
-        curve.selection.append(selection)
-        curve.target.append(reached)
+        evaluate()
     _close(model)
     return Curve(curve.steps, curve.selection, curve.target, steps, seconds)
 

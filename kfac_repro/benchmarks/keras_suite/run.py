@@ -135,7 +135,8 @@ def run_suite(plan: Plan, echo: Callable[[str], None]) -> list[Row]:
                 if key in done_runs:
                     continue
                 start = time.perf_counter()
-                curve = train_run(task, optimizer, parse_setting(setting), seed, batch, plan.scale)
+                curve = train_run(task, optimizer, parse_setting(setting), seed, batch, plan.scale,
+                                  selecting=phase == "tune")
                 runs.append({"scale": plan.scale.name, "phase": phase, "task": task, "batch": str(batch),
                              "optimizer": optimizer, "setting": setting, "seed": str(seed),
                              "budget": str(curve.budget),
