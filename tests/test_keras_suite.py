@@ -454,3 +454,22 @@ def test_bn_statistics_recomputed_before_every_evaluation(monkeypatch: pytest.Mo
     curve = keras_suite_models.train_run("bn-cnn", "sgd", {"learning_rate": 0.01}, 1, 32, SCALES["tiny"])
     size = keras_suite_models.PRECISE_BN_SIZE
     assert seen == [(4, [size, size, 112])] * len(curve.steps)  # 4 BN layers; 2 tiny epochs: 512 examples
+
+
+def test_a_setting_at_its_grids_edge_is_marked() -> None:
+    from kfac_repro.benchmarks.keras_suite.results import grid_edge
+
+    adamw = [_run("tune", "adamw", 0, [1.0, 0.1 * k], f"learning_rate={lr}") for k, lr in enumerate((1e-3, 1e-2, 0.1))]
+    kfac = [_run("tune", "kfac", 0, [1.0, 0.1], f"damping={d} kl_clip={c}") for d in (0.1, 1.0) for c in (0.01, 0.001)]
+    runs = adamw + kfac
+    assert grid_edge(runs, "mlp", 32, "adamw", "learning_rate=0.001") == "learning_rate lowest"
+    assert grid_edge(runs, "mlp", 32, "adamw", "learning_rate=0.01") == ""
+    assert grid_edge(runs, "mlp", 32, "adamw", "learning_rate=0.1") == "learning_rate highest"
+    assert grid_edge(runs, "mlp", 32, "kfac", "damping=1 kl_clip=0.01") == "damping highest, kl_clip highest"
+    assert grid_edge(runs, "mlp", 32, "sgd", "") == ""  # no grid, no setting
+    synthetic, costs = _synthetic(kfac_ms=30.0)
+    row = next(r for r in summarise(synthetic, costs) if r["optimizer"] == "kfac")
+    assert row["grid_edge"] == ""  # one tuning run per optimizer: a grid of one value
+    table = markdown_table([{**row, "setting": "learning_rate=0.1 s=1", "grid_edge": "learning_rate highest"}]
+                           + [r for r in summarise(synthetic, costs) if r["optimizer"] != "kfac"], "x")
+    assert "| lr=0.1‡ s=1 |" in table and "marked ‡ is its grid's lowest or highest" in table

@@ -30,7 +30,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfac_repro.benchmarks.keras_suite.plan import DEFAULT_OPTIMIZERS, LABELS, OPPONENTS, OPTIMIZERS, SUBJECTS
+from kfac_repro.benchmarks.keras_suite.plan import (
+    DEFAULT_OPTIMIZERS,
+    LABELS,
+    OPPONENTS,
+    OPTIMIZERS,
+    SUBJECTS,
+    parse_setting,
+)
 from kfac_repro.results.paired import Interval, interval, paired_log_ratios
 from kfac_repro.results.targets import FRACTIONS
 
@@ -38,7 +45,7 @@ Row = dict[str, str]
 RUN_FIELDS = ("scale", "phase", "task", "batch", "optimizer", "setting", "seed", "budget", "steps", "selection",
               "target", "train_seconds")
 COST_FIELDS = ("scale", "task", "batch", "optimizer", "setting", "ms_per_step", "cost_steps", "rounds", "load")
-SUITE_FIELDS = ("task", "batch", "fraction", "target", "optimizer", "setting", "seeds", "steps_median",
+SUITE_FIELDS = ("task", "batch", "fraction", "target", "optimizer", "setting", "grid_edge", "seeds", "steps_median",
                 "seconds_median", "censored", "ms_per_step", "steps_opponent", "steps_ratio", "steps_low",
                 "steps_high", "seconds_opponent", "seconds_ratio", "seconds_low", "seconds_high")
 REACHED_FIELDS = ("task", "batch", "fraction", "target", "optimizer", "setting", "seed", "steps", "seconds",
@@ -95,6 +102,19 @@ def select(runs: Sequence[Row], task: str, batch: int, optimizer: str) -> str | 
     return min(tuned, key=_score)["setting"] if tuned else None
 
 
+def grid_edge(runs: Sequence[Row], task: str, batch: int, optimizer: str, setting: str) -> str:
+    """Where the selected `setting` lies on an edge of the grid its tuning runs tried, e.g. 'learning_rate highest'
+    (a wider grid might have done better); '' inside it, or for a grid of one value per parameter."""
+    tried = [parse_setting(r["setting"]) for r in runs if r["phase"] == "tune" and r["task"] == task
+             and int(r["batch"]) == batch and r["optimizer"] == optimizer]
+    edges = []
+    for key, value in parse_setting(setting).items():
+        values = sorted({t[key] for t in tried if key in t})
+        if len(values) > 1 and value in (values[0], values[-1]):
+            edges.append(f"{key} {'lowest' if value == values[0] else 'highest'}")
+    return ", ".join(edges)
+
+
 def steps_to(row: Row, level: float) -> tuple[float, bool]:
     """(the first evaluation step whose target metric is ≤ `level`, False), or (the budget, True) when none is."""
     for step, value in zip(numbers(row["steps"]), numbers(row["target"]), strict=True):
@@ -131,6 +151,7 @@ class _Reached:
     fraction: float
     level: float
     chosen: dict[str, str]
+    edges: dict[str, str]
     ms_per_step: dict[str, float]
     found: dict[str, dict[int, tuple[float, bool]]]
 
@@ -142,6 +163,7 @@ def _reached(runs: Sequence[Row], costs: Sequence[Row]) -> Iterator[_Reached]:
         here = [r for r in runs if r["task"] == task and int(r["batch"]) == batch]
         optimizers = [o for o in OPTIMIZERS if o in DEFAULT_OPTIMIZERS or any(r["optimizer"] == o for r in here)]
         chosen = {o: select(runs, task, batch, o) or "" for o in optimizers}
+        edges = {o: grid_edge(runs, task, batch, o, chosen[o]) for o in optimizers}
         measured = {o: [r for r in here if r["phase"] == "final" and r["optimizer"] == o
                         and r["setting"] == chosen[o]] for o in optimizers}
         cost = {c["optimizer"]: float(c["ms_per_step"]) for c in costs
@@ -152,7 +174,7 @@ def _reached(runs: Sequence[Row], costs: Sequence[Row]) -> Iterator[_Reached]:
         measured = {o: [r for r in measured[o] if int(r["seed"]) in seeds] for o in optimizers}
         for fraction, level in zip(FRACTIONS, targets(measured), strict=True):
             found = {o: {int(r["seed"]): steps_to(r, level) for r in measured[o]} for o in optimizers}
-            yield _Reached(task, batch, fraction, level, chosen, cost, found)
+            yield _Reached(task, batch, fraction, level, chosen, edges, cost, found)
 
 
 def per_run(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
@@ -174,7 +196,7 @@ def summarise(runs: Sequence[Row], costs: Sequence[Row]) -> list[Row]:
                             for o in r.chosen}
         for o in r.chosen:
             row = {"task": r.task, "batch": str(r.batch), "fraction": f"{r.fraction:g}", "target": f"{r.level:.6g}",
-                   "optimizer": o, "setting": r.chosen[o], "seeds": str(len(r.found[o])),
+                   "optimizer": o, "setting": r.chosen[o], "grid_edge": r.edges[o], "seeds": str(len(r.found[o])),
                    "steps_median": f"{statistics.median(times['steps'][o].values()):g}",
                    "seconds_median": f"{statistics.median(times['seconds'][o].values()):.4g}",
                    "censored": str(sum(c for _, c in r.found[o].values())), "ms_per_step": f"{r.ms_per_step[o]:.4g}"}
@@ -213,7 +235,8 @@ def _subject_table(suite: Sequence[Row], subject: str) -> str:
     name = LABELS[subject]
     lines = [f"Ratios: {name} ÷ the best-tuned of AdamW, Muon and SGD+Nesterov at each target (mean over paired "
              f"seeds, 90% interval), each optimizer with the setting its grid chose (lr: learning rate); censored: "
-             f"seeds that never reached the target ({name} / opponent). Data: {DATA}.", "",
+             f"seeds that never reached the target ({name} / opponent); a setting marked ‡ is its grid's lowest or "
+             f"highest value of that parameter (a wider grid might have done better). Data: {DATA}.", "",
              f"| task | batch | target (fraction) | {name} setting | {name} steps | steps: opponent (median), "
              f"{name} ÷ it | wall-clock: opponent (median s), {name} ÷ it | {name} ms/step | seeds | censored |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -222,18 +245,22 @@ def _subject_table(suite: Sequence[Row], subject: str) -> str:
         cells = []
         for clock in CLOCKS:
             opponent = by_key[(row["task"], row["batch"], row["fraction"], row[f"{clock}_opponent"])]
-            cells.append(f"{LABELS[opponent['optimizer']]} {_short(opponent['setting'])} "
+            cells.append(f"{LABELS[opponent['optimizer']]} {_shown(opponent)} "
                          f"({opponent[f'{clock}_median']}) {_interval_text(row, clock)}")
         steps_opponent = by_key[(row["task"], row["batch"], row["fraction"], row["steps_opponent"])]
         lines.append(f"| {row['task']} | {row['batch']} | {float(row['target']):.4g} ({row['fraction']}) | "
-                     f"{_short(row['setting'])} | {row['steps_median']} | {cells[0]} | {cells[1]} | "
+                     f"{_shown(row)} | {row['steps_median']} | {cells[0]} | {cells[1]} | "
                      f"{row['ms_per_step']} | {row['seeds']} | {row['censored']} / {steps_opponent['censored']} |")
     return "\n".join(lines) + "\n"
 
 
-def _short(setting: str) -> str:
-    """A setting as the table shows it: 'learning_rate=0.003' as 'lr=0.003', no setting as 'defaults'."""
-    return setting.replace("learning_rate=", "lr=") or "defaults"
+def _shown(row: Row) -> str:
+    """A suite row's setting as the table shows it: 'learning_rate=0.003' as 'lr=0.003', no setting as 'defaults',
+    a parameter at its grid's edge marked ‡ (grid_edge)."""
+    marked = {edge.split()[0] for edge in row["grid_edge"].split(", ") if edge}
+    parts = [f"{key}={value}‡" if key in marked else f"{key}={value}"
+             for key, value in (item.split("=") for item in row["setting"].split())]
+    return " ".join(parts).replace("learning_rate=", "lr=") or "defaults"
 
 
 def plot(suite: Sequence[Row], path: Path) -> None:
