@@ -179,8 +179,7 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
         + (f" (read off a lagging curve, no verdict at this target: {lag})" if lag else "")
         for level, (u, _), lag in zip(levels, steps, lagging, strict=True))
     progress += "; updates ratio per target (progress alone, cost apart) " + ", ".join(
-        paired.interval([math.log(u[other][s] / u[better][s]) for s in sorted(set(u[other]) & set(u[better]))])
-        .ratio_text() for u, _ in steps)
+        paired.interval(paired.paired_log_ratios(u[other], u[better])).ratio_text() for u, _ in steps)
     per_clock, verdicts, effect = [], {}, ""
     for name, clock in _clock_rows(spec, arms, costs).items():
         (slow, slow_note), (fast, fast_note) = clock(other), clock(better)
