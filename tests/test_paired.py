@@ -81,3 +81,14 @@ def test_pairing_sees_an_effect_smaller_than_the_spread_across_seeds() -> None:
     the seed ranges of the two arms overlap (the old rule's 'ranges apart' would call it inconclusive)."""
     shares = _simulated_verdicts(true_ratio=1.3, claimed=1.0, seeds=5, trials=500, spread=0.05)
     assert shares.get(paired.REPRODUCED, 0) > 0.99
+
+
+def test_several_targets_give_the_strongest_verdict_that_holds_at_each() -> None:
+    from kfac_repro.results.paired import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, PARTLY, REPRODUCED, combined
+
+    assert combined([REPRODUCED] * 4) == REPRODUCED
+    assert combined([PARTLY, REPRODUCED, REPRODUCED, PARTLY]) == PARTLY  # above 0 at every target
+    assert combined([NOT_REPRODUCED] * 3) == NOT_REPRODUCED
+    assert combined([REPRODUCED, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combined([PARTLY, NOT_REPRODUCED]) == INCONCLUSIVE
+    assert combined([]) == NO_DATA

@@ -3,8 +3,8 @@
 Progress and cost apart: per-update progress (updates to several targets, results/targets.py) comes from the runs,
 one value per seed; the cost of an update from `kfac-repro bench arms`; time to target = updates × seconds per
 update, on two clocks (judging/clocks.py): measured on this machine, and modelled for the paper's cluster layout.
-Every verdict comes from results/paired.py: a paired interval over seeds against the claimed factor, required at
-every target (else reported per target and inconclusive).
+Every verdict comes from results/paired.py: a paired interval over seeds against the claimed factor at every
+target, the row giving the strongest verdict that holds at each (paired.combined) and each target's.
 
 A claim comparing two methods (`methods`) gives no verdict unless both arms ran the best of equally large grids.
 A claim whose per-update progress can at best tie (`bounded`: the same algorithm laid out differently) is limited

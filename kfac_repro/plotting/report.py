@@ -52,8 +52,9 @@ paper's layout for the figure (gradient pass on B/n examples, statistics inline 
 dedicated worker, gradients and factors all-reduced at a stated bandwidth, inversion inline every
 `inverse_every` updates for sync or on its own device for async), never presented as measured wall-clock; the
 claims table says which clock judges each claim. The verdict rule: seeds are paired (seed k of every arm shares
-its initialisation and data order); {rule}; the verdict must hold at every target, else the row is inconclusive
-and lists each target's. A claim comparing two methods needs both arms to run the best of equally large grids;
+its initialisation and data order); {rule}; the row's verdict is the strongest that holds at every target (partly
+where some targets are reproduced and the others partly; inconclusive where they disagree otherwise), and it lists
+each target's. A claim comparing two methods needs both arms to run the best of equally large grids;
 a claim whose per-update progress can at best tie is *{not_testable}* where its cost ratio caps the effect below
 the threshold. Figures marked *old method* were validated on the test split. Why the verdicts come out as they
 do is discussed by hand in [reproduction-discussion.md](reproduction-discussion.md).

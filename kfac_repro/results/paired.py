@@ -106,7 +106,12 @@ def paired_log_ratios(slower: Mapping[int, float], faster: Mapping[int, float]) 
 
 
 def combined(verdicts: Sequence[str]) -> str:
-    """One verdict for several targets: the common one where every target gives it, else inconclusive."""
-    if not verdicts:
+    """One verdict for several targets: the strongest that holds at every one of them. *Reproduced* where every
+    target is; *partly* where every target is reproduced or partly (each interval above 0, as *partly* says);
+    *not reproduced* or *no data* where every target is; else inconclusive."""
+    found = set(verdicts)
+    if not found:
         return NO_DATA
-    return verdicts[0] if len(set(verdicts)) == 1 else INCONCLUSIVE
+    if len(found) == 1:
+        return verdicts[0]
+    return PARTLY if found <= {REPRODUCED, PARTLY} else INCONCLUSIVE
