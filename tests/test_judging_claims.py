@@ -300,3 +300,15 @@ def test_the_progress_ratio_is_shown_apart_from_the_cost(tmp_path: Path) -> None
     expected = [math.exp(sum(math.log(a / b) for (_, a), (_, b) in zip(slow, fast, strict=True)) / len(SEEDS))
                 for slow, fast in zip(updates[::2], updates[1::2], strict=True)]
     assert ratios == pytest.approx(expected, abs=0.006) and min(ratios) > 2  # K-FAC's ~3x fewer updates, cost apart
+
+
+def test_a_target_every_run_reached_at_its_first_evaluation_gives_no_verdict(tmp_path: Path) -> None:
+    sitting = {"sync-gpu1": 0.5, "sgd-bn": 1.0}
+    arms = fig2(tmp_path / "fast", kfac_speed=3.0, sgd_speed=3.0)  # both below the early levels at update 10
+    row = claims.judge(C3_CIFAR, arms, costs(tmp_path / "fast", "cifar10-async", sitting), TUNED)
+    unresolved = row.measured.count("reached it at its first evaluation")
+    assert unresolved >= 1 and row.measured.count("no verdict") >= 2 * unresolved  # the target, then each clock
+    assert "at its first evaluation gives no verdict" in row.rule
+    apart = fig2(tmp_path / "apart", kfac_speed=3.0, sgd_speed=0.3)
+    judged = claims.judge(C3_CIFAR, apart, costs(tmp_path / "apart", "cifar10-async", sitting), TUNED)
+    assert "reached it at its first evaluation" not in judged.measured and judged.verdict == paired.REPRODUCED

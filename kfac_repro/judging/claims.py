@@ -163,9 +163,10 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
             f"first value to the worst best over seeds; judged on the {spec.clock} clock; {paired.RULE}")
     if spec.methods:
         rule += f"; {TUNING_RULE}"
+    rule += "; a target every run reached at its first evaluation gives no verdict (its updates are not resolved)"
     if spec.metric in INFERENCE_COLUMNS:
-        rule += (f"; a target some BN run reached while its moving statistics lagged (inference-mode training loss "
-                 f"above {LAG_FACTOR:g}× the training-mode one) gives no verdict")
+        rule += (f"; nor does one some BN run reached while its moving statistics lagged (inference-mode training loss "
+                 f"above {LAG_FACTOR:g}× the training-mode one)")
     absent = _missing(spec, arms, rule)
     if absent:
         return absent
@@ -173,11 +174,12 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     runs = {better: arms[better], other: arms[other]}
     levels = targets([*runs[better], *runs[other]], spec.metric)
     steps = [_paired_updates(runs, spec.metric, level) for level in levels]
-    lagging = [_lagging(runs, spec.metric, updates) for updates, _ in steps]
+    withheld = [_lagging(runs, spec.metric, updates) or _unresolved(runs, spec.metric, updates)
+                for updates, _ in steps]
     progress = "; ".join(
         f"{spec.metric} ≤ {level:.3f}: updates {other} {_seed_values(u[other])}, {better} {_seed_values(u[better])}"
-        + (f" (read off a lagging curve, no verdict at this target: {lag})" if lag else "")
-        for level, (u, _), lag in zip(levels, steps, lagging, strict=True))
+        + (f" (no verdict at this target: {lag})" if lag else "")
+        for level, (u, _), lag in zip(levels, steps, withheld, strict=True))
     progress += "; updates ratio per target (progress alone, cost apart) " + ", ".join(
         paired.interval(paired.paired_log_ratios(u[other], u[better])).ratio_text() for u, _ in steps)
     per_clock, verdicts, effect = [], {}, ""
@@ -193,9 +195,9 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
                        for s in sorted(set(updates[other]) & set(updates[better]))]
             interval = paired.interval(effects)
             found.append((interval, paired.verdict(interval, spec.factor, better in censored, other in censored)))
-        ratios = ", ".join(f"{interval.ratio_text()} {'lagging' if lag else verdict}"
-                           for (interval, verdict), lag in zip(found, lagging, strict=True))
-        judged = [verdict for (_, verdict), lag in zip(found, lagging, strict=True) if not lag]
+        ratios = ", ".join(f"{interval.ratio_text()} {'no verdict' if lag else verdict}"
+                           for (interval, verdict), lag in zip(found, withheld, strict=True))
+        judged = [verdict for (_, verdict), lag in zip(found, withheld, strict=True) if not lag]
         verdicts[name] = paired.combined(judged) if judged else INCONCLUSIVE
         text = (f"{name} clock ({fast_note}): s/update {other} {slow:.4f}, {better} {fast:.4f}; time ratio per "
                 f"target {ratios}")
@@ -226,7 +228,19 @@ def _lagging(runs: Mapping[str, Sequence[Run]], column: str, updates: Mapping[st
             if lag and updates[arm][run.seed] <= lag:
                 found.append(f"{arm} seed {run.seed} at update {updates[arm][run.seed]:g}, its BN statistics lagging "
                              f"until {lag}")
-    return ", ".join(found)
+    return "read off a lagging curve: " + ", ".join(found) if found else ""
+
+
+def _unresolved(runs: Mapping[str, Sequence[Run]], column: str, updates: Mapping[str, Mapping[int, float]]) -> str:
+    """'' unless every run reached the level at its first evaluation after step 0: then the updates to it are only
+    known to be at most that step, and the time ratio there is the cost ratio alone (text saying so)."""
+    for arm, arm_runs in runs.items():
+        for run in arm_runs:
+            logged = run.metrics.dropna(subset=[column])["step"]
+            first = logged[logged > 0].min() if (logged > 0).any() else math.nan
+            if updates[arm][run.seed] != first:
+                return ""
+    return "every run reached it at its first evaluation, so the updates to it are not resolved"
 
 
 def _checked(spec: ClaimSpec, runs: Arms, tuning: Tuning, measured: str, verdict: str) -> tuple[str, str]:
