@@ -113,6 +113,7 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], m
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # a whole run to set up one error path; the default run stays under its 10 minutes
 def test_resuming_a_complete_run_whose_metrics_are_gone_fails_naming_the_file(tmp_path: Path) -> None:
     common = ["run", "cifar10-async", "--profile", "smoke", "--arm", "sgd-bn", "--run-id", "r", "--set",
               "training.steps=2", "--out", str(tmp_path)]

@@ -32,6 +32,7 @@ def test_update_times_split_the_steps_that_refresh_the_inverses(monkeypatch: pyt
     assert refreshed_at == [0, 3, 0, 3, 6, 6, 9, 9]
 
 
+@pytest.mark.slow  # the benchmark's printing: the default run stays under its 10 minutes
 def test_bench_step_mlp_prints_the_ratios() -> None:
     result = CliRunner().invoke(cli.main, ["bench", "step", "--model", "mlp", "--batch-size", "8", "--repeats", "2"])
     assert result.exit_code == 0, result.output
@@ -43,6 +44,7 @@ def test_bench_step_mlp_prints_the_ratios() -> None:
     assert "floor of K-FAC's update without inversion at those rates:" in result.output
 
 
+@pytest.mark.slow  # the benchmark's printing: the default run stays under its 10 minutes
 def test_bench_async_prints_each_arm_against_never_inverting() -> None:
     result = CliRunner().invoke(cli.main, ["bench", "async", "--batch-size", "8", "--steps", "4"])
     assert result.exit_code == 0, result.output
