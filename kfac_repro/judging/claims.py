@@ -174,8 +174,7 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     runs = {better: arms[better], other: arms[other]}
     levels = targets([*runs[better], *runs[other]], spec.metric)
     steps = [_paired_updates(runs, spec.metric, level) for level in levels]
-    withheld = [_lagging(runs, spec.metric, updates) or _unresolved(runs, spec.metric, updates)
-                for updates, _ in steps]
+    withheld = _withheld(runs, spec.metric, [updates for updates, _ in steps])
     progress = "; ".join(
         f"{spec.metric} ≤ {level:.3f}: updates {other} {_seed_values(u[other])}, {better} {_seed_values(u[better])}"
         + (f" (no verdict at this target: {lag})" if lag else "")
@@ -216,31 +215,33 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
     return Claim(spec.figure, title(spec), measured, verdict, rule, effect)
 
 
-def _lagging(runs: Mapping[str, Sequence[Run]], column: str, updates: Mapping[str, Mapping[int, float]]) -> str:
-    """Which runs reached a level of an inference-mode `column` while their BN moving statistics still lagged
-    (results.statistics_lag), as text; '' where none did."""
-    if column not in INFERENCE_COLUMNS:
-        return ""
-    found = []
-    for arm, arm_runs in runs.items():
-        for run in arm_runs:
-            lag = statistics_lag(run)
-            if lag and updates[arm][run.seed] <= lag:
-                found.append(f"{arm} seed {run.seed} at update {updates[arm][run.seed]:g}, its BN statistics lagging "
-                             f"until {lag}")
-    return "read off a lagging curve: " + ", ".join(found) if found else ""
+def _withheld(runs: Mapping[str, Sequence[Run]], column: str,
+              per_target: Sequence[Mapping[str, Mapping[int, float]]]) -> list[str]:
+    """Per target (each arm's updates to it by seed), why it gives no verdict, '' where it does: some BN run reached
+    a level of an inference-mode `column` while its moving statistics still lagged (results.statistics_lag), or every
+    run reached it at its first evaluation after step 0, so that its updates are only known to be at most that step
+    and its time ratio is the cost ratio alone. Each run's lag and first evaluation are read once."""
+    keyed = {(arm, run.seed): run for arm, arm_runs in runs.items() for run in arm_runs}
+    lags = {key: statistics_lag(run) if column in INFERENCE_COLUMNS else 0 for key, run in keyed.items()}
+    firsts = {key: _first_evaluation(run, column) for key, run in keyed.items()}
+    reasons = []
+    for updates in per_target:
+        reached = {(arm, seed): updates[arm][seed] for arm, seed in keyed}
+        lagging = [f"{arm} seed {seed} at update {at:g}, its BN statistics lagging until {lags[arm, seed]}"
+                   for (arm, seed), at in reached.items() if lags[arm, seed] and at <= lags[arm, seed]]
+        if lagging:
+            reasons.append("read off a lagging curve: " + ", ".join(lagging))
+        elif all(at == firsts[key] for key, at in reached.items()):
+            reasons.append("every run reached it at its first evaluation, so the updates to it are not resolved")
+        else:
+            reasons.append("")
+    return reasons
 
 
-def _unresolved(runs: Mapping[str, Sequence[Run]], column: str, updates: Mapping[str, Mapping[int, float]]) -> str:
-    """'' unless every run reached the level at its first evaluation after step 0: then the updates to it are only
-    known to be at most that step, and the time ratio there is the cost ratio alone (text saying so)."""
-    for arm, arm_runs in runs.items():
-        for run in arm_runs:
-            logged = run.metrics.dropna(subset=[column])["step"]
-            first = logged[logged > 0].min() if (logged > 0).any() else math.nan
-            if updates[arm][run.seed] != first:
-                return ""
-    return "every run reached it at its first evaluation, so the updates to it are not resolved"
+def _first_evaluation(run: Run, column: str) -> float:
+    """The first step after 0 at which `column` was logged (NaN if none)."""
+    logged = run.metrics.dropna(subset=[column])["step"]
+    return float(logged[logged > 0].min()) if (logged > 0).any() else math.nan
 
 
 def _checked(spec: ClaimSpec, runs: Arms, tuning: Tuning, measured: str, verdict: str) -> tuple[str, str]:
