@@ -179,8 +179,9 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
         f"{spec.metric} ≤ {level:.3f}: updates {other} {_seed_values(u[other])}, {better} {_seed_values(u[better])}"
         + (f" (no verdict at this target: {lag})" if lag else "")
         for level, (u, _), lag in zip(levels, steps, withheld, strict=True))
+    progress_effects = [paired.paired_log_ratios(u[other], u[better]) for u, _ in steps]  # per target, by seed
     progress += "; updates ratio per target (progress alone, cost apart) " + ", ".join(
-        paired.interval(paired.paired_log_ratios(u[other], u[better])).ratio_text() for u, _ in steps)
+        paired.interval(effects).ratio_text() for effects in progress_effects)
     per_clock, verdicts, effect = [], {}, ""
     for name, clock in _clock_rows(spec, arms, costs).items():
         (slow, slow_note), (fast, fast_note) = clock(other), clock(better)
@@ -189,10 +190,8 @@ def _speed(spec: ClaimSpec, arms: Arms, costs: Costs, tuning: Tuning) -> Claim:
             verdicts[name] = NO_DATA
             continue
         found = []
-        for updates, censored in steps:
-            effects = [math.log(updates[other][s] * slow / (updates[better][s] * fast))
-                       for s in sorted(set(updates[other]) & set(updates[better]))]
-            interval = paired.interval(effects)
+        for (_, censored), effects in zip(steps, progress_effects, strict=True):
+            interval = paired.interval([effect + math.log(slow / fast) for effect in effects])
             found.append((interval, paired.verdict(interval, spec.factor, better in censored, other in censored)))
         ratios = ", ".join(f"{interval.ratio_text()} {'no verdict' if lag else verdict}"
                            for (interval, verdict), lag in zip(found, withheld, strict=True))
