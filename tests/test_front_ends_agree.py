@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.keras import KFAC
+from kfac_repro.keras.optimizer import keras_config
 from kfac_repro.kfac import KFAC as CoreKFAC
-from kfac_repro.kfac import KFACConfig
 from tests.test_keras_fit import SCCE_LOGITS, pooled_mlp
 
 pytestmark = pytest.mark.fashion_mnist  # skipped, saying why, where the data set is absent
@@ -46,10 +46,11 @@ def inverses(blocks: list) -> list[np.ndarray]:
 def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_the_same_updates(
         fashion: tuple, settings: dict[str, Any]) -> None:
     x, y = fashion
-    common = {"damping": 0.1, "kl_bound": "increment", "fisher_targets": "sample", "seed": 3, **settings}
+    common = {"damping": 0.1, "kl_bound": "increment", "fisher_targets": "sample", "seed": 3, "stats_every": 1,
+              **settings}
 
     core_model = pooled_mlp()
-    core = CoreKFAC(core_model, KFACConfig(**common))
+    core = CoreKFAC(core_model, keras_config(common))  # the Keras defaults where `common` is silent
     core_inverses, core_weights = [], []
     for step in range(STEPS):
         batch = slice(step * BATCH, (step + 1) * BATCH)

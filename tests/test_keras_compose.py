@@ -68,7 +68,7 @@ def test_ema_of_the_weights_is_installed_at_the_end_of_fit() -> None:
 def test_gradient_accumulation_updates_every_second_batch_and_counts_kfac_steps_in_updates() -> None:
     x, y = data()
     model = mlp()
-    optimizer = KFAC(model, gradient_accumulation_steps=2, inverse_every=1)
+    optimizer = KFAC(model, gradient_accumulation_steps=2, inverse_every=1, stats_every=1)
     model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
     seen: list[list[np.ndarray]] = []
     record = keras.callbacks.LambdaCallback(
@@ -138,7 +138,7 @@ def test_optimizer_map_kfac_on_conv_and_dense_muon_on_the_rest_trains_a_cnn_on_f
         return model.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0).history["loss"][-1]
 
     model = cnn()
-    kfac = KFAC(model)
+    kfac = KFAC(model, stats_every=1, inverse_every=10)  # 48 steps: the default inverses every 50 would never refresh
     combined = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
         keras.optimizers.Muon(learning_rate=0.01), {".*/conv/.*": kfac, ".*/out/.*": kfac}))
     bn_before = [np.array(v) for v in model.get_layer("bn").trainable_variables]
@@ -147,7 +147,8 @@ def test_optimizer_map_kfac_on_conv_and_dense_muon_on_the_rest_trains_a_cnn_on_f
     assert [v.path for v in kfac.preconditioner.params] == [
         v.path for name in ("conv", "out") for v in model.get_layer(name).trainable_variables]
     assert not any("bn" in v.name for v in kfac.variables)  # no velocities, factors or inverses for BN
-    assert int(kfac.iterations.numpy()) == 48 and int(kfac.preconditioner.stats_updates.numpy()) == 49
+    taken = len(range(0, 48, kfac.config.stats_every))  # statistics at steps 0, k, 2k, ... (k = stats_every)
+    assert int(kfac.iterations.numpy()) == 48 and int(kfac.preconditioner.stats_updates.numpy()) == 1 + taken
     assert all(np.abs(np.array(v) - b).max() > 1e-3
                for v, b in zip(model.get_layer("bn").trainable_variables, bn_before, strict=True))  # Muon's
     kfac.close()

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from kfac_repro.data.fashion_mnist import load_fashion_mnist
 from kfac_repro.keras import KFAC, load_model
+from kfac_repro.keras.optimizer import KERAS_DEFAULTS, keras_config
 from kfac_repro.kfac import KFAC as CoreKFAC
 from kfac_repro.kfac import KFACConfig
 
@@ -70,7 +71,7 @@ def test_first_update_and_factors_equal_the_core_optimizer(fashion: tuple, kl_bo
     x, y = fashion[0][:128], fashion[1][:128]
     settings = {"damping": 0.1, "fisher_targets": "exact", "inverse_every": 10, "kl_bound": kl_bound}
     core_model, keras_model = pooled_mlp(), pooled_mlp()
-    core = CoreKFAC(core_model, KFACConfig(**settings))
+    core = CoreKFAC(core_model, keras_config(settings))  # the Keras defaults where `settings` are silent
     core.train_step(tf.constant(x), tf.constant(y))
     optimizer = KFAC(keras_model, **settings)
     keras_model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
@@ -192,7 +193,7 @@ def test_a_batch_with_a_nan_input_leaves_the_factors_usable(fashion: tuple) -> N
     after the weights were restored). Its statistics are skipped: the factors stay those before it."""
     x, y = fashion[0][:256].copy(), fashion[1][:256]
     model = pooled_mlp()
-    optimizer = KFAC(model, inverse_every=2)
+    optimizer = KFAC(model, inverse_every=2, stats_every=1)
     model.compile(optimizer=optimizer, loss=SCCE_LOGITS)
     model.fit(x[:128], y[:128], batch_size=64, epochs=1, shuffle=False, verbose=0)
     clean_weights, clean_factors = model.get_weights(), optimizer.preconditioner.factors()
@@ -229,8 +230,9 @@ def test_every_setting_means_what_it_means_in_the_host_loop_or_is_refused_by_nam
         KFAC(model, dampnig=0.1)
     optimizer = KFAC(model, inversion="async", inversion_threads=2, inversion_device="accelerator", stats_every=3,
                      decay_every=5, stats_batch_size=32)
-    assert optimizer.config.async_lag == 10  # the Keras default: pinned at inverse_every (10)
-    assert optimizer.config.damping == 0.1 and optimizer.config.kl_bound == "increment"  # KERAS_DEFAULTS
+    assert optimizer.config.async_lag == 50  # the Keras default: pinned at inverse_every (50)
+    assert {key: getattr(optimizer.config, key) for key in KERAS_DEFAULTS if key != "stats_every"} == {
+        key: value for key, value in KERAS_DEFAULTS.items() if key != "stats_every"}
     inversion = optimizer._binding.refresh.engine.inversion
     assert inversion.threads == 2 and inversion.local_devices[0] is not None
     assert KFAC.from_config(optimizer.get_config()).config == optimizer.config

@@ -393,7 +393,7 @@ def test_cost_rounds_hold_whole_refresh_periods_of_every_k_fac_optimizer(monkeyp
 
     class Compiled:  # what time_steps reads of a compiled model: its optimizer, and fit (here: the examples given)
         def __init__(self, optimizer: str, setting: dict) -> None:
-            self.optimizer = KFAC(None, **models.VARIANTS.get(optimizer, {}), **setting) if "kfac" in optimizer \
+            self.optimizer = KFAC(None, **models.KFAC_ARMS.get(optimizer, {}), **setting) if "kfac" in optimizer \
                 else object()
 
         def fit(self, x: object, y: object, **_: object) -> None:
@@ -417,6 +417,13 @@ def test_k_fac_defaults_is_the_untuned_keras_optimizer_against_the_tuned_opponen
 
     made = make_optimizer("kfac-defaults", {}, readme_mlp())
     assert made.config == KFAC(None).config  # KERAS_DEFAULTS, nothing else
+    keras.backend.clear_session()
+    # the suite's other K-FAC arms keep the periods they ran with, whatever the Keras defaults become
+    every_step = make_optimizer("kfac", {"damping": 1.0, "kl_clip": 0.01}, readme_mlp()).config
+    assert (every_step.stats_every, every_step.inverse_every, every_step.damping) == (1, 10, 1.0)
+    keras.backend.clear_session()
+    ekfac = make_optimizer("ekfac", {"damping": 1.0, "kl_clip": 0.01}, readme_mlp()).config
+    assert (ekfac.eigenvalue_correction, ekfac.stats_every, ekfac.inverse_every) == (True, 10, 50)
     keras.backend.clear_session()
     trained, _ = fake_suite
     args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path), "--defaults"]

@@ -130,5 +130,6 @@ def test_bench_fit_times_whole_refresh_periods_of_every_k_fac_arm() -> None:
     from kfac_repro.keras import KFAC
 
     assert KFAC(None, stats_every=4, inverse_every=6).refresh_period == 12
-    assert epoch_steps(40, [{}, {"stats_every": 10, "inverse_every": 50}]) == 50
-    assert epoch_steps(40, [{}]) == 40  # the defaults: statistics every step, inverses every 10
+    assert epoch_steps(40, [{"inverse_every": 10, "stats_every": 1}, {"stats_every": 10, "inverse_every": 50}]) == 50
+    assert epoch_steps(40, [{"inverse_every": 10, "stats_every": 1}]) == 40
+    assert epoch_steps(40, [{}]) == 50  # the defaults: statistics every 10 steps, inverses every 50

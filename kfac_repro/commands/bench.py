@@ -276,9 +276,9 @@ def _kfac_settings(text: str) -> dict[str, object]:
 @click.option("--tiny", is_flag=True, help="the same as --scale tiny")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/keras"),
               show_default=True, help="runs.csv and costs.csv (resumed from), suite.csv, suite.md, suite.png")
-@click.option("--ekfac", is_flag=True, help="also run EKFAC (K-FAC with eigenvalue_correction) on K-FAC's grid, "
-              "compared with the same opponents; a suite already run adds EKFAC's runs and times every optimizer "
-              "again in turns")
+@click.option("--ekfac", is_flag=True, help="also run EKFAC (K-FAC with eigenvalue_correction, amortised as K-FAC "
+              "amortised) on K-FAC's grid, compared with the same opponents; a suite already run adds EKFAC's runs "
+              "and times every optimizer again in turns")
 @click.option("--amortised", is_flag=True, help="also run K-FAC amortised (statistics and inverses less often: "
               "keras_suite.plan.AMORTISED) on K-FAC's grid, compared with the same opponents; added to a suite already "
               "run like --ekfac")

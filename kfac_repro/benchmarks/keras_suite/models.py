@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, OPTIMIZERS, VARIANTS, Scale, budget, evaluation_steps
+from kfac_repro.benchmarks.keras_suite.plan import ERROR_METRIC, KFAC_ARMS, OPTIMIZERS, Scale, budget, evaluation_steps
 from kfac_repro.benchmarks.step_time import whole_periods
 from kfac_repro.keras import KFAC
 from kfac_repro.models.batch_norm_statistics import recompute_batch_norm_statistics
@@ -188,8 +188,8 @@ TASKS: dict[str, Task] = {
 
 def make_optimizer(name: str, setting: dict[str, float], model: keras.Model) -> keras.optimizers.Optimizer:
     """The optimizer `name` of plan.GRIDS with `setting`."""
-    if name == "kfac" or name in VARIANTS:
-        settings: dict[str, Any] = {**VARIANTS.get(name, {}), **setting}
+    if name in KFAC_ARMS:
+        settings: dict[str, Any] = {**KFAC_ARMS[name], **setting}
         return KFAC(model, **settings)
     if name == "adamw":
         return keras.optimizers.AdamW(**setting)

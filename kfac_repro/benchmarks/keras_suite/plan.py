@@ -70,11 +70,15 @@ DEFAULT_BATCHES = {"full": (128, 1024), "cpu": (128, 1024), "tiny": (32,)}
 # step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9).
 GRID_SIZE = 4
 _KFAC_GRID = [{"damping": d, "kl_clip": c} for d in (0.1, 1.0) for c in (0.01, 0.001)]
-# K-FAC's variants, options of the suite (`--ekfac`, `--amortised`, `--defaults`): K-FAC with these settings, on
-# K-FAC's grid; K-FAC defaults is not tuned (its one setting: the Keras defaults), the arm the README's targets name.
+# K-FAC's arms, each `keras.KFAC` with these settings (and its grid setting): "kfac" with statistics every step and
+# inverses every 10 (`EVERY_STEP`: the Keras defaults before this suite chose them), and the variants, options of the
+# suite (`--ekfac`, `--amortised`, `--defaults`) on K-FAC's grid; K-FAC defaults is not tuned (its one setting: the
+# Keras defaults, whatever they are), the arm the README's targets name.
+EVERY_STEP: dict[str, object] = {"stats_every": 1, "inverse_every": 10}
 AMORTISED: dict[str, object] = {"stats_every": 10, "inverse_every": 50}
-VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True}, "kfac-amortised": AMORTISED,
-                                          "kfac-defaults": {}}
+VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True, **AMORTISED},
+                                          "kfac-amortised": AMORTISED, "kfac-defaults": {}}
+KFAC_ARMS: dict[str, dict[str, object]] = {"kfac": EVERY_STEP, **VARIANTS}
 UNTUNED = ("kfac-defaults",)
 GRIDS: dict[str, list[dict[str, float]]] = {
     "kfac": _KFAC_GRID,
@@ -87,7 +91,7 @@ OPTIMIZERS = tuple(GRIDS)
 DEFAULT_OPTIMIZERS = ("kfac", "adamw", "muon", "sgd")  # what the suite runs unless asked for a variant too
 SUBJECTS = ("kfac", *VARIANTS)  # each compared with the best-tuned of the OPPONENTS
 OPPONENTS = ("adamw", "muon", "sgd")
-LABELS = {"kfac": "K-FAC", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov", "ekfac": "EKFAC",
+LABELS = {"kfac": "K-FAC every step", "adamw": "AdamW", "muon": "Muon", "sgd": "SGD+Nesterov", "ekfac": "EKFAC",
           "kfac-amortised": "K-FAC amortised", "kfac-defaults": "K-FAC defaults"}
 
 
