@@ -98,6 +98,19 @@ def test_bench_fit_prints_kfac_against_adam_at_each_batch_size_from_one_run(monk
     assert losses["4", "stats_every=2"] != losses["4", "(defaults)"]
 
 
+def test_bench_fit_cycles_a_training_split_shorter_than_its_epochs() -> None:
+    """50 steps of batch 1024 need 51 200 examples; the sequence task generates 20 000 (it once refused to run)."""
+    import numpy as np
+
+    from kfac_repro.benchmarks import fit_time
+
+    x, y = fit_time.MODELS["sequence"].data(20_005)
+    assert len(x) == len(y) == 20_005
+    np.testing.assert_array_equal(x[20_000:], x[:5])
+    np.testing.assert_array_equal(y[20_000:], y[:5])
+    assert len({row.tobytes() for row in x[:20_000]}) > 19_000  # the split itself, not a repetition of a few rows
+
+
 @pytest.mark.parametrize(("text", "named"), [("stats_every", "KEY=VALUE"), ("stats_evry=2", "stats_evry"),
                                               ("stats_every=0", "stats_every"), ("max_step_size=1", "max_step_size")])
 def test_bench_fit_refuses_a_bad_kfac_variant_before_training(text: str, named: str) -> None:

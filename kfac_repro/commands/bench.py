@@ -213,7 +213,7 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
     """ms per step of Keras `fit` with kfac_repro.keras.KFAC (its defaults: their amortisation and inverse
     refreshes included; and each --kfac variant) and with Adam, at each batch size, every optimizer's and batch
     size's epochs in turns; K-FAC's cost as a ratio to Adam's at the same batch size."""
-    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, epoch_steps, time_fit
+    from kfac_repro.benchmarks.fit_time import ADAM_LABEL, DEFAULTS, epoch_steps, kfac_label, time_fit
 
     settings = [DEFAULTS]
     for text in variants:
@@ -229,18 +229,18 @@ def fit(models: tuple[str, ...], batch_sizes: tuple[int, ...], steps: int, epoch
     click.echo(f"each model's first batch × {steps} training examples, batch {', '.join(map(str, sizes))}; median "
                f"(and range) of {epochs} epochs of {steps} steps{rounded} after a warm-up epoch, every optimizer "
                "and batch size in turns")
-    timings = time_fit(list(models), sizes, steps, epochs,
-                       progress=lambda what: click.echo(f"  fitting {what} ...", err=True), variants=settings)
-    width = max(20, *(len(t.optimizer) + 2 for t in timings))
-    named = max(8, *(len(t.model) + 1 for t in timings))
+    width = max(20, *(len(kfac_label(arm)) + 2 for arm in settings))
+    named = max(8, *(len(name) + 1 for name in models))
     click.echo(f"{'model':{named}}{'batch':>6}  {'optimizer':{width}}{'ms/step':>10}{'range':>16}{'× Adam':>9}"
                f"{'train loss':>12}")
-    adam = {(t.model, t.batch_size): t.ms_per_step for t in timings if t.optimizer == ADAM_LABEL}
-    for t in sorted(timings, key=lambda t: (t.model, t.batch_size, t.optimizer == ADAM_LABEL)):
-        ratio = t.ms_per_step / adam[t.model, t.batch_size]
-        spread = f"{t.low_ms:.1f}-{t.high_ms:.1f}"
-        click.echo(f"{t.model:{named}}{t.batch_size:6}  {t.optimizer:{width}}{t.ms_per_step:10.1f}{spread:>16}"
-                   f"{ratio:9.2f}{t.loss:12.4f}")
+    for name in models:  # each model's rows as soon as it is timed
+        timings = time_fit([name], sizes, steps, epochs,
+                           progress=lambda what: click.echo(f"  fitting {what} ...", err=True), variants=settings)
+        adam = {t.batch_size: t.ms_per_step for t in timings if t.optimizer == ADAM_LABEL}
+        for t in sorted(timings, key=lambda t: (t.batch_size, t.optimizer == ADAM_LABEL)):
+            spread = f"{t.low_ms:.1f}-{t.high_ms:.1f}"
+            click.echo(f"{t.model:{named}}{t.batch_size:6}  {t.optimizer:{width}}{t.ms_per_step:10.1f}"
+                       f"{spread:>16}{t.ms_per_step / adam[t.batch_size]:9.2f}{t.loss:12.4f}")
 
 
 def _kfac_settings(text: str) -> dict[str, object]:
