@@ -41,8 +41,9 @@ def inverses(blocks: list) -> list[np.ndarray]:
     # EKFAC refreshed before steps 3, 6 and 9: steps 3 and 9 take no statistics, so they precondition with s = a gᵀ
     {"inversion": "sync", "inverse_every": 3, "stats_every": 2, "eigenvalue_correction": True},
     {"inversion": "async", "async_lag": 2, "eigenvalue_correction": True},
+    {"inversion": "sync", "inverse_every": 3, "kl_clip_batch": 4 * BATCH},  # each front end's batch B in c·B/B₀
 ], ids=["sync", "async-lag-2", "stats-every-2", "stats-sub-batch", "device-threads", "ekfac-stats-every-2",
-        "ekfac-async-lag-2"])
+        "ekfac-async-lag-2", "kl-clip-batch"])
 def test_host_loop_and_fit_install_the_same_inverses_at_the_same_steps_and_take_the_same_updates(
         fashion: tuple, settings: dict[str, Any]) -> None:
     x, y = fashion

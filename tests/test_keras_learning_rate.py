@@ -60,7 +60,8 @@ def test_a_schedule_that_halves_the_learning_rate_halves_the_step_the_kl_bound_s
     assert constant_steps[1]["kl_bound_set"] == 1.0 and constant_steps[1]["step_size"] < 0.5, \
         "the KL bound must set the step here, as with the default kl_clip (else the old rule would pass too)"
     np.testing.assert_allclose(scheduled[0], constant[0], rtol=1e-6, atol=1e-9)  # the same learning rate at step 0
-    np.testing.assert_allclose(scheduled[1], 0.5 * constant[1], rtol=1e-4, atol=1e-8)
+    # atol: increments are differences of float32 weights of order 0.1-1 (resolution ~1e-7); they reach 2e-3
+    np.testing.assert_allclose(scheduled[1], 0.5 * constant[1], rtol=1e-4, atol=2e-7)
     assert scheduled_steps[1]["step_size"] == pytest.approx(0.5 * constant_steps[1]["step_size"], rel=1e-5)
     assert np.linalg.norm(constant[1]) > 1e-3
 

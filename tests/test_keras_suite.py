@@ -424,6 +424,7 @@ def test_k_fac_defaults_is_the_untuned_keras_optimizer_against_the_tuned_opponen
     keras.backend.clear_session()
     ekfac = make_optimizer("ekfac", {"damping": 1.0, "kl_clip": 0.01}, readme_mlp()).config
     assert (ekfac.eigenvalue_correction, ekfac.stats_every, ekfac.inverse_every) == (True, 10, 50)
+    assert every_step.kl_clip_batch is None and ekfac.kl_clip_batch is None  # the grid's c at every batch
     keras.backend.clear_session()
     trained, _ = fake_suite
     args = ["bench", "keras", "--tiny", "--only", "mlp", "--seeds", "1", "--out", str(tmp_path), "--defaults"]

@@ -185,6 +185,9 @@ class KFACConfig:
     momentum: float = _momentum()
     kl_clip: float = setting(0.01, "c₀: bound on the update's squared Fisher norm, η = min(η_max, √(c/vᵀg)) "
                              "(Eq. 14)", above=0)
+    kl_clip_batch: int | None = setting(
+        None, "B₀: the global batch at which c holds; a batch of B examples is bounded by c·B/B₀, so that where the "
+        "bound sets η it grows in proportion to B (null: c at every batch)", minimum=1)
     max_step_size: float = setting(1.0, "η_max: the largest step size", above=0)
     kl_bound: Literal["update", "increment"] = setting(
         "update", "update: the bound holds for the momentum-summed update (the buffer receives (1 − μ)·η·v, as "

@@ -155,7 +155,8 @@ class KFAC(ModelOptimizer):
         if with_stats:  # before preconditioning, as in fit: EKFAC's scaling includes this batch
             self.commit(preconditioner.factor_assignments(batch_factors))
         direction = preconditioner.precondition(grads)
-        scale = preconditioner.step_size(direction, grads, self.iterations)
+        batch = tf.shape(tf.nest.flatten(x)[0])[0] * tf.distribute.get_replica_context().num_replicas_in_sync
+        scale = preconditioner.step_size(direction, grads, self.iterations, batch)
         updates = self.update_assignments(direction, scale["step_size"])
         extra: dict[str, tf.Tensor] = {}
         if adapt:

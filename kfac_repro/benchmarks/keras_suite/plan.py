@@ -70,12 +70,12 @@ DEFAULT_BATCHES = {"full": (128, 1024), "cpu": (128, 1024), "tiny": (32,)}
 # step), the others' learning rate (Keras defaults otherwise; SGD with Nesterov momentum 0.9).
 GRID_SIZE = 4
 _KFAC_GRID = [{"damping": d, "kl_clip": c} for d in (0.1, 1.0) for c in (0.01, 0.001)]
-# K-FAC's arms, each `keras.KFAC` with these settings (and its grid setting): "kfac" with statistics every step and
-# inverses every 10 (`EVERY_STEP`: the Keras defaults before this suite chose them), and the variants, options of the
-# suite (`--ekfac`, `--amortised`, `--defaults`) on K-FAC's grid; K-FAC defaults is not tuned (its one setting: the
-# Keras defaults, whatever they are), the arm the README's targets name.
-EVERY_STEP: dict[str, object] = {"stats_every": 1, "inverse_every": 10}
-AMORTISED: dict[str, object] = {"stats_every": 10, "inverse_every": 50}
+# K-FAC's arms, each `keras.KFAC` with these settings (and its grid setting, whose c holds at every batch): "kfac"
+# with statistics every step and inverses every 10 (`EVERY_STEP`: the Keras defaults before this suite chose them),
+# and the variants, options of the suite (`--ekfac`, `--amortised`, `--defaults`) on K-FAC's grid; K-FAC defaults is
+# not tuned (its one setting: the Keras defaults, whatever they are), the arm the README's targets name.
+EVERY_STEP: dict[str, object] = {"stats_every": 1, "inverse_every": 10, "kl_clip_batch": None}
+AMORTISED: dict[str, object] = {"stats_every": 10, "inverse_every": 50, "kl_clip_batch": None}
 VARIANTS: dict[str, dict[str, object]] = {"ekfac": {"eigenvalue_correction": True, **AMORTISED},
                                           "kfac-amortised": AMORTISED, "kfac-defaults": {}}
 KFAC_ARMS: dict[str, dict[str, object]] = {"kfac": EVERY_STEP, **VARIANTS}
