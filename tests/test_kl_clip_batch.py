@@ -26,7 +26,7 @@ def mlp() -> keras.Model:
 
 
 def fitted(**settings: object) -> tuple[np.ndarray, list[float]]:
-    """The weights after STEPS steps of `fit` and each step's c (KFAC's `last_step` keeps η only: c from η)."""
+    """The weights after STEPS steps of `fit` and each step's η (`last_step`)."""
     x, y = data()
     model = mlp()
     optimizer = KFAC(model, stats_every=1, inverse_every=1, **settings)

@@ -39,9 +39,9 @@ from kfac_repro.kfac.update import UpdateRule
 # in KFACConfig. A damping of 0.1 relative to factors of order 1 keeps the first steps, taken with freshly estimated
 # factors, from blowing up (the paper's 1e-3 leaves a small CNN at chance). The paper's amortisation, statistics every
 # 10 steps and inverses every 50, and the paper's c = 0.01 at a batch of 1024, scaled with the batch (0.00125 at 128):
-# chosen from the Keras suite's tuning runs (README, "Defaults"). The KL bound on η·v
-# before momentum ("increment", unlike the core's default "update"): with η_max = learning_rate = 1, "update" also
-# caps the summed step at a tenth, and fit then trained the test MLP more slowly than SGD with momentum in 36 steps.
+# chosen from the Keras suite's tuning runs (README, "Defaults"). The KL bound on η·v before momentum ("increment",
+# unlike the core's default "update"): with η_max = learning_rate = 1, "update" also caps the summed step at a tenth,
+# and fit then trained the test MLP more slowly than SGD with momentum in 36 steps.
 # With inversion "async", async_lag defaults to inverse_every (`keras_config`): pinned, so that a resumed fit equals
 # the uninterrupted one; async_lag=None chooses the free-running hand-over, whose steps depend on timing.
 KERAS_DEFAULTS: dict[str, Any] = {"damping": 0.1, "kl_clip_batch": 1024, "kl_bound": "increment", "stats_every": 10,
@@ -296,9 +296,9 @@ class KFAC(keras.optimizers.Optimizer):
         if refresh.background:  # this worker's share finished: the flag a free-running policy listens to
             assign_all([refresh.all_ready], [_all_replicas(context, refresh.local_ready())])
         direction = pre.precondition(grads)
-        # the update's global batch: this replica's examples × replicas × the batches Keras accumulated into it
-        batch = tf.shape(outputs)[0] * context.num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
-        scale = pre.step_size(direction, grads, step, batch, tf.cast(learning_rate, tf.float32))
+        # this replica's examples in the update: its batch times the batches Keras accumulated into it
+        examples = tf.shape(outputs)[0] * (self.gradient_accumulation_steps or 1)
+        scale = pre.step_size(direction, grads, step, examples, tf.cast(learning_rate, tf.float32))
         pairs, _ = rule.assignments(params, self._velocity, direction, scale["step_size"])
         pairs += [(binding.last_step[key], scale[key]) for key in binding.last_step]
         assign_all([v for v, _ in pairs], [value for _, value in pairs])

@@ -155,8 +155,7 @@ class KFAC(ModelOptimizer):
         if with_stats:  # before preconditioning, as in fit: EKFAC's scaling includes this batch
             self.commit(preconditioner.factor_assignments(batch_factors))
         direction = preconditioner.precondition(grads)
-        batch = tf.shape(tf.nest.flatten(x)[0])[0] * tf.distribute.get_replica_context().num_replicas_in_sync
-        scale = preconditioner.step_size(direction, grads, self.iterations, batch)
+        scale = preconditioner.step_size(direction, grads, self.iterations, tf.shape(tf.nest.flatten(x)[0])[0])
         updates = self.update_assignments(direction, scale["step_size"])
         extra: dict[str, tf.Tensor] = {}
         if adapt:

@@ -90,15 +90,17 @@ class Preconditioner:
                 result[i] = solved
         return result
 
-    def step_size(self, direction: list[tf.Tensor], grads: list[tf.Tensor], iterations: tf.Tensor, batch: tf.Tensor,
-                  learning_rate: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """η = s · min(η_max, √(c / vᵀg)) (Eq. 14 scaled by s), c and η_max at step `iterations` (c times B/B₀ for
-        a global `batch` of B examples when `kl_clip_batch` B₀ is set); s is Keras's `learning_rate` in fit (where
-        η_max is 1), 1 in the host loop (where η_max carries the schedule). Also returns its parts, and whether the
-        KL bound set η (1.0) or η_max did (0.0)."""
+    def step_size(self, direction: list[tf.Tensor], grads: list[tf.Tensor], iterations: tf.Tensor,
+                  examples: tf.Tensor, learning_rate: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """η = s · min(η_max, √(c / vᵀg)) (Eq. 14 scaled by s), c and η_max at step `iterations` (c times B/B₀ when
+        `kl_clip_batch` B₀ is set, B the update's global batch: this replica's `examples` times the replicas in
+        sync); s is Keras's `learning_rate` in fit (where η_max is 1), 1 in the host loop (where η_max carries the
+        schedule). Called in a replica context. Also returns its parts, and whether the KL bound set η (1.0) or
+        η_max did (0.0)."""
         v_dot_g = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(direction, grads, strict=True)])
         kl_clip = scheduled(self.config.kl_schedule(), iterations)
         if self.config.kl_clip_batch is not None:
+            batch = examples * tf.distribute.get_replica_context().num_replicas_in_sync
             kl_clip = kl_clip * tf.cast(batch, tf.float32) / float(self.config.kl_clip_batch)
         max_step = scheduled(self.config.max_step_schedule(), iterations)
         bound = tf.sqrt(kl_clip / tf.maximum(v_dot_g, _TINY))
