@@ -1,8 +1,9 @@
 """Data-parallel training equals single-process training on the same global batches (weights and loss), for SGD
 and K-FAC (and EKFAC mirrored), under MirroredStrategy (2 replicas in one process) and MultiWorkerMirroredStrategy
-(2 processes on loopback); K-FAC's inversion divided among them equals single-worker inversion exactly and every
-worker hands over at the same steps; a failed worker stops the job, also one that dies holding an assigned
-inversion; a long multi-worker run does not accumulate threads."""
+(2 processes on loopback), also with the KL bound scaled by the global batch (`kl_clip_batch`); K-FAC's inversion
+divided among them equals single-worker inversion exactly and every worker hands over at the same steps; a failed
+worker stops the job, also one that dies holding an assigned inversion; a long multi-worker run does not accumulate
+threads."""
 
 import json
 import sys
@@ -54,6 +55,21 @@ def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[
     assert_same_training(single_process(tmp_path, *options), mirrored)
     if "sgd" not in options:
         assert any(key.startswith("inverse:") for key in mirrored)
+
+
+def test_mirrored_replicas_bound_the_global_batch_by_kl_clip_batch(tmp_path: Path) -> None:
+    """`kl_clip_batch` B₀ bounds an update by c·B/B₀ with B the global batch: 2 replicas of 8 examples train as one
+    process of 16 (a replica's own 8 would give half the bound), and the bound binds (B₀ = 64 changes the weights)."""
+    import subprocess
+
+    scaled = ("--optimizer", "kfac", "--kl-clip-batch", "64")
+    out = tmp_path / "mirrored.npz"
+    subprocess.run([*CHECK, *scaled, "--local-replicas", "2", "--out", str(out)], check=True, capture_output=True,
+                   timeout=300)
+    mirrored = dict(np.load(out))
+    assert_same_training(single_process(tmp_path, *scaled), mirrored)
+    plain = single_process(tmp_path, "--optimizer", "kfac")
+    assert max(np.abs(plain[key] - mirrored[key]).max() for key in plain if key.startswith("w:")) > 1e-4
 
 
 ASYNC_FREE = ("--optimizer", "kfac", "--inversion", "async", "--steps", "12")

@@ -33,7 +33,7 @@ def _model() -> keras.Model:
 
 def train(
     optimizer: str, steps: int, global_batch: int, local_replicas: int = 1, inversion: str = "sync",
-    async_lag: int | None = None,
+    async_lag: int | None = None, kl_clip_batch: int | None = None,
 ) -> tuple[dict, list[float], dict]:
     """Final weights (by variable path), per-step losses and (K-FAC, EKFAC) the inversion record of the module
     docstring, under the strategy this process is configured for."""
@@ -46,6 +46,7 @@ def train(
         model = _model()
         mode: Literal["sync", "async"] = "async" if inversion == "async" else "sync"
         trainer = optimizer_for(model, KFACConfig(damping=0.1, inverse_every=2, inversion=mode, async_lag=async_lag,
+                                                  kl_clip_batch=kl_clip_batch,
                                                   eigenvalue_correction=optimizer == "ekfac")
                                 if optimizer in ("kfac", "ekfac") else SGDConfig(learning_rate=0.05))
     rng = np.random.default_rng(1)
@@ -95,10 +96,11 @@ def main() -> None:
     parser.add_argument("--local-replicas", type=int, default=1)
     parser.add_argument("--inversion", choices=["sync", "async"], default="sync", help="K-FAC's inverse refresh")
     parser.add_argument("--async-lag", type=int, default=None, help="async: pin the hand-over to this lag")
+    parser.add_argument("--kl-clip-batch", type=int, default=None, help="K-FAC's B₀: the KL bound c·B/B₀")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     weights, losses, record = train(args.optimizer, args.steps, args.global_batch, args.local_replicas,
-                                    args.inversion, args.async_lag)
+                                    args.inversion, args.async_lag, args.kl_clip_batch)
     np.savez(args.out, losses=np.array(losses), **{f"w:{k}": v for k, v in weights.items()}, **record)
 
 
