@@ -10,7 +10,7 @@ import click
 
 # name -> (module, attribute, one-line help shown by `kfac-repro --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: step time against SGD, inversion time."),
+    "bench": ("kfac_repro.commands.bench", "bench", "Benchmarks: arm costs, K-FAC's speed, Keras fit and suite."),
     "list": ("kfac_repro.commands.specs", "list_specs",
              "Experiments, arms, profiles, and whether their data is present."),
     "show": ("kfac_repro.commands.specs", "show", "Show a resolved experiment spec."),
