@@ -1,8 +1,9 @@
 """The precision of the products K-FAC adds to a step: `KFACConfig.product_dtype`.
 
 "float32" multiplies in the operands' own precision. "bfloat16" rounds the operands to bfloat16 (8-bit
-significand: relative rounding error at most 2⁻⁹), multiplies them (float32 accumulation in oneDNN's and the GPU
-kernels) and rounds the product to bfloat16 before handing it back in the operands' dtype. Where the hardware
+significand: relative rounding error at most 2⁻⁹), multiplies them (float32 accumulation) and rounds the product
+to bfloat16 before handing it back in the operands' dtype: to nearest in oneDNN's kernel (AVX512_BF16 CPUs) and the
+GPU kernels, toward zero in TensorFlow's Eigen kernel, which CPUs without AVX512_BF16 run. Where the hardware
 multiplies bfloat16 natively (AVX512_BF16 CPUs, tensor-core GPUs) that runs at about twice float32's rate. Factors,
 inverses and updates are still stored and accumulated in float32.
 """
