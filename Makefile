@@ -13,8 +13,8 @@ data:  ## Fashion-MNIST into the data root ($$KFAC_REPRO_DATA or ~/.kfac_repro/d
 	$(PYTHON) -m cli data download fashion_mnist || echo "warning: Fashion-MNIST not installed (needs apt-get);" \
 		"the tests that train on it will be skipped"
 
-test:  ## the default test run (under 10 minutes on 2 cores)
-	$(PYTEST) -m "not slow" -q --durations=10
+test:  ## the default test run, in 2 processes (pytest-xdist; under 10 minutes on 2 cores)
+	$(PYTEST) -n 2 -m "not slow" -q --durations=10
 
 test-slow:  ## long tests: real-data training, multi-process runs
 	$(PYTEST) -m slow -q

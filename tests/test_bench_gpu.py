@@ -112,6 +112,23 @@ def test_the_alarm_stops_a_measurement_when_the_budget_runs_out_and_restores_an_
         pass
 
 
+def test_an_error_raised_after_the_alarm_rang_is_the_budget_running_out() -> None:
+    """Extension code that the alarm interrupts may hand back another error than BudgetSpent (seen: a SystemError
+    from list internals when a measurement in TensorFlow was stopped); that measurement is interrupted, not failed.
+    An error raised before any alarm stays itself."""
+
+    def mangled() -> None:
+        try:
+            time.sleep(20)
+        except BudgetSpent as spent:  # as C code that saw the exception and raised its own
+            raise SystemError("bad argument to internal function") from spent
+
+    outcome = run_measurements([("mangled", mangled), ("never", lambda: 1)], Budget(0.3), lambda n, r: None)
+    assert (outcome.measured, outcome.interrupted, outcome.skipped) == ([], "mangled", ["never"])
+    with pytest.raises(ValueError, match="its own"), Budget(30).enforced():
+        raise ValueError("its own")
+
+
 def test_bench_gpu_help_imports_no_tensorflow() -> None:
     probe = ("import sys; from click.testing import CliRunner; import cli; "
              "r = CliRunner().invoke(cli.main, ['bench', 'gpu', '--help']); print(r.output); "

@@ -38,7 +38,8 @@ class Budget:
     @contextmanager
     def enforced(self) -> Iterator[None]:
         """Run the block with an alarm at the deadline that raises BudgetSpent in it; BudgetSpent at once if none
-        is left."""
+        is left. An error that the block raises after the alarm rang is the alarm's, seen through code that turned it
+        into another (TensorFlow's C++ called back into Python: a SystemError), and becomes BudgetSpent."""
         if self.deadline is None:
             yield
             return
@@ -46,10 +47,11 @@ class Budget:
         if left <= 0:
             raise BudgetSpent
 
-        armed = [True]
+        armed, rang = [True], [False]
 
         def ring(_signum: int, _frame: FrameType | None) -> None:
             if armed[0]:
+                rang[0] = True
                 raise BudgetSpent
 
         previous = signal.signal(signal.SIGALRM, ring)
@@ -57,6 +59,10 @@ class Budget:
         earlier, _ = signal.setitimer(signal.ITIMER_REAL, left)
         try:
             yield
+        except Exception as error:
+            if rang[0]:  # raised inside extension code, BudgetSpent can surface as another error (a SystemError)
+                raise BudgetSpent from error
+            raise
         finally:
             try:  # an alarm that rings here raises before the restoring below, which still runs
                 armed[0] = False
