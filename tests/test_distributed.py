@@ -18,12 +18,20 @@ from kfac_repro.distribute.launcher import WorkerFailure, run_local_workers
 CHECK = [sys.executable, "-m", "kfac_repro.distribute.consistency", "--steps", "4", "--global-batch", "16"]
 
 
-def single_process(tmp_path: Path, *options: str) -> dict[str, np.ndarray]:
+def _checked(out: Path, *options: str) -> dict[str, np.ndarray]:
+    """The consistency check's record, run with `options` into `out`."""
     import subprocess
 
-    out = tmp_path / "single.npz"
     subprocess.run([*CHECK, *options, "--out", str(out)], check=True, capture_output=True, timeout=300)
     return dict(np.load(out))
+
+
+def single_process(tmp_path: Path, *options: str) -> dict[str, np.ndarray]:
+    return _checked(tmp_path / "single.npz", *options)
+
+
+def two_mirrored_replicas(tmp_path: Path, *options: str) -> dict[str, np.ndarray]:
+    return _checked(tmp_path / "mirrored.npz", *options, "--local-replicas", "2")
 
 
 def assert_same_training(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> None:
@@ -46,12 +54,7 @@ EKFAC = ("--optimizer", "ekfac", "--global-batch", "128")
                                      ("--optimizer", "kfac"),
                                      pytest.param(EKFAC, marks=pytest.mark.slow)], ids=["sgd", "kfac", "ekfac"])
 def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[str, ...]) -> None:
-    import subprocess
-
-    out = tmp_path / "mirrored.npz"
-    subprocess.run([*CHECK, *options, "--local-replicas", "2", "--out", str(out)], check=True, capture_output=True,
-                   timeout=300)
-    mirrored = dict(np.load(out))
+    mirrored = two_mirrored_replicas(tmp_path, *options)
     assert_same_training(single_process(tmp_path, *options), mirrored)
     if "sgd" not in options:
         assert any(key.startswith("inverse:") for key in mirrored)
@@ -60,13 +63,8 @@ def test_mirrored_two_replicas_equal_one_process(tmp_path: Path, options: tuple[
 def test_mirrored_replicas_bound_the_global_batch_by_kl_clip_batch(tmp_path: Path) -> None:
     """`kl_clip_batch` B₀ bounds an update by c·B/B₀ with B the global batch: 2 replicas of 8 examples train as one
     process of 16 (a replica's own 8 would give half the bound), and the bound binds (B₀ = 64 changes the weights)."""
-    import subprocess
-
     scaled = ("--optimizer", "kfac", "--kl-clip-batch", "64")
-    out = tmp_path / "mirrored.npz"
-    subprocess.run([*CHECK, *scaled, "--local-replicas", "2", "--out", str(out)], check=True, capture_output=True,
-                   timeout=300)
-    mirrored = dict(np.load(out))
+    mirrored = two_mirrored_replicas(tmp_path, *scaled)
     assert_same_training(single_process(tmp_path, *scaled), mirrored)
     plain = single_process(tmp_path, "--optimizer", "kfac")
     assert max(np.abs(plain[key] - mirrored[key]).max() for key in plain if key.startswith("w:")) > 1e-4
